@@ -1,0 +1,249 @@
+"""Typed run configuration: builder defaults ← config file ← `--set key=value`.
+
+A run's config has five parts, saved as `config.yaml` in the run folder:
+
+    model: lstm-textgen          # registry name
+    model_args: {...}            # the builder's hyperparameter dataclass
+    data: {...}                  # DataConfig
+    train: {...}                 # TrainConfig
+    runtime: {...}               # RuntimeConfig
+
+Overrides name a key as `section.field` (`train.epochs=3`, `model_args.units=128`);
+a bare field name is accepted when exactly one section has it. Values are parsed
+as YAML scalars or lists and must match the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kerasllm.errors import UserError
+
+
+def doc(help_text: str) -> dict:
+    """Field metadata with its help text (shown by `kerasllm info`)."""
+    return {"help": help_text}
+
+
+@dataclass
+class DataConfig:
+    source: str = field(default="", metadata=doc("Data to train on: a file, a folder, `tfds:NAME` or `builtin:NAME`; empty means the model's default data."))
+    validation_fraction: float = field(default=0.1, metadata=doc("Fraction held out for validation (the end of a text), when the source has no validation split."))
+    sequence_length: int = field(default=100, metadata=doc("Tokens per training window (text models)."))
+    level: str = field(default="char", metadata=doc("Text tokens: `char` or `word`."))
+    max_vocab: int = field(default=20000, metadata=doc("Largest vocabulary kept (most frequent tokens); the rest map to [UNK]."))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(default=10, metadata=doc("Passes over the training data."))
+    batch_size: int = field(default=64, metadata=doc("Examples per step (global, across replicas)."))
+    steps_per_epoch: int = field(default=0, metadata=doc("Steps per epoch; 0 means one full pass over the training data."))
+    optimizer: str = field(default="adamw", metadata=doc("`adamw`, `adam` or `sgd`."))
+    learning_rate: float = field(default=3e-3, metadata=doc("Peak learning rate."))
+    weight_decay: float = field(default=0.01, metadata=doc("Decoupled weight decay (adamw only)."))
+    momentum: float = field(default=0.9, metadata=doc("Momentum (sgd only)."))
+    schedule: str = field(default="cosine", metadata=doc("`cosine` (linear warmup, then cosine decay) or `constant`."))
+    warmup_steps: int = field(default=50, metadata=doc("Linear warmup steps before the cosine decay."))
+    min_learning_rate_ratio: float = field(default=0.1, metadata=doc("Cosine decay ends at this fraction of the peak rate."))
+    clip_norm: float = field(default=1.0, metadata=doc("Clip each step's global gradient norm to this; 0 disables."))
+    early_stopping_patience: int = field(default=3, metadata=doc("Stop after this many epochs without a lower validation loss; 0 disables."))
+    checkpoint_every_steps: int = field(default=0, metadata=doc("Also checkpoint every N steps; 0 means once per epoch only."))
+    seed: int = field(default=1337, metadata=doc("Seed for weights, shuffling and dropout."))
+    sample_length: int = field(default=200, metadata=doc("Characters of text sampled after each epoch (text generation); 0 disables."))
+
+
+@dataclass
+class RuntimeConfig:
+    strategy: str = field(default="auto", metadata=doc("Distribution strategy: `auto`, `cpu`, `gpu` or `mirrored`."))
+    jit_compile: bool = field(default=False, metadata=doc("Compile train steps with XLA."))
+    steps_per_execution: int = field(default=1, metadata=doc("Train steps run per call into the graph."))
+    deterministic: bool = field(default=False, metadata=doc("Enable TensorFlow op determinism (slower; for exact repeats)."))
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig}
+
+
+@dataclass
+class RunConfig:
+    model: str
+    model_args: Any
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "model_args": dataclasses.asdict(self.model_args),
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "runtime": dataclasses.asdict(self.runtime),
+        }
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def fields_help(cls) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each field of a config dataclass."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list of {_type_name(item_type)}, got {value!r}; write it as [a, b]")
+        return origin(_coerce(v, item_type, key) for v in value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool):
+        raise UserError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if not isinstance(value, tp):
+        raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _update(instance, values: dict, section: str):
+    if not isinstance(values, dict):
+        raise UserError(f"config section {section!r} must be a mapping of keys to values")
+    hints = typing.get_type_hints(type(instance))
+    valid = [f.name for f in dataclasses.fields(instance)]
+    for key, value in values.items():
+        if key not in hints:
+            raise UserError(f"unknown config key {section}.{key}; valid keys in {section}: {', '.join(valid)}")
+        setattr(instance, key, _coerce(value, hints[key], f"{section}.{key}"))
+    return instance
+
+
+def default_config(spec) -> RunConfig:
+    config = RunConfig(model=spec.name, model_args=spec.hparams())
+    config.data.source = spec.default_data
+    _update(config.train, dict(spec.train_defaults), "train")
+    return config
+
+
+def read_config_file(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass an existing .yaml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise UserError(f"cannot parse config file {path}: {str(error).splitlines()[0]}; fix its syntax") from error
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {path} must hold a mapping (model, model_args, data, train, runtime)")
+    return loaded
+
+
+def apply_file(config: RunConfig, loaded: dict) -> RunConfig:
+    for section, values in loaded.items():
+        if section == "model":
+            if values != config.model:
+                raise UserError(f"config file is for model {values!r}, not {config.model!r}; drop the model name or the file")
+        elif section == "model_args":
+            _update(config.model_args, values, "model_args")
+        elif section in SECTIONS:
+            _update(getattr(config, section), values, section)
+        else:
+            raise UserError(f"unknown config section {section!r}; valid sections: model, model_args, {', '.join(SECTIONS)}")
+    return config
+
+
+def _sections(config: RunConfig) -> dict[str, Any]:
+    return {"model_args": config.model_args, **{name: getattr(config, name) for name in SECTIONS}}
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `key=value` strings in order (later wins)."""
+    sections = _sections(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects key=value, got {item!r}; for example --set train.epochs=3")
+        if "." in key:
+            section, _, name = key.partition(".")
+            if section == "model":  # `model.units` reads naturally too
+                section = "model_args"
+            if section not in sections:
+                raise UserError(f"unknown config section {section!r} in {key!r}; valid sections: {', '.join(sections)}")
+        else:
+            owners = [s for s, obj in sections.items() if any(f.name == key for f in dataclasses.fields(obj))]
+            if len(owners) != 1:
+                valid = ", ".join(f"{s}.{f.name}" for s, obj in sections.items() for f in dataclasses.fields(obj))
+                problem = "is ambiguous" if owners else "is not a config key"
+                raise UserError(f"{key!r} {problem}; valid keys: {valid}")
+            section, name = owners[0], key
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise UserError(f"cannot parse the value of {key!r}: {raw!r}; quote strings and write lists as [a, b]") from error
+        if value is None:
+            value = raw
+        hints = typing.get_type_hints(type(sections[section]))
+        if hints.get(name) is str and not isinstance(value, str):
+            value = raw.strip()  # `--set data.source=123` means the string "123"
+        _update(sections[section], {name: value}, section)
+    return config
+
+
+def validate(config: RunConfig) -> RunConfig:
+    checks = [
+        (config.train.epochs >= 1, "train.epochs must be at least 1"),
+        (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (config.train.steps_per_epoch >= 0, "train.steps_per_epoch must be 0 (full pass) or more"),
+        (config.train.learning_rate > 0, "train.learning_rate must be positive"),
+        (config.train.optimizer in ("adamw", "adam", "sgd"), "train.optimizer must be adamw, adam or sgd"),
+        (config.train.schedule in ("cosine", "constant"), "train.schedule must be cosine or constant"),
+        (0 <= config.train.min_learning_rate_ratio <= 1, "train.min_learning_rate_ratio must be between 0 and 1"),
+        (config.train.clip_norm >= 0, "train.clip_norm must be 0 (off) or positive"),
+        (0 < config.data.validation_fraction < 1, "data.validation_fraction must be between 0 and 1"),
+        (config.data.sequence_length >= 2, "data.sequence_length must be at least 2"),
+        (config.data.level in ("char", "word"), "data.level must be char or word"),
+        (config.data.max_vocab >= 2, "data.max_vocab must be at least 2"),
+        (config.runtime.steps_per_execution >= 1, "runtime.steps_per_execution must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    validate_hparams = getattr(config.model_args, "validate", None)
+    if validate_hparams:
+        validate_hparams()
+    return config
+
+
+def resolve(spec, config_file: Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Builder defaults ← config file ← overrides, validated."""
+    config = default_config(spec)
+    if config_file is not None:
+        apply_file(config, read_config_file(config_file))
+    apply_overrides(config, list(overrides))
+    return validate(config)
+
+
+def from_dict(spec, loaded: dict) -> RunConfig:
+    """A saved config (as written by `RunConfig.save`), checked like a config file."""
+    return validate(apply_file(default_config(spec), loaded))

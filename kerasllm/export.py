@@ -1,0 +1,114 @@
+"""Export a model to another format and check the copy computes the same outputs.
+
+Formats: `keras` (.keras), `h5` (Keras 3's legacy HDF5), `savedmodel` (a TensorFlow
+SavedModel with a `serve` signature) and `tflite` (through a SavedModel, because
+`TFLiteConverter.from_keras_model` fails on Keras 3 models). After writing, the
+export is loaded back and run on a sample batch; `max_abs_diff` must stay under
+the tolerance or the export is reported as failed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm.errors import UserError
+
+FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite"}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def default_out(source: Path, fmt: str) -> Path:
+    source = Path(source)
+    if source.is_dir():  # a run folder
+        return source / "export" / f"model{FORMATS[fmt]}"
+    return source.with_suffix(FORMATS[fmt])
+
+
+def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.ndarray:
+    """A batch that fits the model's input: token ids below the embedding size, else noise."""
+    rng = np.random.default_rng(seed)
+    spec = model.inputs[0]
+    shape = [batch] + [length if dim is None else dim for dim in spec.shape[1:]]
+    if "int" in str(spec.dtype):
+        import keras
+
+        vocab = next((layer.input_dim for layer in model.layers if isinstance(layer, keras.layers.Embedding)), 2)
+        return rng.integers(0, vocab, size=shape).astype(str(spec.dtype))
+    return rng.standard_normal(shape).astype("float32")
+
+
+def _input_signature(model, batch: np.ndarray):
+    import tensorflow as tf
+
+    return [tf.TensorSpec(batch.shape, batch.dtype, name=model.inputs[0].name)]
+
+
+def _run_tflite(path: Path, batch: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
+    """Write `model` as `fmt` at `out`; return the export's outputs on `batch`."""
+    if fmt in ("keras", "h5"):
+        model.save(out)
+        from kerasllm.saving import load_model
+
+        return np.asarray(load_model(out, compile=False).predict(batch, verbose=0))
+    if fmt == "savedmodel":
+        model.export(out, format="tf_saved_model", verbose=False)
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(str(out))  # keep a reference: `serve` needs its variables alive
+        return np.asarray(loaded.serve(batch))
+    # tflite: a SavedModel with a fixed input shape, then the converter.
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.export(folder, format="tf_saved_model", input_signature=_input_signature(model, batch), verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        out.write_bytes(converter.convert())
+    return _run_tflite(out, batch)
+
+
+def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bool = False,
+           sequence_length: int = 16) -> ExportResult:
+    """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if fmt != "savedmodel" and out.suffix != FORMATS[fmt]:
+        raise UserError(f"--format {fmt} needs an output path ending in {FORMATS[fmt]}, got {out}")
+    if out.exists():
+        if not overwrite:
+            raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = sample_batch(model, length=sequence_length)
+    expected = np.asarray(model.predict(batch, verbose=0))
+    actual = write(model, fmt, out, batch)
+    result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)
+    if not result.ok:
+        raise UserError(f"the {fmt} export at {out} differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g}); report this model and format")
+    return result

@@ -1,0 +1,97 @@
+"""Training progress for people (rich live bars) or scripts (JSON lines), or nothing.
+
+Modes: `rich` draws a bar per epoch with loss, val_loss, throughput and ETA and
+prints a sample after each epoch when the task makes one; `json` prints one JSON
+object per epoch on stdout; `quiet` prints nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import keras
+
+MODES = ("rich", "json", "quiet")
+
+
+def _format(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+class Reporter(keras.callbacks.Callback):
+    """Keras callback that reports progress.
+
+    Args:
+        mode: `rich`, `json` or `quiet`.
+        epochs: total epochs of the run.
+        steps_per_epoch: batches per epoch.
+        items_per_step: tokens or samples per batch, for the throughput.
+        unit: name of those items (`tokens`).
+        sample: optional `sample(model) -> str` run after each epoch.
+        console: a rich Console (default: stdout).
+    """
+
+    def __init__(self, mode, epochs, steps_per_epoch, items_per_step, unit, sample=None, console=None):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"unknown progress mode {mode!r}")
+        self.mode, self.epochs, self.steps, self.items, self.unit = mode, epochs, steps_per_epoch, items_per_step, unit
+        self.sample_fn = sample
+        self.console = console
+        self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
+        self.progress = None
+
+    def on_train_begin(self, logs=None):
+        if self.mode != "rich" or self.progress is not None:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = self.console or Console()
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]} val_loss {task.fields[val_loss]}"),
+            TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.progress.start()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+        self.offset, self.steps_done_at_start = self.steps_done_at_start, 0
+        if self.progress:
+            self.bar = self.progress.add_task(
+                f"epoch {epoch + 1}/{self.epochs}", total=self.steps, completed=self.offset,
+                loss="-", val_loss="-", speed="",
+            )
+
+    def speed(self, steps: int) -> float:
+        return steps * self.items / max(time.perf_counter() - self.epoch_start, 1e-9)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.progress:
+            steps = batch + 1
+            self.progress.update(self.bar, completed=self.offset + steps, loss=_format((logs or {}).get("loss")),
+                                 speed=f"{self.speed(steps):,.0f} {self.unit}/s")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        sample = self.sample_fn(self.model) if self.sample_fn and self.mode != "quiet" else None
+        steps = self.steps - self.offset
+        record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                  f"{self.unit}_per_second": self.speed(steps), "seconds": time.perf_counter() - self.epoch_start}
+        if self.mode == "json":
+            print(json.dumps(dict(record, sample=sample) if sample else record), flush=True)
+        elif self.progress:
+            self.progress.update(self.bar, completed=self.steps, loss=_format(logs.get("loss")),
+                                 val_loss=_format(logs.get("val_loss")))
+            if sample:
+                self.console.print(f"[dim]sample after epoch {epoch + 1}:[/dim]")
+                self.console.print(sample, highlight=False, markup=False)
+
+    def close(self):
+        if self.progress:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,75 @@
+"""Reports written into a run folder: learning curves (PNG) and the model card (README.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_curves(history: dict, path: Path, title: str = "") -> Path:
+    """Loss (and accuracy, if logged) per epoch for training and validation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [key for key in ("loss", "accuracy") if key in history]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for axis, key in zip(axes[0], panels):
+        epochs = range(1, len(history[key]) + 1)
+        axis.plot(epochs, history[key], marker="o", label=f"train {key}")
+        if f"val_{key}" in history:
+            axis.plot(epochs, history[f"val_{key}"], marker="o", label=f"validation {key}")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(key)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def _metrics_table(summary: dict) -> str:
+    before, after = summary.get("before_training", {}), summary.get("after_training", {})
+    rows = ["| metric | before training | after training |", "|---|---|---|"]
+    for key in after:
+        rows.append(f"| {key} | {before.get(key, float('nan')):.4f} | {after[key]:.4f} |")
+    return "\n".join(rows)
+
+
+def model_card(spec, config, data_record: dict, summary: dict, run_dir: Path) -> str:
+    """A short README.md: what was trained on what, final metrics, how to reproduce and use it."""
+    import yaml
+
+    return f"""# {spec.name} — {spec.description}
+
+Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)).
+
+## Data
+Source: `{data_record.get('source')}` ({data_record.get('characters', 0):,} characters, sha256 `{str(data_record.get('sha256', ''))[:16]}…`).
+Split: {data_record.get('split')}. Vocabulary: {data_record.get('vocab_size')} {data_record.get('level', '')} tokens.
+
+## Results (validation split)
+{_metrics_table(summary)}
+
+Epochs: {summary.get('epochs_completed')} (stopped early: {summary.get('stopped_early')}); steps: {summary.get('steps')};
+training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the lowest validation loss ({summary.get('best_checkpoint')}).
+
+## Reproduce
+```
+kerasllm train --config {Path(run_dir) / 'config.yaml'}
+```
+(ran as: `{summary.get('command')}`)
+
+## Use
+```
+kerasllm evaluate {run_dir}
+kerasllm generate {run_dir} --prompt "The "
+kerasllm export {run_dir} --format savedmodel
+```
+
+## Config
+```yaml
+{yaml.safe_dump(config.to_dict(), sort_keys=False)}```
+"""

@@ -1,0 +1,126 @@
+"""Loading models: run folders, `.keras`, and `.h5` (Keras 3 or tf.keras 2.x).
+
+Keras 3 refuses many `.h5` files that tf.keras 2 wrote, because their layer configs
+carry arguments Keras 3 dropped (`LSTM(time_major=False)`, keras#20750). The
+legacy loader here rebuilds such a model from its config, dropping exactly the
+arguments Keras 3 names as unrecognized, then loads the weights by layer.
+
+Everything loads in Keras safe mode (no arbitrary code from Lambda layers) unless
+`unsafe=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from kerasllm.errors import UserError
+from kerasllm.runs import MODEL_FILE, is_run_dir
+
+UNRECOGNIZED = re.compile(r"Unrecognized keyword arguments passed to (\w+): (\{.*\})")
+SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def model_path(path: Path) -> Path:
+    """The model file behind a run folder or a file path, checked to exist."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a run folder, a .keras or a .h5 file")
+    if path.is_dir():
+        if not is_run_dir(path):
+            raise UserError(f"{path} is a folder but not a run folder; pass a run folder, a .keras or a .h5 file")
+        path = path / MODEL_FILE
+        if not path.is_file():
+            raise UserError(f"{path.parent} has no {MODEL_FILE} (training did not finish); finish it with `kerasllm train --resume {path.parent}`")
+    if path.suffix not in SUFFIXES:
+        raise UserError(f"{path} is not a model file; pass a run folder, a .keras or a .h5 file")
+    return path
+
+
+def _safety_error(error: Exception, path: Path) -> UserError | None:
+    if "safe_mode" in str(error) or "unsafe" in str(error).lower():
+        return UserError(f"{path} contains code (e.g. a Lambda layer) that safe mode will not run; pass --unsafe if you trust the file")
+    return None
+
+
+def load_model(path: Path, *, unsafe: bool = False, compile: bool = True):
+    """A Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s."""
+    import keras
+
+    path = model_path(path)
+    try:
+        if path.suffix == ".keras":
+            return keras.saving.load_model(path, safe_mode=not unsafe, compile=compile)
+        return load_h5(path, unsafe=unsafe)
+    except UserError:
+        raise
+    except Exception as error:  # Keras raises many types for a bad file
+        raise _safety_error(error, path) or UserError(
+            f"cannot load {path}: {str(error).splitlines()[0][:200]}; check that the file is a complete Keras model"
+        ) from error
+
+
+def _read_h5_config(path: Path) -> tuple[dict, str]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            config = f.attrs.get("model_config")
+            version = f.attrs.get("keras_version", b"")
+    except OSError as error:
+        raise UserError(f"{path} is not a readable HDF5 file (corrupt or truncated); re-save or re-download it") from error
+    if config is None:
+        raise UserError(f"{path} holds weights only, no model config; load it into a built model, or save the whole model")
+    decode = lambda value: value.decode("utf-8") if hasattr(value, "decode") else str(value)
+    return json.loads(decode(config)), decode(version)
+
+
+def _drop_arguments(config, class_name: str, names: set[str]) -> int:
+    """Remove `names` from every layer config of `class_name` (recursively); count removals."""
+    dropped = 0
+    if isinstance(config, dict):
+        if config.get("class_name") == class_name and isinstance(config.get("config"), dict):
+            for name in names & set(config["config"]):
+                del config["config"][name]
+                dropped += 1
+        for value in config.values():
+            dropped += _drop_arguments(value, class_name, names)
+    elif isinstance(config, list):
+        for value in config:
+            dropped += _drop_arguments(value, class_name, names)
+    return dropped
+
+
+def load_h5(path: Path, *, unsafe: bool = False):
+    """Load a whole-model `.h5`, migrating tf.keras 2.x configs that Keras 3 rejects.
+
+    The model is returned uncompiled; `model.legacy_dropped` lists what was dropped.
+    """
+    import ast
+
+    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+
+    config, version = _read_h5_config(path)
+    dropped: list[str] = []
+    for _ in range(50):  # one round per layer class with stale arguments
+        try:
+            with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(not unsafe):
+                model = saving_utils.model_from_config(config)
+            break
+        except (TypeError, ValueError) as error:
+            match = UNRECOGNIZED.search(str(error))
+            if not match:
+                raise
+            class_name, names = match.group(1), set(ast.literal_eval(match.group(2)))
+            if not _drop_arguments(config, class_name, names):
+                raise
+            dropped += [f"{class_name}.{name}" for name in sorted(names)]
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        legacy_h5_format.load_weights_from_hdf5_group(f["model_weights"] if "model_weights" in f else f, model)
+    model.legacy_dropped = dropped
+    model.legacy_keras_version = version
+    return model
