@@ -206,6 +206,11 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         hints = typing.get_type_hints(type(sections[section]))
         if hints.get(name) is str and not isinstance(value, str):
             value = raw.strip()  # `--set data.source=123` means the string "123"
+        elif hints.get(name) is float and isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads `1e-3` as a string
+            except ValueError:
+                pass
         _update(sections[section], {name: value}, section)
     return config
 

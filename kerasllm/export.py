@@ -75,7 +75,7 @@ def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
         model.save(out)
         from kerasllm.saving import load_model
 
-        return np.asarray(load_model(out, compile=False).predict(batch, verbose=0))
+        return np.asarray(load_model(out).predict(batch, verbose=0))
     if fmt == "savedmodel":
         model.export(out, format="tf_saved_model", verbose=False)
         import tensorflow as tf

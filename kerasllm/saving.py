@@ -44,8 +44,11 @@ def _safety_error(error: Exception, path: Path) -> UserError | None:
     return None
 
 
-def load_model(path: Path, *, unsafe: bool = False, compile: bool = True):
-    """A Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s."""
+def load_model(path: Path, *, unsafe: bool = False, compile: bool = False):
+    """A Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s.
+
+    Uncompiled by default: commands compile with the task's loss and metrics themselves.
+    """
     import keras
 
     path = model_path(path)

@@ -4,9 +4,9 @@
 trains it with `model.fit`, checkpoints every epoch (and every N steps if asked),
 stops early on validation loss, and writes the run folder (see `kerasllm.runs`).
 
-A checkpoint is `checkpoints/step-NNNNNNNN/` with the model weights, the optimizer's
-variables (moments and the iteration count that drives the learning-rate schedule)
-and `state.json` (epoch, step, early-stopping counters, history). `resume=True`
+A checkpoint is `checkpoints/step-NNNNNNNN/` with `model.weights.h5` (the model's
+and the optimizer's variables: moments and the iteration count that drives the
+learning-rate schedule) and `state.json` (epoch, step, early-stopping counters, history). `resume=True`
 restores all of them from the newest checkpoint; each epoch's data order depends
 only on (seed, epoch), so a resumed run sees the same batches a straight run would.
 """
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from kerasllm import registry, reports, tasks
 from kerasllm.config import RunConfig, TrainConfig
@@ -75,8 +74,7 @@ def save_checkpoint(run_dir: Path, model, state: TrainState) -> Path:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    model.save_weights(partial / "model.weights.h5")
-    np.savez(partial / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
+    model.save_weights(partial / "model.weights.h5")  # a compiled model's optimizer variables go in too
     write_json(partial / "state.json", dataclasses.asdict(state))
     shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (epoch end on a step checkpoint)
     partial.rename(folder)
@@ -90,20 +88,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def restore_checkpoint(folder: Path, model) -> TrainState:
     """Load weights and optimizer variables into a compiled model; return the saved state."""
+    model.optimizer.build(model.trainable_variables)  # so that load_weights fills the optimizer too
     try:
         model.load_weights(folder / "model.weights.h5")
-        model.optimizer.build(model.trainable_variables)
-        with np.load(folder / "optimizer.npz") as saved:
-            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"checkpoint {folder} is unreadable ({str(error).splitlines()[0]}); delete it to resume from an earlier one") from error
-    variables = model.optimizer.variables
-    if len(values) != len(variables) or any(tuple(v.shape) != w.shape for v, w in zip(variables, values)):
-        raise UserError(f"checkpoint {folder} does not match this model's optimizer; resume with the run's own config")
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-    state = read_json(folder / "state.json")
-    return TrainState(**state)
+        raise UserError(f"checkpoint {folder} is unreadable or does not fit this model ({str(error).splitlines()[0][:150]}); "
+                        "delete it to resume from an earlier one") from error
+    return TrainState(**read_json(folder / "state.json"))
 
 
 class Checkpointing(keras.callbacks.Callback):
@@ -197,7 +188,8 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, progress: s
     strategy = get_strategy(config.runtime.strategy)
     model = build_and_compile(spec, config, data, strategy)
     if checkpoint:
-        state = restore_checkpoint(checkpoint, model)
+        with strategy.scope():
+            state = restore_checkpoint(checkpoint, model)
         summary = read_json(run_dir / "metrics.json")
     else:
         state = TrainState()

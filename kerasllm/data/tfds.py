@@ -33,7 +33,7 @@ def text_feature(info, name: str) -> str:
     import tensorflow as tf
 
     for key, feature in info.features.items():
-        if getattr(feature, "dtype", None) == tf.string:
+        if getattr(feature, "tf_dtype", None) == tf.string:
             return key
     raise UserError(f"tfds:{name} has no text feature; pick a text dataset such as tfds:tiny_shakespeare")
 
@@ -48,13 +48,16 @@ def load_text_splits(name: str, validation_fraction: float):
     def read(split: str) -> str:
         return "\n".join(example[key].decode("utf-8") for example in load_split(name, split).as_numpy_iterator())
 
-    splits = set(info.splits.keys())
-    if "train" not in splits:
-        raise UserError(f"tfds:{name} has no train split (it has {', '.join(sorted(splits))})")
     train = read("train")
-    held_out = next((s for s in ("validation", "test") if s in splits), None)
-    if held_out:
-        validation, how = read(held_out), f"tfds split {held_out!r}"
+    validation = held_out = None
+    for held_out in ("validation", "test"):
+        try:
+            validation = read(held_out)
+            break
+        except UserError:  # the dataset has no such split
+            continue
+    if validation is not None:
+        how = f"tfds split {held_out!r}"
     else:
         train, validation = split_by_fraction(train, validation_fraction)
         how = f"last {validation_fraction:.0%} of the train split"

@@ -1,0 +1,46 @@
+"""Tiny shared fixtures: a small corpus, tiny-model settings and one trained run."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from kerasllm.data.text import builtin_text
+
+# A model small enough to train a few steps in seconds.
+TINY = [
+    "model_args.units=16", "model_args.embedding_dim=8", "data.sequence_length=16",
+    "train.batch_size=8", "train.steps_per_epoch=3", "train.epochs=2", "train.sample_length=10",
+    "train.warmup_steps=2",
+]
+
+
+def tiny_args():
+    return [arg for item in TINY for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="session")
+def runner():
+    return CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """About 20,000 characters of real English prose (the start of the built-in corpus)."""
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(builtin_text("python-docs")[:20000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, corpus_file, runner):
+    """One tiny lstm-textgen run made through the CLI, shared by the read-only tests."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = runner.invoke(cli.app, ["train", "lstm-textgen", "--data", str(corpus_file), "--out", str(out), "--quiet", *tiny_args()])
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from kerasllm import config as config_lib
+from kerasllm import registry
+from kerasllm.errors import UserError
+
+SPEC = registry.get("lstm-textgen")
+
+
+def test_defaults_come_from_the_builder_and_its_recipe():
+    config = config_lib.resolve(SPEC)
+    assert config.model_args.units == 256
+    assert config.train.epochs == 6  # lstm-textgen's train_defaults
+    assert config.data.source == "builtin:python-docs"
+
+
+def test_file_then_set_precedence(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model_args: {units: 32, embedding_dim: 16}\ntrain: {epochs: 4, learning_rate: 0.01}\n")
+    config = config_lib.resolve(SPEC, path, ["model_args.units=48", "epochs=9"])
+    assert (config.model_args.units, config.model_args.embedding_dim) == (48, 16)  # --set beats file, file beats default
+    assert (config.train.epochs, config.train.learning_rate) == (9, 0.01)
+
+
+def test_json_config_and_typed_values(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"model": "lstm-textgen", "runtime": {"jit_compile": True}}))
+    config = config_lib.resolve(SPEC, path, ["train.learning_rate=1e-3", "train.clip_norm=2", "runtime.deterministic=true",
+                                             "data.source=123"])
+    assert config.runtime.jit_compile is True and config.runtime.deterministic is True
+    assert config.train.learning_rate == 0.001 and config.train.clip_norm == 2.0
+    assert config.data.source == "123"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model_args.unitz=3", "unknown config key model_args.unitz; valid keys in model_args: embedding_dim, units"),
+    ("train.epochs=three", "train.epochs must be int"),
+    ("train.epochs=2.5", "train.epochs must be int"),
+    ("runtime.jit_compile=3", "runtime.jit_compile must be bool"),
+    ("nonsense=1", "'nonsense' is not a config key; valid keys: model_args.embedding_dim"),
+    ("bogus.epochs=1", "unknown config section 'bogus'"),
+    ("epochs", "--set expects key=value"),
+    ("train.optimizer=lion", "train.optimizer must be adamw, adam or sgd"),
+    ("model_args.dropout=1.5", "model_args.dropout must be in [0, 1)"),
+])
+def test_bad_overrides_are_rejected_with_the_valid_keys(override, message):
+    with pytest.raises(UserError) as error:
+        config_lib.resolve(SPEC, None, [override])
+    assert message in str(error.value)
+
+
+def test_list_fields_are_typed():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class WithList:
+        sizes: list[int] = field(default_factory=lambda: [1])
+
+    instance = WithList()
+    config_lib._update(instance, {"sizes": [3, 4]}, "model_args")
+    assert instance.sizes == [3, 4]
+    with pytest.raises(UserError, match="must be a list of int"):
+        config_lib._update(instance, {"sizes": 3}, "model_args")
+    with pytest.raises(UserError, match="must be int"):
+        config_lib._update(instance, {"sizes": ["a"]}, "model_args")
+
+
+def test_config_file_for_another_model_and_bad_sections(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: cnn-classifier\n")
+    with pytest.raises(UserError, match="config file is for model 'cnn-classifier'"):
+        config_lib.resolve(SPEC, path)
+    path.write_text("optimizer: {lr: 1}\n")
+    with pytest.raises(UserError, match="unknown config section 'optimizer'"):
+        config_lib.resolve(SPEC, path)
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(UserError, match="cannot parse config file"):
+        config_lib.resolve(SPEC, path)
+    with pytest.raises(UserError, match="does not exist"):
+        config_lib.resolve(SPEC, tmp_path / "missing.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = config_lib.resolve(SPEC, None, ["model_args.units=12", "train.seed=7", "data.level=word"])
+    config.save(tmp_path / "config.yaml")
+    again = config_lib.resolve(SPEC, tmp_path / "config.yaml")
+    assert again.to_dict() == config.to_dict()

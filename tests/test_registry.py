@@ -1,0 +1,84 @@
+import sys
+import textwrap
+from importlib import metadata
+
+import pytest
+
+from kerasllm import registry
+from kerasllm.errors import UserError
+from zoo import lstm_textgen
+
+
+def test_registered_names_are_pinned():
+    assert registry.names() == ["lstm-textgen"]
+
+
+def test_spec_declares_task_hparams_and_default_data():
+    spec = registry.get("lstm-textgen")
+    assert spec.task == "text-generation"
+    assert spec.default_data == "builtin:python-docs"
+    assert spec.hparams().units == 256
+
+
+def test_duplicate_name_is_an_error():
+    reg = registry.Registry()
+    reg.register(lstm_textgen.SPEC)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register(lstm_textgen.SPEC)
+
+
+def test_unknown_name_lists_known_names_with_did_you_mean():
+    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: lstm-textgen"):
+        registry.get("lstm-textgn")
+
+
+def test_unknown_task_is_rejected():
+    with pytest.raises(ValueError, match="unknown task"):
+        registry.ModelSpec("x", "dancing", lstm_textgen.LSTMTextGeneratorConfig, lstm_textgen.build, "", "", lambda h: 0)
+
+
+def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):
+    """A fake installed distribution (a .dist-info folder on sys.path) found by importlib.metadata."""
+    (tmp_path / "my_zoo_plugin.py").write_text(textwrap.dedent("""
+        import dataclasses
+        from kerasllm.registry import ModelSpec
+        from zoo import lstm_textgen
+
+        def specs():
+            return [dataclasses.replace(lstm_textgen.SPEC, name="plugin-lstm", description="from a plugin")]
+    """))
+    dist = tmp_path / "my_zoo_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-zoo-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[kerasllm.zoo]\nplugin = my_zoo_plugin:specs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = [ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "plugin"]
+    assert found, "the fake distribution's entry point was not found"
+    reg = registry.Registry()
+    reg.load_entry_points(found)
+    assert reg.get("plugin-lstm").description == "from a plugin"
+    sys.modules.pop("my_zoo_plugin", None)
+
+
+def test_plugin_returning_the_wrong_type_is_rejected():
+    class EntryPoint:
+        name = "bad"
+
+        def load(self):
+            return lambda: "not a spec"
+
+    with pytest.raises(TypeError, match="not ModelSpec"):
+        registry.Registry().load_entry_points([EntryPoint()])
+
+
+@pytest.mark.parametrize("hparams", [lstm_textgen.LSTMTextGeneratorConfig(), lstm_textgen.LSTMTextGeneratorConfig(units=24, num_layers=2, embedding_dim=7)])
+def test_count_params_matches_the_built_model(hparams):
+    from kerasllm.data import DataInfo
+
+    model = lstm_textgen.build(hparams, DataInfo(vocab_size=50))
+    assert lstm_textgen.count_params(hparams, 50) == model.count_params()
+
+
+def test_default_size_parameter_count_is_pinned():
+    # Embedding 100×64 + LSTM 4·(64·256 + 256·256 + 256) + Dense 256·100 + 100, for a 100-token vocabulary.
+    assert lstm_textgen.count_params(lstm_textgen.LSTMTextGeneratorConfig(), vocab_size=100) == 360_804
