@@ -35,7 +35,7 @@ STATE = {"debug": False}
 
 # Options shared by several commands: defined once.
 ModelOrRun = Annotated[Path, typer.Argument(help="A run folder (runs/NAME-TIME), a .keras file, or a .h5 file.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts; train prints JSON Lines).")]
 UnsafeFlag = Annotated[bool, typer.Option("--unsafe", help="Load models outside Keras safe mode (runs code stored in the file). Only for files you trust.")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Random seed (sets train.seed for training).")]
 DataOption = Annotated[Optional[str], typer.Option("--data", help="A text file, a folder of .txt files, tfds:NAME or builtin:NAME.")]
@@ -181,8 +181,8 @@ def train(
         console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}")
     summary = train_model(config, run_dir, resume=resume is not None, progress=mode, console=console,
                           command="kerasllm " + " ".join(sys.argv[1:]))
-    if as_json:
-        return print_json(dict(summary, run=str(run_dir)))
+    if as_json:  # JSON Lines: one object per epoch, then the summary
+        return print(json.dumps(dict(summary, run=str(run_dir)), default=str))
     if quiet:
         return print(run_dir)
     table = Table("metric", "before training", "after training", title=f"{spec.name}: validation")

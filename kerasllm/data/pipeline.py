@@ -48,13 +48,14 @@ def language_model_dataset(windows: np.ndarray, batch_size: int, *, shuffle_seed
 
     With `shuffle_seed`, yields `steps_per_epoch` shuffled batches per epoch for
     epochs [first_epoch, epochs) (minus `skip_steps` at the start); without it,
-    one pass in order (for validation).
+    one pass in order over every window (for validation: the last batch may be
+    smaller, so the metrics do not depend on the batch size).
     """
     import tensorflow as tf
 
     table = tf.constant(windows, dtype=tf.int32)
     if shuffle_seed is None:
-        indices = tf.data.Dataset.range(len(windows)).batch(batch_size, drop_remainder=True)
+        indices = tf.data.Dataset.range(len(windows)).batch(batch_size)
     else:
         indices = shuffled_batches(len(windows), batch_size, steps_per_epoch, shuffle_seed, first_epoch, epochs, skip_steps)
 

@@ -41,7 +41,7 @@ def validation_dataset(tokenizer: Tokenizer, text: str, sequence_length: int, ba
             f"the validation text has {len(text)} characters, too few for one window of {sequence_length + 1} tokens; "
             "use more data, a larger data.validation_fraction or a smaller data.sequence_length"
         )
-    return pipeline.language_model_dataset(windows, min(batch_size, len(windows)))
+    return pipeline.language_model_dataset(windows, batch_size)
 
 
 def sample_prompt(text: str, sequence_length: int) -> str:

@@ -1,0 +1,225 @@
+"""Every command through typer's CliRunner, including the error paths."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import cli
+from tests.conftest import tiny_args
+
+
+def invoke(runner, *args):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def assert_user_error(result, text):
+    assert result.exit_code == 2, result.output
+    assert text in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_help_lists_the_commands(runner):
+    result = invoke(runner, "--help")
+    assert result.exit_code == 0
+    for command in ("list", "info", "train", "evaluate", "generate", "export"):
+        assert command in result.output
+
+
+def test_list_and_info(runner):
+    result = invoke(runner, "list")
+    assert result.exit_code == 0 and "lstm-textgen" in result.output and "text-generation" in result.output
+    rows = json.loads(invoke(runner, "list", "--json").output)
+    assert rows[0]["name"] == "lstm-textgen" and rows[0]["parameters"] > 300_000
+    result = invoke(runner, "info", "lstm-textgen")
+    assert result.exit_code == 0 and "model_args.units" in result.output and "LSTM hidden units" in result.output
+    keys = {row["key"]: row["default"] for row in json.loads(invoke(runner, "info", "lstm-textgen", "--json").output)["keys"]}
+    assert keys["model_args.units"] == 256 and keys["train.optimizer"] == "adamw"
+
+
+def test_unknown_model_is_one_line(runner):
+    assert_user_error(invoke(runner, "info", "lstm-textgn"), "did you mean 'lstm-textgen'?")
+    assert_user_error(invoke(runner, "train", "cnn"), "unknown model 'cnn'")
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"),
+    (b"", "holds no text"),
+    (b"\x00\x01\x02binary", "looks like a binary file"),
+    (b"\xff\xfe\xfa bad", "is not UTF-8"),
+])
+def test_train_data_errors(runner, tmp_path, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", path, "--out", tmp_path / "run"), message)
+
+
+def test_train_config_errors(runner, tmp_path):
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "model_args.unitz=3"), "valid keys in model_args")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "train.epochs=many"), "train.epochs must be int")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--strategy", "tpu", "--out", tmp_path / "r", *tiny_args()),
+                      "unknown strategy 'tpu'")
+    assert_user_error(invoke(runner, "train"), "name a model to train")
+
+
+def test_train_never_overwrites_an_existing_run(runner, trained_run):
+    before = {p: p.stat().st_mtime_ns for p in trained_run.rglob("*")}
+    result = invoke(runner, "train", "lstm-textgen", "--out", trained_run, *tiny_args())
+    assert_user_error(result, "already exists")
+    assert {p: p.stat().st_mtime_ns for p in trained_run.rglob("*")} == before
+
+
+def test_resume_errors(runner, tmp_path, trained_run):
+    assert_user_error(invoke(runner, "train", "--resume", tmp_path), "is not a run folder")
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    shutil.rmtree(copy / "checkpoints")
+    assert_user_error(invoke(runner, "train", "--resume", copy), "has no checkpoint to resume from")
+    assert_user_error(invoke(runner, "train", "--resume", trained_run, "--set", "model_args.units=8"),
+                      "--resume cannot change model_args")
+
+
+def test_run_folder_has_everything(trained_run):
+    for name in ("config.yaml", "data.json", "tokenizer.json", "model.keras", "history.json", "metrics.json",
+                 "curves.png", "README.md", "checkpoints", "logs"):
+        assert (trained_run / name).exists(), name
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["after_training"]["loss"] < metrics["before_training"]["loss"]
+    assert "kerasllm train --config" in (trained_run / "README.md").read_text()
+    data = json.loads((trained_run / "data.json").read_text())
+    assert data["split"] == "last 10% of the characters is validation" and data["train_characters"] == 18000
+
+
+def test_config_file_reproduces_the_run(runner, trained_run, tmp_path):
+    out = tmp_path / "again"
+    result = invoke(runner, "train", "--config", trained_run / "config.yaml", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    *epochs, summary = [json.loads(line) for line in result.stdout.splitlines()]  # JSON Lines only
+    assert [line["epoch"] for line in epochs] == [1, 2]
+    assert summary["run"] == str(out)
+    first = json.loads((trained_run / "metrics.json").read_text())
+    assert summary["after_training"]["loss"] == pytest.approx(first["after_training"]["loss"], abs=1e-5)
+    assert (out / "config.yaml").read_text() == (trained_run / "config.yaml").read_text()
+
+
+def test_train_resume_extends_a_finished_run(runner, trained_run, tmp_path):
+    copy = tmp_path / "more"
+    shutil.copytree(trained_run, copy)
+    result = invoke(runner, "train", "--resume", copy, "--epochs", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    history = json.loads((copy / "history.json").read_text())
+    assert len(history["loss"]) == 3
+
+
+def test_evaluate(runner, trained_run, corpus_file):
+    result = invoke(runner, "evaluate", trained_run)
+    assert result.exit_code == 0, result.output
+    for key in ("loss", "perplexity", "bits_per_char", "accuracy"):
+        assert key in result.output
+    values = json.loads(invoke(runner, "evaluate", trained_run, "--json").output)
+    assert values["bits_per_char"] == pytest.approx(values["loss"] / 0.6931471805599453)
+    metrics = json.loads((trained_run / "metrics.json").read_text())["after_training"]
+    assert values["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+    other = json.loads(invoke(runner, "evaluate", trained_run / "model.keras", "--data", corpus_file, "--json").output)
+    assert other["data"] == str(corpus_file) and other["tokens"] == 20000
+
+
+def test_evaluate_errors(runner, tmp_path, trained_run):
+    assert_user_error(invoke(runner, "evaluate", tmp_path / "nope"), "does not exist")
+    assert_user_error(invoke(runner, "evaluate", tmp_path), "not a run folder")
+    copy = tmp_path / "corrupt"
+    shutil.copytree(trained_run, copy)
+    (copy / "model.keras").write_bytes(b"not a zip file")
+    assert_user_error(invoke(runner, "evaluate", copy), "cannot load")
+    loose = tmp_path / "loose.keras"
+    shutil.copy(trained_run / "model.keras", loose)
+    assert_user_error(invoke(runner, "evaluate", loose), "its tokenizer is unknown")
+
+
+def test_debug_shows_the_traceback(runner, tmp_path):
+    result = invoke(runner, "--debug", "evaluate", tmp_path / "nope")
+    assert result.exit_code != 0 and result.exception is not None and type(result.exception).__name__ == "UserError"
+
+
+def test_generate_streams_a_continuation(runner, trained_run):
+    result = invoke(runner, "generate", trained_run, "--prompt", "The ", "--length", 40, "--seed", 3)
+    assert result.exit_code == 0, result.output
+    text = result.output.rstrip("\n")
+    assert text.startswith("The ") and len(text) == 44
+    again = invoke(runner, "generate", trained_run, "--prompt", "The ", "--length", 40, "--seed", 3)
+    assert again.output == result.output  # --seed repeats
+    greedy = invoke(runner, "generate", trained_run, "--prompt", "The ", "--length", 20, "--temperature", 0, "--top-k", 3)
+    assert greedy.exit_code == 0 and len(greedy.output.rstrip("\n")) == 24
+    assert_user_error(invoke(runner, "generate", trained_run, "--temperature", -1), "--temperature must be")
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel", "tflite"])
+def test_export_formats_match_the_source(runner, trained_run, tmp_path, fmt):
+    out = tmp_path / ("model.savedmodel" if fmt == "savedmodel" else f"model.{ 'keras' if fmt == 'keras' else fmt}")
+    result = invoke(runner, "export", trained_run, "--format", fmt, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "max |diff|" in result.output
+    diff = float(result.output.split("max |diff| vs source on a sample batch: ")[1].split()[0])
+    assert diff <= 1e-4
+    assert_user_error(invoke(runner, "export", trained_run, "--format", fmt, "--out", out), "already exists")
+
+
+def test_export_errors(runner, trained_run, tmp_path):
+    assert_user_error(invoke(runner, "export", trained_run, "--format", "onnx2"), "unknown export format 'onnx2'")
+    assert_user_error(invoke(runner, "export", trained_run / "model.keras", "--out", trained_run / "model.keras"),
+                      "is the source model itself")
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n garbage")
+    assert_user_error(invoke(runner, "export", bad), "not a readable HDF5 file")
+    text = tmp_path / "notes.txt"
+    text.write_text("hi")
+    assert_user_error(invoke(runner, "export", text), "is not a model file")
+
+
+LEGACY_SCRIPT = """
+import numpy as np, tensorflow as tf
+from tensorflow import keras  # tf.keras 2.x, as the tutorial wrote it
+vocab = 30
+model = keras.Sequential([keras.layers.Embedding(vocab, 8), keras.layers.LSTM(16, return_sequences=True),
+                          keras.layers.Dense(vocab, activation="softmax")])
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+x = np.random.RandomState(0).randint(0, vocab, (4, 12)).astype("int32")
+model.fit(x, x, epochs=1, verbose=0)
+model.save("my_model.h5")
+np.save("x.npy", x)
+np.save("y.npy", model.predict(x, verbose=0))
+"""
+
+
+def test_export_reads_a_tf_keras_2_h5(runner, tmp_path):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    subprocess.run([sys.executable, "-c", LEGACY_SCRIPT], cwd=tmp_path, env=env, check=True, capture_output=True)
+    import keras
+    import numpy as np
+
+    with pytest.raises(Exception, match="time_major"):
+        keras.saving.load_model(tmp_path / "my_model.h5")  # the failure this path exists for
+    result = invoke(runner, "export", tmp_path / "my_model.h5", "--format", "keras")
+    assert result.exit_code == 0, result.output
+    assert "dropped LSTM.time_major" in result.output
+    migrated = keras.saving.load_model(tmp_path / "my_model.keras")
+    np.testing.assert_allclose(migrated.predict(np.load(tmp_path / "x.npy"), verbose=0), np.load(tmp_path / "y.npy"), atol=1e-5)
+
+
+def test_installed_script_is_fast_and_does_not_import_tensorflow():
+    script = Path(sys.executable).parent / "kerasllm"
+    assert script.exists(), "install the project (pip install -e .) to get the kerasllm script"
+    started = time.perf_counter()
+    result = subprocess.run([str(script), "list"], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0 and "lstm-textgen" in result.stdout
+    assert elapsed < 5  # typically ~0.4 s; the bound only catches a TensorFlow import
+    probe = "import sys, cli\ntry:\n    cli.app(['list'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().endswith("[]")
