@@ -12,7 +12,7 @@ SPEC = registry.get("lstm-textgen")
 def test_defaults_come_from_the_builder_and_its_recipe():
     config = config_lib.resolve(SPEC)
     assert config.model_args.units == 256
-    assert config.train.epochs == 6  # lstm-textgen's train_defaults
+    assert (config.train.epochs, config.train.learning_rate) == (6, 1e-2)  # lstm-textgen recipe
     assert config.data.source == "builtin:python-docs"
 
 
