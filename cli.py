@@ -179,8 +179,13 @@ def train(
     mode = "json" if as_json else "quiet" if quiet else "rich"
     if mode == "rich":
         console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}")
-    summary = train_model(config, run_dir, resume=resume is not None, progress=mode, console=console,
-                          command="kerasllm " + " ".join(sys.argv[1:]))
+    try:
+        summary = train_model(config, run_dir, resume=resume is not None, progress=mode, console=console,
+                              command="kerasllm " + " ".join(sys.argv[1:]))
+    except BaseException:
+        if resume is None and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
+        raise
     if as_json:  # JSON Lines: one object per epoch, then the summary
         return print(json.dumps(dict(summary, run=str(run_dir)), default=str))
     if quiet:

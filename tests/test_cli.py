@@ -59,6 +59,7 @@ def test_train_data_errors(runner, tmp_path, content, message):
     if content is not None:
         path.write_bytes(content)
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", path, "--out", tmp_path / "run"), message)
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
 
 def test_train_config_errors(runner, tmp_path):
