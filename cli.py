@@ -279,8 +279,7 @@ def export(
     from kerasllm import runs
     from kerasllm.saving import load_model, model_path
 
-    if fmt not in export_lib.FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(export_lib.FORMATS)}")
+    export_lib.check_format(fmt)  # before the (slow) model load
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
     if out.resolve() == path.resolve():

@@ -34,6 +34,12 @@ class ExportResult:
         return self.max_abs_diff <= self.tolerance
 
 
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    return fmt
+
+
 def default_out(source: Path, fmt: str) -> Path:
     source = Path(source)
     if source.is_dir():  # a run folder
@@ -98,8 +104,7 @@ def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
 def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bool = False,
            sequence_length: int = 16) -> ExportResult:
     """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    check_format(fmt)
     out = Path(out)
     if fmt != "savedmodel" and out.suffix != FORMATS[fmt]:
         raise UserError(f"--format {fmt} needs an output path ending in {FORMATS[fmt]}, got {out}")

@@ -44,17 +44,17 @@ def _safety_error(error: Exception, path: Path) -> UserError | None:
     return None
 
 
-def load_model(path: Path, *, unsafe: bool = False, compile: bool = False):
-    """A Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s.
+def load_model(path: Path, *, unsafe: bool = False):
+    """An uncompiled Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s.
 
-    Uncompiled by default: commands compile with the task's loss and metrics themselves.
+    Commands compile with the task's loss and metrics themselves.
     """
     import keras
 
     path = model_path(path)
     try:
         if path.suffix == ".keras":
-            return keras.saving.load_model(path, safe_mode=not unsafe, compile=compile)
+            return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
         return load_h5(path, unsafe=unsafe)
     except UserError:
         raise

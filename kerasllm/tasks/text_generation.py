@@ -30,15 +30,12 @@ def metrics():
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
 
-def encode_windows(tokenizer: Tokenizer, text: str, sequence_length: int):
-    return pipeline.language_model_windows(tokenizer.encode(text), sequence_length)
-
-
-def validation_dataset(tokenizer: Tokenizer, text: str, sequence_length: int, batch_size: int):
-    windows = encode_windows(tokenizer, text, sequence_length)
+def validation_dataset(ids, sequence_length: int, batch_size: int):
+    """Every window of the token ids `ids`, in order."""
+    windows = pipeline.language_model_windows(ids, sequence_length)
     if len(windows) == 0:
         raise UserError(
-            f"the validation text has {len(text)} characters, too few for one window of {sequence_length + 1} tokens; "
+            f"the validation text has {len(ids)} tokens, too few for one window of {sequence_length + 1}; "
             "use more data, a larger data.validation_fraction or a smaller data.sequence_length"
         )
     return pipeline.language_model_dataset(windows, batch_size)
@@ -56,9 +53,9 @@ def prepare(config, tokenizer: Tokenizer | None = None) -> PreparedData:
     data, train = config.data, config.train
     split = load_text(data.source, data.validation_fraction)
     tokenizer = tokenizer or Tokenizer.fit(split.train, data.level, data.max_vocab)
-    windows = encode_windows(tokenizer, split.train, data.sequence_length)
+    windows = pipeline.language_model_windows(tokenizer.encode(split.train), data.sequence_length)
     steps = pipeline.steps_in(len(windows), train.batch_size, train.steps_per_epoch, "training")
-    validation = validation_dataset(tokenizer, split.validation, data.sequence_length, train.batch_size)
+    validation = validation_dataset(tokenizer.encode(split.validation), data.sequence_length, train.batch_size)
     prompt = sample_prompt(split.validation, data.sequence_length)
 
     def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
@@ -113,9 +110,9 @@ def evaluate(model, run, data: str | None = None, batch_size: int = 64) -> dict:
     else:
         text, where = reload_validation(run.data_record), f"validation split of {run.data_record['source']}"
     sequence_length = run.config.data.sequence_length
-    dataset = validation_dataset(tokenizer, text, sequence_length, batch_size)
+    ids = tokenizer.encode(text)
+    dataset = validation_dataset(ids, sequence_length, batch_size)
     model.compile(loss=loss(), metrics=metrics())
     results = model.evaluate(dataset, verbose=0, return_dict=True)
-    ids = tokenizer.encode(text)
     return dict(report(results, {"level": tokenizer.level}), data=where, tokens=int(len(ids)),
                 unknown_token_fraction=float((ids == 0).mean()))
