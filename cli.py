@@ -110,13 +110,16 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
         for field, type_name, _, help_text in config_lib.fields_help(cls)
     ]
     if as_json:
-        return print_json({"name": spec.name, "task": spec.task, "default_data": spec.default_data, "keys": rows})
+        return print_json({"name": spec.name, "task": spec.task, "default_data": spec.default_data, "keys": rows,
+                           "presets": spec.presets})
     console.print(f"[bold]{spec.name}[/] ({spec.task}): {spec.description}")
     table = Table("key", "type", "default", "help")
     for row in rows:
         table.add_row(row["key"], row["type"], repr(row["default"]), row["help"])
     console.print(table)
-    console.print("Change any key with `--set key=value` or a `--config` file.")
+    for preset, values in spec.presets.items():
+        console.print(f"preset [bold]{preset}[/]: " + ", ".join(f"{k}={v!r}" for k, v in values.items()), highlight=False)
+    console.print("Change any key with `--set key=value` or a `--config` file; start from a preset with `--preset NAME`.")
 
 
 @app.command()
@@ -132,18 +135,21 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its newest checkpoint.")] = None,
     seed: SeedOption = None,
+    preset: Annotated[Optional[str], typer.Option(help="Start from one of the model's presets (see `kerasllm info NAME`), e.g. mnist.")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="Sets runtime.strategy: auto, cpu, gpu or mirrored.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final run folder.")] = False,
     as_json: JsonFlag = False,
 ):
     """Train a model and write a run folder.
 
-    Settings come from the model's defaults, then --config, then --set, then the
-    flags named after keys (--epochs, --batch-size, --seed, --data, --strategy).
+    Settings come from the model's defaults, then --preset, then --config, then
+    --set, then the flags named after keys (--epochs, --batch-size, --seed, --data,
+    --strategy).
 
     Examples:
 
     * `kerasllm train lstm-textgen`  (offline default corpus)
+    * `kerasllm train cnn-classifier --data ../shared/data/mnist --preset mnist`
     * `kerasllm train lstm-textgen --data input.txt --epochs 20 --set model_args.units=512`
     * `kerasllm train --config runs/lstm-textgen-20261129-120000/config.yaml`
     * `kerasllm train --resume runs/lstm-textgen-20261129-120000 --epochs 30`
@@ -163,7 +169,7 @@ def train(
             raise UserError("name a model to train (see `kerasllm list`) or pass --config FILE")
         name = config_lib.read_config_file(config_file).get("model") or ""
     spec = registry.get(name)
-    config = config_lib.resolve(spec, config_file, [*(overrides or []), *flags])
+    config = config_lib.resolve(spec, config_file, [*(overrides or []), *flags], preset=preset)
     if resume is not None:
         saved = config_lib.from_dict(spec, config_lib.read_config_file(resume / runs.CONFIG_FILE))
         changed = [s for s in ("model", "model_args", "data") if config.to_dict()[s] != saved.to_dict()[s]]
@@ -195,7 +201,8 @@ def train(
         table.add_row(key, f"{summary['before_training'].get(key, float('nan')):.4f}", f"{value:.4f}")
     console.print(table)
     console.print(f"{summary['epochs_completed']} epochs, {summary['train_seconds']:.1f} s; run folder: [bold]{run_dir}[/]")
-    console.print(f"next: `kerasllm evaluate {run_dir}` · `kerasllm generate {run_dir} --prompt \"The \"`")
+    use = f"kerasllm generate {run_dir} --prompt \"The \"" if spec.task == "text-generation" else f"kerasllm predict {run_dir} IMAGE"
+    console.print(f"next: `kerasllm evaluate {run_dir}` · `{use}`")
 
 
 def load_run_and_model(source: Path, unsafe: bool):
@@ -228,10 +235,32 @@ def evaluate(
     results = tasks.get(run.spec.task).evaluate(model, run, data=data, batch_size=batch_size)
     if as_json:
         return print_json(results)
-    table = Table("metric", "value", title=f"{run.spec.name} on {results.pop('data')}")
+    render_evaluation(f"{run.spec.name} on {results.pop('data')}", results)
+
+
+def render_evaluation(title: str, results: dict) -> None:
+    """Scalar metrics as one table; per-class metrics, the confusion matrix and confused pairs as more."""
+    per_class, matrix, confused = results.pop("per_class", None), results.pop("confusion_matrix", None), results.pop("most_confused", None)
+    table = Table("metric", "value", title=title)
     for key, value in results.items():
-        table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
+        table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
+    if per_class:
+        table = Table("class", "precision", "recall", "f1", "support", title="per class")
+        for row in per_class:
+            table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+        console.print(table)
+    if matrix:
+        names = [row["class"] for row in per_class]
+        table = Table("true \\ predicted", *names, title="confusion matrix")
+        for name, row in zip(names, matrix):
+            table.add_row(name, *map(str, row))
+        console.print(table)
+    if confused:
+        table = Table("true", "predicted as", "examples", title="most confused pairs")
+        for pair in confused:
+            table.add_row(pair["true"], pair["predicted"], str(pair["count"]))
+        console.print(table)
 
 
 @app.command()
@@ -263,6 +292,34 @@ def generate(
 
 @app.command()
 @handle_errors
+def predict(
+    source: ModelOrRun,
+    images: Annotated[List[Path], typer.Argument(help="Image files or folders of images (PNG/JPEG/BMP/GIF).")],
+    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    as_json: JsonFlag = False,
+    unsafe: UnsafeFlag = False,
+):
+    """Classify images with a trained image model: the top-k classes with probabilities.
+
+    Example: `kerasllm predict runs/cnn-classifier-20261129-120000 digit.png more_digits/ --top-k 3`
+    """
+    from kerasllm import tasks
+
+    run, model = load_run_and_model(source, unsafe)
+    if run.spec.task != "image-classification":
+        raise UserError(f"{run.spec.name} is a {run.spec.task} model; predict needs an image-classification model")
+    rows = tasks.get(run.spec.task).predict(model, run, images, top_k=top_k)
+    if as_json:
+        return print_json(rows)
+    table = Table("image", "class", "probability", "note", title=f"{run.spec.name} predictions")
+    for row in rows:
+        for rank, guess in enumerate(row["predictions"]):
+            table.add_row(row["file"] if rank == 0 else "", guess["class"], f"{guess['probability']:.4f}", row["note"] if rank == 0 else "")
+    console.print(table)
+
+
+@app.command()
+@handle_errors
 def export(
     source: ModelOrRun,
     fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel or tflite.")] = "keras",
@@ -287,8 +344,8 @@ def export(
     model = load_model(path, unsafe=unsafe)
     for dropped in getattr(model, "legacy_dropped", []):
         console.print(f"migrated tf.keras {model.legacy_keras_version} file: dropped {dropped} (not used by Keras 3)")
-    length = runs.load_run(path.parent).config.data.sequence_length if runs.is_run_dir(path.parent) else 16
-    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sequence_length=length)
+    length = runs.load_run(path.parent).data_record.get("input_length", 16) if runs.is_run_dir(path.parent) else 16
+    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, input_length=length)
     console.print(f"wrote {result.path} ({fmt}); max |diff| vs source on a sample batch: {result.max_abs_diff:.3g} (tolerance {tolerance:g})")
 
 

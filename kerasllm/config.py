@@ -1,4 +1,4 @@
-"""Typed run configuration: builder defaults ← config file ← `--set key=value`.
+"""Typed run configuration: builder defaults ← preset ← config file ← `--set key=value`.
 
 A run's config has five parts, saved as `config.yaml` in the run folder:
 
@@ -140,7 +140,8 @@ def _update(instance, values: dict, section: str):
 def default_config(spec) -> RunConfig:
     config = RunConfig(model=spec.name, model_args=spec.hparams())
     config.data.source = spec.default_data
-    _update(config.train, dict(spec.train_defaults), "train")
+    for section, values in spec.defaults.items():
+        _update(getattr(config, section), dict(values), section)
     return config
 
 
@@ -240,9 +241,14 @@ def validate(config: RunConfig) -> RunConfig:
     return config
 
 
-def resolve(spec, config_file: Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Builder defaults ← config file ← overrides, validated."""
+def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), preset: str | None = None) -> RunConfig:
+    """Builder defaults ← preset ← config file ← overrides, validated."""
     config = default_config(spec)
+    if preset is not None:
+        if preset not in spec.presets:
+            known = ", ".join(spec.presets) or "none"
+            raise UserError(f"{spec.name} has no preset {preset!r}; its presets: {known}")
+        _update(config.model_args, dict(spec.presets[preset]), "model_args")
     if config_file is not None:
         apply_file(config, read_config_file(config_file))
     apply_overrides(config, list(overrides))

@@ -48,7 +48,7 @@ def default_out(source: Path, fmt: str) -> Path:
 
 
 def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.ndarray:
-    """A batch that fits the model's input: token ids below the embedding size, else noise."""
+    """A batch that fits the model's input: token ids below the embedding size, else random pixel values."""
     rng = np.random.default_rng(seed)
     spec = model.inputs[0]
     shape = [batch] + [length if dim is None else dim for dim in spec.shape[1:]]
@@ -57,7 +57,7 @@ def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.n
 
         vocab = next((layer.input_dim for layer in model.layers if isinstance(layer, keras.layers.Embedding)), 2)
         return rng.integers(0, vocab, size=shape).astype(str(spec.dtype))
-    return rng.standard_normal(shape).astype("float32")
+    return rng.uniform(0, 255, size=shape).astype("float32")  # raw pixel values
 
 
 def _input_signature(model, batch: np.ndarray):
@@ -102,7 +102,7 @@ def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
 
 
 def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bool = False,
-           sequence_length: int = 16) -> ExportResult:
+           input_length: int = 16) -> ExportResult:
     """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`."""
     check_format(fmt)
     out = Path(out)
@@ -113,7 +113,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bo
             raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
-    batch = sample_batch(model, length=sequence_length)
+    batch = sample_batch(model, length=input_length)
     expected = np.asarray(model.predict(batch, verbose=0))
     actual = write(model, fmt, out, batch)
     result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)

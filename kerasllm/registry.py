@@ -36,8 +36,13 @@ class ModelSpec:
         description: one line for `kerasllm list`.
         count_params: `count_params(hparams) -> int` computed without TensorFlow,
             at the default data's sizes, for `kerasllm list`.
-        train_defaults: `TrainConfig` values this model uses instead of the
-            generic defaults (its recipe), e.g. `{"epochs": 6}`.
+        defaults: per-section config values this model uses instead of the generic
+            defaults (its recipe), e.g. `{"train": {"epochs": 6}, "runtime": {"jit_compile": True}}`.
+        presets: named sets of hyperparameter values (`--preset NAME`), e.g. sized
+            for MNIST or CIFAR.
+        augment: optional `augment(hparams) -> callable | None`, training-only data
+            augmentation the task applies in the input pipeline (so saved models
+            hold no random ops).
     """
 
     name: str
@@ -47,7 +52,9 @@ class ModelSpec:
     default_data: str
     description: str
     count_params: Callable[[Any], int]
-    train_defaults: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+    presets: dict = field(default_factory=dict)
+    augment: Callable | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:

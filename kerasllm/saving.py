@@ -51,6 +51,8 @@ def load_model(path: Path, *, unsafe: bool = False):
     """
     import keras
 
+    import zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization
+
     path = model_path(path)
     try:
         if path.suffix == ".keras":

@@ -6,11 +6,11 @@ import pytest
 
 from kerasllm import registry
 from kerasllm.errors import UserError
-from zoo import lstm_textgen
+from zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
-    assert registry.names() == ["lstm-textgen"]
+    assert registry.names() == ["cnn-classifier", "lstm-textgen"]
 
 
 def test_spec_declares_task_hparams_and_default_data():
@@ -28,7 +28,7 @@ def test_duplicate_name_is_an_error():
 
 
 def test_unknown_name_lists_known_names_with_did_you_mean():
-    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: lstm-textgen"):
+    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: cnn-classifier, lstm-textgen"):
         registry.get("lstm-textgn")
 
 
@@ -42,7 +42,7 @@ def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):
     (tmp_path / "my_zoo_plugin.py").write_text(textwrap.dedent("""
         import dataclasses
         from kerasllm.registry import ModelSpec
-        from zoo import lstm_textgen
+        from zoo import cnn_classifier, lstm_textgen
 
         def specs():
             return [dataclasses.replace(lstm_textgen.SPEC, name="plugin-lstm", description="from a plugin")]
@@ -77,6 +77,19 @@ def test_count_params_matches_the_built_model(hparams):
 
     model = lstm_textgen.build(hparams, DataInfo(vocab_size=50))
     assert lstm_textgen.count_params(hparams, 50) == model.count_params()
+
+
+@pytest.mark.parametrize("hparams", [cnn_classifier.CNNClassifierConfig(), cnn_classifier.CNNClassifierConfig(width=8, depth=2, convs_per_block=1, channels=3)])
+def test_cnn_count_params_matches_the_built_model(hparams):
+    from kerasllm.data import DataInfo
+
+    model = cnn_classifier.build(hparams, DataInfo(num_classes=7, image_size=16, channels=hparams.channels or 1))
+    assert cnn_classifier.count_params(hparams, num_classes=7) == model.count_params()
+
+
+def test_cnn_default_parameter_count_is_pinned():
+    # Blocks of 16, 32, 64 filters (2 bias-free convs + BatchNorm each) on 1 channel, 10 classes.
+    assert cnn_classifier.count_params(cnn_classifier.CNNClassifierConfig()) == 73_114
 
 
 def test_default_size_parameter_count_is_pinned():

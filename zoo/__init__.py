@@ -1,8 +1,9 @@
 """The model zoo. This is the one place where built-in families are registered."""
 
-from zoo import lstm_textgen
+from zoo import cnn_classifier, lstm_textgen
 
 
 def register_all(registry) -> None:
     """Register every built-in model family in `registry`."""
     registry.register(lstm_textgen.SPEC)
+    registry.register(cnn_classifier.SPEC)

@@ -42,28 +42,47 @@ def shuffled_batches(num_examples: int, batch_size: int, steps_per_epoch: int, s
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).skip(skip_steps)
 
 
-def language_model_dataset(windows: np.ndarray, batch_size: int, *, shuffle_seed: int | None = None,
-                           steps_per_epoch: int = 0, first_epoch: int = 0, epochs: int = 1, skip_steps: int = 0):
-    """(inputs, next-token targets) batches of shape (batch, sequence_length).
+def index_batches(num_examples: int, batch_size: int, *, shuffle_seed: int | None = None, steps_per_epoch: int = 0,
+                  first_epoch: int = 0, epochs: int = 1, skip_steps: int = 0):
+    """Batches of example indices.
 
-    With `shuffle_seed`, yields `steps_per_epoch` shuffled batches per epoch for
-    epochs [first_epoch, epochs) (minus `skip_steps` at the start); without it,
-    one pass in order over every window (for validation: the last batch may be
-    smaller, so the metrics do not depend on the batch size).
+    With `shuffle_seed`, `steps_per_epoch` shuffled batches per epoch for epochs
+    [first_epoch, epochs) (minus `skip_steps` at the start); without it, one pass in
+    order over every example (for validation: the last batch may be smaller, so the
+    metrics do not depend on the batch size).
     """
     import tensorflow as tf
 
-    table = tf.constant(windows, dtype=tf.int32)
     if shuffle_seed is None:
-        indices = tf.data.Dataset.range(len(windows)).batch(batch_size)
-    else:
-        indices = shuffled_batches(len(windows), batch_size, steps_per_epoch, shuffle_seed, first_epoch, epochs, skip_steps)
+        return tf.data.Dataset.range(num_examples).batch(batch_size)
+    return shuffled_batches(num_examples, batch_size, steps_per_epoch, shuffle_seed, first_epoch, epochs, skip_steps)
+
+
+def language_model_dataset(windows: np.ndarray, batch_size: int, **batching):
+    """(inputs, next-token targets) batches of shape (batch, sequence_length); `batching` as in `index_batches`."""
+    import tensorflow as tf
+
+    table = tf.constant(windows, dtype=tf.int32)
 
     def gather(index):
         batch = tf.gather(table, index)  # (batch, sequence_length + 1)
         return batch[:, :-1], batch[:, 1:]
 
-    return indices.map(gather).prefetch(2).with_options(_options())
+    return index_batches(len(windows), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
+
+
+def image_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augment=None, **batching):
+    """(float32 raw images (batch, H, W, C), int32 labels) batches; `augment(images, training=True)`
+    transforms each batch if given; `batching` as in `index_batches`."""
+    import tensorflow as tf
+
+    image_table, label_table = tf.constant(images), tf.constant(labels, dtype=tf.int32)
+
+    def gather(index):
+        batch = tf.cast(tf.gather(image_table, index), tf.float32)  # (batch, H, W, C)
+        return (augment(batch, training=True) if augment else batch), tf.gather(label_table, index)
+
+    return index_batches(len(images), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
 
 
 def steps_in(num_examples: int, batch_size: int, requested: int, what: str) -> int:

@@ -44,4 +44,8 @@ def get(task: str):
         from kerasllm.tasks import text_generation
 
         return text_generation
+    if task == "image-classification":
+        from kerasllm.tasks import image_classification
+
+        return image_classification
     raise ValueError(f"task {task!r} has no implementation yet")

@@ -72,7 +72,7 @@ def prepare(config, tokenizer: Tokenizer | None = None) -> PreparedData:
         return prompt + text
 
     record = dict(split.record, level=data.level, vocab_size=tokenizer.vocab_size,
-                  train_windows=len(windows), sequence_length=data.sequence_length)
+                  train_windows=len(windows), sequence_length=data.sequence_length, input_length=data.sequence_length)
     return PreparedData(
         info=DataInfo(vocab_size=tokenizer.vocab_size, sequence_length=data.sequence_length),
         train=train_dataset, validation=validation, steps_per_epoch=steps,

@@ -1,0 +1,97 @@
+"""Classification metrics from a confusion matrix, and its PNG.
+
+`classification_report(labels, probabilities, class_names)` gives accuracy, top-k
+accuracy, per-class precision/recall/F1/support, macro and weighted averages, the
+confusion matrix (rows: true class, columns: predicted class) and the most confused
+pairs. A class that is never predicted has precision 0; never present, recall 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, int), np.asarray(predictions, int)), 1)
+    return matrix
+
+
+def per_class_metrics(matrix: np.ndarray) -> dict:
+    """Precision, recall, F1 and support per class, plus macro and weighted averages."""
+    true_positives = np.diag(matrix).astype(float)
+    predicted, support = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(true_positives, predicted, out=np.zeros_like(true_positives), where=predicted > 0)
+    recall = np.divide(true_positives, support, out=np.zeros_like(true_positives), where=support > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+    weights = support / max(support.sum(), 1)
+    return {
+        "precision": precision, "recall": recall, "f1": f1, "support": support,
+        "macro": {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean()},
+        "weighted": {"precision": (precision * weights).sum(), "recall": (recall * weights).sum(), "f1": (f1 * weights).sum()},
+    }
+
+
+def most_confused(matrix: np.ndarray, class_names: list[str], count: int = 5) -> list[dict]:
+    """The largest off-diagonal cells: (true class, predicted class, examples)."""
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    order = np.argsort(off_diagonal, axis=None)[::-1][:count]
+    pairs = [np.unravel_index(i, matrix.shape) for i in order]
+    return [{"true": class_names[t], "predicted": class_names[p], "count": int(off_diagonal[t, p])}
+            for t, p in pairs if off_diagonal[t, p] > 0]
+
+
+def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> float:
+    k = min(k, probabilities.shape[1])
+    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
+def classification_report(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], top_k: int = 5) -> dict:
+    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(class_names))
+    metrics = per_class_metrics(matrix)
+    k = min(top_k, len(class_names))
+    return {
+        "examples": int(len(labels)),
+        "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        f"top_{k}_accuracy": top_k_accuracy(labels, probabilities, k),
+        **{f"macro_{key}": float(value) for key, value in metrics["macro"].items()},
+        **{f"weighted_{key}": float(value) for key, value in metrics["weighted"].items()},
+        "per_class": [
+            {"class": name, "precision": float(metrics["precision"][i]), "recall": float(metrics["recall"][i]),
+             "f1": float(metrics["f1"][i]), "support": int(metrics["support"][i])}
+            for i, name in enumerate(class_names)
+        ],
+        "confusion_matrix": matrix.tolist(),
+        "most_confused": most_confused(matrix, class_names),
+    }
+
+
+def plot_confusion_matrix(matrix, class_names: list[str], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    figure, axis = plt.subplots(figsize=(size, size))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(class_names)), class_names, rotation=90 if len(class_names) > 10 else 0)
+    axis.set_yticks(range(len(class_names)), class_names)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    if len(class_names) <= 20:
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (row, column), value in np.ndenumerate(matrix):
+            axis.text(column, row, str(value), ha="center", va="center", fontsize=8,
+                      color="white" if value > threshold else "black")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
