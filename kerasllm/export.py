@@ -48,16 +48,17 @@ def default_out(source: Path, fmt: str) -> Path:
 
 
 def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.ndarray:
-    """A batch that fits the model's input: token ids below the embedding size, else random pixel values."""
+    """A batch that fits the model's input: token ids below the vocabulary size for models
+    with an Embedding (tf.keras 2 files may declare their ids as float32), else raw pixel values."""
+    import keras
+
     rng = np.random.default_rng(seed)
     spec = model.inputs[0]
     shape = [batch] + [length if dim is None else dim for dim in spec.shape[1:]]
-    if "int" in str(spec.dtype):
-        import keras
-
-        vocab = next((layer.input_dim for layer in model.layers if isinstance(layer, keras.layers.Embedding)), 2)
+    vocab = next((layer.input_dim for layer in model.layers if isinstance(layer, keras.layers.Embedding)), None)
+    if vocab is not None:
         return rng.integers(0, vocab, size=shape).astype(str(spec.dtype))
-    return rng.uniform(0, 255, size=shape).astype("float32")  # raw pixel values
+    return rng.uniform(0, 255, size=shape).astype(str(spec.dtype))
 
 
 def _input_signature(model, batch: np.ndarray):

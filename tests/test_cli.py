@@ -35,12 +35,15 @@ def test_help_lists_the_commands(runner):
 def test_list_and_info(runner):
     result = invoke(runner, "list")
     assert result.exit_code == 0 and "lstm-textgen" in result.output and "text-generation" in result.output
-    rows = json.loads(invoke(runner, "list", "--json").output)
-    assert rows[0]["name"] == "lstm-textgen" and rows[0]["parameters"] > 300_000
+    rows = {row["name"]: row for row in json.loads(invoke(runner, "list", "--json").output)}
+    assert rows["lstm-textgen"]["parameters"] > 300_000 and rows["cnn-classifier"]["parameters"] == 73_114
+    assert rows["cnn-classifier"]["task"] == "image-classification" and rows["cnn-classifier"]["default_data"] == "builtin:digits"
     result = invoke(runner, "info", "lstm-textgen")
     assert result.exit_code == 0 and "model_args.units" in result.output and "LSTM hidden units" in result.output
     keys = {row["key"]: row["default"] for row in json.loads(invoke(runner, "info", "lstm-textgen", "--json").output)["keys"]}
     assert keys["model_args.units"] == 256 and keys["train.optimizer"] == "adamw"
+    cnn = invoke(runner, "info", "cnn-classifier")
+    assert cnn.exit_code == 0 and "preset mnist: image_size=28" in cnn.output
 
 
 def test_unknown_model_is_one_line(runner):

@@ -101,7 +101,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def stack_images(arrays: list[np.ndarray], size: int, channels: int) -> np.ndarray:
     """Images of any size/channels → one (N, size, size, channels) uint8 array."""
-    return np.concatenate([resize(to_channels(a[None], channels), size) for a in arrays]) if arrays else np.zeros((0, size, size, channels), np.uint8)
+    return np.concatenate([resize(to_channels(a[None], channels), size) for a in arrays])
 
 
 # --- sources -----------------------------------------------------------------------------
