@@ -75,7 +75,7 @@ def mnist_folder(root, train=40, test=12):
 def test_mnist_idx_folder_uses_the_test_set_for_validation(tmp_path):
     split = load_images(str(mnist_folder(tmp_path / "mnist")))
     assert split.x_train.shape == (40, 28, 28, 1) and split.x_validation.shape == (12, 28, 28, 1)
-    assert split.record["split"] == "the source's test split is validation" and split.class_names == [str(i) for i in range(10)]
+    assert split.record["validation_is_test_split"] and split.class_names == [str(i) for i in range(10)]
     (tmp_path / "mnist" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(UserError, match="lacks t10k-labels-idx1-ubyte"):
         load_images(str(tmp_path / "mnist"))
@@ -244,3 +244,28 @@ def test_train_on_an_idx_folder(runner, tmp_path):
                     "--quiet", *tiny_cnn_args())
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r" / "data.json").read_text())["validation_examples"] == 12
+    report = json.loads(invoke(runner, "evaluate", tmp_path / "r", "--data", tmp_path / "mnist", "--json").output)
+    assert report["data"] == f"test split of {tmp_path / 'mnist'}" and report["examples"] == 12
+
+
+def test_evaluate_on_other_data(runner, image_run, tmp_path):
+    out, root = image_run
+    report = json.loads(invoke(runner, "evaluate", out, "--data", root, "--json").output)
+    assert report["data"] == str(root) and report["examples"] == 20  # no test split: every image
+    assert_user_error(invoke(runner, "evaluate", out, "--data", mnist_folder(tmp_path / "mnist")),
+                      "has 10 classes but the model knows 2")
+
+
+def test_resume_an_image_run(runner, image_run, tmp_path):
+    import shutil
+
+    out, _ = image_run
+    copy = tmp_path / "more"
+    shutil.copytree(out, copy)
+    result = invoke(runner, "train", "--resume", copy, "--epochs", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads((copy / "history.json").read_text())["loss"]) == 2
+    labels = json.loads((copy / "labels.json").read_text())
+    labels["class_names"] = ["cat", "wolf"]
+    (copy / "labels.json").write_text(json.dumps(labels))
+    assert_user_error(invoke(runner, "train", "--resume", copy, "--epochs", 3), "classes differ from the run's labels.json")

@@ -283,7 +283,8 @@ def load_images(source: str, validation_fraction: float = 0.1, image_size: int =
     for array in (x_train, y_train, x_val, y_val):
         digest.update(np.ascontiguousarray(array).tobytes())
     record = {
-        "source": source, "sha256": digest.hexdigest(), "split": how, "validation_fraction": validation_fraction,
+        "source": source, "sha256": digest.hexdigest(), "split": how, "validation_is_test_split": held is not None,
+        "validation_fraction": validation_fraction,
         "train_examples": int(len(x_train)), "validation_examples": int(len(x_val)), "classes": len(names),
         "image_size": int(image_size), "channels": int(channels), "skipped_files": skipped,
     }

@@ -97,7 +97,7 @@ def evaluate(model, run, data: str | None = None, batch_size: int = 64) -> dict:
     labels: Labels = run.artifacts["labels"]
     if data:
         split = load_images(data, run.config.data.validation_fraction, labels.image_size, labels.channels)
-        if split.record["split"].startswith("the source's test split"):
+        if split.record["validation_is_test_split"]:
             images, targets, where = split.x_validation, split.y_validation, f"test split of {data}"
         else:
             images = np.concatenate([split.x_train, split.x_validation])
