@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -31,14 +30,15 @@ app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
-STATE = {"debug": False}
+STATE = {"debug": False, "run_dir": None}
 
 # Options shared by several commands: defined once.
-ModelOrRun = Annotated[Path, typer.Argument(help="A run folder (runs/NAME-TIME), a .keras file, or a .h5 file.")]
+ModelOrRun = Annotated[Path, typer.Argument(help="A run folder (runs/NAME-TIME), or a .keras / .h5 model file inside one.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts; train prints JSON Lines).")]
 UnsafeFlag = Annotated[bool, typer.Option("--unsafe", help="Load models outside Keras safe mode (runs code stored in the file). Only for files you trust.")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Random seed (sets train.seed for training).")]
-DataOption = Annotated[Optional[str], typer.Option("--data", help="A text file, a folder of .txt files, tfds:NAME or builtin:NAME.")]
+DataOption = Annotated[Optional[str], typer.Option("--data", help="Text: a file, a folder of .txt files, tfds:NAME or builtin:python-docs. "
+                                                   "Images: a folder of class sub-folders, an MNIST IDX folder, a .npz, tfds:NAME or builtin:digits.")]
 
 
 def handle_errors(command):
@@ -54,18 +54,37 @@ def handle_errors(command):
             errors.print(f"[bold red]error:[/] {error}", highlight=False)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            errors.print("interrupted; a run can continue with `kerasllm train --resume RUN_FOLDER`")
+            run_dir = STATE["run_dir"]
+            if run_dir is not None and Path(run_dir, "checkpoints").is_dir():
+                errors.print(f"interrupted; continue with `kerasllm train --resume {run_dir}`", highlight=False)
+            else:
+                errors.print("interrupted before the first checkpoint; nothing was kept, start the run again", highlight=False)
             raise typer.Exit(130)
 
     return wrapper
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from kerasllm import __version__
+
+        print(f"kerasllm {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and TensorFlow's start-up log.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
 ):
     STATE["debug"] = debug
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's C++ start-up chatter
+
+
+def load_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up lines hidden (shown with --debug)."""
+    from kerasllm.quiet import load_tensorflow as load
+
+    load(debug=STATE["debug"])
 
 
 def print_json(value) -> None:
@@ -132,7 +151,7 @@ def train(
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A .yaml or .json config (a run's config.yaml reproduces it).")] = None,
     overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key: --set train.learning_rate=1e-3 (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/NAME-UTCTIME).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out run folder (only one made by kerasllm).")] = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its newest checkpoint.")] = None,
     seed: SeedOption = None,
     preset: Annotated[Optional[str], typer.Option(help="Start from one of the model's presets (see `kerasllm info NAME`), e.g. mnist.")] = None,
@@ -163,6 +182,8 @@ def train(
     if resume is not None:
         if not runs.is_run_dir(resume):
             raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
+        if out is not None or overwrite:
+            raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
         config_file = config_file or resume / runs.CONFIG_FILE
     if name is None:
         if config_file is None:
@@ -176,22 +197,24 @@ def train(
         if changed:
             raise UserError(f"--resume cannot change {', '.join(changed)} of a run; start a new run instead")
         run_dir = resume
-        config.save(run_dir / runs.CONFIG_FILE)
     else:
-        run_dir = runs.new_run_dir(spec.name, out, overwrite)
-
+        source = config.data.source
+        protected = [Path(source)] if Path(source).is_absolute() else []
+        run_dir = runs.plan_run_dir(spec.name, out, overwrite, protected)
+    STATE["run_dir"] = run_dir
+    load_tensorflow()
     from kerasllm.training import train as train_model
 
     mode = "json" if as_json else "quiet" if quiet else "rich"
     if mode == "rich":
-        console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}")
-    try:
-        summary = train_model(config, run_dir, resume=resume is not None, progress=mode, console=console,
-                              command="kerasllm " + " ".join(sys.argv[1:]))
-    except BaseException:
-        if resume is None and not any(run_dir.iterdir()):
-            run_dir.rmdir()  # a run that failed before writing anything leaves no folder behind
-        raise
+        console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}", highlight=False)
+    summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
+                          command="kerasllm " + " ".join(sys.argv[1:]))
+    if summary.get("nothing_to_do"):
+        message = (f"{run_dir} already finished {summary['epochs_completed']} epochs"
+                   f"{' (stopped early)' if summary.get('stopped_early') else ''}; nothing to do. "
+                   "Pass --epochs N with a larger N to train it longer.")
+        return print_json(dict(summary, run=str(run_dir))) if as_json else console.print(message, highlight=False)
     if as_json:  # JSON Lines: one object per epoch, then the summary
         return print(json.dumps(dict(summary, run=str(run_dir)), default=str))
     if quiet:
@@ -200,118 +223,127 @@ def train(
     for key, value in summary["after_training"].items():
         table.add_row(key, f"{summary['before_training'].get(key, float('nan')):.4f}", f"{value:.4f}")
     console.print(table)
-    console.print(f"{summary['epochs_completed']} epochs, {summary['train_seconds']:.1f} s; run folder: [bold]{run_dir}[/]")
-    use = f"kerasllm generate {run_dir} --prompt \"The \"" if spec.task == "text-generation" else f"kerasllm predict {run_dir} IMAGE"
-    console.print(f"next: `kerasllm evaluate {run_dir}` · `{use}`")
+    console.print(f"{summary['epochs_completed']} epochs, {summary['train_seconds']:.1f} s; run folder: [bold]{run_dir}[/]",
+                  highlight=False)
+    if summary.get("overfitting"):
+        report = summary["overfitting"]
+        console.print(f"[yellow]overfitting:[/] {report['reason']}. The saved model keeps epoch {report['best_epoch']}. "
+                      f"What helps: {'; '.join(report['fixes'])}.", highlight=False)
+    from kerasllm import tasks
+
+    console.print("next: " + " · ".join(f"`{line}`" for line in tasks.get(spec.task).usage(run_dir)), highlight=False)
 
 
 def load_run_and_model(source: Path, unsafe: bool):
-    """The run (for its tokenizer and config) and the model behind a run folder or a model file in one."""
+    """The run (for its tokenizer or labels and config) and the model behind a run folder or a model file in one."""
     from kerasllm import runs
-    from kerasllm.saving import load_model, model_path
+    from kerasllm.saving import check_model_fits, load_model, model_path
 
     path = model_path(source)
     if not runs.is_run_dir(path.parent):
-        raise UserError(f"{source} is not inside a run folder, so its tokenizer is unknown; pass the run folder")
-    return runs.load_run(path.parent), load_model(path, unsafe=unsafe)
+        raise UserError(f"{source} is not inside a run folder, so its config.yaml, data.json and tokenizer/labels are "
+                        "missing; pass the run folder it came from (or put it back into one)")
+    run = runs.load_run(path.parent)
+    load_tensorflow()
+    model = load_model(path, unsafe=unsafe)
+    check_model_fits(model, run)
+    return run, model
 
 
 @app.command()
 @handle_errors
 def evaluate(
     source: ModelOrRun,
-    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this whole text instead of the run's validation split.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this data (all of it, or its test split) instead of the run's validation split.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size for evaluation.")] = 64,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
 ):
-    """Evaluate a trained model: loss, perplexity, bits per character and next-character accuracy.
+    """Evaluate a trained model with its task's metrics.
+
+    Text generation: loss, perplexity, bits per character (and per token), next-token accuracy.
+    Image classification: accuracy, top-5, per-class precision/recall/F1, confusion matrix.
 
     Examples: `kerasllm evaluate runs/lstm-textgen-20261129-120000` · `kerasllm evaluate RUN --data other.txt --json`
     """
-    from kerasllm import tasks
-
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     run, model = load_run_and_model(source, unsafe)
-    results = tasks.get(run.spec.task).evaluate(model, run, data=data, batch_size=batch_size)
+    results = run.task.evaluate(model, run, data=data, batch_size=batch_size)
     if as_json:
         return print_json(results)
-    render_evaluation(f"{run.spec.name} on {results.pop('data')}", results)
-
-
-def render_evaluation(title: str, results: dict) -> None:
-    """Scalar metrics as one table; per-class metrics, the confusion matrix and confused pairs as more."""
-    per_class, matrix, confused = results.pop("per_class", None), results.pop("confusion_matrix", None), results.pop("most_confused", None)
-    table = Table("metric", "value", title=title)
-    for key, value in results.items():
-        table.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value))
-    console.print(table)
-    if per_class:
-        table = Table("class", "precision", "recall", "f1", "support", title="per class")
-        for row in per_class:
-            table.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
-        console.print(table)
-    if matrix:
-        names = [row["class"] for row in per_class]
-        table = Table("true \\ predicted", *names, title="confusion matrix")
-        for name, row in zip(names, matrix):
-            table.add_row(name, *map(str, row))
-        console.print(table)
-    if confused:
-        table = Table("true", "predicted as", "examples", title="most confused pairs")
-        for pair in confused:
-            table.add_row(pair["true"], pair["predicted"], str(pair["count"]))
-        console.print(table)
+    where = results.pop("data")
+    for table in run.task.tables(results, f"{run.spec.name} on {where}"):
+        rendered = Table(*table.columns, title=table.title)
+        for row in table.rows:
+            rendered.add_row(*row)
+        console.print(rendered)
 
 
 @app.command()
 @handle_errors
 def generate(
     source: ModelOrRun,
-    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
-    length: Annotated[int, typer.Option(help="Tokens (characters) to generate.")] = 300,
+    prompt: Annotated[Optional[List[str]], typer.Option(help="Text to continue; repeat for a batch of prompts.")] = None,
+    max_length: Annotated[int, typer.Option("--max-length", "--length", help="Most new tokens per prompt.")] = 300,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 means all.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sample only from the most likely tokens whose probabilities add up to p; 1 means all.")] = 1.0,
+    stop: Annotated[Optional[List[str]], typer.Option(help="Stop a continuation at this text (not printed); repeatable.")] = None,
     seed: SeedOption = None,
     unsafe: UnsafeFlag = False,
 ):
-    """Generate text from a trained text model, streaming it as it is produced.
+    """Generate text from a trained text model; one prompt streams as it is produced.
 
-    Example: `kerasllm generate runs/lstm-textgen-20261129-120000 --prompt "The " --length 200 --top-k 5`
+    Example: `kerasllm generate runs/lstm-textgen-20261129-120000 --prompt "The " --max-length 200 --top-p 0.9`
     """
+    from kerasllm.generation import check_options
     from kerasllm.generation import generate as sample_text
 
+    check_options(temperature, top_k, top_p, max_length)
+    if seed is not None and not 0 <= seed <= config_lib.SEED_MAX:
+        raise UserError(f"--seed must be between 0 and {config_lib.SEED_MAX}")
+    prompts = prompt or [""]
     run, model = load_run_and_model(source, unsafe)
-    if run.spec.task != "text-generation":
+    if not run.task.can_generate:
         raise UserError(f"{run.spec.name} is a {run.spec.task} model; generate needs a text-generation model")
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
-    sample_text(model, run.artifacts["tokenizer"], prompt, length, temperature=temperature, top_k=top_k, seed=seed,
-                window=run.config.data.sequence_length, on_token=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
-    sys.stdout.write("\n")
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
+                   window=run.config.data.sequence_length, spec=run.spec)
+    tokenizer = run.artifacts["tokenizer"]
+    if len(prompts) == 1:
+        sys.stdout.write(prompts[0])
+        sys.stdout.flush()
+        sample_text(model, tokenizer, prompts, max_length, **options,
+                    on_text=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        return
+    for text, continuation in zip(prompts, sample_text(model, tokenizer, prompts, max_length, **options)):
+        print(text + continuation)
+        print()
 
 
 @app.command()
 @handle_errors
 def predict(
     source: ModelOrRun,
-    images: Annotated[List[Path], typer.Argument(help="Image files or folders of images (PNG/JPEG/BMP/GIF).")],
-    top_k: Annotated[int, typer.Option(help="Classes to show per image.")] = 3,
+    inputs: Annotated[List[str], typer.Argument(help="What to classify: image files or folders of images (image models).")],
+    top_k: Annotated[int, typer.Option(help="Classes to show per input.")] = 3,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
 ):
-    """Classify images with a trained image model: the top-k classes with probabilities.
+    """Classify inputs with a trained classifier: the top-k classes with probabilities.
 
     Example: `kerasllm predict runs/cnn-classifier-20261129-120000 digit.png more_digits/ --top-k 3`
     """
-    from kerasllm import tasks
-
+    if top_k < 1:
+        raise UserError("--top-k must be at least 1")
     run, model = load_run_and_model(source, unsafe)
-    if run.spec.task != "image-classification":
-        raise UserError(f"{run.spec.name} is a {run.spec.task} model; predict needs an image-classification model")
-    rows = tasks.get(run.spec.task).predict(model, run, images, top_k=top_k)
+    if not run.task.can_predict:
+        raise UserError(f"{run.spec.name} is a {run.spec.task} model; predict needs a classification model")
+    rows = run.task.predict(model, run, inputs, top_k=top_k)
     if as_json:
         return print_json(rows)
-    table = Table("image", "class", "probability", "note", title=f"{run.spec.name} predictions")
+    table = Table("input", "class", "probability", "note", title=f"{run.spec.name} predictions")
     for row in rows:
         for rank, guess in enumerate(row["predictions"]):
             table.add_row(row["file"] if rank == 0 else "", guess["class"], f"{guess['probability']:.4f}", row["note"] if rank == 0 else "")
@@ -337,15 +369,18 @@ def export(
     from kerasllm.saving import load_model, model_path
 
     export_lib.check_format(fmt)  # before the (slow) model load
+    if not (tolerance >= 0):
+        raise UserError("--tolerance must be 0 or more")
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
-    if out.resolve() == path.resolve():
-        raise UserError(f"--out {out} is the source model itself; choose another path")
+    export_lib.check_out(out, fmt, path, overwrite)
+    run = runs.load_run(path.parent) if runs.is_run_dir(path.parent) else None
+    load_tensorflow()
     model = load_model(path, unsafe=unsafe)
     for dropped in getattr(model, "legacy_dropped", []):
         console.print(f"migrated tf.keras {model.legacy_keras_version} file: dropped {dropped} (not used by Keras 3)")
-    length = runs.load_run(path.parent).data_record.get("input_length", 16) if runs.is_run_dir(path.parent) else 16
-    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, input_length=length)
+    sample = run.task.export_sample(model, run) if run is not None else None
+    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample)
     console.print(f"wrote {result.path} ({fmt}); max |diff| vs source on a sample batch: {result.max_abs_diff:.3g} (tolerance {tolerance:g})")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +35,11 @@ def doc(help_text: str) -> dict:
 
 @dataclass
 class DataConfig:
-    source: str = field(default="", metadata=doc("Data to train on: a file, a folder, `tfds:NAME` or `builtin:NAME`; empty means the model's default data."))
+    source: str = field(default="", metadata=doc("Data to train on: a file, a folder, `tfds:NAME` or `builtin:NAME` (images: a class folder, MNIST IDX folder or .npz); defaults to the model's default data."))
     validation_fraction: float = field(default=0.1, metadata=doc("Fraction held out for validation (the end of a text), when the source has no validation split."))
     sequence_length: int = field(default=100, metadata=doc("Tokens per training window (text models)."))
-    level: str = field(default="char", metadata=doc("Text tokens: `char` or `word`."))
-    max_vocab: int = field(default=20000, metadata=doc("Largest vocabulary kept (most frequent tokens); the rest map to [UNK]."))
+    tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
+    vocab_size: int = field(default=20000, metadata=doc("Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
 
 
 @dataclass
@@ -57,12 +58,14 @@ class TrainConfig:
     early_stopping_patience: int = field(default=3, metadata=doc("Stop after this many epochs without a lower validation loss; 0 disables."))
     checkpoint_every_steps: int = field(default=0, metadata=doc("Also checkpoint every N steps; 0 means once per epoch only."))
     seed: int = field(default=1337, metadata=doc("Seed for weights, shuffling and dropout."))
-    sample_length: int = field(default=200, metadata=doc("Characters of text sampled after each epoch (text generation); 0 disables."))
+    sample_length: int = field(default=200, metadata=doc("Tokens of text sampled after each epoch (text generation); 0 disables."))
+    keep_checkpoints: int = field(default=3, metadata=doc("Checkpoints kept: the newest K plus the best; 0 keeps all."))
 
 
 @dataclass
 class RuntimeConfig:
     strategy: str = field(default="auto", metadata=doc("Distribution strategy: `auto`, `cpu`, `gpu` or `mirrored`."))
+    loop: str = field(default="fit", metadata=doc("Training loop: `fit` (Keras) or `custom` (a `strategy.run` step; runs where `fit` cannot)."))
     jit_compile: bool = field(default=False, metadata=doc("Compile train steps with XLA."))
     steps_per_execution: int = field(default=1, metadata=doc("Train steps run per call into the graph."))
     deterministic: bool = field(default=False, metadata=doc("Enable TensorFlow op determinism (slower; for exact repeats)."))
@@ -88,8 +91,8 @@ class RunConfig:
             "runtime": dataclasses.asdict(self.runtime),
         }
 
-    def save(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 def fields_help(cls) -> list[tuple[str, str, Any, str]]:
@@ -125,9 +128,14 @@ def _coerce(value: Any, tp, key: str) -> Any:
     return value
 
 
+# Keys renamed since kerasllm 0.1; configs of older runs still load.
+ALIASES = {"data": {"level": "tokenizer", "max_vocab": "vocab_size"}}
+
+
 def _update(instance, values: dict, section: str):
     if not isinstance(values, dict):
         raise UserError(f"config section {section!r} must be a mapping of keys to values")
+    values = {ALIASES.get(section, {}).get(key, key): value for key, value in values.items()}
     hints = typing.get_type_hints(type(instance))
     valid = [f.name for f in dataclasses.fields(instance)]
     for key, value in values.items():
@@ -204,6 +212,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             raise UserError(f"cannot parse the value of {key!r}: {raw!r}; quote strings and write lists as [a, b]") from error
         if value is None:
             value = raw
+        name = ALIASES.get(section, {}).get(name, name)
         hints = typing.get_type_hints(type(sections[section]))
         if hints.get(name) is str and not isinstance(value, str):
             value = raw.strip()  # `--set data.source=123` means the string "123"
@@ -216,7 +225,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
     return config
 
 
+SEED_MAX = 2**32 - 1
+
+
 def validate(config: RunConfig) -> RunConfig:
+    from kerasllm.distribute import STRATEGIES
+    from kerasllm.tokenizers import KINDS
+
+    train, data, runtime = config.train, config.data, config.runtime
     checks = [
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
@@ -226,11 +242,23 @@ def validate(config: RunConfig) -> RunConfig:
         (config.train.schedule in ("cosine", "constant"), "train.schedule must be cosine or constant"),
         (0 <= config.train.min_learning_rate_ratio <= 1, "train.min_learning_rate_ratio must be between 0 and 1"),
         (config.train.clip_norm >= 0, "train.clip_norm must be 0 (off) or positive"),
-        (0 < config.data.validation_fraction < 1, "data.validation_fraction must be between 0 and 1"),
-        (config.data.sequence_length >= 2, "data.sequence_length must be at least 2"),
-        (config.data.level in ("char", "word"), "data.level must be char or word"),
-        (config.data.max_vocab >= 2, "data.max_vocab must be at least 2"),
-        (config.runtime.steps_per_execution >= 1, "runtime.steps_per_execution must be at least 1"),
+        (math.isfinite(train.learning_rate), "train.learning_rate must be a finite number"),
+        (train.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
+        (train.weight_decay >= 0, "train.weight_decay must be 0 or more"),
+        (0 <= train.momentum < 1, "train.momentum must be in [0, 1)"),
+        (train.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 (off) or more"),
+        (train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be 0 (off) or more"),
+        (train.keep_checkpoints >= 0, "train.keep_checkpoints must be 0 (keep all) or more"),
+        (train.sample_length >= 0, "train.sample_length must be 0 (off) or more"),
+        (0 <= train.seed <= SEED_MAX, f"train.seed must be between 0 and {SEED_MAX}"),
+        (data.source.strip() != "", "data.source is empty; pass --data PATH or leave it out to use the model's default data"),
+        (0 < data.validation_fraction < 1, "data.validation_fraction must be between 0 and 1"),
+        (data.sequence_length >= 2, "data.sequence_length must be at least 2"),
+        (data.tokenizer in KINDS, f"data.tokenizer must be one of {', '.join(KINDS)}"),
+        (data.vocab_size >= 8, "data.vocab_size must be at least 8"),
+        (runtime.steps_per_execution >= 1, "runtime.steps_per_execution must be at least 1"),
+        (runtime.strategy in STRATEGIES, f"runtime.strategy must be one of {', '.join(STRATEGIES)}"),
+        (runtime.loop in ("fit", "custom"), "runtime.loop must be fit or custom"),
     ]
     for ok, message in checks:
         if not ok:
@@ -241,8 +269,18 @@ def validate(config: RunConfig) -> RunConfig:
     return config
 
 
+def absolute_source(source: str, base: Path | None = None) -> str:
+    """A local data path as an absolute path (so a run can be evaluated from any folder); other sources as they are."""
+    if not source or ":" in source.split("/")[0]:
+        return source  # empty, tfds:NAME, builtin:NAME
+    path = Path(source).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return str(path.resolve()) if path.exists() else source  # a missing path is reported as given
+
+
 def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), preset: str | None = None) -> RunConfig:
-    """Builder defaults ← preset ← config file ← overrides, validated."""
+    """Builder defaults ← preset ← config file ← overrides, validated; local data paths made absolute."""
     config = default_config(spec)
     if preset is not None:
         if preset not in spec.presets:
@@ -252,6 +290,7 @@ def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), pr
     if config_file is not None:
         apply_file(config, read_config_file(config_file))
     apply_overrides(config, list(overrides))
+    config.data.source = absolute_source(config.data.source)
     return validate(config)
 
 

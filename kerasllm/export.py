@@ -9,6 +9,7 @@ the tolerance or the export is reported as failed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -45,6 +46,28 @@ def default_out(source: Path, fmt: str) -> Path:
     if source.is_dir():  # a run folder
         return source / "export" / f"model{FORMATS[fmt]}"
     return source.with_suffix(FORMATS[fmt])
+
+
+def check_out(out: Path, fmt: str, source: Path, overwrite: bool) -> None:
+    """Refuse an output that is the source, holds it, or is not an export kerasllm could have written."""
+    from kerasllm.runs import check_replaceable, is_run_dir
+
+    out, source = Path(out), Path(source)
+    if fmt != "savedmodel" and out.suffix != FORMATS[fmt]:
+        raise UserError(f"--format {fmt} needs an output path ending in {FORMATS[fmt]}, got {out}")
+    if out.resolve() == source.resolve():
+        raise UserError(f"--out {out} is the source model itself; choose another path")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if out.is_dir():
+        if fmt != "savedmodel" or not (out / "saved_model.pb").is_file() or is_run_dir(out):
+            raise UserError(f"--overwrite replaces only an earlier export, and {out} is a folder that is not a SavedModel; "
+                            "choose another --out")
+    elif out.suffix != FORMATS[fmt]:
+        raise UserError(f"--overwrite replaces only an earlier {fmt} export, and {out} is not one; choose another --out")
+    check_replaceable(out, "export", [source])
 
 
 def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -103,21 +126,40 @@ def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
 
 
 def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bool = False,
-           input_length: int = 16) -> ExportResult:
-    """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`."""
+           sample: np.ndarray | None = None, input_length: int = 16) -> ExportResult:
+    """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`.
+
+    The export is written beside `out` and renamed into place once it passes, so a failed
+    export never replaces an earlier one.
+    """
     check_format(fmt)
     out = Path(out)
-    if fmt != "savedmodel" and out.suffix != FORMATS[fmt]:
-        raise UserError(f"--format {fmt} needs an output path ending in {FORMATS[fmt]}, got {out}")
-    if out.exists():
-        if not overwrite:
-            raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    batch = sample_batch(model, length=input_length)
-    expected = np.asarray(model.predict(batch, verbose=0))
-    actual = write(model, fmt, out, batch)
-    result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)
-    if not result.ok:
-        raise UserError(f"the {fmt} export at {out} differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g}); report this model and format")
+    if not tolerance >= 0:
+        raise UserError("--tolerance must be 0 or more")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    staging = out.with_name(f".{out.stem}.partial{out.suffix}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove(staging)
+        batch = sample if sample is not None else sample_batch(model, length=input_length)
+        expected = np.asarray(model.predict(batch, verbose=0))
+        actual = write(model, fmt, staging, batch)
+        result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)
+        if not result.ok:
+            raise UserError(f"the {fmt} export differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g}); "
+                            "nothing was written; report this model and format")
+        _remove(out)
+        os.replace(staging, out)
+    except OSError as error:
+        raise UserError(f"cannot write {out} ({error.strerror or error}); choose a writable --out") from error
+    finally:
+        _remove(staging)
     return result
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,20 +1,70 @@
-"""Sampling loops for language models: greedy, temperature and top-k.
+"""Decoding for language models: a decoder interface and sampling on logits.
 
-Any model mapping ids (batch, time) to next-token probabilities (batch, time, vocab)
-works: the loop feeds the last `window` tokens and samples from the last position.
+A model family may supply a fast decoder (`ModelSpec.decoder(model) -> Decoder`):
+`start(prompts) -> (logits, state)` reads the prompts, `step(state, tokens) ->
+(logits, state)` advances every row by one token. `lstm-textgen` carries the LSTM's
+(h, c), so a token costs the same however long the context. Models without one use
+`WindowedDecoder`, which re-feeds the last `window` tokens through the whole model.
+
+Sampling works on logits (batch, vocab): greedy (temperature 0), temperature, top-k,
+top-p (nucleus), a seed, a batch of prompts, stop strings and a maximum length.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Protocol
 
 import numpy as np
 
 from kerasllm.errors import UserError
 
 
+class Decoder(Protocol):
+    """What a model family supplies to generate at its own speed."""
+
+    def start(self, prompts: list[np.ndarray]) -> tuple[np.ndarray, object]:
+        """Read each prompt (1-D id arrays, any lengths); logits (batch, vocab) for each prompt's next token."""
+
+    def step(self, state, tokens: np.ndarray) -> tuple[np.ndarray, object]:
+        """Append `tokens` (batch,) to every row; logits (batch, vocab) for the token after."""
+
+
+def as_logits(outputs: np.ndarray, output: str) -> np.ndarray:
+    """Model outputs → logits; probability outputs become log-probabilities (same distribution)."""
+    outputs = np.asarray(outputs, dtype=np.float64)
+    return np.log(np.maximum(outputs, 1e-30)) if output == "probabilities" else outputs
+
+
+class WindowedDecoder:
+    """The fallback: re-run the model on the last `window` tokens of each row for every new token.
+
+    Args:
+        model: maps ids (batch, time) to (batch, time, vocab) logits or probabilities.
+        window: most tokens fed at once (the training window).
+        output: `logits` or `probabilities` (what the model returns).
+    """
+
+    def __init__(self, model, window: int, output: str = "logits"):
+        self.window, self.output = window, output
+        self.forward = forward_function(model)
+
+    def _logits(self, rows: list[list[int]]) -> np.ndarray:
+        last = [self.forward(np.asarray([row[-self.window:]], dtype=np.int32))[0, -1] for row in rows]
+        return as_logits(np.stack(last), self.output)
+
+    def start(self, prompts):
+        rows = [list(map(int, prompt)) for prompt in prompts]
+        return self._logits(rows), rows
+
+    def step(self, state, tokens):
+        for row, token in zip(state, tokens):
+            row.append(int(token))
+        return self._logits(state), state
+
+
 def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
-    """`ids (1, time) -> probabilities (1, time, vocab)`, traced once for every length."""
+    """`ids (1, time) -> outputs (1, time, vocab)`, traced once for every length."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
@@ -25,37 +75,118 @@ def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda ids: keras.ops.convert_to_numpy(model(ids, training=False))
 
 
-def choose(probabilities: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
-    """Pick the next id; id 0 ([UNK]) is never produced. Temperature 0 means greedy."""
-    probabilities = np.asarray(probabilities, dtype=np.float64).copy()
-    probabilities[0] = 0.0
+# --- sampling ---------------------------------------------------------------------------
+
+def check_options(temperature: float, top_k: int, top_p: float, max_length: int) -> None:
+    if not math.isfinite(temperature) or temperature < 0:
+        raise UserError("--temperature must be 0 (greedy) or a positive number")
+    if top_k < 0:
+        raise UserError("--top-k must be 0 (off) or more")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise UserError("--top-p must be in (0, 1]; 1 means off")
+    if max_length < 0:
+        raise UserError("--max-length must be 0 or more")
+
+
+def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """Logits (batch, vocab) with everything outside the top-k / top-p set at -inf."""
+    logits = np.array(logits, dtype=np.float64)
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
+        logits[logits < kth] = -np.inf
+    if top_p < 1.0:
+        order = np.argsort(-logits, axis=-1)
+        sorted_logits = np.take_along_axis(logits, order, axis=-1)
+        probabilities = np.exp(sorted_logits - sorted_logits[:, :1])
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        before = np.cumsum(probabilities, axis=-1) - probabilities  # mass of the tokens ranked above
+        drop = before >= top_p  # keep the smallest set whose mass reaches top_p (always >= 1 token)
+        np.put_along_axis(logits, order, np.where(drop, -np.inf, sorted_logits), axis=-1)
+    return logits
+
+
+def sample_next(logits: np.ndarray, temperature: float, rng: np.random.Generator, *, top_k: int = 0,
+                top_p: float = 1.0, banned: list[int] = ()) -> np.ndarray:
+    """Next ids (batch,) from logits (batch, vocab); `banned` ids are never chosen. Temperature 0 is greedy."""
+    logits = np.array(logits, dtype=np.float64)
+    if banned:
+        logits[:, list(banned)] = -np.inf
     if temperature <= 0:
-        return int(np.argmax(probabilities))
-    logits = np.log(np.maximum(probabilities, 1e-30)) / temperature
-    if 0 < top_k < len(logits):
-        logits[logits < np.partition(logits, -top_k)[-top_k]] = -np.inf
-    logits[0] = -np.inf
-    weights = np.exp(logits - logits.max())
-    return int(rng.choice(len(weights), p=weights / weights.sum()))
+        return np.argmax(logits, axis=-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(len(row), p=row) for row in weights])
 
 
-def generate(model, tokenizer, prompt: str, length: int, *, temperature: float = 1.0, top_k: int = 0,
-             seed: int | None = None, window: int = 100, on_token: Callable[[str], None] | None = None,
-             forward: Callable | None = None) -> str:
-    """Continue `prompt` by `length` tokens; `on_token` receives each new token's text as it comes."""
-    if length < 0:
-        raise UserError("--length must be 0 or more")
-    if temperature < 0:
-        raise UserError("--temperature must be 0 (greedy) or positive")
-    forward = forward or forward_function(model)
+# --- the loop ---------------------------------------------------------------------------
+
+def make_decoder(model, spec=None, window: int = 100) -> Decoder:
+    """The family's own decoder when it has one that fits `model`, else the windowed fallback."""
+    if spec is not None and spec.decoder is not None:
+        decoder = spec.decoder(model)
+        if decoder is not None:
+            return decoder
+    return WindowedDecoder(model, window, spec.output if spec is not None else "logits")
+
+
+def encode_prompt(tokenizer, prompt: str) -> np.ndarray:
+    ids = tokenizer.encode(prompt)
+    if len(ids):
+        return ids
+    newline = tokenizer.encode("\n")  # an empty prompt starts as if after a line break
+    return newline[-1:] if len(newline) and newline[-1] != tokenizer.unk_id else np.asarray([tokenizer.unk_id + 1], np.int32)
+
+
+def generate(model, tokenizer, prompts: list[str], max_length: int, *, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None, stop: list[str] = (), window: int = 100, spec=None,
+             decoder: Decoder | None = None, on_text: Callable[[int, str], None] | None = None,
+             allow_eos: bool = False) -> list[str]:
+    """Continue each prompt by up to `max_length` tokens; return the continuations.
+
+    A row ends early at the first stop string (which is not included), or at [EOS] when
+    `allow_eos` (models trained on documents that end with [EOS]; the LMs trained on
+    running text never saw it, so it is not sampled for them).
+    `on_text(row, text)` receives each row's new text as it is produced (held back
+    while it could still be the start of a stop string).
+    """
+    check_options(temperature, top_k, top_p, max_length)
+    stop = [s for s in stop if s]
+    decoder = decoder or make_decoder(model, spec, window)
     rng = np.random.default_rng(seed)
-    ids = [int(i) for i in tokenizer.encode(prompt)] or [tokenizer.encode("\n")[0] or 1]
-    pieces = []
-    for _ in range(length):
-        context = np.asarray([ids[-window:]], dtype=np.int32)
-        next_id = choose(forward(context)[0, -1], temperature, top_k, rng)
-        ids.append(next_id)
-        pieces.append(tokenizer.token(next_id))
-        if on_token:
-            on_token(pieces[-1])
-    return "".join(pieces)
+    batch = len(prompts)
+    streams = [tokenizer.stream() for _ in range(batch)]
+    texts, emitted, done = [""] * batch, [0] * batch, [max_length == 0] * batch
+    eos = tokenizer.eos_id if allow_eos else None
+    banned = tokenizer.never_generated() + ([tokenizer.eos_id] if not allow_eos and tokenizer.eos_id is not None else [])
+    hold = max((len(s) for s in stop), default=1) - 1
+
+    def emit(row: int, final: bool) -> None:
+        end = len(texts[row]) if final else max(emitted[row], len(texts[row]) - hold)
+        if on_text and end > emitted[row]:
+            on_text(row, texts[row][emitted[row]:end])
+        emitted[row] = end
+
+    if all(done):
+        return texts
+    logits, state = decoder.start([encode_prompt(tokenizer, p) for p in prompts])
+    for position in range(max_length):
+        tokens = sample_next(logits, temperature, rng, top_k=top_k, top_p=top_p, banned=banned)
+        for row, token in enumerate(tokens):
+            if done[row]:
+                continue
+            if eos is not None and token == eos:
+                done[row] = True
+            else:
+                texts[row] += streams[row].push(int(token))
+                cut = min((i for i in (texts[row].find(s) for s in stop) if i >= 0), default=-1)
+                if cut >= 0:
+                    texts[row], done[row] = texts[row][:cut], True
+            emit(row, done[row] or position == max_length - 1)
+        if all(done) or position == max_length - 1:
+            break
+        logits, state = decoder.step(state, tokens)
+    for row in range(batch):
+        emit(row, True)
+    return texts

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from kerasllm.errors import UserError
 
 ENTRY_POINT_GROUP = "kerasllm.zoo"
-TASKS = ("text-generation", "image-classification", "text-classification")
+OUTPUTS = ("probabilities", "logits")
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class ModelSpec:
 
     Args:
         name: registry name, lower-case with dashes (`lstm-textgen`).
-        task: one of `TASKS`; picks the data pipeline, loss, metrics and evaluation.
+        task: a registered task's name (`kerasllm.tasks.names()`); picks the data pipeline,
+            loss, metrics, evaluation and reports.
         hparams: a dataclass type; its fields are the builder's hyperparameters,
             documented with `field(metadata={"help": ...})`.
         build: `build(hparams, data_info) -> keras.Model`; `data_info` carries what
@@ -43,6 +44,11 @@ class ModelSpec:
         augment: optional `augment(hparams) -> callable | None`, training-only data
             augmentation the task applies in the input pipeline (so saved models
             hold no random ops).
+        output: what the model returns, `probabilities` or `logits` (the loss follows).
+        decoder: optional `decoder(model) -> kerasllm.generation.Decoder | None`, a fast
+            incremental decoder for generation (None: the windowed fallback).
+        overfitting_fixes: what to try, for this model, when validation loss rises
+            while training loss falls (shown in the summary and the model card).
     """
 
     name: str
@@ -55,10 +61,13 @@ class ModelSpec:
     defaults: dict = field(default_factory=dict)
     presets: dict = field(default_factory=dict)
     augment: Callable | None = None
+    output: str = "probabilities"
+    decoder: Callable | None = None
+    overfitting_fixes: tuple = ()
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"{self.name}: unknown task {self.task!r}; use one of {', '.join(TASKS)}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"{self.name}: output must be one of {', '.join(OUTPUTS)}")
         if not dataclasses.is_dataclass(self.hparams):
             raise ValueError(f"{self.name}: hparams must be a dataclass type")
 
@@ -70,6 +79,10 @@ class Registry:
         self._specs: dict[str, ModelSpec] = {}
 
     def register(self, spec: ModelSpec) -> ModelSpec:
+        from kerasllm import tasks
+
+        if spec.task not in tasks.names():
+            raise ValueError(f"{spec.name}: unknown task {spec.task!r}; registered tasks: {', '.join(tasks.names())}")
         if spec.name in self._specs:
             raise ValueError(f"model {spec.name!r} is already registered")
         self._specs[spec.name] = spec
@@ -86,6 +99,10 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
+
+    def unregister(self, name: str) -> None:
+        """Remove a model (for tests that register throwaway models)."""
+        self._specs.pop(name, None)
 
     def specs(self) -> list[ModelSpec]:
         return [self._specs[n] for n in self.names()]

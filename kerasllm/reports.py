@@ -38,17 +38,26 @@ def _metrics_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def model_card(spec, config, data_record: dict, summary: dict, run_dir: Path) -> str:
+def overfitting_lines(report: dict | None) -> list[str]:
+    if not report:
+        return []
+    return [f"**Overfitting**: {report['reason']}. The saved model keeps epoch {report['best_epoch']}. What helps:",
+            *[f"- {fix}" for fix in report["fixes"]], ""]
+
+
+def model_card(spec, task, config, data_record: dict, summary: dict, run_dir: Path) -> str:
     """A short README.md: what was trained on what, final metrics, how to reproduce and use it."""
     import yaml
 
+    newline = "\n"
+    parent = summary.get("parent")
+    lineage = f"{newline}Started from `{parent['path']}` (sha256 `{str(parent.get('sha256', ''))[:16]}…`).{newline}" if parent else ""
     return f"""# {spec.name} — {spec.description}
 
-Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)).
-
+Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)), loop `{summary.get('loop')}`.
+{lineage}
 ## Data
-Source: `{data_record.get('source')}` ({data_record.get('characters', 0):,} characters, sha256 `{str(data_record.get('sha256', ''))[:16]}…`).
-Split: {data_record.get('split')}. Vocabulary: {data_record.get('vocab_size')} {data_record.get('level', '')} tokens.
+{newline.join(task.data_lines(data_record))}
 
 ## Results (validation split)
 {_metrics_table(summary)}
@@ -56,6 +65,7 @@ Split: {data_record.get('split')}. Vocabulary: {data_record.get('vocab_size')} {
 Epochs: {summary.get('epochs_completed')} (stopped early: {summary.get('stopped_early')}); steps: {summary.get('steps')};
 training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the lowest validation loss ({summary.get('best_checkpoint')}).
 
+{newline.join(overfitting_lines(summary.get('overfitting')))}
 ## Reproduce
 ```
 kerasllm train --config {Path(run_dir) / 'config.yaml'}
@@ -64,12 +74,10 @@ kerasllm train --config {Path(run_dir) / 'config.yaml'}
 
 ## Use
 ```
-kerasllm evaluate {run_dir}
-kerasllm generate {run_dir} --prompt "The "
-kerasllm export {run_dir} --format savedmodel
+{newline.join(task.usage(run_dir))}
 ```
 
 ## Config
 ```yaml
-{yaml.safe_dump(config.to_dict(), sort_keys=False)}```
+{yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)}```
 """

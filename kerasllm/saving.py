@@ -32,7 +32,8 @@ def model_path(path: Path) -> Path:
             raise UserError(f"{path} is a folder but not a run folder; pass a run folder, a .keras or a .h5 file")
         path = path / MODEL_FILE
         if not path.is_file():
-            raise UserError(f"{path.parent} has no {MODEL_FILE} (training did not finish); finish it with `kerasllm train --resume {path.parent}`")
+            raise UserError(f"{path.parent} has no complete {MODEL_FILE} (training did not finish); "
+                            f"finish it with `kerasllm train --resume {path.parent}`")
     if path.suffix not in SUFFIXES:
         raise UserError(f"{path} is not a model file; pass a run folder, a .keras or a .h5 file")
     return path
@@ -61,9 +62,27 @@ def load_model(path: Path, *, unsafe: bool = False):
     except UserError:
         raise
     except Exception as error:  # Keras raises many types for a bad file
+        hint = (f"if training was interrupted, `kerasllm train --resume {path.parent}` rebuilds it"
+                if is_run_dir(path.parent) else "check that the file is a complete Keras model")
         raise _safety_error(error, path) or UserError(
-            f"cannot load {path}: {str(error).splitlines()[0][:200]}; check that the file is a complete Keras model"
+            f"cannot load {path}: {(str(error).splitlines() or [type(error).__name__])[0][:200]}; {hint}"
         ) from error
+
+
+def check_model_fits(model, run) -> None:
+    """Refuse a model file that is not the run's model (another model type copied into the folder)."""
+    import numpy as np
+
+    try:
+        sample = run.task.export_sample(model, run, batch=1)
+        outputs = np.asarray(model.predict(sample, verbose=0))
+    except Exception as error:  # wrong input rank or dtype, vocabulary too small, ...
+        raise UserError(f"{run.model_path} does not fit this run's {run.spec.name} setup ({str(error).splitlines()[0][:120]}); "
+                        f"restore the run's own model or `kerasllm train --resume {run.path}`") from error
+    expected = run.data_record.get("vocab_size") or run.data_record.get("classes")
+    if expected and outputs.shape[-1] != expected:
+        raise UserError(f"{run.model_path} gives {outputs.shape[-1]} outputs but this run's {run.spec.name} has {expected}; "
+                        "restore the run's own model.keras")
 
 
 def _read_h5_config(path: Path) -> tuple[dict, str]:

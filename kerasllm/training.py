@@ -1,20 +1,37 @@
-"""The shared trainer: every zoo model is compiled, fitted, checkpointed and resumed here.
+"""The shared trainer: every zoo model is built, trained, checkpointed and resumed here.
 
-`train(config, run_dir)` builds the model inside the chosen strategy's scope,
-trains it with `model.fit`, checkpoints every epoch (and every N steps if asked),
-stops early on validation loss, and writes the run folder (see `kerasllm.runs`).
+`train(config, run_dir)` goes through four stages:
 
-A checkpoint is `checkpoints/step-NNNNNNNN/` with `model.weights.h5` (the model's
-and the optimizer's variables: moments and the iteration count that drives the
-learning-rate schedule) and `state.json` (epoch, step, early-stopping counters, history). `resume=True`
-restores all of them from the newest checkpoint; each epoch's data order depends
-only on (seed, epoch), so a resumed run sees the same batches a straight run would.
+1. **prepare**: the task loads the data (and, on resume, the run's tokenizer or labels);
+   the newest checkpoint's state is read.
+2. **build**: the model inside the strategy's scope, compiled with the task's loss and
+   metrics objects (optionally starting from a parent model's weights, for fine-tuning).
+   Only now is the run folder written (`runs.claim_run_dir`).
+3. **loop**: `fit` (Keras, the default) or `custom` (a `tf.function` step run with
+   `strategy.run` and reduced with `strategy.reduce`; it runs where `fit` cannot, e.g.
+   under `MultiWorkerMirroredStrategy`). Both share `TrainState`, checkpointing, early
+   stopping, progress and resume through the same Keras callbacks.
+4. **finalize**: best weights, `model.keras` (written beside, then renamed), metrics,
+   history, curves, the model card.
+
+A checkpoint is `checkpoints/step-NNNNNNNN/` with `model.weights.h5` (the model's and
+the optimizer's variables) and `state.json`; it is written as `step-NNNNNNNN.partial/`
+and renamed once complete, so an unfinished one is never taken for a checkpoint. The
+newest `train.keep_checkpoints` plus the best are kept. Each epoch's data order depends
+only on (seed, epoch), so a resumed run sees the same batches as a straight one.
+
+The learning-rate schedule is fixed when a run starts (`TrainState.schedule_steps`):
+`--resume RUN --epochs N` with a larger N continues the same schedule, whose cosine
+decay has ended, so the extra epochs train at its floor (`min_learning_rate_ratio` ×
+the peak rate); a resumed run's first epochs are identical to the original's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import shutil
 import sys
 import time
@@ -23,13 +40,12 @@ from pathlib import Path
 
 import keras
 
-from kerasllm import registry, reports, tasks
+from kerasllm import diagnostics, registry, reports, runs, tasks
 from kerasllm.config import RunConfig, TrainConfig
-from kerasllm.distribute import get_strategy
+from kerasllm.distribute import get_strategy, is_chief
 from kerasllm.errors import UserError
-from kerasllm.runs import CONFIG_FILE, DATA_FILE, MODEL_FILE, read_json, write_json
 
-CHECKPOINTS = "checkpoints"
+CHECKPOINT_NAME = re.compile(r"^step-(\d{8})$")
 
 
 @dataclass
@@ -43,6 +59,8 @@ class TrainState:
     best_checkpoint: str = ""
     epochs_without_improvement: int = 0
     stopped_early: bool = False
+    schedule_steps: int = 0  # total steps of the learning-rate schedule, fixed at the start
+    train_seconds: float = 0.0  # training-loop time up to this checkpoint, over all sessions
     history: dict = field(default_factory=dict)
 
 
@@ -66,96 +84,248 @@ def make_optimizer(train: TrainConfig, total_steps: int):
     return keras.optimizers.SGD(learning_rate, momentum=train.momentum, **clip)
 
 
+def current_learning_rate(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def optimizer_step(optimizer) -> int:
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
 # --- checkpoints -------------------------------------------------------------------------
 
+def _write_state(path: Path, state: TrainState) -> None:
+    runs.write_json(path, dataclasses.asdict(state))  # written beside, fsynced, renamed
+
+
 def save_checkpoint(run_dir: Path, model, state: TrainState) -> Path:
-    """Write a checkpoint atomically (a half-written one is never taken for complete)."""
-    folder = Path(run_dir) / CHECKPOINTS / f"step-{state.global_step:08d}"
+    """Write `step-N.partial/`, then rename it to `step-N/`: a complete checkpoint or none."""
+    folder = Path(run_dir) / runs.CHECKPOINTS_DIR / f"step-{state.global_step:08d}"
     partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_weights(partial / "model.weights.h5")  # a compiled model's optimizer variables go in too
-    write_json(partial / "state.json", dataclasses.asdict(state))
-    shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (epoch end on a step checkpoint)
-    partial.rename(folder)
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        model.save_weights(partial / "model.weights.h5")  # a compiled model's optimizer variables go in too
+        _write_state(partial / "state.json", state)
+        shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (epoch end on a step checkpoint)
+        partial.rename(folder)
+    except OSError as error:
+        raise UserError(f"cannot write a checkpoint in {run_dir} ({error.strerror or error}); "
+                        "make the run folder writable or free some space, then --resume") from error
     return folder
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (`.partial` folders and folders missing a file are not)."""
+    folder = Path(run_dir) / runs.CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if CHECKPOINT_NAME.match(p.name)
+                  and (p / "state.json").is_file() and (p / "model.weights.h5").is_file())
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    folders = sorted(p for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if (p / "state.json").is_file())
-    return folders[-1] if folders else None
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
 
 
-def restore_checkpoint(folder: Path, model) -> TrainState:
-    """Load weights and optimizer variables into a compiled model; return the saved state."""
+def prune_checkpoints(run_dir: Path, keep: int, best: str) -> None:
+    """Delete all but the newest `keep` complete checkpoints and the best one (keep 0: keep all)."""
+    if keep <= 0:
+        return
+    found = checkpoints(run_dir)
+    for folder in found[:-keep]:
+        if folder.name != best:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_state(folder: Path) -> TrainState:
+    saved = runs.read_json(folder / "state.json")
+    known = {f.name for f in dataclasses.fields(TrainState)}
+    return TrainState(**{key: value for key, value in saved.items() if key in known})
+
+
+def restore_checkpoint(folder: Path, model) -> None:
+    """Load weights and optimizer variables into a compiled model."""
     model.optimizer.build(model.trainable_variables)  # so that load_weights fills the optimizer too
     try:
         model.load_weights(folder / "model.weights.h5")
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"checkpoint {folder} is unreadable or does not fit this model ({str(error).splitlines()[0][:150]}); "
                         "delete it to resume from an earlier one") from error
-    return TrainState(**read_json(folder / "state.json"))
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Keeps `TrainState`: history, early stopping on val_loss, and checkpoints."""
+    """Keeps `TrainState`: history, early stopping on val_loss, checkpoints (written by the chief only)."""
 
-    def __init__(self, run_dir: Path, state: TrainState, every_steps: int, patience: int):
+    def __init__(self, run_dir: Path, state: TrainState, train: TrainConfig, chief: bool = True):
         super().__init__()
-        self.run_dir, self.state, self.every_steps, self.patience = Path(run_dir), state, every_steps, patience
+        self.run_dir, self.state, self.chief = Path(run_dir), state, chief
+        self.every_steps, self.patience, self.keep = train.checkpoint_every_steps, train.early_stopping_patience, train.keep_checkpoints
         self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
+        self.seconds_at_start, self.started = state.train_seconds, time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.offset, self.steps_done_at_start = self.steps_done_at_start, 0
 
-    def _global_step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+    def save(self) -> None:
+        self.state.train_seconds = self.seconds_at_start + time.perf_counter() - self.started
+        if self.chief:
+            save_checkpoint(self.run_dir, self.model, self.state)
+            prune_checkpoints(self.run_dir, self.keep, self.state.best_checkpoint)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps:
-            step = self._global_step()
+            step = optimizer_step(self.model.optimizer)
             if step // self.every_steps > self.state.global_step // self.every_steps:
                 self.state.global_step, self.state.step_in_epoch = step, self.offset + batch + 1
-                save_checkpoint(self.run_dir, self.model, self.state)
+                self.save()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {}, learning_rate=float(self.model.optimizer.learning_rate.numpy()))
+        logs = dict(logs or {}, learning_rate=current_learning_rate(self.model.optimizer))
         for key, value in logs.items():
             self.state.history.setdefault(key, []).append(float(value))
         state = self.state
-        state.epoch, state.step_in_epoch, state.global_step = epoch + 1, 0, self._global_step()
+        state.epoch, state.step_in_epoch, state.global_step = epoch + 1, 0, optimizer_step(self.model.optimizer)
         val_loss = logs.get("val_loss", logs["loss"])
-        improved = val_loss < state.best_val_loss
-        if improved:
+        if val_loss < state.best_val_loss:
             state.best_val_loss, state.epochs_without_improvement = float(val_loss), 0
             state.best_checkpoint = f"step-{state.global_step:08d}"
         else:
             state.epochs_without_improvement += 1
         if self.patience and state.epochs_without_improvement >= self.patience:
             state.stopped_early = self.model.stop_training = True
-        save_checkpoint(self.run_dir, self.model, state)
+        self.save()
 
 
-# --- the training routine ----------------------------------------------------------------
+class LastStepClock(keras.callbacks.Callback):
+    """Times the gap between the last step and the loop returning (the tf.data idle wait shows here)."""
 
-def build_and_compile(spec, config: RunConfig, data, strategy):
-    """The model inside `strategy.scope()`, compiled with the task's loss and metrics."""
-    task = tasks.get(spec.task)
-    with strategy.scope():
-        model = spec.build(config.model_args, data.info)
-        model.compile(
-            optimizer=make_optimizer(config.train, data.steps_per_epoch * config.train.epochs),
-            loss=task.loss(),
-            metrics=task.metrics(),
-            jit_compile=config.runtime.jit_compile,
-            steps_per_execution=config.runtime.steps_per_execution,
-        )
-    return model
+    def __init__(self):
+        super().__init__()
+        self.last_step = None
 
+    def on_train_batch_end(self, batch, logs=None):
+        self.last_step = time.perf_counter()
+
+
+# --- loops -------------------------------------------------------------------------------
+
+class FitLoop:
+    """Keras `model.fit` and `model.evaluate`."""
+
+    name = "fit"
+
+    def __init__(self, model, task, spec, strategy, config):
+        self.model = model
+
+    def fit(self, dataset, validation, *, initial_epoch, epochs, steps_per_epoch, callbacks):
+        self.model.fit(dataset, validation_data=validation, epochs=epochs, initial_epoch=initial_epoch,
+                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=0)
+
+    def evaluate(self, dataset) -> dict:
+        return self.model.evaluate(dataset, verbose=0, return_dict=True)
+
+
+class CustomLoop:
+    """A `tf.function` train step run on every replica with `strategy.run`, reduced with `strategy.reduce`.
+
+    The loss comes from `model.compute_loss` (the compiled loss object plus regularisation,
+    scaled for the replicas), gradients go through the model's optimizer (which all-reduces
+    them across replicas), and the task's metric objects are updated on each replica.
+    Callbacks (checkpointing, progress, TensorBoard) are driven as `fit` drives them.
+    """
+
+    name = "custom"
+
+    def __init__(self, model, task, spec, strategy, config):
+        import tensorflow as tf
+
+        self.model, self.strategy = model, strategy
+        with strategy.scope():
+            self.train_metrics, self.val_metrics = task.metrics(spec), task.metrics(spec)
+            model.optimizer.build(model.trainable_variables)  # its variables must exist before the first traced step
+        replicas = strategy.num_replicas_in_sync
+        jit = config.runtime.jit_compile
+
+        def forward_backward(x, y):
+            with tf.GradientTape() as tape:
+                y_pred = model(x, training=True)
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)  # divided by the replicas
+            gradients = tape.gradient(loss, model.trainable_variables)
+            return loss * replicas, gradients, y_pred
+
+        forward_backward = tf.function(forward_backward, jit_compile=jit) if jit else forward_backward
+
+        def replica_train_step(x, y):
+            loss, gradients, y_pred = forward_backward(x, y)
+            model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            for metric in self.train_metrics:
+                metric.update_state(y, y_pred)
+            return loss
+
+        def replica_test_step(x, y):
+            y_pred = model(x, training=False)
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False) * replicas
+            for metric in self.val_metrics:
+                metric.update_state(y, y_pred)
+            count = tf.cast(tf.shape(y)[0], tf.float32)
+            return loss * count, count
+
+        @tf.function
+        def train_step(batch):
+            per_replica = strategy.run(replica_train_step, args=batch)
+            return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+        @tf.function
+        def test_step(batch):
+            loss_sum, count = strategy.run(replica_test_step, args=batch)
+            total = strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None)
+            return total, strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
+
+        self.train_step, self.test_step = train_step, test_step
+
+    @staticmethod
+    def _results(metrics, prefix: str = "") -> dict:
+        return {prefix + metric.name: float(keras.ops.convert_to_numpy(metric.result())) for metric in metrics}
+
+    def fit(self, dataset, validation, *, initial_epoch, epochs, steps_per_epoch, callbacks):
+        callback_list = keras.callbacks.CallbackList(callbacks, model=self.model)
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            for metric in self.train_metrics:
+                metric.reset_state()
+            callback_list.on_epoch_begin(epoch)
+            total = 0.0
+            for step in range(steps_per_epoch):
+                callback_list.on_train_batch_begin(step)
+                total += float(self.train_step(next(iterator)))
+                callback_list.on_train_batch_end(step, {"loss": total / (step + 1)})
+            logs = {"loss": total / max(steps_per_epoch, 1), **self._results(self.train_metrics)}
+            logs.update({f"val_{key}": value for key, value in self.evaluate(validation).items()})
+            callback_list.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end()
+
+    def evaluate(self, dataset) -> dict:
+        for metric in self.val_metrics:
+            metric.reset_state()
+        loss_sum, count = 0.0, 0.0
+        for batch in self.strategy.experimental_distribute_dataset(dataset):
+            batch_loss, batch_count = self.test_step(batch)
+            loss_sum, count = loss_sum + float(batch_loss), count + float(batch_count)
+        return {"loss": loss_sum / max(count, 1.0), **self._results(self.val_metrics)}
+
+
+LOOPS = {"fit": FitLoop, "custom": CustomLoop}
+
+
+# --- the stages --------------------------------------------------------------------------
 
 def seed_everything(config: RunConfig) -> None:
-    import keras
-
     keras.utils.set_random_seed(config.train.seed)
     if config.runtime.deterministic:
         import tensorflow as tf
@@ -163,85 +333,182 @@ def seed_everything(config: RunConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def train(config: RunConfig, run_dir: Path, *, resume: bool = False, progress: str = "rich",
-          console=None, command: str = "") -> dict:
-    """Train `config.model` into `run_dir` (created by `runs.new_run_dir`, or an old run if `resume`).
+def transfer_weights(parent, model) -> tuple[list[str], list[str]]:
+    """Copy the weights of `parent`'s layers into `model`'s layers of the same name and shapes.
 
-    Returns the summary also written to metrics.json.
+    Returns (copied, skipped) layer names: a new head for another task is skipped and keeps its
+    fresh initialisation.
+    """
+    parents = {layer.name: layer for layer in parent.layers}
+    copied, skipped = [], []
+    for layer in model.layers:
+        source = parents.get(layer.name)
+        if source is None or not layer.weights:
+            continue
+        if [tuple(w.shape) for w in source.weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(source.get_weights())
+            copied.append(layer.name)
+        else:
+            skipped.append(layer.name)
+    return copied, skipped
+
+
+def build(spec, task, config: RunConfig, data, strategy, schedule_steps: int, parent=None):
+    """The model inside `strategy.scope()`, compiled with the task's loss and metric objects."""
+    with strategy.scope():
+        model = spec.build(config.model_args, data.info)
+        if parent is not None:
+            model.transferred_layers = transfer_weights(parent, model)
+        model.compile(
+            optimizer=make_optimizer(config.train, schedule_steps),
+            loss=task.loss(spec),
+            metrics=task.metrics(spec),
+            jit_compile=config.runtime.jit_compile,
+            steps_per_execution=config.runtime.steps_per_execution,
+        )
+    return model
+
+
+def write_run_files(run_dir: Path, config: RunConfig, data, overwrite: bool) -> Path:
+    run_dir = runs.claim_run_dir(run_dir, overwrite, config.model)
+    runs.write_text_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())
+    runs.write_json(run_dir / runs.DATA_FILE, data.record)
+    for artifact in data.artifacts:
+        artifact.save(run_dir)
+    return run_dir
+
+
+def save_model(model, path: Path) -> None:
+    """`model.keras` written beside (`.model.partial.keras`) and renamed: never half a file."""
+    partial = path.with_name(".model.partial.keras")
+    try:
+        model.save(partial)
+        os.replace(partial, path)
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror or error}); make the run folder writable, "
+                        f"then `kerasllm train --resume {path.parent}`") from error
+
+
+def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: str = "rich",
+          console=None, command: str = "", parent=None, parent_record: dict | None = None) -> dict:
+    """Train `config.model` into `run_dir` (a new run, or an old one if `resume`).
+
+    Args:
+        parent: a Keras model whose weights start the new model (fine-tuning).
+        parent_record: what to record about the parent (path, sha256) in metrics and the card.
+
+    Returns the summary also written to metrics.json; `summary["nothing_to_do"]` is True
+    when a resumed run had already finished.
     """
     from kerasllm.progress import Reporter
 
     run_dir = Path(run_dir)
     spec = registry.get(config.model)
     task = tasks.get(spec.task)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run with `kerasllm train`")
-    seed_everything(config)
-    data = task.prepare(config, **(task.load_artifacts(run_dir) if resume else {}))
-    if not resume:
-        config.save(run_dir / CONFIG_FILE)
-        write_json(run_dir / DATA_FILE, data.record)
-        for artifact in data.artifacts:
-            artifact.save(run_dir)
+    chief = True
 
+    # 1. prepare
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    state = read_state(checkpoint) if checkpoint else TrainState()
+    if resume:
+        if checkpoint is None:
+            raise UserError(f"{run_dir} has no checkpoint: training stopped before the first one was written; start it "
+                            f"again with `kerasllm train --config {run_dir / runs.CONFIG_FILE} --out {run_dir} --overwrite`")
+        summary = runs.read_json(run_dir / runs.METRICS_FILE)
+        data_record = runs.read_json(run_dir / runs.DATA_FILE)
+        finished = state.epoch >= config.train.epochs or (state.stopped_early and config.train.epochs <= summary.get("epochs_planned", state.epoch))
+        if finished and (run_dir / runs.MODEL_FILE).is_file() and "after_training" in summary:
+            return dict(summary, nothing_to_do=True)
+        if state.stopped_early and not finished:  # asked for more epochs than the early stop left
+            state.stopped_early, state.epochs_without_improvement = False, 0
+        runs.write_text_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())  # e.g. the new epoch count
+    seed_everything(config)
+    data = task.prepare(config, spec, task.load_artifacts(run_dir) if resume else None)
+    if resume:
+        from kerasllm.data.splits import check_unchanged
+
+        check_unchanged(data.record, data_record, action="start a new run on it (resuming needs the same data)")
+
+    # 2. build, then write the run folder
     strategy = get_strategy(config.runtime.strategy)
-    model = build_and_compile(spec, config, data, strategy)
+    chief = is_chief(strategy)
+    state.schedule_steps = state.schedule_steps or data.steps_per_epoch * config.train.epochs
+    model = build(spec, task, config, data, strategy, state.schedule_steps, parent)
+    loop = LOOPS[config.runtime.loop](model, task, spec, strategy, config)
+    created = False
     if checkpoint:
         with strategy.scope():
-            state = restore_checkpoint(checkpoint, model)
-        summary = read_json(run_dir / "metrics.json")
+            restore_checkpoint(checkpoint, model)
     else:
-        state = TrainState()
+        if chief:
+            run_dir = write_run_files(run_dir, config, data, overwrite)
+            created = True
         summary = {"model": spec.name, "parameters": int(model.count_params()),
-                   "before_training": task.report(model.evaluate(data.validation, verbose=0, return_dict=True), data.record)}
-        write_json(run_dir / "metrics.json", summary)
+                   "before_training": task.report(loop.evaluate(data.validation), data.record)}
+        if parent_record:
+            summary["parent"] = dict(parent_record, layers_copied=len(model.transferred_layers[0]),
+                                     layers_new=model.transferred_layers[1])
+    summary["epochs_planned"] = config.train.epochs
+    if chief:
+        runs.write_json(run_dir / runs.METRICS_FILE, summary)
 
+    # 3. loop
     epochs = config.train.epochs
-    checkpointing = Checkpointing(run_dir, state, config.train.checkpoint_every_steps, config.train.early_stopping_patience)
+    checkpointing = Checkpointing(run_dir, state, config.train, chief)
+    clock = LastStepClock()
     reporter = Reporter(progress, epochs, data.steps_per_epoch, data.items_per_step, data.unit, data.sample, console)
-    callbacks = [
-        checkpointing,
-        keras.callbacks.TensorBoard(run_dir / "logs", write_graph=False, update_freq="epoch", profile_batch=0),
-        reporter,
-    ]
-    # A step checkpoint inside an epoch resumes with the rest of that epoch first.
-    phases = []
+    callbacks = [checkpointing, clock, reporter]
+    if chief:
+        callbacks.insert(1, keras.callbacks.TensorBoard(run_dir / runs.LOGS_DIR, write_graph=False, update_freq="epoch", profile_batch=0))
+    phases = []  # a step checkpoint inside an epoch resumes with the rest of that epoch first
     if state.step_in_epoch:
         phases.append((state.epoch, state.epoch + 1, data.steps_per_epoch - state.step_in_epoch, state.step_in_epoch))
         checkpointing.steps_done_at_start = reporter.steps_done_at_start = state.step_in_epoch
     phases.append((state.epoch + bool(state.step_in_epoch), epochs, data.steps_per_epoch, 0))
-
-    first_step, started = state.global_step, time.perf_counter()
+    first_step, started, idle_after_last_step = state.global_step, time.perf_counter(), 0.0
     try:
         for first, last, steps, skip in phases:
             if first >= last or state.stopped_early:
                 continue
-            model.fit(data.train(first, last, skip), validation_data=data.validation, epochs=last,
-                      initial_epoch=first, steps_per_epoch=steps, callbacks=callbacks, shuffle=False, verbose=0)
+            loop.fit(data.train(first, last, skip), data.validation, initial_epoch=first, epochs=last,
+                     steps_per_epoch=steps, callbacks=callbacks)
+            if clock.last_step is not None:
+                idle_after_last_step = max(idle_after_last_step, time.perf_counter() - clock.last_step)
+    except BaseException:
+        if created and not checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no circle of advice
+        raise
     finally:
         reporter.close()
-    train_seconds = time.perf_counter() - started
+    session_seconds = time.perf_counter() - started
 
-    if state.best_checkpoint:  # keep the weights with the lowest validation loss
-        model.load_weights(run_dir / CHECKPOINTS / state.best_checkpoint / "model.weights.h5")
-    model.save(run_dir / MODEL_FILE)
-    after = task.report(model.evaluate(data.validation, verbose=0, return_dict=True), data.record)
+    # 4. finalize
+    if state.best_checkpoint and (run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint).is_dir():
+        model.load_weights(run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint / "model.weights.h5")
+    after = task.report(loop.evaluate(data.validation), data.record)
+    steps_this_session = state.global_step - first_step
     summary.update(
         after_training=after,
         epochs_completed=state.epoch,
         stopped_early=state.stopped_early,
         best_checkpoint=state.best_checkpoint,
-        train_seconds=summary.get("train_seconds", 0.0) + train_seconds,
+        train_seconds=state.train_seconds,
         steps=state.global_step,
-        **{f"{data.unit}_per_second": data.items_per_step * (state.global_step - first_step) / max(train_seconds, 1e-9)},
+        schedule_steps=state.schedule_steps,
+        seconds_after_last_step=idle_after_last_step,
+        **{f"{data.unit}_per_second": data.items_per_step * steps_this_session / max(session_seconds, 1e-9)
+           if steps_this_session else summary.get(f"{data.unit}_per_second", 0.0)},
         backend=keras.backend.backend(),
         strategy=type(strategy).__name__,
         replicas=strategy.num_replicas_in_sync,
+        loop=loop.name,
+        overfitting=diagnostics.overfitting(state.history, spec.overfitting_fixes),
         command=command or " ".join(sys.argv),
     )
-    write_json(run_dir / "metrics.json", summary)
-    write_json(run_dir / "history.json", state.history)
-    reports.plot_curves(state.history, run_dir / "curves.png", title=f"{spec.name} on {data.record.get('source')}")
-    (run_dir / "README.md").write_text(reports.model_card(spec, config, data.record, summary, run_dir))
+    if chief:
+        save_model(model, run_dir / runs.MODEL_FILE)
+        runs.write_json(run_dir / runs.METRICS_FILE, summary)
+        runs.write_json(run_dir / runs.HISTORY_FILE, state.history)
+        reports.plot_curves(state.history, run_dir / runs.CURVES_FILE, title=f"{spec.name} on {data.record.get('source')}")
+        runs.write_text_atomic(run_dir / runs.CARD_FILE, reports.model_card(spec, task, config, data.record, summary, run_dir))
     return summary

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,3 +46,23 @@ def trained_run(tmp_path_factory, corpus_file, runner):
     result = runner.invoke(cli.app, ["train", "lstm-textgen", "--data", str(corpus_file), "--out", str(out), "--quiet", *tiny_args()])
     assert result.exit_code == 0, result.output
     return out
+
+
+@contextlib.contextmanager
+def mock_tfds(name: str, splits: dict, tmp_path, num_examples: int = 8):
+    """`tfds.testing.mock_data` with metadata that names the dataset's splits, as a prepared dataset has.
+
+    Offline a builder knows no split names until it is downloaded; the mock's files stand in for that.
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = tmp_path / "tfds"
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=split, shard_lengths=[count], num_bytes=0, filename_template=None)
+        for split, count in splits.items()
+    ]))
+    Path(builder.data_dir).mkdir(parents=True, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    with tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES):
+        yield

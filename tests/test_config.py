@@ -83,7 +83,32 @@ def test_config_file_for_another_model_and_bad_sections(tmp_path):
 
 
 def test_saved_config_round_trips(tmp_path):
-    config = config_lib.resolve(SPEC, None, ["model_args.units=12", "train.seed=7", "data.level=word"])
-    config.save(tmp_path / "config.yaml")
+    config = config_lib.resolve(SPEC, None, ["model_args.units=12", "train.seed=7", "data.tokenizer=word"])
+    (tmp_path / "config.yaml").write_text(config.to_yaml())
     again = config_lib.resolve(SPEC, tmp_path / "config.yaml")
     assert again.to_dict() == config.to_dict()
+
+
+def test_configs_of_kerasllm_0_1_runs_still_load(tmp_path):
+    (tmp_path / "config.yaml").write_text("model: lstm-textgen\ndata: {level: word, max_vocab: 500}\n")
+    config = config_lib.resolve(SPEC, tmp_path / "config.yaml")
+    assert (config.data.tokenizer, config.data.vocab_size) == ("word", 500)
+    assert config_lib.resolve(SPEC, None, ["data.level=char"]).data.tokenizer == "char"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.early_stopping_patience=-1", "early_stopping_patience"), ("train.warmup_steps=-5", "warmup_steps"),
+    ("train.seed=-1", "train.seed"), (f"train.seed={2**32}", "train.seed"), ("train.learning_rate=.nan", "learning_rate"),
+    ("train.keep_checkpoints=-1", "keep_checkpoints"), ("data.source=", "data.source is empty"),
+    ("data.tokenizer=bpe", "data.tokenizer"), ("runtime.loop=eager", "runtime.loop"), ("runtime.strategy=tpu", "runtime.strategy"),
+])
+def test_values_are_validated(override, message):
+    with pytest.raises(UserError, match=message):
+        config_lib.resolve(SPEC, None, [override])
+
+
+def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("hello")
+    assert config_lib.resolve(SPEC, None, ["data.source=text.txt"]).data.source == str(tmp_path / "text.txt")
+    assert config_lib.resolve(SPEC, None, ["data.source=tfds:tiny_shakespeare"]).data.source == "tfds:tiny_shakespeare"

@@ -5,26 +5,7 @@ from kerasllm.data import pipeline
 from kerasllm.data.text import load_text, reload_validation
 from kerasllm.errors import UserError
 from kerasllm.tokenizers import Tokenizer
-
-
-def test_char_tokenizer_round_trip_and_unknown_characters(tmp_path):
-    tokenizer = Tokenizer.fit("hello world", level="char")
-    assert tokenizer.vocabulary[0] == "[UNK]" and tokenizer.vocab_size == 9  # UNK + 8 distinct characters
-    assert tokenizer.decode(tokenizer.encode("hold low")) == "hold low"
-    ids = tokenizer.encode("héllo!")
-    assert ids[1] == 0 and ids[-1] == 0  # é and ! were never seen
-    tokenizer.save(tmp_path)
-    again = Tokenizer.load(tmp_path)
-    assert again.vocabulary == tokenizer.vocabulary and again.level == "char"
-
-
-def test_word_tokenizer_keeps_text_lossless_and_caps_the_vocabulary():
-    text = "the cat sat on the mat, the end.\n"
-    tokenizer = Tokenizer.fit(text, level="word", max_vocab=5)
-    assert tokenizer.vocab_size == 5
-    assert "the" in tokenizer.vocabulary and " " in tokenizer.vocabulary
-    full = Tokenizer.fit(text, level="word")
-    assert full.decode(full.encode(text)) == text
+from tests.conftest import mock_tfds
 
 
 def test_corrupt_tokenizer_file_is_a_user_error(tmp_path):
@@ -120,13 +101,30 @@ def test_empty_folder_and_unknown_builtin(tmp_path):
         load_text("builtin:poems")
 
 
-def test_tfds_tiny_shakespeare_with_mock_data():
+def test_tfds_tiny_shakespeare_with_mock_data(tmp_path):
+    with mock_tfds("tiny_shakespeare", {"train": 1, "validation": 1, "test": 1}, tmp_path, num_examples=1):
+        split = load_text("tfds:tiny_shakespeare", 0.1)
+    assert split.record["split"] == "the source's 'validation' split is validation"
+    assert len(split.train) > 0 and len(split.validation) > 0
+
+
+def test_tfds_without_a_held_out_split_validates_on_the_end_of_train(tmp_path):
+    with mock_tfds("tiny_shakespeare", {"train": 1}, tmp_path, num_examples=1):
+        split = load_text("tfds:tiny_shakespeare", 0.25)
+    assert split.record["split"] == "last 25% of the characters is validation"
+
+
+def test_a_tfds_download_failure_is_not_taken_for_a_missing_split(tmp_path, monkeypatch):
+    """Offline, an unprepared dataset knows no splits; the download fails and says so."""
     import tensorflow_datasets as tfds
 
-    with tfds.testing.mock_data(num_examples=1):
-        split = load_text("tfds:tiny_shakespeare", 0.1)
-    assert split.record["split"] == "tfds split 'validation'"
-    assert len(split.train) > 0 and len(split.validation) > 0
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to establish a new connection: network is unreachable")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(UserError, match="could not download tfds:tiny_shakespeare: Failed to establish"):
+        load_text("tfds:tiny_shakespeare", 0.1)
 
 
 def test_unknown_tfds_name_is_a_user_error():

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import cli
+from tests.conftest import mock_tfds
 from kerasllm import evaluation
 from kerasllm.data.images import load_images, read_idx, to_channels
 from kerasllm.errors import UserError
@@ -135,10 +136,8 @@ def test_builtin_digits_are_real_images():
     assert split.x_train.max() == 255 and len(split.class_names) == 10
 
 
-def test_tfds_mnist_with_mock_data():
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=6):
+def test_tfds_mnist_with_mock_data(tmp_path):
+    with mock_tfds("mnist", {"train": 6, "test": 6}, tmp_path, num_examples=6):
         split = load_images("tfds:mnist")
     assert split.x_train.shape == (6, 28, 28, 1) and split.class_names[:3] == ["0", "1", "2"]
 
@@ -215,7 +214,7 @@ def test_predict_errors(runner, image_run, trained_run, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     assert_user_error(invoke(runner, "predict", out, broken), "cannot decode image")
-    assert_user_error(invoke(runner, "predict", trained_run, root / "dog" / "1.png"), "predict needs an image-classification model")
+    assert_user_error(invoke(runner, "predict", trained_run, root / "dog" / "1.png"), "predict needs a classification model")
     assert_user_error(invoke(runner, "predict", out, tmp_path / "missing.png"), "does not exist")
 
 
@@ -227,9 +226,7 @@ def test_export_takes_raw_images(runner, image_run, tmp_path):
 
 
 def test_train_on_tfds_mock_mnist_and_presets(runner, tmp_path):
-    import tensorflow_datasets as tfds
-
-    with tfds.testing.mock_data(num_examples=16):
+    with mock_tfds("mnist", {"train": 16, "test": 16}, tmp_path, num_examples=16):
         result = invoke(runner, "train", "cnn-classifier", "--data", "tfds:mnist", "--preset", "mnist", "--out", tmp_path / "m",
                         "--json", *tiny_cnn_args(), "--set", "runtime.jit_compile=true")  # the recipe's XLA path
     assert result.exit_code == 0, result.output

@@ -33,8 +33,9 @@ def test_unknown_name_lists_known_names_with_did_you_mean():
 
 
 def test_unknown_task_is_rejected():
-    with pytest.raises(ValueError, match="unknown task"):
-        registry.ModelSpec("x", "dancing", lstm_textgen.LSTMTextGeneratorConfig, lstm_textgen.build, "", "", lambda h: 0)
+    spec = registry.ModelSpec("x", "dancing", lstm_textgen.LSTMTextGeneratorConfig, lstm_textgen.build, "", "", lambda h: 0)
+    with pytest.raises(ValueError, match="unknown task 'dancing'"):
+        registry.Registry().register(spec)
 
 
 def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):

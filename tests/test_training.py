@@ -1,6 +1,7 @@
 """The shared trainer: resume gives the same weights as a straight run."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ SPEC = registry.get("lstm-textgen")
 
 def make_config(corpus_file, *extra):
     return config_lib.resolve(SPEC, None, [*TINY, f"data.source={corpus_file}", "runtime.deterministic=true",
-                                           "train.checkpoint_every_steps=2", "train.sample_length=0", *extra])
+                                           "train.checkpoint_every_steps=2", "train.sample_length=0", "train.keep_checkpoints=0", *extra])
 
 
 def weights(run_dir):
@@ -24,14 +25,15 @@ def weights(run_dir):
     return keras.saving.load_model(run_dir / "model.keras", compile=False).get_weights()
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, corpus_file):
-    run_dir = runs.new_run_dir(SPEC.name, tmp_path_factory.mktemp("straight") / "run")
-    training.train(make_config(corpus_file), run_dir, progress="quiet")
-    return run_dir
+@pytest.fixture(scope="module", params=["fit", "custom"])
+def straight_run(request, tmp_path_factory, corpus_file):
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    training.train(make_config(corpus_file, f"runtime.loop={request.param}"), run_dir, progress="quiet")
+    return run_dir, request.param
 
 
 def test_straight_run_checkpoints_every_epoch_and_every_n_steps(straight_run):
+    straight_run, _ = straight_run
     names = sorted(p.name for p in (straight_run / "checkpoints").iterdir())
     assert names == ["step-00000002", "step-00000003", "step-00000004", "step-00000006"]
     state = runs.read_json(straight_run / "checkpoints" / "step-00000004" / "state.json")
@@ -40,14 +42,15 @@ def test_straight_run_checkpoints_every_epoch_and_every_n_steps(straight_run):
 
 @pytest.mark.parametrize("keep_until", ["step-00000003", "step-00000004"], ids=["epoch-boundary", "mid-epoch"])
 def test_resume_matches_the_straight_run(straight_run, corpus_file, tmp_path, keep_until):
+    straight_run, loop = straight_run
     resumed = tmp_path / "resumed"
     shutil.copytree(straight_run, resumed)
     (resumed / "model.keras").unlink()
     for folder in (resumed / "checkpoints").iterdir():
         if folder.name > keep_until:
             shutil.rmtree(folder)  # as if the run had been killed right after `keep_until`
-    summary = training.train(make_config(corpus_file), resumed, resume=True, progress="quiet")
-    assert summary["epochs_completed"] == 2 and summary["steps"] == 6
+    summary = training.train(make_config(corpus_file, f"runtime.loop={loop}"), resumed, resume=True, progress="quiet")
+    assert summary["epochs_completed"] == 2 and summary["steps"] == 6 and summary["loop"] == loop
     for a, b in zip(weights(straight_run), weights(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     history = runs.read_json(resumed / "history.json")
@@ -55,7 +58,7 @@ def test_resume_matches_the_straight_run(straight_run, corpus_file, tmp_path, ke
 
 
 def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, corpus_file):
-    with pytest.raises(UserError, match="has no checkpoint to resume from"):
+    with pytest.raises(UserError, match="has no checkpoint: training stopped before the first one"):
         training.train(make_config(corpus_file), tmp_path, resume=True, progress="quiet")
 
 
@@ -76,8 +79,158 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, corpus_file):
     # A learning rate this large makes validation loss get worse after the first epoch.
     config = make_config(corpus_file, "train.epochs=6", "train.learning_rate=5.0", "train.early_stopping_patience=1",
                          "train.clip_norm=0", "train.schedule=constant")
-    summary = training.train(config, runs.new_run_dir(SPEC.name, tmp_path / "run"), progress="quiet")
+    summary = training.train(config, tmp_path / "run", progress="quiet")
     history = runs.read_json(tmp_path / "run" / "history.json")
     assert summary["stopped_early"] and summary["epochs_completed"] < 6
     best = min(history["val_loss"])
     assert summary["after_training"]["loss"] == pytest.approx(best, rel=1e-4)
+
+
+# --- two loops ----------------------------------------------------------------------------
+
+def final_weights(config, run_dir):
+    training.train(config, run_dir, progress="quiet")
+    return weights(run_dir)
+
+
+def test_fit_and_custom_loops_give_the_same_weights_for_lstm_textgen(corpus_file, tmp_path):
+    fit = final_weights(make_config(corpus_file, "train.epochs=1"), tmp_path / "fit")
+    custom = final_weights(make_config(corpus_file, "train.epochs=1", "runtime.loop=custom"), tmp_path / "custom")
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(fit, custom)) <= 1e-5
+
+
+def test_fit_and_custom_loops_give_the_same_weights_for_cnn_classifier(tmp_path):
+    spec = registry.get("cnn-classifier")
+    settings = ["model_args.width=8", "model_args.depth=2", "train.batch_size=16", "train.steps_per_epoch=3",
+                "train.epochs=1", "train.warmup_steps=1", "runtime.jit_compile=false", "runtime.deterministic=true"]
+    # dropout and batch normalisation included: the same random streams and moving statistics in both loops
+    fit = final_weights(config_lib.resolve(spec, None, settings), tmp_path / "fit")
+    custom = final_weights(config_lib.resolve(spec, None, [*settings, "runtime.loop=custom"]), tmp_path / "custom")
+    assert len(fit) == len(custom) and max(float(np.max(np.abs(a - b))) for a, b in zip(fit, custom)) <= 1e-5
+
+
+MIRRORED_SCRIPT = """
+import json, sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from kerasllm import config as config_lib, registry, training
+from tests.conftest import TINY
+spec = registry.get("lstm-textgen")
+out = {}
+for loop in ("fit", "custom"):
+    config = config_lib.resolve(spec, None, [*TINY, "data.source=" + sys.argv[1], "train.epochs=1", "train.steps_per_epoch=1",
+                                             "train.sample_length=0", "runtime.strategy=mirrored", "runtime.loop=" + loop])
+    summary = training.train(config, sys.argv[2] + "/" + loop, progress="quiet")
+    out[loop] = [summary["replicas"], summary["strategy"], summary["steps"], summary["after_training"]["loss"]]
+print(json.dumps(out))
+"""
+
+
+def test_one_step_on_mirrored_strategy_over_two_logical_cpus(corpus_file, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(corpus_file), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).parent.parent))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for loop in ("fit", "custom"):
+        replicas, strategy, steps, loss = out[loop]
+        assert (replicas, strategy, steps) == (2, "MirroredStrategy", 1) and np.isfinite(loss)
+    assert out["fit"][3] == pytest.approx(out["custom"][3], abs=1e-4)
+
+
+def test_fit_returns_right_after_its_last_step(corpus_file, tmp_path):
+    """The tf.data autotune thread of a per-device iterator once kept `fit` idle for 8-60 s here."""
+    summary = training.train(make_config(corpus_file), tmp_path / "run", progress="quiet")
+    assert summary["strategy"] == "_DefaultDistributionStrategy"
+    assert summary["seconds_after_last_step"] < 1.0
+
+
+# --- checkpoints and resume -------------------------------------------------------------------
+
+def test_checkpoints_are_pruned_to_the_newest_k_plus_the_best(corpus_file, tmp_path):
+    config = make_config(corpus_file, "train.epochs=4", "train.keep_checkpoints=2", "train.checkpoint_every_steps=1",
+                         "train.learning_rate=5.0", "train.clip_norm=0", "train.schedule=constant",
+                         "train.early_stopping_patience=0")
+    summary = training.train(config, tmp_path / "run", progress="quiet")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names[-2:] == ["step-00000011", "step-00000012"]
+    assert summary["best_checkpoint"] in names and len(names) <= 3
+
+
+def test_an_unfinished_checkpoint_is_never_taken_for_the_newest(straight_run, tmp_path):
+    straight_run, _ = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(straight_run, copy)
+    partial = copy / "checkpoints" / "step-00000009.partial"
+    shutil.copytree(copy / "checkpoints" / "step-00000006", partial)  # even with a state.json inside
+    (copy / "checkpoints" / "step-00000008").mkdir()  # and a folder missing its files
+    assert training.latest_checkpoint(copy).name == "step-00000006"
+
+
+def test_resuming_a_finished_run_has_nothing_to_do(straight_run, corpus_file, tmp_path):
+    straight_run, loop = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(straight_run, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    summary = training.train(make_config(corpus_file, f"runtime.loop={loop}"), copy, resume=True, progress="quiet")
+    assert summary["nothing_to_do"]
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_resume_counts_the_interrupted_time_and_keeps_the_schedule(straight_run, corpus_file, tmp_path):
+    straight_run, loop = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(straight_run, copy)
+    first = runs.read_json(copy / "metrics.json")
+    summary = training.train(make_config(corpus_file, f"runtime.loop={loop}", "train.epochs=3"), copy, resume=True, progress="quiet")
+    assert summary["train_seconds"] > first["train_seconds"]
+    assert summary["schedule_steps"] == first["schedule_steps"] == 6  # fixed when the run started
+    history = runs.read_json(copy / "history.json")
+    floor = 1e-2 * 0.1  # lstm-textgen's learning rate x train.min_learning_rate_ratio: the decay has ended
+    assert history["learning_rate"][2] == pytest.approx(floor, rel=1e-5)
+    assert len(history["loss"]) == 3
+
+
+def test_resume_refuses_changed_data(straight_run, tmp_path):
+    straight_run, loop = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(straight_run, copy)
+    shutil.rmtree(copy / "checkpoints" / "step-00000006")
+    (copy / "model.keras").unlink()
+    data = tmp_path / "changed.txt"
+    data.write_text(Path(runs.read_json(copy / "data.json")["source"]).read_text() + "more text")
+    config = config_lib.resolve(SPEC, None, [*TINY, f"data.source={data}", "train.sample_length=0"])
+    copy_data = runs.read_json(copy / "data.json")
+    runs.write_json(copy / "data.json", dict(copy_data, source=str(data)))
+    with pytest.raises(UserError, match="changed since this run was trained"):
+        training.train(config, copy, resume=True, progress="quiet")
+
+
+def test_overfitting_is_reported_with_fixes(tmp_path):
+    """Random labels on a handful of images: training loss falls, validation loss rises."""
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "noise.npz"
+    np.savez(npz, x=rng.integers(0, 256, (64, 8, 8, 1)).astype(np.uint8), y=rng.integers(0, 4, 64))
+    spec = registry.get("cnn-classifier")
+    config = config_lib.resolve(spec, None, [f"data.source={npz}", "model_args.width=16", "model_args.depth=1",
+                                             "model_args.dropout=0", "model_args.translation=0", "model_args.rotation=0",
+                                             "model_args.zoom=0", "train.batch_size=8", "train.epochs=12",
+                                             "train.learning_rate=1e-2", "train.warmup_steps=0", "train.schedule=constant",
+                                             "train.early_stopping_patience=0", "train.weight_decay=0",
+                                             "data.validation_fraction=0.25", "runtime.jit_compile=false"])
+    summary = training.train(config, tmp_path / "run", progress="quiet")
+    report = summary["overfitting"]
+    assert report is not None and "validation loss" in report["reason"]
+    assert any("augmentation" in fix for fix in report["fixes"])
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "**Overfitting**" in card and "augmentation" in card
+
+
+def test_a_healthy_run_is_not_called_overfitting():
+    from kerasllm.diagnostics import overfitting
+
+    assert overfitting({"loss": [3.0, 2.5, 2.2], "val_loss": [3.1, 2.7, 2.4]}) is None
+    assert overfitting({"loss": [3.0, 2.5, 2.2, 2.0], "val_loss": [2.9, 2.6, 2.8, 3.0]})["best_epoch"] == 2

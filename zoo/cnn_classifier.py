@@ -130,4 +130,11 @@ SPEC = ModelSpec(
     defaults={"train": {"epochs": 10, "batch_size": 128, "learning_rate": 3e-3, "warmup_steps": 100},
               "runtime": {"jit_compile": True}},
     presets=PRESETS,
+    overfitting_fixes=(
+        "augmentation: --set model_args.translation=0.1 --set model_args.rotation=0.05 --set model_args.zoom=0.1",
+        "more dropout before the classifier: --set model_args.dropout=0.5",
+        "stronger weight decay: --set train.weight_decay=0.05",
+        "more images per class",
+        "early stopping keeps the best epoch already (train.early_stopping_patience)",
+    ),
 )

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import warnings
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +90,32 @@ def read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode not in ("L", "RGB"):
-                image = image.convert("L" if image.mode in ("1", "I", "I;16", "F") else "RGB")
-            array = np.asarray(image, dtype=np.uint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                array = _to_uint8(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"image {path} is too large to decode safely ({str(error).splitlines()[0][:120]}); "
+                        "resize it or remove it") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserError(f"cannot decode image {path} ({str(error).splitlines()[0][:120]}); remove or replace the file") from error
     return array[..., None] if array.ndim == 2 else array
+
+
+def _to_uint8(image) -> np.ndarray:
+    """A PIL image → uint8 gray or RGB; 16-bit and 32-bit integer images are scaled, not clipped."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image).astype(np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    if image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in ("1", "LA") else "RGB")
+    return np.asarray(image, dtype=np.uint8)
 
 
 def stack_images(arrays: list[np.ndarray], size: int, channels: int) -> np.ndarray:
@@ -166,13 +185,17 @@ def idx_folder(folder: Path):
     return x_train[..., None], y_train.astype(np.int32), [str(i) for i in range(classes)], (x_test[..., None], y_test.astype(np.int32))
 
 
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
+
+
 def class_folders(folder: Path, size: int, channels: int):
-    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p, folder))
     if len(classes) < 2:
         raise UserError(f"{folder} has {len(classes)} class folder(s); put each class's images in its own sub-folder (at least 2)")
     arrays, labels, skipped = [], [], []
     for label, class_dir in enumerate(classes):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file())
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not _hidden(p, folder))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped += [str(p) for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
         if not images:
@@ -197,6 +220,8 @@ def npz_file(path: Path):
             arrays = dict(data)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read {path} as .npz ({str(error).splitlines()[0][:120]}); save it with numpy.savez") from error
+    if not arrays:
+        raise UserError(f"{path} is an empty .npz; save arrays x and y (or x_train, y_train) with numpy.savez")
     if {"x", "y"} <= arrays.keys():
         x, y, held_out = arrays["x"], arrays["y"], None
     elif {"x_train", "y_train"} <= arrays.keys():
@@ -207,6 +232,8 @@ def npz_file(path: Path):
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
     pairs = [(x, y)] + ([held_out] if held_out else [])
     labels = np.concatenate([np.asarray(p[1]).reshape(-1) for p in pairs])
+    if labels.size == 0:
+        raise UserError(f"{path} holds no labels; save some images and labels with numpy.savez")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
         raise UserError(f"{path}: labels must be integers 0..K-1; got {labels.dtype} from {labels.min()} to {labels.max()}")
     classes = len(names) if names else int(labels.max()) + 1
@@ -226,25 +253,37 @@ def _as_images(x: np.ndarray, path: Path) -> np.ndarray:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
         raise UserError(f"{path}: x must have shape (N, H, W) or (N, H, W, 1|3|4), got {x.shape}")
-    if np.issubdtype(x.dtype, np.floating) and x.size and x.max() <= 1.0:
-        x = x * 255.0
+    if x.shape[0] == 0:
+        raise UserError(f"{path} holds no images; save some with numpy.savez")
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).reshape(len(x), -1).any(axis=1).sum())
+            raise UserError(f"{path}: {bad} image(s) contain NaN or infinite values; fix or drop them")
+        if x.max() <= 1.0:
+            x = x * 255.0
     return np.clip(np.rint(x), 0, 255).astype(np.uint8) if x.dtype != np.uint8 else x
 
 
 def tfds_images(name: str):
-    from kerasllm.data.tfds import builder, load_split
+    """The train split, and the validation (else test) split as held-out data; feature keys from the builder's info."""
+    from kerasllm.data.tfds import feature_of, held_out_split, load_split, prepared_info, split_names
 
-    info = builder(name).info
-    label = info.features["label"] if "label" in info.features else None
+    info = prepared_info(name)
+    image_key, label_key = feature_of(info, name, "image"), feature_of(info, name, "label")
+    if "train" not in split_names(info):
+        raise UserError(f"tfds:{name} has no train split (it has {', '.join(split_names(info))}); pick another dataset")
 
     def read(split: str):
-        pairs = [(ex["image"], ex["label"]) for ex in load_split(name, split).as_numpy_iterator()]
+        pairs = [(ex[image_key], ex[label_key]) for ex in load_split(name, split).as_numpy_iterator()]
+        if not pairs:
+            raise UserError(f"tfds:{name} split {split!r} is empty; pick another dataset")
         return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.int32)
 
     x, y = read("train")
-    x_test, y_test = read("test")
-    names = list(label.names) if label is not None else [str(i) for i in range(int(max(y.max(), y_test.max())) + 1)]
-    return x, y, names, (x_test, y_test)
+    held_out = held_out_split(info)
+    held = read(held_out) if held_out else None
+    names = list(info.features[label_key].names)
+    return x, y, names, held
 
 
 # --- entry point -------------------------------------------------------------------------

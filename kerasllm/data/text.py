@@ -1,36 +1,30 @@
 """Text sources: a file, a folder of .txt files, a TFDS name, or a corpus built in.
 
 `load_text(source, validation_fraction)` returns the training and validation text
-and a record of how they were split, saved with the run so that `evaluate` can
-rebuild the same validation text later.
+and a record of how they were split (`kerasllm.data.splits`), saved with the run so
+that `evaluate` can rebuild the same validation text later.
 
 Built-in corpora (need no network):
 
 * `builtin:python-docs` — the English prose of the Python reference documentation
   that ships with CPython itself as `pydoc_data.topics` (what `help("if")` shows):
-  about 465,000 characters in Python 3.11, ~95 distinct characters.
+  about 465,000 characters in Python 3.11, ~95 distinct characters. Its text can
+  change between Python releases; the record keeps the Python version.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
+from kerasllm.data.splits import TextSplit, check_unchanged, python_version, split_by_fraction, text_split
+
+__all__ = ["TextSplit", "check_unchanged", "load_text", "reload_validation"]
 from kerasllm.errors import UserError
 
 BUILTIN_CORPORA = {
     "python-docs": "Python reference documentation prose shipped with CPython (pydoc_data.topics)",
 }
-
-
-@dataclass
-class TextSplit:
-    """Training and validation text plus how they were made (`record`, saved as JSON)."""
-
-    train: str
-    validation: str
-    record: dict
+HIDDEN = (".", "_")
 
 
 def builtin_text(name: str) -> str:
@@ -43,13 +37,16 @@ def builtin_text(name: str) -> str:
     raise UserError(f"unknown built-in corpus {name!r}; built-in corpora: {', '.join('builtin:' + n for n in BUILTIN_CORPORA)}")
 
 
-def builtin_vocab_size(source: str) -> int:
-    """Character vocabulary size ([UNK] included) of a built-in corpus's training split."""
-    return len(set(split_by_fraction(builtin_text(source.removeprefix("builtin:")), 0.1)[0])) + 1
+def builtin_vocab_size(source: str, specials: int = 4) -> int:
+    """Character vocabulary size (special tokens included) of a built-in corpus's training split."""
+    return len(set(split_by_fraction(builtin_text(source.removeprefix("builtin:")), 0.1)[0])) + specials
 
 
 def read_text_file(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read {path} ({error.strerror}); check its permissions") from error
     if b"\x00" in data[:65536]:
         raise UserError(f"{path} looks like a binary file, not text; pass a UTF-8 text file or a folder of .txt files")
     try:
@@ -61,11 +58,17 @@ def read_text_file(path: Path) -> str:
     return text.removeprefix("\ufeff")
 
 
+def text_files(folder: Path) -> list[Path]:
+    """The .txt files under `folder`, in sorted order, skipping hidden files and folders."""
+    return sorted(p for p in folder.rglob("*.txt")
+                  if p.is_file() and not any(part.startswith(HIDDEN) for part in p.relative_to(folder).parts))
+
+
 def read_path(path: Path) -> str:
     if not path.exists():
         raise UserError(f"data path {path} does not exist; pass a text file, a folder of .txt files, tfds:NAME or builtin:NAME")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = text_files(path)
         if not files:
             raise UserError(f"folder {path} has no .txt files; put UTF-8 .txt files in it or pass a file")
         text = "\n\n".join(read_text_file(p) for p in files)
@@ -76,44 +79,22 @@ def read_path(path: Path) -> str:
     return text
 
 
-def split_by_fraction(text: str, validation_fraction: float) -> tuple[str, str]:
-    """The last `validation_fraction` of the characters is the validation text."""
-    cut = int(round(len(text) * (1 - validation_fraction)))
-    return text[:cut], text[cut:]
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def load_text(source: str, validation_fraction: float = 0.1) -> TextSplit:
     """Read `source` and split it into training and validation text."""
+    if not source.strip():
+        raise UserError("no data source given; pass --data PATH, tfds:NAME or builtin:NAME")
     if source.startswith("tfds:"):
         from kerasllm.data.tfds import load_text_splits
 
         return load_text_splits(source.removeprefix("tfds:"), validation_fraction)
     if source.startswith("builtin:"):
         text = builtin_text(source.removeprefix("builtin:"))
-    else:
-        text = read_path(Path(source).expanduser())
-    train, validation = split_by_fraction(text, validation_fraction)
-    record = {
-        "source": source,
-        "sha256": sha256(text),
-        "characters": len(text),
-        "split": f"last {validation_fraction:.0%} of the characters is validation",
-        "validation_fraction": validation_fraction,
-        "train_characters": len(train),
-        "validation_characters": len(validation),
-    }
-    return TextSplit(train, validation, record)
+        return text_split(source, text, None, validation_fraction, python_version=python_version())
+    return text_split(source, read_path(Path(source).expanduser()), None, validation_fraction)
 
 
 def reload_validation(record: dict) -> str:
     """The validation text of a past run, checked against the hash it was trained with."""
     split = load_text(record["source"], record.get("validation_fraction", 0.1))
-    if split.record.get("sha256") != record.get("sha256"):
-        raise UserError(
-            f"the data at {record['source']} changed since this run was trained; pass --data FILE to evaluate on it anyway"
-        )
+    check_unchanged(split.record, record)
     return split.validation

@@ -1,51 +1,59 @@
-"""Task definitions: what data, loss, metrics, evaluation and per-epoch samples a task uses.
+"""Tasks: what data, loss, metrics, evaluation, prediction and reports a kind of model uses.
 
-The shared trainer asks the model's task for these, so a new task (image or text
-classification) plugs in here without touching the trainer.
+A task is an object (`kerasllm.tasks.base.Task`); the built-in ones are registered
+here, in one place, like the zoo's models. Plugins and tests add theirs with
+`register(task)`. The trainer and the CLI only talk to tasks through this module,
+so a new task needs no edit to `cli.py` or `training.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import difflib
+
+from kerasllm.errors import UserError
+from kerasllm.tasks.base import PreparedData, Task
+
+__all__ = ["PreparedData", "Task", "get", "names", "register"]
+
+_tasks: dict[str, Task] | None = None
 
 
-@dataclass
-class PreparedData:
-    """A task's data, ready for the trainer.
+def _default_tasks() -> dict[str, Task]:
+    global _tasks
+    if _tasks is None:
+        from kerasllm.tasks.image_classification import ImageClassification
+        from kerasllm.tasks.text_generation import TextGeneration
 
-    Args:
-        info: sizes the builder needs.
-        train: `train(first_epoch, epochs, skip_steps) -> tf.data.Dataset` with
-            `steps_per_epoch` batches per epoch.
-        validation: a finite tf.data.Dataset.
-        steps_per_epoch: batches per training epoch.
-        items_per_step: throughput unit count per step (tokens or samples).
-        unit: name of that unit for progress displays.
-        record: how the data was loaded and split (saved as data.json).
-        artifacts: objects saved into the run folder with `save(folder)` (a tokenizer).
-        sample: optional `sample(model) -> str` shown after each epoch.
-    """
-
-    info: Any
-    train: Callable
-    validation: Any
-    steps_per_epoch: int
-    items_per_step: int
-    unit: str
-    record: dict
-    artifacts: list = field(default_factory=list)
-    sample: Callable | None = None
+        _tasks = {}
+        for task in (TextGeneration(), ImageClassification()):
+            _tasks[task.name] = task
+    return _tasks
 
 
-def get(task: str):
-    """The module that implements `task`."""
-    if task == "text-generation":
-        from kerasllm.tasks import text_generation
+def register(task: Task) -> Task:
+    """Add a task; a second task with the same name is an error."""
+    tasks = _default_tasks()
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError("register a kerasllm.tasks.Task instance with a name")
+    if task.name in tasks:
+        raise ValueError(f"task {task.name!r} is already registered")
+    tasks[task.name] = task
+    return task
 
-        return text_generation
-    if task == "image-classification":
-        from kerasllm.tasks import image_classification
 
-        return image_classification
-    raise ValueError(f"task {task!r} has no implementation yet")
+def unregister(name: str) -> None:
+    """Remove a task (for tests that register throwaway tasks)."""
+    _default_tasks().pop(name, None)
+
+
+def names() -> list[str]:
+    return sorted(_default_tasks())
+
+
+def get(name: str) -> Task:
+    tasks = _default_tasks()
+    if name not in tasks:
+        close = difflib.get_close_matches(name, list(tasks), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown task {name!r}; {hint}known tasks: {', '.join(names())}")
+    return tasks[name]

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import evaluation, registry
+from kerasllm import evaluation
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES, ImageSplit, load_images, read_image, to_channels
 from kerasllm.errors import UserError
-from kerasllm.tasks import PreparedData
+from kerasllm.data.splits import check_unchanged
+from kerasllm.tasks.base import PreparedData, Table, Task
 
 LABELS_FILE = "labels.json"
 
@@ -29,7 +30,9 @@ class Labels:
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / LABELS_FILE
-        path.write_text(json.dumps(vars(self), indent=2, ensure_ascii=False))
+        from kerasllm.runs import write_text_atomic
+
+        write_text_atomic(path, json.dumps(vars(self), indent=2, ensure_ascii=False))
         return path
 
     @classmethod
@@ -43,77 +46,122 @@ class Labels:
             raise UserError(f"{path} is corrupt ({error}); retrain or restore the run folder") from error
 
 
-def loss():
-    return "sparse_categorical_crossentropy"
-
-
-def metrics():
-    import keras
-
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-
-
 def load_split(config) -> ImageSplit:
     hparams = config.model_args
     return load_images(config.data.source, config.data.validation_fraction, hparams.image_size, hparams.channels)
 
 
-def prepare(config, labels: Labels | None = None) -> PreparedData:
-    """Load, convert and split the images; build the pipelines."""
-    split, train = load_split(config), config.train
-    if labels is not None and labels.class_names != split.class_names:
-        raise UserError("the data's classes differ from the run's labels.json; resume with the data the run was trained on")
-    steps = pipeline.steps_in(len(split.x_train), train.batch_size, train.steps_per_epoch, "training")
-    if len(split.x_validation) == 0:
-        raise UserError("the validation split is empty; use more images or a larger data.validation_fraction")
+class ImageClassification(Task):
+    """Raw images in, one class out."""
 
-    spec = registry.get(config.model)
-    augment = spec.augment(config.model_args) if spec.augment else None
+    name = "image-classification"
+    can_predict = True
 
-    def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
-        return pipeline.image_dataset(split.x_train, split.y_train, train.batch_size, augment, shuffle_seed=train.seed,
-                                      steps_per_epoch=steps, first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps)
+    def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
+        """Load, convert and split the images; build the pipelines."""
+        labels = (artifacts or {}).get("labels")
+        split, train = load_split(config), config.train
+        if labels is not None and labels.class_names != split.class_names:
+            raise UserError("the data's classes differ from the run's labels.json; resume with the data the run was trained on")
+        steps = pipeline.steps_in(len(split.x_train), train.batch_size, train.steps_per_epoch, "training")
+        if len(split.x_validation) == 0:
+            raise UserError("the validation split is empty; use more images or a larger data.validation_fraction")
+        augment = spec.augment(config.model_args) if spec.augment else None
 
-    record = dict(split.record, input_length=split.record["image_size"], class_names=split.class_names)
-    return PreparedData(
-        info=DataInfo(num_classes=len(split.class_names), image_size=record["image_size"], channels=record["channels"]),
-        train=train_dataset,
-        validation=pipeline.image_dataset(split.x_validation, split.y_validation, train.batch_size),
-        steps_per_epoch=steps, items_per_step=train.batch_size, unit="samples", record=record,
-        artifacts=[Labels(split.class_names, record["image_size"], record["channels"])],
-    )
+        def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
+            return pipeline.image_dataset(split.x_train, split.y_train, train.batch_size, augment, shuffle_seed=train.seed,
+                                          steps_per_epoch=steps, first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps)
 
+        record = dict(split.record, input_length=split.record["image_size"], class_names=split.class_names)
+        return PreparedData(
+            info=DataInfo(num_classes=len(split.class_names), image_size=record["image_size"], channels=record["channels"]),
+            train=train_dataset,
+            validation=pipeline.image_dataset(split.x_validation, split.y_validation, train.batch_size),
+            steps_per_epoch=steps, items_per_step=train.batch_size, unit="samples", record=record,
+            artifacts=[Labels(split.class_names, record["image_size"], record["channels"])],
+        )
 
-def load_artifacts(run_dir: Path) -> dict:
-    return {"labels": Labels.load(run_dir)}
+    def load_artifacts(self, run_dir: Path) -> dict:
+        return {"labels": Labels.load(run_dir)}
 
+    def report(self, results: dict, record: dict) -> dict:
+        return {"loss": float(results["loss"]), "accuracy": float(results["accuracy"])}
 
-def report(results: dict, record: dict) -> dict:
-    return {"loss": float(results["loss"]), "accuracy": float(results["accuracy"])}
-
-
-def evaluate(model, run, data: str | None = None, batch_size: int = 64) -> dict:
-    """Classification report on the run's validation split, or on `data`'s test split (else all of it)."""
-    labels: Labels = run.artifacts["labels"]
-    if data:
-        split = load_images(data, run.config.data.validation_fraction, labels.image_size, labels.channels)
-        if split.record["validation_is_test_split"]:
-            images, targets, where = split.x_validation, split.y_validation, f"test split of {data}"
+    def evaluate(self, model, run, data: str | None = None, batch_size: int = 64) -> dict:
+        """Classification report on the run's validation split, or on `data`'s test split (else all of it)."""
+        labels: Labels = run.artifacts["labels"]
+        if data:
+            split = load_images(data, run.config.data.validation_fraction, labels.image_size, labels.channels)
+            if split.record["validation_is_test_split"]:
+                images, targets, where = split.x_validation, split.y_validation, f"test split of {data}"
+            else:
+                images = np.concatenate([split.x_train, split.x_validation])
+                targets, where = np.concatenate([split.y_train, split.y_validation]), data
+            if len(split.class_names) != len(labels.class_names) or targets.max() >= len(labels.class_names):
+                raise UserError(f"{data} has {len(split.class_names)} classes but the model knows {len(labels.class_names)}; "
+                                "evaluate on data with the same classes")
         else:
-            images = np.concatenate([split.x_train, split.x_validation])
-            targets, where = np.concatenate([split.y_train, split.y_validation]), data
-        if len(split.class_names) != len(labels.class_names) or targets.max() >= len(labels.class_names):
-            raise UserError(f"{data} has {len(split.class_names)} classes but the model knows {len(labels.class_names)}; evaluate on data with the same classes")
-    else:
-        split = load_split(run.config)
-        if split.record["sha256"] != run.data_record.get("sha256"):
-            raise UserError(f"the data at {run.data_record['source']} changed since this run was trained; pass --data to evaluate on it anyway")
-        images, targets, where = split.x_validation, split.y_validation, f"validation split of {run.data_record['source']}"
-    probabilities = model.predict(pipeline.image_dataset(images, targets, batch_size).map(lambda x, y: x), verbose=0)
-    results = evaluation.classification_report(targets, probabilities, labels.class_names)
-    png = evaluation.plot_confusion_matrix(results["confusion_matrix"], labels.class_names, run.path / "confusion_matrix.png",
-                                           title=f"{run.spec.name} on {where}")
-    return {"data": where, **results, "confusion_matrix_png": str(png)}
+            split = load_split(run.config)
+            check_unchanged(split.record, run.data_record)
+            images, targets, where = split.x_validation, split.y_validation, f"validation split of {run.data_record['source']}"
+        probabilities = model.predict(pipeline.image_dataset(images, targets, batch_size).map(lambda x, y: x), verbose=0)
+        results = evaluation.classification_report(targets, probabilities, labels.class_names)
+        png = run.path / "confusion_matrix.png"
+        try:
+            evaluation.plot_confusion_matrix(results["confusion_matrix"], labels.class_names, png, title=f"{run.spec.name} on {where}")
+        except OSError as error:
+            png = f"not written ({error.strerror}: the run folder is read-only)"
+        return {"data": where, **results, "confusion_matrix_png": str(png)}
+
+    def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
+        """Top-k classes for each image file (folders are searched for images)."""
+        labels: Labels = run.artifacts["labels"]
+        k = max(1, min(top_k, len(labels.class_names)))
+        rows = []
+        for path in image_files([Path(item) for item in inputs]):
+            image = read_image(path)
+            note = ""
+            if image.shape[-1] != labels.channels:
+                note = f"converted {'RGB' if image.shape[-1] == 3 else 'grayscale'} to {'grayscale' if labels.channels == 1 else 'RGB'}"
+                image = to_channels(image[None], labels.channels)[0]
+            probabilities = model.predict(image[None].astype(np.float32), verbose=0)[0]
+            best = np.argsort(-probabilities)[:k]
+            rows.append({"file": str(path), "note": note,
+                         "predictions": [{"class": labels.class_names[i], "probability": float(probabilities[i])} for i in best]})
+        return rows
+
+    def export_sample(self, model, run, batch: int = 2) -> np.ndarray:
+        size = run.data_record.get("image_size", 16) if run else 16
+        channels = run.data_record.get("channels", 1) if run else 1
+        return np.random.default_rng(0).uniform(0, 255, size=(batch, size, size, channels)).astype("float32")
+
+    def tables(self, results: dict, title: str) -> list[Table]:
+        tables = super().tables(results, title)
+        per_class, matrix, confused = results.get("per_class"), results.get("confusion_matrix"), results.get("most_confused")
+        if per_class:
+            tables.append(Table("per class", ["class", "precision", "recall", "f1", "support"],
+                                [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", str(r["support"])]
+                                 for r in per_class]))
+        if matrix:
+            names = [row["class"] for row in per_class]
+            tables.append(Table("confusion matrix", ["true \\ predicted", *names],
+                                [[name, *map(str, row)] for name, row in zip(names, matrix)]))
+        if confused:
+            tables.append(Table("most confused pairs", ["true", "predicted as", "examples"],
+                                [[pair["true"], pair["predicted"], str(pair["count"])] for pair in confused]))
+        return tables
+
+    def data_lines(self, record: dict) -> list[str]:
+        return [
+            f"Source: `{record.get('source')}` (sha256 `{str(record.get('sha256', ''))[:16]}…`): "
+            f"{record.get('train_examples', 0):,} training and {record.get('validation_examples', 0):,} validation images, "
+            f"{record.get('classes')} classes, {record.get('image_size')}×{record.get('image_size')}×{record.get('channels')}.",
+            f"Split: {record.get('split')}.",
+        ]
+
+    def usage(self, run_dir: Path) -> list[str]:
+        return [f"kerasllm evaluate {run_dir}", f"kerasllm predict {run_dir} IMAGE.png",
+                f"kerasllm export {run_dir} --format tflite"]
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -131,19 +179,3 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def predict(model, run, paths: list[Path], top_k: int = 3) -> list[dict]:
-    """Top-k classes for each image file (folders are searched for images)."""
-    labels: Labels = run.artifacts["labels"]
-    k = max(1, min(top_k, len(labels.class_names)))
-    rows = []
-    for path in image_files(paths):
-        image = read_image(path)
-        note = ""
-        if image.shape[-1] != labels.channels:
-            note = f"converted {'RGB' if image.shape[-1] == 3 else 'grayscale'} to {'grayscale' if labels.channels == 1 else 'RGB'}"
-            image = to_channels(image[None], labels.channels)[0]
-        probabilities = model.predict(image[None].astype(np.float32), verbose=0)[0]
-        best = np.argsort(-probabilities)[:k]
-        rows.append({"file": str(path), "note": note,
-                     "predictions": [{"class": labels.class_names[i], "probability": float(probabilities[i])} for i in best]})
-    return rows

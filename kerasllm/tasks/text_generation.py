@@ -1,7 +1,8 @@
 """Text generation: next-token prediction on windows of text.
 
-Metrics: cross-entropy loss (nats per token), perplexity, bits per token (bits
-per character at the char level) and next-token accuracy.
+Metrics: cross-entropy loss (nats per token), perplexity, bits per token and bits
+per character (from the characters the predicted tokens cover, so runs with
+different tokenizers compare), next-token accuracy.
 """
 
 from __future__ import annotations
@@ -10,35 +11,31 @@ import math
 import re
 from pathlib import Path
 
-from kerasllm.data import DataInfo
-from kerasllm.data import pipeline
+import numpy as np
+
+from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.text import load_text, reload_validation
 from kerasllm.errors import UserError
-from kerasllm.tasks import PreparedData
+from kerasllm.tasks.base import PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
 
 SAMPLE_TEMPERATURE = 0.8
 
 
-def loss():
-    return "sparse_categorical_crossentropy"
-
-
-def metrics():
-    import keras
-
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-
-
-def validation_dataset(ids, sequence_length: int, batch_size: int):
-    """Every window of the token ids `ids`, in order."""
+def validation_windows(ids: np.ndarray, sequence_length: int) -> np.ndarray:
     windows = pipeline.language_model_windows(ids, sequence_length)
     if len(windows) == 0:
         raise UserError(
             f"the validation text has {len(ids)} tokens, too few for one window of {sequence_length + 1}; "
             "use more data, a larger data.validation_fraction or a smaller data.sequence_length"
         )
-    return pipeline.language_model_dataset(windows, batch_size)
+    return windows
+
+
+def characters_per_token(tokenizer: Tokenizer, windows: np.ndarray) -> float:
+    """Characters covered by the predicted tokens (every window's targets), per token."""
+    targets = windows[:, 1:].reshape(-1)
+    return len(tokenizer.decode(targets)) / max(len(targets), 1)
 
 
 def sample_prompt(text: str, sequence_length: int) -> str:
@@ -48,71 +45,97 @@ def sample_prompt(text: str, sequence_length: int) -> str:
     return line[: min(30, sequence_length)]
 
 
-def prepare(config, tokenizer: Tokenizer | None = None) -> PreparedData:
-    """Load and split the text, fit (or reuse) the tokenizer and build the pipelines."""
-    data, train = config.data, config.train
-    split = load_text(data.source, data.validation_fraction)
-    tokenizer = tokenizer or Tokenizer.fit(split.train, data.level, data.max_vocab)
-    windows = pipeline.language_model_windows(tokenizer.encode(split.train), data.sequence_length)
-    steps = pipeline.steps_in(len(windows), train.batch_size, train.steps_per_epoch, "training")
-    validation = validation_dataset(tokenizer.encode(split.validation), data.sequence_length, train.batch_size)
-    prompt = sample_prompt(split.validation, data.sequence_length)
+def summarize(loss_value: float, accuracy: float, kind: str, chars_per_token: float = 1.0) -> dict:
+    """Loss in nats per token → perplexity, bits per token and bits per character."""
+    bits = loss_value / math.log(2)
+    results = {"loss": loss_value, "perplexity": math.exp(min(loss_value, 700))}
+    if kind == "char":
+        results["bits_per_char"] = bits
+    else:
+        results["bits_per_token"] = bits
+        results["bits_per_char"] = bits / max(chars_per_token, 1e-9)
+    results["accuracy"] = accuracy
+    return results
 
-    def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
-        return pipeline.language_model_dataset(
-            windows, train.batch_size, shuffle_seed=train.seed, steps_per_epoch=steps,
-            first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps,
+
+class TextGeneration(Task):
+    """Language modelling on a text source with any kerasllm tokenizer."""
+
+    name = "text-generation"
+    can_generate = True
+
+    def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
+        data, train = config.data, config.train
+        split = load_text(data.source, data.validation_fraction)
+        tokenizer = (artifacts or {}).get("tokenizer") or Tokenizer.fit(split.train, data.tokenizer, data.vocab_size)
+        train_ids = tokenizer.encode(split.train)
+        windows = pipeline.language_model_windows(train_ids, data.sequence_length)
+        if len(windows) == 0:
+            raise UserError(f"the training text has {len(train_ids)} tokens, too few for one window of "
+                            f"{data.sequence_length + 1}; use more data or a smaller data.sequence_length")
+        steps = pipeline.steps_in(len(windows), train.batch_size, train.steps_per_epoch, "training")
+        held_out = validation_windows(tokenizer.encode(split.validation), data.sequence_length)
+        prompt = sample_prompt(split.validation, data.sequence_length)
+
+        def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
+            return pipeline.language_model_dataset(
+                windows, train.batch_size, shuffle_seed=train.seed, steps_per_epoch=steps,
+                first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps,
+            )
+
+        def sample(model) -> str:
+            from kerasllm.generation import generate
+
+            text = generate(model, tokenizer, [prompt], train.sample_length, temperature=SAMPLE_TEMPERATURE,
+                            seed=train.seed, window=data.sequence_length, spec=spec)[0]
+            return prompt + text
+
+        record = dict(split.record, tokenizer=tokenizer.kind, vocab_size=tokenizer.vocab_size,
+                      train_windows=len(windows), sequence_length=data.sequence_length, input_length=data.sequence_length,
+                      characters_per_token=characters_per_token(tokenizer, held_out))
+        return PreparedData(
+            info=DataInfo(vocab_size=tokenizer.vocab_size, sequence_length=data.sequence_length),
+            train=train_dataset, validation=pipeline.language_model_dataset(held_out, train.batch_size),
+            steps_per_epoch=steps, items_per_step=train.batch_size * data.sequence_length, unit="tokens", record=record,
+            artifacts=[tokenizer], sample=sample if train.sample_length > 0 else None,
         )
 
-    def sample(model) -> str:
-        from kerasllm.generation import generate
+    def load_artifacts(self, run_dir: Path) -> dict:
+        return {"tokenizer": Tokenizer.load(run_dir)}
 
-        text = generate(model, tokenizer, prompt, train.sample_length, temperature=SAMPLE_TEMPERATURE,
-                        seed=train.seed, window=data.sequence_length)
-        return prompt + text
+    def report(self, results: dict, record: dict) -> dict:
+        kind = record.get("tokenizer", record.get("level", "char"))
+        return summarize(float(results["loss"]), float(results["accuracy"]), kind, record.get("characters_per_token", 1.0))
 
-    record = dict(split.record, level=data.level, vocab_size=tokenizer.vocab_size,
-                  train_windows=len(windows), sequence_length=data.sequence_length, input_length=data.sequence_length)
-    return PreparedData(
-        info=DataInfo(vocab_size=tokenizer.vocab_size, sequence_length=data.sequence_length),
-        train=train_dataset, validation=validation, steps_per_epoch=steps,
-        items_per_step=train.batch_size * data.sequence_length, unit="tokens", record=record,
-        artifacts=[tokenizer], sample=sample if train.sample_length > 0 else None,
-    )
+    def evaluate(self, model, run, data: str | None = None, batch_size: int = 64) -> dict:
+        """Metrics on the run's validation text, or on the whole text of `data`."""
+        tokenizer = run.artifacts["tokenizer"]
+        if data:
+            split = load_text(data, 0.5)
+            text, where = split.train + split.validation, data
+        else:
+            text, where = reload_validation(run.data_record), f"validation split of {run.data_record['source']}"
+        ids = tokenizer.encode(text)
+        windows = validation_windows(ids, run.config.data.sequence_length)
+        model.compile(loss=self.loss(run.spec), metrics=self.metrics(run.spec))
+        results = model.evaluate(pipeline.language_model_dataset(windows, batch_size), verbose=0, return_dict=True)
+        record = {"tokenizer": tokenizer.kind, "characters_per_token": characters_per_token(tokenizer, windows)}
+        return dict(self.report(results, record), data=where, tokens=int(len(ids)),
+                    unknown_token_fraction=float((ids == tokenizer.unk_id).mean()))
 
+    def export_sample(self, model, run, batch: int = 2) -> np.ndarray:
+        length = run.data_record.get("input_length", 16) if run else 16
+        vocab = run.artifacts["tokenizer"].vocab_size if run else 2
+        return np.random.default_rng(0).integers(0, vocab, size=(batch, length)).astype("int32")
 
-def load_artifacts(run_dir: Path) -> dict:
-    return {"tokenizer": Tokenizer.load(run_dir)}
+    def data_lines(self, record: dict) -> list[str]:
+        kind = record.get("tokenizer", record.get("level", "char"))
+        return [
+            f"Source: `{record.get('source')}` ({record.get('characters', 0):,} characters, sha256 `{str(record.get('sha256', ''))[:16]}…`).",
+            f"Split: {record.get('split')}. Tokenizer: {kind}, {record.get('vocab_size')} tokens; "
+            f"windows of {record.get('sequence_length')} tokens ({record.get('train_windows', 0):,} for training).",
+        ]
 
-
-def summarize(loss_value: float, accuracy: float, level: str) -> dict:
-    """Loss in nats per token → perplexity and bits per token."""
-    bits = loss_value / math.log(2)
-    return {
-        "loss": loss_value,
-        "perplexity": math.exp(min(loss_value, 700)),
-        "bits_per_char" if level == "char" else "bits_per_token": bits,
-        "accuracy": accuracy,
-    }
-
-
-def report(results: dict, record: dict) -> dict:
-    """The task's metrics from `model.evaluate(..., return_dict=True)`."""
-    return summarize(float(results["loss"]), float(results["accuracy"]), record.get("level", "char"))
-
-
-def evaluate(model, run, data: str | None = None, batch_size: int = 64) -> dict:
-    """Metrics on the run's validation text, or on the whole text of `data`."""
-    tokenizer = run.artifacts["tokenizer"]
-    if data:
-        split = load_text(data, 0.5)
-        text, where = split.train + split.validation, data
-    else:
-        text, where = reload_validation(run.data_record), f"validation split of {run.data_record['source']}"
-    sequence_length = run.config.data.sequence_length
-    ids = tokenizer.encode(text)
-    dataset = validation_dataset(ids, sequence_length, batch_size)
-    model.compile(loss=loss(), metrics=metrics())
-    results = model.evaluate(dataset, verbose=0, return_dict=True)
-    return dict(report(results, {"level": tokenizer.level}), data=where, tokens=int(len(ids)),
-                unknown_token_fraction=float((ids == 0).mean()))
+    def usage(self, run_dir: Path) -> list[str]:
+        return [f"kerasllm evaluate {run_dir}", f'kerasllm generate {run_dir} --prompt "The "',
+                f"kerasllm export {run_dir} --format savedmodel"]

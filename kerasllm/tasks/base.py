@@ -1,0 +1,120 @@
+"""The task interface: one object per task, asked by the trainer and the CLI for everything task-specific."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kerasllm.errors import UserError
+
+
+@dataclass
+class PreparedData:
+    """A task's data, ready for the trainer.
+
+    Args:
+        info: sizes the builder needs (`kerasllm.data.DataInfo`).
+        train: `train(first_epoch, epochs, skip_steps) -> tf.data.Dataset` with
+            `steps_per_epoch` batches per epoch.
+        validation: a finite tf.data.Dataset.
+        steps_per_epoch: batches per training epoch.
+        items_per_step: throughput unit count per step (tokens or samples).
+        unit: name of that unit for progress displays.
+        record: how the data was loaded and split (saved as data.json).
+        artifacts: objects saved into the run folder with `save(folder)` (a tokenizer, labels).
+        sample: optional `sample(model) -> str` shown after each epoch.
+    """
+
+    info: Any
+    train: Callable
+    validation: Any
+    steps_per_epoch: int
+    items_per_step: int
+    unit: str
+    record: dict
+    artifacts: list = field(default_factory=list)
+    sample: Callable | None = None
+
+
+@dataclass
+class Table:
+    """A table to render: `kerasllm evaluate` prints these (rich), the JSON output has the raw values."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+class Task:
+    """What one task does. Subclass it and register the instance with `kerasllm.tasks.register`.
+
+    Attributes:
+        name: the registry name models use as `ModelSpec.task`.
+        can_generate: `kerasllm generate` works for its models.
+        can_predict: `kerasllm predict` works for its models.
+    """
+
+    name: str = ""
+    can_generate: bool = False
+    can_predict: bool = False
+
+    # --- training -------------------------------------------------------------------
+    def loss(self, spec):
+        """A Keras loss object (not a string, so a custom loop can call it)."""
+        import keras
+
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=spec.output == "logits")
+
+    def metrics(self, spec) -> list:
+        """Fresh Keras metric objects (a custom loop owns its own)."""
+        import keras
+
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+    def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
+        """Load and split the data, fit (or reuse, from `artifacts`) its preprocessing, build the pipelines."""
+        raise NotImplementedError
+
+    def load_artifacts(self, run_dir: Path) -> dict:
+        """The objects `prepare` saved into a run folder (tokenizer, labels), by name."""
+        return {}
+
+    def report(self, results: dict, record: dict) -> dict:
+        """Scalar metrics from `{"loss": ..., "accuracy": ...}` as the task names them."""
+        return {key: float(value) for key, value in results.items()}
+
+    # --- using a trained model ----------------------------------------------------------
+    def evaluate(self, model, run, data: str | None = None, batch_size: int = 64) -> dict:
+        raise NotImplementedError
+
+    def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
+        raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm predict` does not apply to it")
+
+    def export_sample(self, model, run, batch: int = 2) -> np.ndarray:
+        """A batch of valid model inputs, used by export parity checks."""
+        raise NotImplementedError
+
+    # --- rendering ----------------------------------------------------------------------
+    def tables(self, results: dict, title: str) -> list[Table]:
+        """How `evaluate` results render: scalars in one table by default."""
+        rows = [[key, format_value(value)] for key, value in results.items() if not isinstance(value, (list, dict))]
+        return [Table(title, ["metric", "value"], rows)]
+
+    def data_lines(self, record: dict) -> list[str]:
+        """Model-card lines about the data."""
+        return [f"Source: `{record.get('source')}`; split: {record.get('split')}."]
+
+    def usage(self, run_dir: Path) -> list[str]:
+        """Commands that use a trained run (printed after training and in the model card)."""
+        return [f"kerasllm evaluate {run_dir}", f"kerasllm export {run_dir} --format savedmodel"]
