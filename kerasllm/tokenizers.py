@@ -336,6 +336,12 @@ class SentencePieceTokenizer(Tokenizer):
                 num_threads=2, minloglevel=2,
             )
         except RuntimeError as error:
+            import re
+
+            needed = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", str(error))
+            if needed:  # the 256 byte-fallback tokens, the special tokens and every character must fit
+                raise UserError(f"data.vocab_size={vocab_size} is too small for sentencepiece here (its characters and 256 "
+                                f"byte tokens need {needed.group(1)}); raise it to at least {needed.group(1)}") from error
             raise UserError(f"sentencepiece could not learn a vocabulary: {str(error).splitlines()[0][:200]}; "
                             "use more text or another data.vocab_size") from error
         proto = model.getvalue()

@@ -227,3 +227,30 @@ def test_installed_script_is_fast_and_does_not_import_tensorflow():
     assert elapsed < 5  # typically ~0.4 s; the bound only catches a TensorFlow import
     probe = "import sys, cli\ntry:\n    cli.app(['list'])\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().endswith("[]")
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
+def test_subword_tokenizers_train_evaluate_and_generate(runner, corpus_file, tmp_path, kind):
+    out = tmp_path / kind
+    result = invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", out, "--quiet", *tiny_args(),
+                    "--set", f"data.tokenizer={kind}", "--set", "data.vocab_size=500")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "tokenizer.json").read_text())["kind"] == kind
+    values = json.loads(invoke(runner, "evaluate", out, "--json").output)
+    assert values["bits_per_token"] > values["bits_per_char"] > 0  # a token covers more than one character
+    generated = invoke(runner, "generate", out, "--prompt", "The ", "--max-length", 10, "--seed", 1)
+    assert generated.exit_code == 0 and generated.output.startswith("The ") and len(generated.output.strip()) > 4
+
+
+def test_generate_a_batch_of_prompts_with_stop_strings(runner, trained_run):
+    result = invoke(runner, "generate", trained_run, "--prompt", "The ", "--prompt", "A ", "--max-length", 30,
+                    "--top-p", 0.9, "--stop", "\n", "--seed", 2)
+    assert result.exit_code == 0, result.output
+    blocks = result.output.split("\n\n")
+    assert blocks[0].startswith("The ") and blocks[1].startswith("A ")
+
+
+def test_sentencepiece_vocabulary_too_small_says_how_large(runner, corpus_file, tmp_path):
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", tmp_path / "sp", *tiny_args(),
+                             "--set", "data.tokenizer=sentencepiece", "--set", "data.vocab_size=100"), "raise it to at least")
+    assert not (tmp_path / "sp").exists()

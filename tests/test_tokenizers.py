@@ -16,7 +16,7 @@ SEEN = "The value of x is computed\n  before the call (see below).\n"
 
 @pytest.fixture(scope="module", params=KINDS)
 def tokenizer(request):
-    return Tokenizer.fit(TRAIN, request.param, 400)
+    return Tokenizer.fit(TRAIN, request.param, 500)
 
 
 def test_round_trip_of_text_the_tokenizer_has_seen(tokenizer):
@@ -61,7 +61,7 @@ def test_special_tokens_come_first_and_are_never_generated(tokenizer):
     assert tokenizer.vocabulary[:4] == ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
     assert tokenizer.special_tokens == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
     assert tokenizer.never_generated() == [0, 1, 2]
-    with_encoder = Tokenizer.fit(TRAIN[:5000], tokenizer.kind, 400, encoder_tokens=True)
+    with_encoder = Tokenizer.fit(TRAIN[:5000], tokenizer.kind, 500, encoder_tokens=True)
     assert {"cls", "sep", "mask"} <= set(with_encoder.special_tokens)
 
 

@@ -1,0 +1,277 @@
+"""What a new user tripped over: --overwrite never loses data, bad values are one-line errors,
+half-finished states point to the fix, and TensorFlow's start-up lines stay off stderr."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cli
+from tests.conftest import tiny_args
+from tests.test_cli import assert_user_error, invoke
+
+
+# --- --overwrite --------------------------------------------------------------------------
+
+def test_overwrite_never_deletes_the_current_folder_or_a_parent(runner, tmp_path, corpus_file, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", ".", "--overwrite", *tiny_args()),
+                      "replaces only run folders made by kerasllm")
+    (work / "config.yaml").write_text("model: lstm-textgen\n")  # even if it looks like a run
+    (work / "data.json").write_text("{}")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", ".", "--overwrite", *tiny_args()),
+                      "is the current folder or a parent of it")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", "..", "--overwrite", *tiny_args()),
+                      "--overwrite")
+    assert (work / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_the_data(runner, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    data = run / "corpus.txt"
+    data.write_text(Path(json.loads((run / "data.json").read_text())["source"]).read_text())
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", data, "--out", run, "--overwrite", *tiny_args()),
+                      "which holds")
+    assert data.is_file()
+
+
+def test_overwrite_replaces_an_old_run_only_after_every_check(runner, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", tmp_path / "missing.txt", "--out", run, "--overwrite",
+                             *tiny_args()), "does not exist")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", trained_run / "config.yaml", "--out", run, "--overwrite",
+                             *tiny_args(), "--set", "data.sequence_length=100000"), "too few")
+    assert sorted(p.name for p in run.iterdir()) == before  # still the old run
+    result = invoke(runner, "train", "lstm-textgen", "--data", json.loads((run / "data.json").read_text())["source"],
+                    "--out", run, "--overwrite", "--quiet", *tiny_args())
+    assert result.exit_code == 0, result.output
+    assert (run / ".kerasllm-run").is_file() and not list(tmp_path.glob(".run.replaced-*"))
+
+
+def test_a_failed_build_leaves_no_run_folder(runner, tmp_path, corpus_file, monkeypatch):
+    from kerasllm import registry
+
+    spec = registry.get("lstm-textgen")
+
+    def broken(hparams, info):
+        raise MemoryError("cannot allocate the embedding")
+
+    monkeypatch.setattr(type(spec), "build", property(lambda self: broken) if False else None, raising=False)
+    object.__setattr__(spec, "build", broken)
+    try:
+        result = invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", tmp_path / "run", *tiny_args())
+    finally:
+        from zoo import lstm_textgen
+
+        object.__setattr__(spec, "build", lstm_textgen.build)
+    assert result.exit_code != 0 and not (tmp_path / "run").exists()
+
+
+def test_out_naming_an_existing_file(runner, tmp_path, corpus_file):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", target, *tiny_args()),
+                      "is an existing file")
+    assert target.read_text() == "x"
+
+
+def test_export_overwrite_never_deletes_a_run_or_other_files(runner, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert_user_error(invoke(runner, "export", run, "--format", "savedmodel", "--out", run, "--overwrite"),
+                      "is a folder that is not a SavedModel")
+    notes = tmp_path / "notes.tflite.txt"
+    notes.write_text("keep")
+    assert_user_error(invoke(runner, "export", run, "--format", "tflite", "--out", notes, "--overwrite"), "needs an output path ending in .tflite")
+    assert (run / "model.keras").is_file() and notes.read_text() == "keep"
+    out = tmp_path / "m.savedmodel"
+    assert invoke(runner, "export", run, "--format", "savedmodel", "--out", out).exit_code == 0
+    again = invoke(runner, "export", run, "--format", "savedmodel", "--out", out, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert (out / "saved_model.pb").is_file() and not list(tmp_path.glob(".m.partial*"))
+
+
+# --- values and one-line errors -----------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "{run}", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["generate", "{run}", "--seed", "-1"], "--seed must be between 0"),
+    (["generate", "{run}", "--seed", str(2**32)], "--seed must be between 0"),
+    (["generate", "{run}", "--temperature", "nan"], "--temperature must be"),
+    (["generate", "{run}", "--top-k", "-1"], "--top-k must be"),
+    (["generate", "{run}", "--top-p", "0"], "--top-p must be"),
+    (["export", "{run}", "--tolerance", "-1", "--out", "{tmp}/m.keras"], "--tolerance must be 0 or more"),
+    (["train", "lstm-textgen", "--seed", "-1"], "train.seed must be between 0"),
+    (["train", "lstm-textgen", "--set", "train.early_stopping_patience=-1"], "early_stopping_patience"),
+    (["train", "lstm-textgen", "--data", ""], "data.source is empty"),
+])
+def test_values_are_validated_in_one_line(runner, trained_run, tmp_path, args, message):
+    args = [a.format(run=trained_run, tmp=tmp_path) for a in args]
+    assert_user_error(invoke(runner, *args), message)
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_model_of_another_type_inside_a_run(runner, trained_run, tmp_path):
+    from tests.test_images import tiny_cnn_args
+
+    cnn = tmp_path / "cnn"
+    assert invoke(runner, "train", "cnn-classifier", "--out", cnn, "--quiet", *tiny_cnn_args()).exit_code == 0
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    shutil.copy(cnn / "model.keras", run / "model.keras")
+    assert_user_error(invoke(runner, "evaluate", run), "does not fit this run's lstm-textgen")
+    shutil.copy(cnn / "config.yaml", run / "config.yaml")  # a config swapped for another model's
+    assert_user_error(invoke(runner, "evaluate", run), "restore the run's own config.yaml")
+
+
+def test_a_run_without_a_complete_model_points_to_resume(runner, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "model.keras").write_bytes(b"PK\x03\x04 half a zip")
+    assert_user_error(invoke(runner, "evaluate", run), f"kerasllm train --resume {run}")
+    (run / "model.keras").unlink()
+    assert_user_error(invoke(runner, "generate", run), f"kerasllm train --resume {run}")
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(runner, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = invoke(runner, "train", "--resume", run)
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_ctrl_c_names_the_real_run_folder(runner, corpus_file, trained_run, tmp_path, monkeypatch):
+    import kerasllm.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kerasllm.training, "train", interrupted)
+    result = invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", tmp_path / "run", *tiny_args())
+    assert result.exit_code == 130 and "RUN_FOLDER" not in result.output
+    assert "nothing was kept" in result.stderr
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = invoke(runner, "train", "--resume", run, "--epochs", "3")
+    assert result.exit_code == 130 and f"continue with `kerasllm train --resume {run}`" in result.stderr
+
+
+def test_evaluate_from_another_folder_uses_absolute_data_paths(runner, trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Path(json.loads((trained_run / "data.json").read_text())["source"]).is_absolute()
+    assert invoke(runner, "evaluate", trained_run).exit_code == 0
+
+
+def test_builtin_corpus_of_another_python_release_says_why(runner, tmp_path):
+    from kerasllm.data.splits import check_unchanged
+    from kerasllm.errors import UserError
+
+    then = {"source": "builtin:python-docs", "sha256": "a", "python_version": "3.11.7"}
+    with pytest.raises(UserError, match=r"Python 3\.11\.7.*pass --data builtin:python-docs"):
+        check_unchanged({"sha256": "b", "python_version": "3.11.9"}, then)
+
+
+def test_version(runner):
+    from kerasllm import __version__
+
+    result = invoke(runner, "--version")
+    assert result.exit_code == 0 and result.output.strip() == f"kerasllm {__version__}"
+
+
+# --- images: wrong data is handled or refused ---------------------------------------------
+
+def test_sixteen_bit_png_is_scaled_not_saturated(tmp_path):
+    from PIL import Image
+
+    from kerasllm.data.images import read_image
+
+    values = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png")
+    assert image.dtype == np.uint8 and image.min() == 0 and image.max() == 255 and len(np.unique(image)) > 32
+
+
+def test_nan_in_a_float_npz_is_refused(tmp_path):
+    from kerasllm.data.images import load_images
+    from kerasllm.errors import UserError
+
+    x = np.random.default_rng(0).random((10, 4, 4)).astype(np.float32)
+    x[3, 1, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(10) % 2)
+    with pytest.raises(UserError, match="1 image\\(s\\) contain NaN"):
+        load_images(str(tmp_path / "nan.npz"))
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(UserError, match="empty .npz"):
+        load_images(str(tmp_path / "empty.npz"))
+    np.savez(tmp_path / "none.npz", x=np.zeros((0, 4, 4)), y=np.zeros(0, int))
+    with pytest.raises(UserError, match="holds no"):
+        load_images(str(tmp_path / "none.npz"))
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    from PIL import Image
+
+    from kerasllm.data.images import load_images
+
+    for name in ("cats", "dogs", ".thumbs", "__MACOSX"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((6, 6), i * 40, np.uint8)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cats" / ".hidden").mkdir()
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "cats" / ".hidden" / "x.png")
+    split = load_images(str(tmp_path), 0.25)
+    assert split.class_names == ["cats", "dogs"] and split.record["train_examples"] + split.record["validation_examples"] == 8
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from kerasllm.data.images import read_image
+    from kerasllm.errors import UserError
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels is "too many" now
+    with pytest.raises(UserError, match="too large to decode safely"):
+        read_image(tmp_path / "big.png")
+
+
+def test_empty_data_source_does_not_read_the_current_folder(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.txt").write_text("do not train on me " * 100)
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "data.source="), "data.source is empty")
+
+
+def test_an_unwritable_run_location_is_one_line(runner, tmp_path, corpus_file):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", blocker / "run", *tiny_args()),
+                      "cannot write the run folder")
+
+
+# --- what the terminal shows --------------------------------------------------------------
+
+def test_a_user_error_after_tensorflow_loads_is_one_line_on_stderr(trained_run, tmp_path):
+    """TF's C++ start-up lines (absl, oneDNN, cudart, cuInit) are hidden; --debug shows them."""
+    script = Path(sys.executable).parent / "kerasllm"
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "model.keras").write_bytes(b"not a zip")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([str(script), "evaluate", str(run)], capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "cannot load" in result.stderr
+    ok = subprocess.run([str(script), "generate", str(trained_run), "--max-length", "5"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and ok.stderr == ""
