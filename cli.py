@@ -52,14 +52,14 @@ def handle_errors(command):
             if STATE["debug"]:
                 raise
             errors.print(f"[bold red]error:[/] {error}", highlight=False)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             run_dir = STATE["run_dir"]
             if run_dir is not None and Path(run_dir, "checkpoints").is_dir():
                 errors.print(f"interrupted; continue with `kerasllm train --resume {run_dir}`", highlight=False)
             else:
                 errors.print("interrupted before the first checkpoint; nothing was kept, start the run again", highlight=False)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -254,7 +254,8 @@ def load_run_and_model(source: Path, unsafe: bool):
 @handle_errors
 def evaluate(
     source: ModelOrRun,
-    data: Annotated[Optional[str], typer.Option("--data", help="Evaluate on this data (all of it, or its test split) instead of the run's validation split.")] = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Evaluate on this data (all of it, or its test split) instead of the run's validation split.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size for evaluation.")] = 64,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,

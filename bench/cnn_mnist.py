@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import machine
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -30,12 +32,6 @@ def run(command: list[str]) -> tuple[float, str]:
     if result.returncode:
         sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - started, result.stdout
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -61,7 +57,8 @@ def main() -> None:
            f"{evaluate_seconds:.0f} s | {machine()} |")
     results = HERE / "RESULTS.md"
     if not results.exists():
-        results.write_text("# Benchmark results\n\n| date | what | command | epochs | train wall | samples/s | peak RSS | test accuracy | evaluate wall | machine |\n|---|---|---|---|---|---|---|---|---|---|\n")
+        results.write_text("# Benchmark results\n\n| date | what | command | epochs | train wall | samples/s | peak RSS "
+                           "| test accuracy | evaluate wall | machine |\n|---|---|---|---|---|---|---|---|---|---|\n")
     with results.open("a") as f:
         f.write(row + "\n")
     print(row)

@@ -35,11 +35,15 @@ def doc(help_text: str) -> dict:
 
 @dataclass
 class DataConfig:
-    source: str = field(default="", metadata=doc("Data to train on: a file, a folder, `tfds:NAME` or `builtin:NAME` (images: a class folder, MNIST IDX folder or .npz); defaults to the model's default data."))
-    validation_fraction: float = field(default=0.1, metadata=doc("Fraction held out for validation (the end of a text), when the source has no validation split."))
+    source: str = field(default="", metadata=doc(
+        "Data to train on: a file, a folder, `tfds:NAME` or `builtin:NAME` (images: a class folder, MNIST IDX folder or .npz); "
+        "defaults to the model's default data."))
+    validation_fraction: float = field(default=0.1, metadata=doc(
+        "Fraction held out for validation (the end of a text), when the source has no validation split."))
     sequence_length: int = field(default=100, metadata=doc("Tokens per training window (text models)."))
     tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
-    vocab_size: int = field(default=20000, metadata=doc("Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
+    vocab_size: int = field(default=20000, metadata=doc(
+        "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
 
 
 @dataclass

@@ -45,8 +45,7 @@ def load_tensorflow(debug: bool = False) -> None:
     """Import TensorFlow and Keras and discover devices with start-up noise hidden (shown with `debug`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
     with captured_stderr(not debug):
-        import tensorflow as tf
-
         import keras  # noqa: F401
+        import tensorflow as tf
 
         tf.config.list_physical_devices()  # cuInit / cudart messages come from here

@@ -54,7 +54,8 @@ def model_card(spec, task, config, data_record: dict, summary: dict, run_dir: Pa
     lineage = f"{newline}Started from `{parent['path']}` (sha256 `{str(parent.get('sha256', ''))[:16]}…`).{newline}" if parent else ""
     return f"""# {spec.name} — {spec.description}
 
-Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)), loop `{summary.get('loop')}`.
+Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, \
+strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)), loop `{summary.get('loop')}`.
 {lineage}
 ## Data
 {newline.join(task.data_lines(data_record))}
@@ -63,7 +64,8 @@ Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summa
 {_metrics_table(summary)}
 
 Epochs: {summary.get('epochs_completed')} (stopped early: {summary.get('stopped_early')}); steps: {summary.get('steps')};
-training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the lowest validation loss ({summary.get('best_checkpoint')}).
+training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the lowest validation loss \
+({summary.get('best_checkpoint')}).
 
 {newline.join(overfitting_lines(summary.get('overfitting')))}
 ## Reproduce

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cli
-from tests.conftest import mock_tfds
 from kerasllm import evaluation
 from kerasllm.data.images import load_images, read_idx, to_channels
 from kerasllm.errors import UserError
+from tests.conftest import mock_tfds
 from tests.test_cli import assert_user_error, invoke
 
 TINY_CNN = ["model_args.width=4", "model_args.depth=1", "model_args.convs_per_block=1", "train.batch_size=8",

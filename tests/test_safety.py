@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cli
 from tests.conftest import tiny_args
 from tests.test_cli import assert_user_error, invoke
-
 
 # --- --overwrite --------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cli
 from kerasllm import registry, tasks
 from kerasllm.config import doc
 from kerasllm.data import DataInfo

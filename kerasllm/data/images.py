@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import collections
 import gzip
-import warnings
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -15,8 +15,8 @@ import numpy as np
 from kerasllm import evaluation
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES, ImageSplit, load_images, read_image, to_channels
-from kerasllm.errors import UserError
 from kerasllm.data.splits import check_unchanged
+from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Table, Task
 
 LABELS_FILE = "labels.json"
