@@ -5,6 +5,7 @@
         config.yaml       resolved config (`kerasllm train --config` reproduces the run)
         data.json         where the data came from (absolute paths) and how it was split
         tokenizer.json    (text tasks) the tokenizer; labels.json (image tasks) the classes
+        confusion_matrix.png  (image tasks, written by evaluate)
         checkpoints/      step-NNNNNNNN/{model.weights.h5, state.json}; unfinished ones end in .partial
         logs/             TensorBoard
         model.keras       the trained model (written beside, then renamed into place)
@@ -40,7 +41,12 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CURVES_FILE = "curves.png"
 CARD_FILE = "README.md"
+TOKENIZER_FILE = "tokenizer.json"
+LABELS_FILE = "labels.json"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 CHECKPOINTS_DIR = "checkpoints"
+CHECKPOINT_WEIGHTS = "model.weights.h5"  # inside checkpoints/step-NNNNNNNN/
+CHECKPOINT_STATE = "state.json"
 LOGS_DIR = "logs"
 EXPORT_DIR = "export"
 

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm import runs
 from kerasllm.errors import UserError
 
-FILENAME = "tokenizer.json"
 FORMAT_VERSION = 2
 KINDS = ("char", "word", "wordpiece", "sentencepiece")
 PAD, UNK, BOS, EOS, CLS, SEP, MASK = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]", "[SEP]", "[MASK]"
@@ -205,10 +205,8 @@ class Tokenizer:
                 "special_tokens": self.special_tokens}
 
     def save(self, folder: Path) -> Path:
-        from kerasllm.runs import write_text_atomic
-
-        path = Path(folder) / FILENAME
-        write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
+        path = Path(folder) / runs.TOKENIZER_FILE
+        runs.write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
         return path
 
     @staticmethod
@@ -226,7 +224,7 @@ class Tokenizer:
 
     @staticmethod
     def load(folder: Path) -> "Tokenizer":
-        path = Path(folder) / FILENAME
+        path = Path(folder) / runs.TOKENIZER_FILE
         try:
             return Tokenizer.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError as error:

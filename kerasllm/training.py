@@ -105,8 +105,8 @@ def save_checkpoint(run_dir: Path, model, state: TrainState) -> Path:
     try:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        model.save_weights(partial / "model.weights.h5")  # a compiled model's optimizer variables go in too
-        _write_state(partial / "state.json", state)
+        model.save_weights(partial / runs.CHECKPOINT_WEIGHTS)  # a compiled model's optimizer variables go in too
+        _write_state(partial / runs.CHECKPOINT_STATE, state)
         shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (epoch end on a step checkpoint)
         partial.rename(folder)
     except OSError as error:
@@ -121,7 +121,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if CHECKPOINT_NAME.match(p.name)
-                  and (p / "state.json").is_file() and (p / "model.weights.h5").is_file())
+                  and (p / runs.CHECKPOINT_STATE).is_file() and (p / runs.CHECKPOINT_WEIGHTS).is_file())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -140,7 +140,7 @@ def prune_checkpoints(run_dir: Path, keep: int, best: str) -> None:
 
 
 def read_state(folder: Path) -> TrainState:
-    saved = runs.read_json(folder / "state.json")
+    saved = runs.read_json(folder / runs.CHECKPOINT_STATE)
     known = {f.name for f in dataclasses.fields(TrainState)}
     return TrainState(**{key: value for key, value in saved.items() if key in known})
 
@@ -149,7 +149,7 @@ def restore_checkpoint(folder: Path, model) -> None:
     """Load weights and optimizer variables into a compiled model."""
     model.optimizer.build(model.trainable_variables)  # so that load_weights fills the optimizer too
     try:
-        model.load_weights(folder / "model.weights.h5")
+        model.load_weights(folder / runs.CHECKPOINT_WEIGHTS)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"checkpoint {folder} is unreadable or does not fit this model ({str(error).splitlines()[0][:150]}); "
                         "delete it to resume from an earlier one") from error
@@ -484,7 +484,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
 
     # 4. finalize
     if state.best_checkpoint and (run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint).is_dir():
-        model.load_weights(run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint / "model.weights.h5")
+        model.load_weights(run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint / runs.CHECKPOINT_WEIGHTS)
     after = task.report(loop.evaluate(data.validation), data.record)
     steps_this_session = state.global_step - first_step
     summary.update(
