@@ -291,6 +291,7 @@ def generate(
     top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 means all.")] = 0,
     top_p: Annotated[float, typer.Option(help="Sample only from the most likely tokens whose probabilities add up to p; 1 means all.")] = 1.0,
     stop: Annotated[Optional[List[str]], typer.Option(help="Stop a continuation at this text (not printed); repeatable.")] = None,
+    beam: Annotated[int, typer.Option(help="Beam search with this many beams (temperature, top-k and top-p then do not apply); 0 samples.")] = 0,
     seed: SeedOption = None,
     unsafe: UnsafeFlag = False,
 ):
@@ -301,7 +302,7 @@ def generate(
     from kerasllm.generation import check_options
     from kerasllm.generation import generate as sample_text
 
-    check_options(temperature, top_k, top_p, max_length)
+    check_options(temperature, top_k, top_p, max_length, beam)
     if seed is not None and not 0 <= seed <= config_lib.SEED_MAX:
         raise UserError(f"--seed must be between 0 and {config_lib.SEED_MAX}")
     prompts = prompt or [""]
@@ -309,8 +310,14 @@ def generate(
     if not run.task.can_generate:
         raise UserError(f"{run.spec.name} is a {run.spec.task} model; generate needs a text-generation model")
     options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
-                   window=run.config.data.sequence_length, spec=run.spec)
+                   window=run.config.data.sequence_length, spec=run.spec, beam_width=beam)
     tokenizer = run.artifacts["tokenizer"]
+    context = getattr(run.config.model_args, "max_sequence_length", 0)
+    for text in prompts:
+        length = len(tokenizer.encode(text))
+        if context and length > context:
+            errors.print(f"note: the prompt has {length} tokens, more than the model's context of {context}; "
+                         f"only its last {context} are used", highlight=False)
     if len(prompts) == 1:
         sys.stdout.write(prompts[0])
         sys.stdout.flush()

@@ -41,6 +41,9 @@ class DataConfig:
     validation_fraction: float = field(default=0.1, metadata=doc(
         "Fraction held out for validation (the end of a text), when the source has no validation split."))
     sequence_length: int = field(default=100, metadata=doc("Tokens per training window (text models)."))
+    windows: str = field(default="sequential", metadata=doc(
+        "Training windows (text models): `sequential` (non-overlapping, shuffled each epoch) or `random` (each batch "
+        "starts at random offsets, as nanoGPT samples)."))
     tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
     vocab_size: int = field(default=20000, metadata=doc(
         "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
@@ -51,9 +54,13 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=doc("Passes over the training data."))
     batch_size: int = field(default=64, metadata=doc("Examples per step (global, across replicas)."))
     steps_per_epoch: int = field(default=0, metadata=doc("Steps per epoch; 0 means one full pass over the training data."))
+    validation_steps: int = field(default=0, metadata=doc(
+        "Validation batches after each epoch; 0 means the whole validation split (the final metrics always use all of it)."))
     optimizer: str = field(default="adamw", metadata=doc("`adamw`, `adam` or `sgd`."))
     learning_rate: float = field(default=3e-3, metadata=doc("Peak learning rate."))
     weight_decay: float = field(default=0.01, metadata=doc("Decoupled weight decay (adamw only)."))
+    beta_1: float = field(default=0.9, metadata=doc("Adam(W) first-moment decay."))
+    beta_2: float = field(default=0.999, metadata=doc("Adam(W) second-moment decay."))
     momentum: float = field(default=0.9, metadata=doc("Momentum (sgd only)."))
     schedule: str = field(default="cosine", metadata=doc("`cosine` (linear warmup, then cosine decay) or `constant`."))
     warmup_steps: int = field(default=50, metadata=doc("Linear warmup steps before the cosine decay."))
@@ -64,6 +71,8 @@ class TrainConfig:
     seed: int = field(default=1337, metadata=doc("Seed for weights, shuffling and dropout."))
     sample_length: int = field(default=200, metadata=doc("Tokens of text sampled after each epoch (text generation); 0 disables."))
     keep_checkpoints: int = field(default=3, metadata=doc("Checkpoints kept: the newest K plus the best; 0 keeps all."))
+    max_seconds: float = field(default=0.0, metadata=doc(
+        "Stop training after this many seconds (checked after each step; the epoch then ends early); 0 means no limit."))
 
 
 @dataclass
@@ -250,10 +259,13 @@ def validate(config: RunConfig) -> RunConfig:
         (train.warmup_steps >= 0, "train.warmup_steps must be 0 or more"),
         (train.weight_decay >= 0, "train.weight_decay must be 0 or more"),
         (0 <= train.momentum < 1, "train.momentum must be in [0, 1)"),
+        (0 <= train.beta_1 < 1 and 0 <= train.beta_2 < 1, "train.beta_1 and train.beta_2 must be in [0, 1)"),
+        (data.windows in ("sequential", "random"), "data.windows must be sequential or random"),
         (train.early_stopping_patience >= 0, "train.early_stopping_patience must be 0 (off) or more"),
         (train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps must be 0 (off) or more"),
         (train.keep_checkpoints >= 0, "train.keep_checkpoints must be 0 (keep all) or more"),
         (train.sample_length >= 0, "train.sample_length must be 0 (off) or more"),
+        (train.max_seconds >= 0 and math.isfinite(train.max_seconds), "train.max_seconds must be 0 (no limit) or more"),
         (0 <= train.seed <= SEED_MAX, f"train.seed must be between 0 and {SEED_MAX}"),
         (data.source.strip() != "", "data.source is empty; pass --data PATH or leave it out to use the model's default data"),
         (0 < data.validation_fraction < 1, "data.validation_fraction must be between 0 and 1"),
@@ -290,7 +302,12 @@ def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), pr
         if preset not in spec.presets:
             known = ", ".join(spec.presets) or "none"
             raise UserError(f"{spec.name} has no preset {preset!r}; its presets: {known}")
-        _update(config.model_args, dict(spec.presets[preset]), "model_args")
+        values = dict(spec.presets[preset])
+        _update(config.model_args, {k: v for k, v in values.items() if "." not in k}, "model_args")
+        for key, value in values.items():  # a preset may also set other sections: `data.sequence_length`
+            if "." in key:
+                section, _, name = key.partition(".")
+                _update(getattr(config, section), {name: value}, section)
     if config_file is not None:
         apply_file(config, read_config_file(config_file))
     apply_overrides(config, list(overrides))

@@ -29,6 +29,9 @@ class Decoder(Protocol):
     def step(self, state, tokens: np.ndarray) -> tuple[np.ndarray, object]:
         """Append `tokens` (batch,) to every row; logits (batch, vocab) for the token after."""
 
+    def select(self, state, rows: np.ndarray) -> object:
+        """The state of rows `rows` (repeats allowed), in that order: beam search reorders beams with it."""
+
 
 def as_logits(outputs: np.ndarray, output: str) -> np.ndarray:
     """Model outputs → logits; probability outputs become log-probabilities (same distribution)."""
@@ -62,6 +65,9 @@ class WindowedDecoder:
             row.append(int(token))
         return self._logits(state), state
 
+    def select(self, state, rows):
+        return [list(state[int(row)]) for row in rows]
+
 
 def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
     """`ids (1, time) -> outputs (1, time, vocab)`, traced once for every length."""
@@ -77,7 +83,9 @@ def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
 
 # --- sampling ---------------------------------------------------------------------------
 
-def check_options(temperature: float, top_k: int, top_p: float, max_length: int) -> None:
+def check_options(temperature: float, top_k: int, top_p: float, max_length: int, beam_width: int = 0) -> None:
+    if beam_width < 0:
+        raise UserError("--beam must be 0 (sampling) or a beam width of 1 or more")
     if not math.isfinite(temperature) or temperature < 0:
         raise UserError("--temperature must be 0 (greedy) or a positive number")
     if top_k < 0:
@@ -120,6 +128,46 @@ def sample_next(logits: np.ndarray, temperature: float, rng: np.random.Generator
     return np.array([rng.choice(len(row), p=row) for row in weights])
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - np.max(logits, axis=-1, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
+
+
+def beam_search(decoder: Decoder, prompt: np.ndarray, max_length: int, beam_width: int, *, banned: list[int] = (),
+                eos: int | None = None, length_penalty: float = 1.0) -> list[int]:
+    """The most likely continuation of one prompt under beam search (token ids).
+
+    Keeps the `beam_width` best partial continuations by total log-probability; a beam that
+    produces `eos` is finished. Finished beams are ranked by score / length ** length_penalty.
+    Beam width 1 is greedy decoding.
+    """
+    logits, state = decoder.start([prompt])
+    beams, scores, finished = [[]], np.zeros(1), []
+    for position in range(max_length):
+        log_probs = log_softmax(np.array(logits, dtype=np.float64))
+        if banned:
+            log_probs[:, list(banned)] = -np.inf
+        total = (scores[:, None] + log_probs).reshape(-1)
+        best = np.argsort(-total, kind="stable")[: beam_width]
+        rows, tokens = np.divmod(best, log_probs.shape[-1])
+        keep_rows, keep_tokens, keep_scores = [], [], []
+        for row, token, score in zip(rows, tokens, total[best]):
+            if eos is not None and token == eos:
+                finished.append((score / max(len(beams[row]), 1) ** length_penalty, beams[row]))
+            else:
+                keep_rows.append(row), keep_tokens.append(int(token)), keep_scores.append(score)
+        if not keep_rows or position == max_length - 1:
+            beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_tokens)]
+            scores = np.asarray(keep_scores)
+            break
+        state = decoder.select(state, np.asarray(keep_rows))
+        beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_tokens)]
+        scores = np.asarray(keep_scores)
+        logits, state = decoder.step(state, np.asarray(keep_tokens))
+    finished += [(score / max(len(beam), 1) ** length_penalty, beam) for score, beam in zip(scores, beams)]
+    return max(finished, key=lambda item: item[0])[1] if finished else []
+
+
 # --- the loop ---------------------------------------------------------------------------
 
 def make_decoder(model, spec=None, window: int = 100) -> Decoder:
@@ -142,16 +190,18 @@ def encode_prompt(tokenizer, prompt: str) -> np.ndarray:
 def generate(model, tokenizer, prompts: list[str], max_length: int, *, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None, stop: list[str] = (), window: int = 100, spec=None,
              decoder: Decoder | None = None, on_text: Callable[[int, str], None] | None = None,
-             allow_eos: bool = False) -> list[str]:
+             allow_eos: bool = False, beam_width: int = 0, length_penalty: float = 1.0) -> list[str]:
     """Continue each prompt by up to `max_length` tokens; return the continuations.
 
     A row ends early at the first stop string (which is not included), or at [EOS] when
     `allow_eos` (models trained on documents that end with [EOS]; the LMs trained on
-    running text never saw it, so it is not sampled for them).
+    running text never saw it, so it is not sampled for them). With `beam_width` >= 1 each
+    prompt is decoded by beam search (temperature, top-k and top-p do not apply) and its
+    text arrives in one piece.
     `on_text(row, text)` receives each row's new text as it is produced (held back
     while it could still be the start of a stop string).
     """
-    check_options(temperature, top_k, top_p, max_length)
+    check_options(temperature, top_k, top_p, max_length, beam_width)
     stop = [s for s in stop if s]
     decoder = decoder or make_decoder(model, spec, window)
     rng = np.random.default_rng(seed)
@@ -169,6 +219,16 @@ def generate(model, tokenizer, prompts: list[str], max_length: int, *, temperatu
         emitted[row] = end
 
     if all(done):
+        return texts
+    if beam_width >= 1:
+        for row, prompt in enumerate(prompts):
+            ids = beam_search(decoder, encode_prompt(tokenizer, prompt), max_length, beam_width, banned=banned, eos=eos,
+                              length_penalty=length_penalty)
+            stream = streams[row]
+            texts[row] = "".join(stream.push(i) for i in ids)
+            cut = min((i for i in (texts[row].find(s) for s in stop) if i >= 0), default=-1)
+            texts[row] = texts[row] if cut < 0 else texts[row][:cut]
+            emit(row, True)
         return texts
     logits, state = decoder.start([encode_prompt(tokenizer, p) for p in prompts])
     for position in range(max_length):

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -78,9 +79,9 @@ def make_optimizer(train: TrainConfig, total_steps: int):
         )
     clip = {"global_clipnorm": train.clip_norm} if train.clip_norm > 0 else {}
     if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, **clip)
+        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, beta_1=train.beta_1, beta_2=train.beta_2, **clip)
     if train.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate, **clip)
+        return keras.optimizers.Adam(learning_rate, beta_1=train.beta_1, beta_2=train.beta_2, **clip)
     return keras.optimizers.SGD(learning_rate, momentum=train.momentum, **clip)
 
 
@@ -198,15 +199,39 @@ class Checkpointing(keras.callbacks.Callback):
         self.save()
 
 
-class LastStepClock(keras.callbacks.Callback):
-    """Times the gap between the last step and the loop returning (the tf.data idle wait shows here)."""
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once `max_seconds` of training time (all sessions) have passed."""
+
+    def __init__(self, max_seconds: float, seconds_before: float):
+        super().__init__()
+        self.deadline = time.perf_counter() + max_seconds - seconds_before
+        self.expired = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() >= self.deadline:
+            self.expired = self.model.stop_training = True
+
+
+class StepClock(keras.callbacks.Callback):
+    """Step timing: the median seconds per step between batch callbacks (with `steps_per_execution`
+    a callback covers several steps), and the time of the last step (the gap from there to the loop
+    returning showed tf.data's idle wait)."""
 
     def __init__(self):
         super().__init__()
-        self.last_step = None
+        self.last_step, self.previous, self.per_step = None, None, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.previous = None  # the first interval of an epoch holds its start-up
 
     def on_train_batch_end(self, batch, logs=None):
-        self.last_step = time.perf_counter()
+        now = time.perf_counter()
+        if self.previous is not None and batch > self.previous[1]:
+            self.per_step.append((now - self.previous[0]) / (batch - self.previous[1]))
+        self.previous, self.last_step = (now, batch), now
+
+    def median_step_seconds(self) -> float | None:
+        return statistics.median(self.per_step) if self.per_step else None
 
 
 # --- loops -------------------------------------------------------------------------------
@@ -303,7 +328,9 @@ class CustomLoop:
                 callback_list.on_train_batch_begin(step)
                 total += float(self.train_step(next(iterator)))
                 callback_list.on_train_batch_end(step, {"loss": total / (step + 1)})
-            logs = {"loss": total / max(steps_per_epoch, 1), **self._results(self.train_metrics)}
+                if self.model.stop_training:  # a time budget ends the epoch early
+                    break
+            logs = {"loss": total / max(step + 1, 1), **self._results(self.train_metrics)}
             logs.update({f"val_{key}": value for key, value in self.evaluate(validation).items()})
             callback_list.on_epoch_end(epoch, logs)
             if self.model.stop_training:
@@ -321,6 +348,14 @@ class CustomLoop:
 
 
 LOOPS = {"fit": FitLoop, "custom": CustomLoop}
+
+
+def spread_subset(dataset, batches: int):
+    """`batches` batches spread evenly over a finite dataset (all of it when 0 or when it is smaller)."""
+    total = int(dataset.cardinality())
+    if not batches or total < 0 or total <= batches:
+        return dataset
+    return dataset.shard(total // batches, 0).take(batches)
 
 
 # --- the stages --------------------------------------------------------------------------
@@ -455,9 +490,12 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     # 3. loop
     epochs = config.train.epochs
     checkpointing = Checkpointing(run_dir, state, config.train, chief)
-    clock = LastStepClock()
+    clock = StepClock()
     reporter = Reporter(progress, epochs, data.steps_per_epoch, data.items_per_step, data.unit, data.sample, console)
     callbacks = [checkpointing, clock, reporter]
+    budget = TimeBudget(config.train.max_seconds, state.train_seconds) if config.train.max_seconds else None
+    if budget:
+        callbacks.insert(0, budget)
     if chief:
         callbacks.insert(1, keras.callbacks.TensorBoard(run_dir / runs.LOGS_DIR, write_graph=False, update_freq="epoch", profile_batch=0))
     phases = []  # a step checkpoint inside an epoch resumes with the rest of that epoch first
@@ -465,12 +503,13 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         phases.append((state.epoch, state.epoch + 1, data.steps_per_epoch - state.step_in_epoch, state.step_in_epoch))
         checkpointing.steps_done_at_start = reporter.steps_done_at_start = state.step_in_epoch
     phases.append((state.epoch + bool(state.step_in_epoch), epochs, data.steps_per_epoch, 0))
+    epoch_validation = spread_subset(data.validation, config.train.validation_steps)
     first_step, started, idle_after_last_step = state.global_step, time.perf_counter(), 0.0
     try:
         for first, last, steps, skip in phases:
-            if first >= last or state.stopped_early:
+            if first >= last or state.stopped_early or (budget and budget.expired):
                 continue
-            loop.fit(data.train(first, last, skip), data.validation, initial_epoch=first, epochs=last,
+            loop.fit(data.train(first, last, skip), epoch_validation, initial_epoch=first, epochs=last,
                      steps_per_epoch=steps, callbacks=callbacks)
             if clock.last_step is not None:
                 idle_after_last_step = max(idle_after_last_step, time.perf_counter() - clock.last_step)
@@ -491,11 +530,13 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         after_training=after,
         epochs_completed=state.epoch,
         stopped_early=state.stopped_early,
+        stopped_by_time_budget=bool(budget and budget.expired),
         best_checkpoint=state.best_checkpoint,
         train_seconds=state.train_seconds,
         steps=state.global_step,
         schedule_steps=state.schedule_steps,
         seconds_after_last_step=idle_after_last_step,
+        median_step_seconds=clock.median_step_seconds(),
         **{f"{data.unit}_per_second": data.items_per_step * steps_this_session / max(session_seconds, 1e-9)
            if steps_this_session else summary.get(f"{data.unit}_per_second", 0.0)},
         backend=keras.backend.backend(),

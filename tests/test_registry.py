@@ -10,7 +10,7 @@ from zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
-    assert registry.names() == ["cnn-classifier", "lstm-textgen"]
+    assert registry.names() == ["cnn-classifier", "lstm-textgen", "transformer-lm"]
 
 
 def test_spec_declares_task_hparams_and_default_data():

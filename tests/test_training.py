@@ -234,3 +234,47 @@ def test_a_healthy_run_is_not_called_overfitting():
 
     assert overfitting({"loss": [3.0, 2.5, 2.2], "val_loss": [3.1, 2.7, 2.4]}) is None
     assert overfitting({"loss": [3.0, 2.5, 2.2, 2.0], "val_loss": [2.9, 2.6, 2.8, 3.0]})["best_epoch"] == 2
+
+
+def test_random_windows_resume_exactly(corpus_file, tmp_path):
+    config = make_config(corpus_file, "data.windows=random")
+    training.train(config, tmp_path / "straight", progress="quiet")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    (resumed / "model.keras").unlink()
+    for folder in (resumed / "checkpoints").iterdir():
+        if folder.name > "step-00000004":
+            shutil.rmtree(folder)
+    training.train(config, resumed, resume=True, progress="quiet")
+    for a, b in zip(weights(tmp_path / "straight"), weights(resumed)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_random_windows_start_anywhere():
+    from kerasllm.data import pipeline
+
+    ids = np.arange(1000, dtype=np.int32)
+    dataset = pipeline.random_window_dataset(ids, 8, 4, shuffle_seed=3, steps_per_epoch=5, epochs=2)
+    batches = list(dataset.as_numpy_iterator())
+    assert len(batches) == 10
+    starts = np.concatenate([x[:, 0] for x, _ in batches])
+    assert len(set(starts % 8)) > 1  # not only multiples of the window length
+    for x, y in batches:
+        np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    again = list(pipeline.random_window_dataset(ids, 8, 4, shuffle_seed=3, steps_per_epoch=5, epochs=2, first_epoch=1).as_numpy_iterator())
+    np.testing.assert_array_equal(again[0][0], batches[5][0])  # epoch 2 is the same batch after a resume
+
+
+def test_a_time_budget_stops_training(corpus_file, tmp_path):
+    summary = training.train(make_config(corpus_file, "train.max_seconds=0.001", "train.epochs=5"), tmp_path / "run", progress="quiet")
+    assert summary["stopped_by_time_budget"] and summary["epochs_completed"] == 1 and summary["steps"] == 1
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_validation_steps_spread_over_the_split():
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.range(100).batch(1)
+    subset = [int(x[0]) for x in training.spread_subset(dataset, 4).as_numpy_iterator()]
+    assert subset == [0, 25, 50, 75]
+    assert len(list(training.spread_subset(dataset, 0).as_numpy_iterator())) == 100

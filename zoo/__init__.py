@@ -1,9 +1,10 @@
 """The model zoo. This is the one place where built-in families are registered."""
 
-from zoo import cnn_classifier, lstm_textgen
+from zoo import cnn_classifier, lstm_textgen, transformer_lm
 
 
 def register_all(registry) -> None:
     """Register every built-in model family in `registry`."""
     registry.register(lstm_textgen.SPEC)
     registry.register(cnn_classifier.SPEC)
+    registry.register(transformer_lm.SPEC)

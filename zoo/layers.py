@@ -34,3 +34,92 @@ class ResizeImages(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class DecoderBlock(keras.layers.Layer):
+    """A pre-LayerNorm causal self-attention + GELU MLP block, optionally with rotary positions.
+
+    With `rotary=True` queries and keys are rotated with keras-hub's `RotaryEmbedding`; attention is the fused
+    `keras.ops.dot_product_attention`. Called like keras-hub's `TransformerDecoder`: with
+    `self_attention_cache` (batch, 2, max_sequence_length, heads, head_dim) and
+    `self_attention_cache_update_index` it returns `(outputs, new_cache)`.
+
+    Args:
+        intermediate_dim: width of the MLP.
+        num_heads: attention heads.
+        dropout: dropout on the attention and MLP outputs.
+        layer_norm_epsilon: LayerNorm epsilon.
+        max_sequence_length: the longest context (the cache's length).
+        rotary: rotate queries and keys by position (else positions come from outside, e.g. learned embeddings).
+
+    Example:
+        >>> block = DecoderBlock(64, 2)
+        >>> block(np.zeros((1, 5, 16), "float32")).shape
+        (1, 5, 16)
+    """
+
+    def __init__(self, intermediate_dim, num_heads, dropout=0.0, layer_norm_epsilon=1e-5, max_sequence_length=1024,
+                 rotary=True, **kwargs):
+        super().__init__(**kwargs)
+        self.rotary_positions = rotary
+        self.intermediate_dim = intermediate_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.max_sequence_length = max_sequence_length
+
+    def build(self, input_shape):
+        import keras_hub
+
+        hidden = input_shape[-1]
+        self.head_dim = hidden // self.num_heads
+        init = lambda: keras.initializers.RandomNormal(stddev=0.02)
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="attention_norm")
+        self.qkv = keras.layers.Dense(3 * hidden, kernel_initializer=init(), name="qkv")
+        self.attention_output = keras.layers.Dense(hidden, kernel_initializer=init(), name="attention_output")
+        self.mlp_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="mlp_norm")
+        self.mlp_in = keras.layers.Dense(self.intermediate_dim, activation="gelu", kernel_initializer=init(), name="mlp_in")
+        self.mlp_out = keras.layers.Dense(hidden, kernel_initializer=init(), name="mlp_out")
+        self.rotary = keras_hub.layers.RotaryEmbedding(name="rotary")
+        self.attention_dropout = keras.layers.Dropout(self.dropout)
+        self.mlp_dropout = keras.layers.Dropout(self.dropout)
+        self.attention_norm.build(input_shape)
+        self.qkv.build(input_shape)
+        self.attention_output.build(input_shape)
+        self.mlp_norm.build(input_shape)
+        self.mlp_in.build(input_shape)
+        self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
+        self.built = True
+
+    def call(self, x, self_attention_cache=None, self_attention_cache_update_index=None, training=None):
+        ops = keras.ops
+        batch, length = ops.shape(x)[0], ops.shape(x)[1]
+        index = 0 if self_attention_cache_update_index is None else self_attention_cache_update_index
+        qkv = ops.reshape(self.qkv(self.attention_norm(x)), (batch, length, 3, self.num_heads, self.head_dim))
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, time, heads, head_dim)
+        if self.rotary_positions:
+            query, key = self.rotary(query, start_index=index), self.rotary(key, start_index=index)
+        if self_attention_cache is None:
+            attended = ops.dot_product_attention(query, key, value, is_causal=True)
+            new_cache = None
+        else:
+            start = [0, index, 0, 0]
+            key = ops.slice_update(self_attention_cache[:, 0], start, key)  # (batch, context, heads, head_dim)
+            value = ops.slice_update(self_attention_cache[:, 1], start, value)
+            new_cache = ops.stack([key, value], axis=1)
+            query_positions = ops.arange(length) + index
+            allowed = ops.expand_dims(query_positions, 1) >= ops.expand_dims(ops.arange(ops.shape(key)[1]), 0)
+            attended = ops.dot_product_attention(query, key, value, mask=allowed[None, None, :, :])
+        attended = ops.reshape(attended, (batch, length, self.num_heads * self.head_dim))
+        x = x + self.attention_dropout(self.attention_output(attended), training=training)
+        x = x + self.mlp_dropout(self.mlp_out(self.mlp_in(self.mlp_norm(x))), training=training)
+        return x if new_cache is None else (x, new_cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), intermediate_dim=self.intermediate_dim, num_heads=self.num_heads,
+                    dropout=self.dropout, layer_norm_epsilon=self.layer_norm_epsilon,
+                    max_sequence_length=self.max_sequence_length, rotary=self.rotary_positions)

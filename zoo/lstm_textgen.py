@@ -113,6 +113,10 @@ class LSTMStepDecoder:
         top, state = self._advance(state, np.asarray(tokens), np.ones((len(tokens), 1), bool))
         return top @ self.output_kernel + self.output_bias, state
 
+    def select(self, state, rows):
+        rows = np.asarray(rows)
+        return [(h[rows], c[rows]) for h, c in state]
+
 
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))

@@ -71,6 +71,29 @@ def language_model_dataset(windows: np.ndarray, batch_size: int, **batching):
     return index_batches(len(windows), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
 
 
+def random_window_dataset(ids: np.ndarray, sequence_length: int, batch_size: int, *, shuffle_seed: int, steps_per_epoch: int,
+                          first_epoch: int = 0, epochs: int = 1, skip_steps: int = 0):
+    """(inputs, targets) batches of windows that start at random offsets, as nanoGPT samples them.
+
+    Batch `step`'s offsets come from a stateless RNG keyed by (seed, step), so a resumed run
+    sees the same batches as a straight one.
+    """
+    import tensorflow as tf
+
+    table = tf.constant(ids, dtype=tf.int32)
+    last_start = len(ids) - sequence_length - 1
+    span = tf.range(sequence_length + 1, dtype=tf.int64)[None, :]
+
+    def batch(step):
+        starts = tf.random.stateless_uniform([batch_size], seed=tf.stack([tf.constant(shuffle_seed, tf.int64), step]),
+                                             minval=0, maxval=last_start + 1, dtype=tf.int64)
+        windows = tf.gather(table, starts[:, None] + span)  # (batch, sequence_length + 1)
+        return windows[:, :-1], windows[:, 1:]
+
+    first = first_epoch * steps_per_epoch + skip_steps
+    return tf.data.Dataset.range(first, epochs * steps_per_epoch).map(batch).prefetch(2).with_options(_options())
+
+
 def image_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augment=None, **batching):
     """(float32 raw images (batch, H, W, C), int32 labels) batches; `augment(images, training=True)`
     transforms each batch if given; `batching` as in `index_batches`."""

@@ -78,6 +78,10 @@ class TextGeneration(Task):
         prompt = sample_prompt(split.validation, data.sequence_length)
 
         def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
+            if data.windows == "random":
+                return pipeline.random_window_dataset(train_ids, data.sequence_length, train.batch_size, shuffle_seed=train.seed,
+                                                      steps_per_epoch=steps, first_epoch=first_epoch, epochs=epochs,
+                                                      skip_steps=skip_steps)
             return pipeline.language_model_dataset(
                 windows, train.batch_size, shuffle_seed=train.seed, steps_per_epoch=steps,
                 first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps,

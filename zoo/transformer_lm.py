@@ -1,0 +1,274 @@
+"""`transformer-lm`: a decoder-only (GPT-style) Transformer language model.
+
+Token embedding (+ learned position embedding, or rotary positions inside attention)
+→ `num_layers` pre-LayerNorm blocks of causal multi-head self-attention and a GELU
+MLP, with dropout → a final LayerNorm → logits from the token embedding, transposed
+(tied weights). The loss is computed from the logits.
+
+Built from `keras_hub.layers` (`ReversibleEmbedding`, `PositionEmbedding`,
+`TransformerDecoder` with its key/value cache) and `keras.layers`/`keras.ops` only,
+so the model runs on any Keras backend. With `position=rotary` the blocks are
+`RotaryDecoderBlock` (zoo/layers.py), whose attention rotates queries and keys with
+keras-hub's `RotaryEmbedding`.
+
+Generation uses `TransformerCacheDecoder`: the prompt fills a key/value cache once,
+then every new token costs one position, in a traced `tf.function` on static shapes.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kerasllm.config import doc
+from kerasllm.data import DataInfo
+from kerasllm.errors import UserError
+from kerasllm.registry import ModelSpec
+
+PRESETS = {
+    # nanoGPT's CPU config (and its shakespeare-char config for `small`)
+    "tiny": {"num_layers": 4, "num_heads": 4, "hidden_dim": 128, "max_sequence_length": 64, "data.sequence_length": 64},
+    "small": {"num_layers": 6, "num_heads": 6, "hidden_dim": 384, "max_sequence_length": 256, "data.sequence_length": 256,
+              "dropout": 0.2},
+    # GPT-2 small's shape, meant for a GPU or TPU
+    "base": {"num_layers": 12, "num_heads": 12, "hidden_dim": 768, "max_sequence_length": 1024, "data.sequence_length": 1024},
+}
+
+
+@dataclass
+class TransformerLMConfig:
+    """Hyperparameters of `transformer-lm`."""
+
+    num_layers: int = field(default=4, metadata=doc("Transformer blocks."))
+    num_heads: int = field(default=4, metadata=doc("Attention heads per block."))
+    hidden_dim: int = field(default=128, metadata=doc("Width of the residual stream (embedding size)."))
+    intermediate_dim: int = field(default=0, metadata=doc("Width of each block's MLP; 0 means 4 × hidden_dim."))
+    max_sequence_length: int = field(default=64, metadata=doc("Context: the most tokens the model attends over."))
+    dropout: float = field(default=0.1, metadata=doc("Dropout on embeddings, attention and MLP outputs."))
+    position: str = field(default="learned", metadata=doc("Positions: `learned` embeddings or `rotary` (inside attention)."))
+    layer_norm_epsilon: float = field(default=1e-5, metadata=doc("LayerNorm epsilon."))
+
+    def validate(self) -> None:
+        if min(self.num_layers, self.num_heads, self.hidden_dim, self.max_sequence_length) < 1:
+            raise UserError("model_args.num_layers, num_heads, hidden_dim and max_sequence_length must be at least 1")
+        if self.hidden_dim % self.num_heads:
+            raise UserError(f"model_args.hidden_dim={self.hidden_dim} must be a multiple of num_heads={self.num_heads}")
+        if self.position == "rotary" and (self.hidden_dim // self.num_heads) % 2:
+            raise UserError("rotary positions need an even head size (hidden_dim / num_heads)")
+        if self.position not in ("learned", "rotary"):
+            raise UserError("model_args.position must be learned or rotary")
+        if not 0 <= self.dropout < 1:
+            raise UserError("model_args.dropout must be in [0, 1)")
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.intermediate_dim or 4 * self.hidden_dim
+
+
+def build(hparams: TransformerLMConfig, info: DataInfo):
+    """A Functional model mapping token ids (batch, time) to next-token logits (batch, time, vocab).
+
+    Example:
+        >>> model = build(TransformerLMConfig(num_layers=1, hidden_dim=16, num_heads=2), DataInfo(vocab_size=40))
+        >>> model(np.zeros((2, 10), "int32")).shape
+        (2, 10, 40)
+    """
+    import keras
+    import keras_hub
+
+    import zoo.layers
+
+    if info.sequence_length > hparams.max_sequence_length:
+        raise UserError(f"data.sequence_length={info.sequence_length} exceeds the context model_args.max_sequence_length="
+                        f"{hparams.max_sequence_length}; lower one or raise the other")
+    init = lambda: keras.initializers.RandomNormal(stddev=0.02)  # one initializer per layer
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
+    embedding = keras_hub.layers.ReversibleEmbedding(info.vocab_size, hparams.hidden_dim, embeddings_initializer=init(),
+                                                     name="token_embedding")
+    x = embedding(tokens)  # (batch, time, hidden)
+    if hparams.position == "learned":
+        positions = keras_hub.layers.PositionEmbedding(hparams.max_sequence_length, initializer=init(),
+                                                       name="position_embedding")(x)
+        x = keras.layers.Add(name="embeddings_add")([x, positions])
+    x = keras.layers.Dropout(hparams.dropout, name="embeddings_dropout")(x)
+    for i in range(hparams.num_layers):
+        if hparams.position == "learned":
+            block = keras_hub.layers.TransformerDecoder(
+                hparams.mlp_dim, hparams.num_heads, dropout=hparams.dropout, activation="gelu",
+                layer_norm_epsilon=hparams.layer_norm_epsilon, kernel_initializer=init(), normalize_first=True,
+                name=f"block_{i}")
+        else:
+            block = zoo.layers.DecoderBlock(
+                hparams.mlp_dim, hparams.num_heads, dropout=hparams.dropout, layer_norm_epsilon=hparams.layer_norm_epsilon,
+                max_sequence_length=hparams.max_sequence_length, name=f"block_{i}")
+        x = block(x)  # (batch, time, hidden), causal
+    x = keras.layers.LayerNormalization(epsilon=hparams.layer_norm_epsilon, name="final_norm")(x)
+    logits = embedding(x, reverse=True)  # (batch, time, vocab), tied to the token embedding
+    return keras.Model(tokens, logits, name="transformer_lm")
+
+
+def count_params(hparams: TransformerLMConfig, vocab_size: int | None = None) -> int:
+    """Parameter count without building the model (default: the default data's character vocabulary)."""
+    if vocab_size is None:
+        from kerasllm.data.text import builtin_vocab_size
+
+        vocab_size = builtin_vocab_size(SPEC.default_data)
+    d, m = hparams.hidden_dim, hparams.mlp_dim
+    per_block = (4 * d * d + 4 * d) + (2 * d * m + m + d) + 2 * 2 * d  # attention, MLP, two LayerNorms
+    positions = hparams.max_sequence_length * d if hparams.position == "learned" else 0
+    return vocab_size * d + positions + hparams.num_layers * per_block + 2 * d
+
+
+_COMPILED = weakref.WeakKeyDictionary()  # model -> its compiled cache functions, by shape
+
+
+class TransformerCacheDecoder:
+    """Generation with a key/value cache: the prompt fills it once, then each token costs one position.
+
+    The step runs the model's own layers (`call_with_cache`) as a traced `tf.function` on
+    static shapes when the backend is TensorFlow. Not with XLA: XLA takes the cache index
+    for a compile-time constant and compiled the step again for every position (1 token/s).
+    Prompts of different lengths are decoded in
+    groups of equal length. When the context is full, the cache is rebuilt from the last
+    half of the context (a sliding window).
+    """
+
+    def __init__(self, model):
+        import keras
+
+        self.model = model
+        self.embedding = model.get_layer("token_embedding")
+        names = {layer.name for layer in model.layers}
+        self.positions = model.get_layer("position_embedding") if "position_embedding" in names else None
+        self.blocks = [layer for layer in model.layers if layer.name.startswith("block_")]
+        self.final_norm = model.get_layer("final_norm")
+        self.context = (self.positions.sequence_length if self.positions is not None else self.blocks[0].max_sequence_length)
+        first = self.blocks[0]
+        self.num_heads = first.num_heads
+        self.head_dim = self.embedding.output_dim // self.num_heads
+        self._compiled = _COMPILED.setdefault(model, {})  # shared by every decoder of this model
+        self.backend = keras.backend.backend()
+
+    @classmethod
+    def from_model(cls, model):
+        try:
+            return cls(model)
+        except (ValueError, AttributeError):
+            return None  # not a transformer-lm layout: the windowed fallback applies
+
+    def call_with_cache(self, token_ids, cache, index):
+        """Logits (batch, time, vocab) for `token_ids` placed at `index`, and the updated cache."""
+        from keras import ops
+
+        x = self.embedding(token_ids)
+        if self.positions is not None:
+            x = x + self.positions(x, start_index=index)
+        caches = []
+        for i, block in enumerate(self.blocks):
+            x, next_cache = block(x, self_attention_cache=cache[:, i, ...], self_attention_cache_update_index=index)
+            caches.append(next_cache)
+        x = self.final_norm(x)
+        return self.embedding(x, reverse=True), ops.stack(caches, axis=1)
+
+    def _function(self, key):
+        if key not in self._compiled:
+            if self.backend == "tensorflow":
+                import tensorflow as tf
+
+                self._compiled[key] = tf.function(self.call_with_cache)
+            else:
+                self._compiled[key] = self.call_with_cache
+        return self._compiled[key]
+
+    def _empty_cache(self, batch: int):
+        from keras import ops
+
+        shape = (batch, len(self.blocks), 2, self.context, self.num_heads, self.head_dim)
+        return ops.zeros(shape, dtype=self.model.compute_dtype)
+
+    def _seed(self, rows: np.ndarray):
+        """Fill a fresh cache with `rows` (batch, length); logits after the last token."""
+        from keras import ops
+
+        batch, length = rows.shape
+        bucket = min(self.context, -(-length // 16) * 16)  # pad to a multiple of 16: few compiled shapes
+        padded = np.zeros((batch, bucket), np.int32)
+        padded[:, :length] = rows
+        logits, cache = self._function(("seed", batch, bucket))(ops.convert_to_tensor(padded), self._empty_cache(batch),
+                                                                 ops.convert_to_tensor(0, "int32"))
+        return np.asarray(ops.convert_to_numpy(logits[:, length - 1, :]), np.float64), cache
+
+    def start(self, prompts):
+        groups = {}
+        for row, prompt in enumerate(prompts):
+            ids = np.asarray(prompt, np.int32)[-self.context:]
+            groups.setdefault(len(ids), []).append((row, ids))
+        logits = np.zeros((len(prompts), self.embedding.input_dim), np.float64)
+        state = []
+        for length, members in groups.items():
+            rows = np.stack([ids for _, ids in members])
+            group_logits, cache = self._seed(rows)
+            index = [member for member, _ in members]
+            logits[index] = group_logits
+            state.append({"rows": index, "cache": cache, "position": length, "history": rows})
+        return logits, state
+
+    def step(self, state, tokens):
+        from keras import ops
+
+        tokens = np.asarray(tokens, np.int32)
+        logits = np.zeros((len(tokens), self.embedding.input_dim), np.float64)
+        for group in state:
+            new = tokens[group["rows"]][:, None]  # (batch, 1)
+            group["history"] = np.concatenate([group["history"], new], axis=1)
+            if group["position"] >= self.context:  # full: rebuild from the last half of the context
+                keep = group["history"][:, -(self.context // 2):]
+                group_logits, group["cache"] = self._seed(keep)
+                group["position"] = keep.shape[1]
+            else:
+                step = self._function(("step", len(group["rows"])))
+                # the index is a tensor: a Python int would trace (and compile) the step again for every position
+                out, group["cache"] = step(ops.convert_to_tensor(new), group["cache"], ops.convert_to_tensor(group["position"], "int32"))
+                group_logits = np.asarray(ops.convert_to_numpy(out[:, -1, :]), np.float64)
+                group["position"] += 1
+            logits[group["rows"]] = group_logits
+        return logits, state
+
+    def select(self, state, rows):
+        """Keep (and repeat) rows of a single-group state, for beam search."""
+        from keras import ops
+
+        (group,) = state
+        rows = np.asarray(rows)
+        group["cache"] = ops.take(group["cache"], ops.convert_to_tensor(rows), axis=0)
+        group["history"] = group["history"][rows]
+        group["rows"] = list(range(len(rows)))
+        return state
+
+
+SPEC = ModelSpec(
+    name="transformer-lm",
+    task="text-generation",
+    hparams=TransformerLMConfig,
+    build=build,
+    default_data="builtin:python-docs",
+    description="GPT-style decoder-only Transformer language model (keras-hub layers, KV-cache generation)",
+    count_params=count_params,
+    output="logits",
+    defaults={
+        "data": {"sequence_length": 64},
+        "train": {"epochs": 5, "batch_size": 32, "learning_rate": 1e-3, "warmup_steps": 100, "weight_decay": 0.1},
+        "runtime": {"jit_compile": True, "steps_per_execution": 10},
+    },
+    presets=PRESETS,
+    decoder=TransformerCacheDecoder.from_model,
+    overfitting_fixes=(
+        "more dropout: --set model_args.dropout=0.2",
+        "stronger weight decay: --set train.weight_decay=0.2",
+        "a smaller model: --preset tiny or --set model_args.num_layers=2",
+        "more text (--data with a larger corpus)",
+        "early stopping keeps the best epoch already (train.early_stopping_patience)",
+    ),
+)
