@@ -59,6 +59,8 @@ class TrainConfig:
     optimizer: str = field(default="adamw", metadata=doc("`adamw`, `adam` or `sgd`."))
     learning_rate: float = field(default=3e-3, metadata=doc("Peak learning rate."))
     weight_decay: float = field(default=0.01, metadata=doc("Decoupled weight decay (adamw only)."))
+    decay_all_weights: bool = field(default=True, metadata=doc(
+        "AdamW decays every weight; false exempts biases and normalisation scales/offsets (GPT-2 and nanoGPT do)."))
     beta_1: float = field(default=0.9, metadata=doc("Adam(W) first-moment decay."))
     beta_2: float = field(default=0.999, metadata=doc("Adam(W) second-moment decay."))
     momentum: float = field(default=0.9, metadata=doc("Momentum (sgd only)."))

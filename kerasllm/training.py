@@ -79,7 +79,11 @@ def make_optimizer(train: TrainConfig, total_steps: int):
         )
     clip = {"global_clipnorm": train.clip_norm} if train.clip_norm > 0 else {}
     if train.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, beta_1=train.beta_1, beta_2=train.beta_2, **clip)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, beta_1=train.beta_1, beta_2=train.beta_2,
+                                           **clip)
+        if not train.decay_all_weights:  # as GPT-2 / nanoGPT: biases and normalisation scales are not decayed
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+        return optimizer
     if train.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate, beta_1=train.beta_1, beta_2=train.beta_2, **clip)
     return keras.optimizers.SGD(learning_rate, momentum=train.momentum, **clip)

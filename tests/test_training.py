@@ -278,3 +278,15 @@ def test_validation_steps_spread_over_the_split():
     subset = [int(x[0]) for x in training.spread_subset(dataset, 4).as_numpy_iterator()]
     assert subset == [0, 25, 50, 75]
     assert len(list(training.spread_subset(dataset, 0).as_numpy_iterator())) == 100
+
+
+def test_adamw_can_exempt_biases_and_norms_from_weight_decay():
+    import keras
+
+    from kerasllm.config import TrainConfig
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.LayerNormalization()])
+    for decay_all, expected in ((True, [True] * 4), (False, [True, False, False, False])):
+        optimizer = training.make_optimizer(TrainConfig(decay_all_weights=decay_all), total_steps=10)
+        optimizer.build(model.trainable_variables)
+        assert [optimizer._use_weight_decay(v) for v in model.trainable_variables] == expected
