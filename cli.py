@@ -392,6 +392,33 @@ def export(
     console.print(f"wrote {result.path} ({fmt}); max |diff| vs source on a sample batch: {result.max_abs_diff:.3g} (tolerance {tolerance:g})")
 
 
+@app.command()
+@handle_errors
+def doctor(as_json: JsonFlag = False):
+    """Check this installation: versions, Keras backend, devices, the strategy `auto` picks, and known traps with fixes.
+
+    Example: `kerasllm doctor --json`
+    """
+    load_tensorflow()
+    from kerasllm.doctor import report
+
+    found = report()
+    if as_json:
+        return print_json(found)
+    table = Table("what", "found", title="kerasllm doctor")
+    for name, version in found["versions"].items():
+        table.add_row(name, version or "not installed")
+    table.add_row("Keras backend", found["keras_backend"])
+    table.add_row("devices", ", ".join(f"{d['type']} {d['name']}" for d in found["devices"]))
+    table.add_row("--strategy auto", found["auto_strategy"])
+    table.add_row("CPU bfloat16", "yes" if found["cpu_bfloat16"] else "no")
+    console.print(table)
+    if not found["traps"]:
+        console.print("no known traps apply")
+    for trap in found["traps"]:
+        console.print(f"[yellow]trap:[/] {trap['trap']}: {trap['detail']}; fix: {trap['fix']}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

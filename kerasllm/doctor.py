@@ -1,0 +1,93 @@
+"""`kerasllm doctor`: what this installation is, what it can run on, and the known traps with their fixes.
+
+`versions()` reads package metadata (no import). `environment()` imports TensorFlow to list
+devices and the strategy `--strategy auto` would pick. `traps(...)` takes its facts as
+arguments, so every trap is testable without the hardware it is about.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("tensorflow", "keras", "tensorflow-text", "tensorflow-datasets", "keras-hub", "jax", "tensorflow-tpu", "libtpu")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def tpu_present(env: dict | None = None) -> bool:
+    """A TPU VM or Colab TPU runtime: the accelerator device files or the runtime's variables."""
+    env = os.environ if env is None else env
+    return bool(list(Path("/dev").glob("accel*")) or list(Path("/dev").glob("vfio/[0-9]*"))) \
+        or any(key in env for key in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"))
+
+
+def _minor(version: str | None) -> str | None:
+    return ".".join(version.split(".")[:2]) if version else None
+
+
+def traps(found: dict, env: dict, flags: set[str], tpu: bool) -> list[dict]:
+    """The known traps that apply: each `{"trap", "detail", "fix"}`."""
+    hits = []
+    if env.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes"):
+        hits.append({"trap": "TF_USE_LEGACY_KERAS is set",
+                     "detail": "tf.keras becomes Keras 2 (tf-keras); kerasllm's models are Keras 3",
+                     "fix": "unset TF_USE_LEGACY_KERAS"})
+    tf_minor, text_minor = _minor(found.get("tensorflow")), _minor(found.get("tensorflow-text"))
+    if tf_minor and text_minor and tf_minor != text_minor:
+        hits.append({"trap": "tensorflow-text does not match TensorFlow",
+                     "detail": f"tensorflow {found['tensorflow']} with tensorflow-text {found['tensorflow-text']}: its ops fail to load",
+                     "fix": f"pip install 'tensorflow-text=={tf_minor}.*'"})
+    if tpu and found.get("tensorflow") and not found.get("tensorflow-tpu"):
+        hits.append({"trap": "TensorFlow on a TPU runtime without tensorflow-tpu",
+                     "detail": "TensorFlow will not see the TPU (Colab TPU runtimes ship JAX, not TensorFlow)",
+                     "fix": "use --backend jax --strategy tpu, or install tensorflow-tpu with a matching TensorFlow (2.20)"})
+    if tpu and found.get("jax") and found.get("tensorflow-tpu"):
+        hits.append({"trap": "JAX and TensorFlow both installed for the TPU",
+                     "detail": "only one process framework can own the TPU; the second to start fails",
+                     "fix": "pick one backend per process (KERAS_BACKEND=jax with tensorflow-cpu for input pipelines)"})
+    if not ({"avx512_bf16", "amx_bf16"} & flags) and flags:
+        hits.append({"trap": "no AVX-512-BF16 / AMX-BF16 on this CPU",
+                     "detail": "bfloat16 (mixed_bfloat16) runs emulated and slower here",
+                     "fix": "keep float32 on this CPU; use bfloat16 on TPUs or CPUs with AVX-512-BF16"})
+    return hits
+
+
+def environment() -> dict:
+    """Backend, devices and the strategy `--strategy auto` picks (imports TensorFlow)."""
+    import keras
+    import tensorflow as tf
+
+    from kerasllm.distribute import get_strategy
+
+    devices = [{"name": d.name, "type": d.device_type} for d in tf.config.list_logical_devices()]
+    strategy = get_strategy("auto")
+    return {"keras_backend": keras.backend.backend(), "devices": devices,
+            "auto_strategy": f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replica(s))"}
+
+
+def report() -> dict:
+    found = versions()
+    flags = cpu_flags()
+    return {"versions": found, **environment(),
+            "cpu_bfloat16": bool({"avx512_bf16", "amx_bf16"} & flags),
+            "traps": traps(found, dict(os.environ), flags, tpu_present())}

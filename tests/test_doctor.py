@@ -1,0 +1,38 @@
+"""`kerasllm doctor`: versions, devices, the auto strategy, and each known trap (facts passed in, no hardware needed)."""
+
+import json
+
+from kerasllm.doctor import traps
+from tests.test_cli import invoke
+
+FOUND = {"tensorflow": "2.21.0", "tensorflow-text": "2.21.1", "jax": None, "tensorflow-tpu": None}
+BF16 = {"avx512f", "avx512_bf16"}
+
+
+def names(hits):
+    return [hit["trap"] for hit in hits]
+
+
+def test_doctor_reports_versions_devices_and_the_auto_strategy(runner):
+    result = invoke(runner, "doctor", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["versions"]["tensorflow"].startswith("2.") and found["versions"]["keras"].startswith("3.")
+    assert found["keras_backend"] == "tensorflow" and any(d["type"] == "CPU" for d in found["devices"])
+    assert found["auto_strategy"].startswith("_DefaultDistributionStrategy (1 replica")
+    table = invoke(runner, "doctor")
+    assert table.exit_code == 0 and "--strategy auto" in table.output and "tensorflow-text" in table.output
+
+
+def test_no_trap_on_a_healthy_cpu_install():
+    assert traps(FOUND, {}, BF16, tpu=False) == []
+
+
+def test_each_trap_and_its_fix():
+    assert names(traps(FOUND, {"TF_USE_LEGACY_KERAS": "1"}, BF16, False)) == ["TF_USE_LEGACY_KERAS is set"]
+    mismatch = traps(dict(FOUND, **{"tensorflow-text": "2.20.0"}), {}, BF16, False)
+    assert names(mismatch) == ["tensorflow-text does not match TensorFlow"] and "tensorflow-text==2.21.*" in mismatch[0]["fix"]
+    assert names(traps(FOUND, {}, BF16, tpu=True)) == ["TensorFlow on a TPU runtime without tensorflow-tpu"]
+    both = dict(FOUND, jax="0.10.2", **{"tensorflow-tpu": "2.20.0"})
+    assert names(traps(both, {}, BF16, tpu=True)) == ["JAX and TensorFlow both installed for the TPU"]
+    assert names(traps(FOUND, {}, {"avx2", "fma"}, False)) == ["no AVX-512-BF16 / AMX-BF16 on this CPU"]
