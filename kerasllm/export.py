@@ -67,7 +67,7 @@ def check_out(out: Path, fmt: str, source: Path, overwrite: bool) -> None:
                             "choose another --out")
     elif out.suffix != FORMATS[fmt]:
         raise UserError(f"--overwrite replaces only an earlier {fmt} export, and {out} is not one; choose another --out")
-    check_replaceable(out, "export", [source])
+    check_replaceable(out, [source])
 
 
 def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.ndarray:

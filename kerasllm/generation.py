@@ -156,19 +156,22 @@ def beam_search(decoder: Decoder, prompt: np.ndarray, max_length: int, beam_widt
                 finished.append((score / max(len(beams[row]), 1) ** length_penalty, beams[row]))
             else:
                 keep_rows.append(row), keep_tokens.append(int(token)), keep_scores.append(score)
-        if not keep_rows or position == max_length - 1:
-            beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_tokens)]
-            scores = np.asarray(keep_scores)
-            break
-        state = decoder.select(state, np.asarray(keep_rows))
         beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_tokens)]
         scores = np.asarray(keep_scores)
+        if not keep_rows or position == max_length - 1:
+            break
+        state = decoder.select(state, np.asarray(keep_rows))
         logits, state = decoder.step(state, np.asarray(keep_tokens))
     finished += [(score / max(len(beam), 1) ** length_penalty, beam) for score, beam in zip(scores, beams)]
     return max(finished, key=lambda item: item[0])[1] if finished else []
 
 
 # --- the loop ---------------------------------------------------------------------------
+
+def stop_index(text: str, stop: list[str]) -> int:
+    """Where the first stop string starts in `text`, or -1."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+
 
 def make_decoder(model, spec=None, window: int = 100) -> Decoder:
     """The family's own decoder when it has one that fits `model`, else the windowed fallback."""
@@ -226,7 +229,7 @@ def generate(model, tokenizer, prompts: list[str], max_length: int, *, temperatu
                               length_penalty=length_penalty)
             stream = streams[row]
             texts[row] = "".join(stream.push(i) for i in ids)
-            cut = min((i for i in (texts[row].find(s) for s in stop) if i >= 0), default=-1)
+            cut = stop_index(texts[row], stop)
             texts[row] = texts[row] if cut < 0 else texts[row][:cut]
             emit(row, True)
         return texts
@@ -240,7 +243,7 @@ def generate(model, tokenizer, prompts: list[str], max_length: int, *, temperatu
                 done[row] = True
             else:
                 texts[row] += streams[row].push(int(token))
-                cut = min((i for i in (texts[row].find(s) for s in stop) if i >= 0), default=-1)
+                cut = stop_index(texts[row], stop)
                 if cut >= 0:
                     texts[row], done[row] = texts[row][:cut], True
             emit(row, done[row] or position == max_length - 1)

@@ -66,7 +66,7 @@ def made_by_kerasllm(path: Path) -> bool:
     return (path / MARKER_FILE).is_file() or (is_run_dir(path) and (path / DATA_FILE).is_file())
 
 
-def check_replaceable(path: Path, what: str, protected: list[Path] = ()) -> None:
+def check_replaceable(path: Path, protected: list[Path] = ()) -> None:
     """Refuse to delete `path` if it is the current folder, a parent of it, or holds a protected path."""
     target = Path(path).resolve()
     cwd = Path.cwd().resolve()
@@ -76,8 +76,6 @@ def check_replaceable(path: Path, what: str, protected: list[Path] = ()) -> None
         item = Path(item).resolve()
         if item == target or target in item.parents:
             raise UserError(f"--overwrite would delete {path}, which holds {item}; choose another --out")
-    if target.exists() and not target.is_dir() and what == "run":
-        raise UserError(f"--out {path} is an existing file, not a run folder; choose another --out")
 
 
 def plan_run_dir(model_name: str, out: Path | None = None, overwrite: bool = False, protected: list[Path] = ()) -> Path:
@@ -91,7 +89,7 @@ def plan_run_dir(model_name: str, out: Path | None = None, overwrite: bool = Fal
                             "--resume to continue it, or another --out")
         if not made_by_kerasllm(out):
             raise UserError(f"--overwrite replaces only run folders made by kerasllm, and {out} is not one; choose another --out")
-        check_replaceable(out, "run", protected)
+        check_replaceable(out, protected)
     return out
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import functools
 import json
 from pathlib import Path
 
@@ -49,13 +50,19 @@ WORD_SPLIT = rf"{WORD_CHARS}+|[^\p{{L}}\p{{N}}\p{{M}}_\s]+|\s+"  # word level: w
 PIECE_SPLIT = rf"{WORD_CHARS}+|[^\p{{L}}\p{{N}}\p{{M}}_\s]|\s"  # wordpiece pre-split: words, single chars
 
 
+@functools.cache
 def tf_text():
-    """tensorflow_text, imported with its C++ start-up lines hidden."""
+    """tensorflow_text, imported (once) with its C++ start-up lines hidden."""
     from kerasllm.quiet import captured_stderr
 
     with captured_stderr():
         import tensorflow_text
     return tensorflow_text
+
+
+def _special_ids(specials: list[str]) -> dict[str, int]:
+    """`["[PAD]", "[UNK]", ...]` at the start of a vocabulary → `{"pad": 0, "unk": 1, ...}`."""
+    return {name.strip("[]").lower(): i for i, name in enumerate(specials)}
 
 
 def _regex_split(texts, pattern: str):
@@ -77,6 +84,8 @@ class Tokenizer:
     """
 
     kind = ""
+    # Each token decodes to text on its own (else a token may be part of a character: byte fallback).
+    tokens_stand_alone = True
 
     def __init__(self, vocabulary: list[str], special_tokens: dict[str, int]):
         if not vocabulary:
@@ -105,7 +114,7 @@ class Tokenizer:
         for special in specials:
             counts.pop(special, None)
         ranked = sorted(counts, key=lambda token: (-counts[token], token))[: vocab_size - len(specials)]
-        return cls(specials + sorted(ranked), {name.strip("[]").lower(): i for i, name in enumerate(specials)})
+        return cls(specials + sorted(ranked), _special_ids(specials))
 
     # --- ids ----------------------------------------------------------------------------
     @property
@@ -285,7 +294,7 @@ class WordPieceTokenizer(Tokenizer):
         words = {p: n for p, n in counts.items() if not p.isspace()}
         vocabulary = learner.learn(words, vocab_size, list(specials) + spaces, lower_thresh=2,
                                    max_unique_chars=max(1000, len(set(text))))
-        return cls(vocabulary, {name.strip("[]").lower(): i for i, name in enumerate(specials)})
+        return cls(vocabulary, _special_ids(specials))
 
     def tf_encode(self, texts):
         import tensorflow as tf
@@ -304,6 +313,7 @@ class SentencePieceTokenizer(Tokenizer):
     """A unigram SentencePiece model with byte fallback (lossless)."""
 
     kind = "sentencepiece"
+    tokens_stand_alone = False  # byte-fallback tokens are pieces of one UTF-8 character
 
     def __init__(self, vocabulary, special_tokens, proto: bytes):
         super().__init__(vocabulary, special_tokens)
@@ -390,7 +400,7 @@ class StreamDecoder:
         self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
 
     def push(self, token_id: int) -> str:
-        if not isinstance(self.tokenizer, SentencePieceTokenizer):
+        if self.tokenizer.tokens_stand_alone:
             return self.tokenizer.token(int(token_id))
         self.ids.append(int(token_id))
         text = self.tokenizer.decode(self.ids)

@@ -315,8 +315,8 @@ class CustomLoop:
         self.train_step, self.test_step = train_step, test_step
 
     @staticmethod
-    def _results(metrics, prefix: str = "") -> dict:
-        return {prefix + metric.name: float(keras.ops.convert_to_numpy(metric.result())) for metric in metrics}
+    def _results(metrics) -> dict:
+        return {metric.name: float(keras.ops.convert_to_numpy(metric.result())) for metric in metrics}
 
     def fit(self, dataset, validation, *, initial_epoch, epochs, steps_per_epoch, callbacks):
         callback_list = keras.callbacks.CallbackList(callbacks, model=self.model)
@@ -444,7 +444,6 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     run_dir = Path(run_dir)
     spec = registry.get(config.model)
     task = tasks.get(spec.task)
-    chief = True
 
     # 1. prepare
     checkpoint = latest_checkpoint(run_dir) if resume else None

@@ -37,9 +37,11 @@ def builtin_text(name: str) -> str:
     raise UserError(f"unknown built-in corpus {name!r}; built-in corpora: {', '.join('builtin:' + n for n in BUILTIN_CORPORA)}")
 
 
-def builtin_vocab_size(source: str, specials: int = 4) -> int:
+def builtin_vocab_size(source: str) -> int:
     """Character vocabulary size (special tokens included) of a built-in corpus's training split."""
-    return len(set(split_by_fraction(builtin_text(source.removeprefix("builtin:")), 0.1)[0])) + specials
+    from kerasllm.tokenizers import BASE_SPECIALS
+
+    return len(set(split_by_fraction(builtin_text(source.removeprefix("builtin:")), 0.1)[0])) + len(BASE_SPECIALS)
 
 
 def read_text_file(path: Path) -> str:
