@@ -35,6 +35,7 @@ STATE = {"debug": False, "run_dir": None}
 # Options shared by several commands: defined once.
 ModelOrRun = Annotated[Path, typer.Argument(help="A run folder (runs/NAME-TIME), or a .keras / .h5 model file inside one.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts; train prints JSON Lines).")]
+QuietFlag = Annotated[bool, typer.Option("--quiet", help="Print only the final run folder.")]
 UnsafeFlag = Annotated[bool, typer.Option("--unsafe", help="Load models outside Keras safe mode (runs code stored in the file). Only for files you trust.")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Random seed (sets train.seed for training).")]
 DataOption = Annotated[Optional[str], typer.Option("--data", help="Text: a file, a folder of .txt files, tfds:NAME or builtin:python-docs. "
@@ -156,7 +157,8 @@ def train(
     seed: SeedOption = None,
     preset: Annotated[Optional[str], typer.Option(help="Start from one of the model's presets (see `kerasllm info NAME`), e.g. mnist.")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="Sets runtime.strategy: auto, cpu, gpu or mirrored.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="Print only the final run folder.")] = False,
+    objective: Annotated[Optional[str], typer.Option(help="Sets train.objective: mlm pretrains transformer-classifier with masked-LM.")] = None,
+    quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ):
     """Train a model and write a run folder.
@@ -172,11 +174,13 @@ def train(
     * `kerasllm train lstm-textgen --data input.txt --epochs 20 --set model_args.units=512`
     * `kerasllm train --config runs/lstm-textgen-20261129-120000/config.yaml`
     * `kerasllm train --resume runs/lstm-textgen-20261129-120000 --epochs 30`
+    * `kerasllm train lstm-classifier --data ../shared/data/sst/stsa.binary`  (sentiment)
+    * `kerasllm train transformer-classifier --objective mlm --data corpus.txt`  (masked-LM pretraining)
     """
     from kerasllm import runs
 
     flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
-             ("train.seed", seed), ("runtime.strategy", strategy)) if value is not None]
+             ("train.seed", seed), ("runtime.strategy", strategy), ("train.objective", objective)) if value is not None]
     if data is not None:
         flags.append(f"data.source={data}")
     if resume is not None:
@@ -210,6 +214,12 @@ def train(
         console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}", highlight=False)
     summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
                           command="kerasllm " + " ".join(sys.argv[1:]))
+    show_summary(spec, run_dir, summary, mode)
+
+
+def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
+    """What `train` and `finetune` print at the end."""
+    as_json, quiet = mode == "json", mode == "quiet"
     if summary.get("nothing_to_do"):
         message = (f"{run_dir} already finished {summary['epochs_completed']} epochs"
                    f"{' (stopped early)' if summary.get('stopped_early') else ''}; nothing to do. "
@@ -229,9 +239,11 @@ def train(
         report = summary["overfitting"]
         console.print(f"[yellow]overfitting:[/] {report['reason']}. The saved model keeps epoch {report['best_epoch']}. "
                       f"What helps: {'; '.join(report['fixes'])}.", highlight=False)
-    from kerasllm import tasks
+    for note in summary.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    from kerasllm import runs
 
-    console.print("next: " + " · ".join(f"`{line}`" for line in tasks.get(spec.task).usage(run_dir)), highlight=False)
+    console.print("next: " + " · ".join(f"`{line}`" for line in runs.load_run(run_dir).task.usage(run_dir)), highlight=False)
 
 
 def load_run_and_model(source: Path, unsafe: bool):
@@ -334,17 +346,29 @@ def generate(
 @handle_errors
 def predict(
     source: ModelOrRun,
-    inputs: Annotated[List[str], typer.Argument(help="What to classify: image files or folders of images (image models).")],
+    inputs: Annotated[Optional[List[str]], typer.Argument(
+        help="What to classify: texts (text models; a tab separates a sentence pair) or image files / folders (image models).")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Text models: classify every non-empty line of this file.")] = None,
     top_k: Annotated[int, typer.Option(help="Classes to show per input.")] = 3,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
 ):
     """Classify inputs with a trained classifier: the top-k classes with probabilities.
 
-    Example: `kerasllm predict runs/cnn-classifier-20261129-120000 digit.png more_digits/ --top-k 3`
+    Examples: `kerasllm predict runs/lstm-classifier-20261130-120000 "a gripping, funny film" --file reviews.txt` ·
+    `kerasllm predict runs/cnn-classifier-20261129-120000 digit.png more_digits/ --top-k 3`
     """
     if top_k < 1:
         raise UserError("--top-k must be at least 1")
+    inputs = list(inputs or [])
+    if file is not None:
+        if not file.is_file():
+            raise UserError(f"--file {file} does not exist; pass a text file with one input per line")
+        from kerasllm.data.text import read_text_file
+
+        inputs += [line for line in read_text_file(file).splitlines() if line.strip()]
+    if not inputs:
+        raise UserError("nothing to classify; pass inputs as arguments or --file FILE")
     run, model = load_run_and_model(source, unsafe)
     if not run.task.can_predict:
         raise UserError(f"{run.spec.name} is a {run.spec.task} model; predict needs a classification model")
@@ -354,8 +378,70 @@ def predict(
     table = Table("input", "class", "probability", "note", title=f"{run.spec.name} predictions")
     for row in rows:
         for rank, guess in enumerate(row["predictions"]):
-            table.add_row(row["file"] if rank == 0 else "", guess["class"], f"{guess['probability']:.4f}", row["note"] if rank == 0 else "")
+            first = rank == 0
+            table.add_row((row.get("text") or row.get("file")) if first else "", guess["class"], f"{guess['probability']:.4f}",
+                          row["note"] if first else "")
     console.print(table)
+
+
+@app.command()
+@handle_errors
+def finetune(
+    base: Annotated[str, typer.Argument(help="Start from: a run folder (or a .keras/.h5 file in one), or a keras-hub preset "
+                                              "(a local preset folder, kaggle://… or hf://…).")],
+    data: DataOption = None,
+    method: Annotated[str, typer.Option(help="full (all weights), freeze (only the new head) or lora (attention adapters + head).")] = "full",
+    lora_rank: Annotated[int, typer.Option(help="Rank of the LoRA adapters (--method lora).")] = 8,
+    unfreeze_after: Annotated[int, typer.Option(help="With --method freeze: train the whole model after this many epochs "
+                                                      "(at finetune.unfreeze_learning_rate_ratio × the learning rate).")] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Sets train.epochs.")] = None,
+    overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/NAME-UTCTIME).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out run folder (only one made by kerasllm).")] = False,
+    seed: SeedOption = None,
+    quiet: QuietFlag = False,
+    as_json: JsonFlag = False,
+    unsafe: UnsafeFlag = False,
+):
+    """Fine-tune a trained model or a keras-hub preset on new data; the run records its base (path and sha256).
+
+    The base's architecture and tokenizer are kept; a base trained for another task (masked-LM
+    pretraining, other labels) gets a new head. `--resume` works on the new run as on any run.
+
+    Examples:
+
+    * `kerasllm finetune runs/transformer-classifier-mlm --data ../shared/data/sst/stsa.binary`
+    * `kerasllm finetune runs/transformer-classifier-mlm --data reviews.csv --method lora --lora-rank 8`
+    * `kerasllm finetune my_bert_preset/ --data reviews.csv --method freeze --unfreeze-after 1 --epochs 3`
+    """
+    from kerasllm import finetuning, runs
+
+    if method not in ("full", "freeze", "lora"):
+        raise UserError(f"--method must be full, freeze or lora, not {method!r}")
+    flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.seed", seed)) if value is not None]
+    found = finetuning.resolve_base(base)
+    spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after)
+    protected = [Path(p) for p in (config.data.source, found.source) if Path(p).is_absolute()]
+    run_dir = runs.plan_run_dir(spec.name, out, overwrite, protected)
+    STATE["run_dir"] = run_dir
+    load_tensorflow()
+    from kerasllm.training import train as train_model
+
+    parent = finetuning.load_base_model(found, unsafe)
+    artifacts = finetuning.base_artifacts(found)
+    mode = "json" if as_json else "quiet" if quiet else "rich"
+
+    def show_parameters(model):
+        counts = finetuning.parameter_counts(model)
+        if mode == "rich":
+            console.print(f"fine-tuning [bold]{spec.name}[/] from {found.source} ({method}) on {config.data.source} → {run_dir}\n"
+                          f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({counts['trainable_share']:.2%})",
+                          highlight=False)
+
+    summary = train_model(config, run_dir, overwrite=overwrite, progress=mode, console=console,
+                          command="kerasllm " + " ".join(sys.argv[1:]), parent=parent, parent_record=found.record(),
+                          artifacts=artifacts, on_built=show_parameters)
+    show_summary(spec, run_dir, summary, mode)
 
 
 @app.command()

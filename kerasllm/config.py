@@ -44,6 +44,10 @@ class DataConfig:
     windows: str = field(default="sequential", metadata=doc(
         "Training windows (text models): `sequential` (non-overlapping, shuffled each epoch) or `random` (each batch "
         "starts at random offsets, as nanoGPT samples)."))
+    text_column: str = field(default="", metadata=doc(
+        "Labelled text (CSV/TSV/JSONL): the text column; two names joined by a comma (`premise,hypothesis`) make sentence "
+        "pairs; empty: `text`, `sentence` or the only text column."))
+    label_column: str = field(default="label", metadata=doc("Labelled text (CSV/TSV/JSONL): the label column."))
     tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
     vocab_size: int = field(default=20000, metadata=doc(
         "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
@@ -73,6 +77,10 @@ class TrainConfig:
     seed: int = field(default=1337, metadata=doc("Seed for weights, shuffling and dropout."))
     sample_length: int = field(default=200, metadata=doc("Tokens of text sampled after each epoch (text generation); 0 disables."))
     keep_checkpoints: int = field(default=3, metadata=doc("Checkpoints kept: the newest K plus the best; 0 keeps all."))
+    objective: str = field(default="", metadata=doc(
+        "What to train for: empty is the model's own task; `mlm` pretrains transformer-classifier with masked-LM on unlabelled text."))
+    class_weight: str = field(default="none", metadata=doc(
+        "Classification: `none`, or `balanced` (weights inversely proportional to class frequency, for imbalanced data)."))
     max_seconds: float = field(default=0.0, metadata=doc(
         "Stop training after this many seconds (checked after each step; the epoch then ends early); 0 means no limit."))
 
@@ -86,7 +94,23 @@ class RuntimeConfig:
     deterministic: bool = field(default=False, metadata=doc("Enable TensorFlow op determinism (slower; for exact repeats)."))
 
 
-SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig}
+@dataclass
+class FinetuneConfig:
+    base: str = field(default="", metadata=doc(
+        "The model this run starts from (set by `kerasllm finetune`): a run folder, a .keras/.h5 file or a keras-hub preset."))
+    base_sha256: str = field(default="", metadata=doc("sha256 of the base's model file (lineage; empty for presets)."))
+    method: str = field(default="full", metadata=doc(
+        "`full` (every weight trains), `freeze` (only the new head trains) or `lora` (low-rank adapters in the attention "
+        "layers and the head train)."))
+    lora_rank: int = field(default=8, metadata=doc("Rank of the LoRA adapters."))
+    lora_alpha: float = field(default=0.0, metadata=doc("LoRA scale numerator (the update is scaled by alpha / rank); 0 means alpha = rank."))
+    unfreeze_after: int = field(default=0, metadata=doc(
+        "With method `freeze`: after this many epochs the whole model trains (0: never)."))
+    unfreeze_learning_rate_ratio: float = field(default=0.1, metadata=doc(
+        "Once unfrozen, the learning rate is this fraction of train.learning_rate."))
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig, "finetune": FinetuneConfig}
 
 
 @dataclass
@@ -96,6 +120,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         return {
@@ -104,6 +129,7 @@ class RunConfig:
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
             "runtime": dataclasses.asdict(self.runtime),
+            "finetune": dataclasses.asdict(self.finetune),
         }
 
     def to_yaml(self) -> str:
@@ -272,15 +298,24 @@ def validate(config: RunConfig) -> RunConfig:
         (data.source.strip() != "", "data.source is empty; pass --data PATH or leave it out to use the model's default data"),
         (0 < data.validation_fraction < 1, "data.validation_fraction must be between 0 and 1"),
         (data.sequence_length >= 2, "data.sequence_length must be at least 2"),
-        (data.tokenizer in KINDS, f"data.tokenizer must be one of {', '.join(KINDS)}"),
+        (data.tokenizer in KINDS + ("keras-hub",), f"data.tokenizer must be one of {', '.join(KINDS)}"),
         (data.vocab_size >= 8, "data.vocab_size must be at least 8"),
         (runtime.steps_per_execution >= 1, "runtime.steps_per_execution must be at least 1"),
         (runtime.strategy in STRATEGIES, f"runtime.strategy must be one of {', '.join(STRATEGIES)}"),
         (runtime.loop in ("fit", "custom"), "runtime.loop must be fit or custom"),
+        (train.class_weight in ("none", "balanced"), "train.class_weight must be none or balanced"),
+        (config.finetune.method in ("full", "freeze", "lora"), "finetune.method must be full, freeze or lora"),
+        (config.finetune.lora_rank >= 1, "finetune.lora_rank must be at least 1"),
+        (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),
+        (0 < config.finetune.unfreeze_learning_rate_ratio <= 1, "finetune.unfreeze_learning_rate_ratio must be in (0, 1]"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    from kerasllm import registry
+
+    if config.model in registry.names():
+        registry.get(config.model).task_for(train.objective)  # an unknown objective is a one-line error
     validate_hparams = getattr(config.model_args, "validate", None)
     if validate_hparams:
         validate_hparams()

@@ -49,6 +49,10 @@ class ModelSpec:
             incremental decoder for generation (None: the windowed fallback).
         overfitting_fixes: what to try, for this model, when validation loss rises
             while training loss falls (shown in the summary and the model card).
+        head_layers: the layers a fine-tuning run makes new for new labels (the rest is the base that
+            `finetune.method=freeze` freezes and `lora` adapts).
+        objectives: other training objectives (`train.objective`) and the task each
+            trains, e.g. `{"mlm": "masked-lm"}`; the default objective trains `task`.
     """
 
     name: str
@@ -64,6 +68,21 @@ class ModelSpec:
     output: str = "probabilities"
     decoder: Callable | None = None
     overfitting_fixes: tuple = ()
+    objectives: dict = field(default_factory=dict)
+    head_layers: tuple = ()
+
+    def task_for(self, objective: str = "") -> str:
+        """The task that `train.objective` trains ("" or the default objective: `task`)."""
+        if not objective or objective == self.default_objective:
+            return self.task
+        if objective not in self.objectives:
+            known = ", ".join([self.default_objective, *self.objectives])
+            raise UserError(f"{self.name} has no objective {objective!r}; its objectives: {known}")
+        return self.objectives[objective]
+
+    @property
+    def default_objective(self) -> str:
+        return {"text-generation": "causal-lm", "masked-lm": "mlm"}.get(self.task, "classify")
 
     def __post_init__(self):
         if self.output not in OUTPUTS:
@@ -81,8 +100,9 @@ class Registry:
     def register(self, spec: ModelSpec) -> ModelSpec:
         from kerasllm import tasks
 
-        if spec.task not in tasks.names():
-            raise ValueError(f"{spec.name}: unknown task {spec.task!r}; registered tasks: {', '.join(tasks.names())}")
+        for task in (spec.task, *spec.objectives.values()):
+            if task not in tasks.names():
+                raise ValueError(f"{spec.name}: unknown task {task!r}; registered tasks: {', '.join(tasks.names())}")
         if spec.name in self._specs:
             raise ValueError(f"model {spec.name!r} is already registered")
         self._specs[spec.name] = spec

@@ -6,9 +6,10 @@
         data.json         where the data came from (absolute paths) and how it was split
         tokenizer.json    (text tasks) the tokenizer; labels.json (image tasks) the classes
         confusion_matrix.png  (image tasks, written by evaluate)
-        checkpoints/      step-NNNNNNNN/{model.weights.h5, state.json}; unfinished ones end in .partial
+        checkpoints/      step-NNNNNNNN/{model.weights.h5, state.json, seeds.npz[, adapter.npz]}; unfinished ones end in .partial
         logs/             TensorBoard
-        model.keras       the trained model (written beside, then renamed into place)
+        model.keras       the trained model (written beside, then renamed into place; LoRA adapters merged)
+        adapter.npz       (LoRA fine-tuning) what trained: the adapters and the head
         history.json      per-epoch metrics
         metrics.json      validation metrics before and after training, time, throughput
         curves.png        learning curves
@@ -47,6 +48,7 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_WEIGHTS = "model.weights.h5"  # inside checkpoints/step-NNNNNNNN/
 CHECKPOINT_STATE = "state.json"
+CHECKPOINT_SEEDS = "seeds.npz"  # dropout random-number states
 LOGS_DIR = "logs"
 EXPORT_DIR = "export"
 
@@ -158,7 +160,7 @@ class Run:
     def task(self):
         from kerasllm import tasks
 
-        return tasks.get(self.spec.task)
+        return tasks.get(self.spec.task_for(self.config.train.objective))
 
 
 def load_run(path: Path) -> Run:
@@ -175,4 +177,4 @@ def load_run(path: Path) -> Run:
     data_record = read_json(path / DATA_FILE)
     from kerasllm import tasks
 
-    return Run(path, config, spec, data_record, tasks.get(spec.task).load_artifacts(path))
+    return Run(path, config, spec, data_record, tasks.get(spec.task_for(config.train.objective)).load_artifacts(path))

@@ -51,6 +51,7 @@ def load_model(path: Path, *, unsafe: bool = False):
     Commands compile with the task's loss and metrics themselves.
     """
     import keras
+    import keras_hub  # noqa: F401  registers keras-hub's layers and backbones for deserialization
 
     import zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization
 
@@ -79,7 +80,7 @@ def check_model_fits(model, run) -> None:
     except Exception as error:  # wrong input rank or dtype, vocabulary too small, ...
         raise UserError(f"{run.model_path} does not fit this run's {run.spec.name} setup ({str(error).splitlines()[0][:120]}); "
                         f"restore the run's own model or `kerasllm train --resume {run.path}`") from error
-    expected = run.data_record.get("vocab_size") or run.data_record.get("classes")
+    expected = run.data_record.get("classes") or run.data_record.get("vocab_size")
     if expected and outputs.shape[-1] != expected:
         raise UserError(f"{run.model_path} gives {outputs.shape[-1]} outputs but this run's {run.spec.name} has {expected}; "
                         "restore the run's own model.keras")

@@ -101,6 +101,8 @@ class Tokenizer:
     @staticmethod
     def fit(text: str, kind: str = "char", vocab_size: int = 20000, encoder_tokens: bool = False) -> "Tokenizer":
         """A tokenizer of `kind` fitted on `text` with at most `vocab_size` tokens (specials included)."""
+        if kind == "keras-hub":
+            raise UserError("a keras-hub tokenizer comes with its preset; start from it with `kerasllm finetune PRESET --data …`")
         if kind not in KINDS:
             raise UserError(f"unknown tokenizer {kind!r}; use one of {', '.join(KINDS)}")
         specials = list(BASE_SPECIALS + (ENCODER_SPECIALS if encoder_tokens else ()))
@@ -153,6 +155,22 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         return "".join(self.token(int(i)) for i in ids)
+
+    def encode_batch(self, texts: list[str], chunk: int = 2048) -> list[np.ndarray]:
+        """Token ids of many texts (TensorFlow ops, a chunk at a time)."""
+        import tensorflow as tf
+
+        out = []
+        for start in range(0, len(texts), chunk):
+            ragged = self.tf_encode(tf.constant(texts[start:start + chunk]))
+            out += [row.astype(np.int32) for row in ragged.numpy()]
+        return out
+
+    @functools.cached_property
+    def whitespace_ids(self) -> np.ndarray:
+        """Ids of tokens that are only white space (classifiers drop them: they carry no meaning there)."""
+        return np.asarray([i for i in range(self.vocab_size)
+                           if i not in self.special_tokens.values() and self.token(i) and self.token(i).isspace()], np.int32)
 
     def stream(self) -> "StreamDecoder":
         return StreamDecoder(self)
@@ -235,7 +253,12 @@ class Tokenizer:
     def load(folder: Path) -> "Tokenizer":
         path = Path(folder) / runs.TOKENIZER_FILE
         try:
-            return Tokenizer.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("kind") == "keras-hub":  # a preset's tokenizer, saved beside as a keras-hub preset
+                from kerasllm.hub import HubTokenizer
+
+                return HubTokenizer.load(folder, saved)
+            return Tokenizer.from_dict(saved)
         except FileNotFoundError as error:
             raise UserError(f"{path} is missing; the run folder is incomplete, retrain or restore it") from error
         except (ValueError, KeyError, TypeError) as error:

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from kerasllm import diagnostics, registry, reports, runs, tasks
+from kerasllm import diagnostics, finetuning, registry, reports, runs, tasks
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.distribute import get_strategy, is_chief
 from kerasllm.errors import UserError
@@ -111,6 +112,9 @@ def save_checkpoint(run_dir: Path, model, state: TrainState) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         model.save_weights(partial / runs.CHECKPOINT_WEIGHTS)  # a compiled model's optimizer variables go in too
+        if finetuning.uses_lora(model):  # save_weights merges LoRA adapters into kernels: keep them apart too
+            finetuning.save_adapter(model, partial / finetuning.ADAPTER_FILE)
+        np.savez(partial / runs.CHECKPOINT_SEEDS, *[keras.ops.convert_to_numpy(state) for state in seed_states(model)])
         _write_state(partial / runs.CHECKPOINT_STATE, state)
         shutil.rmtree(folder, ignore_errors=True)  # the same step saved again (epoch end on a step checkpoint)
         partial.rename(folder)
@@ -150,14 +154,42 @@ def read_state(folder: Path) -> TrainState:
     return TrainState(**{key: value for key, value in saved.items() if key in known})
 
 
-def restore_checkpoint(folder: Path, model) -> None:
-    """Load weights and optimizer variables into a compiled model."""
-    model.optimizer.build(model.trainable_variables)  # so that load_weights fills the optimizer too
+def restore_checkpoint(folder: Path, model, with_optimizer: bool = True) -> None:
+    """Load weights (and, unless the optimizer was just replaced, its variables) into a compiled model."""
+    import warnings
+
+    if with_optimizer:
+        model.optimizer.build(model.trainable_variables)  # so that load_weights fills the optimizer too
     try:
-        model.load_weights(folder / runs.CHECKPOINT_WEIGHTS)
+        with warnings.catch_warnings():  # an unbuilt optimizer's variables are skipped, with a warning
+            warnings.simplefilter("ignore")
+            load_checkpoint_weights(folder, model)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"checkpoint {folder} is unreadable or does not fit this model ({str(error).splitlines()[0][:150]}); "
                         "delete it to resume from an earlier one") from error
+
+
+def seed_states(model) -> list:
+    """The random-number states of the model's dropout (and other random) layers, in a fixed order.
+
+    `save_weights` leaves them out; a checkpoint keeps them so that a resumed run draws the same
+    dropout masks as a straight one.
+    """
+    return [generator.state for layer in model._flatten_layers(include_self=True, recursive=True)
+            for generator in getattr(layer, "_seed_generators", [])]
+
+
+def load_checkpoint_weights(folder: Path, model) -> None:
+    model.load_weights(folder / runs.CHECKPOINT_WEIGHTS)
+    seeds = folder / runs.CHECKPOINT_SEEDS
+    if seeds.is_file():  # checkpoints written before kerasllm kept them have none
+        with np.load(seeds) as saved:
+            states = seed_states(model)
+            if len(saved.files) == len(states):
+                for index, state in enumerate(states):
+                    state.assign(saved[f"arr_{index}"])
+    if finetuning.uses_lora(model):
+        finetuning.restore_lora(model, folder / finetuning.ADAPTER_FILE)
 
 
 class Checkpointing(keras.callbacks.Callback):
@@ -168,6 +200,7 @@ class Checkpointing(keras.callbacks.Callback):
         self.run_dir, self.state, self.chief = Path(run_dir), state, chief
         self.every_steps, self.patience, self.keep = train.checkpoint_every_steps, train.early_stopping_patience, train.keep_checkpoints
         self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
+        self.step_offset = 0  # steps before the optimizer was replaced (unfreezing restarts its count)
         self.seconds_at_start, self.started = state.train_seconds, time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -181,7 +214,7 @@ class Checkpointing(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps:
-            step = optimizer_step(self.model.optimizer)
+            step = self.step_offset + optimizer_step(self.model.optimizer)
             if step // self.every_steps > self.state.global_step // self.every_steps:
                 self.state.global_step, self.state.step_in_epoch = step, self.offset + batch + 1
                 self.save()
@@ -191,7 +224,7 @@ class Checkpointing(keras.callbacks.Callback):
         for key, value in logs.items():
             self.state.history.setdefault(key, []).append(float(value))
         state = self.state
-        state.epoch, state.step_in_epoch, state.global_step = epoch + 1, 0, optimizer_step(self.model.optimizer)
+        state.epoch, state.step_in_epoch, state.global_step = epoch + 1, 0, self.step_offset + optimizer_step(self.model.optimizer)
         val_loss = logs.get("val_loss", logs["loss"])
         if val_loss < state.best_val_loss:
             state.best_val_loss, state.epochs_without_improvement = float(val_loss), 0
@@ -277,27 +310,29 @@ class CustomLoop:
         replicas = strategy.num_replicas_in_sync
         jit = config.runtime.jit_compile
 
-        def forward_backward(x, y):
+        weighted = task.weighted_metrics
+
+        def forward_backward(x, y, sample_weight=None):
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
-                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=True)  # divided by the replicas
+                loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)  # ÷ replicas
             gradients = tape.gradient(loss, model.trainable_variables)
             return loss * replicas, gradients, y_pred
 
         forward_backward = tf.function(forward_backward, jit_compile=jit) if jit else forward_backward
 
-        def replica_train_step(x, y):
-            loss, gradients, y_pred = forward_backward(x, y)
+        def replica_train_step(x, y, sample_weight=None):
+            loss, gradients, y_pred = forward_backward(x, y, sample_weight)
             model.optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             for metric in self.train_metrics:
-                metric.update_state(y, y_pred)
+                metric.update_state(y, y_pred, sample_weight=sample_weight if weighted else None)
             return loss
 
-        def replica_test_step(x, y):
+        def replica_test_step(x, y, sample_weight=None):
             y_pred = model(x, training=False)
-            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, training=False) * replicas
+            loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False) * replicas
             for metric in self.val_metrics:
-                metric.update_state(y, y_pred)
+                metric.update_state(y, y_pred, sample_weight=sample_weight if weighted else None)
             count = tf.cast(tf.shape(y)[0], tf.float32)
             return loss * count, count
 
@@ -372,17 +407,20 @@ def seed_everything(config: RunConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def transfer_weights(parent, model) -> tuple[list[str], list[str]]:
+def transfer_weights(parent, model, fresh: tuple = ()) -> tuple[list[str], list[str]]:
     """Copy the weights of `parent`'s layers into `model`'s layers of the same name and shapes.
 
-    Returns (copied, skipped) layer names: a new head for another task is skipped and keeps its
-    fresh initialisation.
+    Returns (copied, skipped) layer names: a new head for another task (or named in `fresh`) is
+    skipped and keeps its fresh initialisation.
     """
     parents = {layer.name: layer for layer in parent.layers}
     copied, skipped = [], []
     for layer in model.layers:
         source = parents.get(layer.name)
         if source is None or not layer.weights:
+            continue
+        if layer.name in fresh:
+            skipped.append(layer.name)
             continue
         if [tuple(w.shape) for w in source.weights] == [tuple(w.shape) for w in layer.weights]:
             layer.set_weights(source.get_weights())
@@ -392,20 +430,57 @@ def transfer_weights(parent, model) -> tuple[list[str], list[str]]:
     return copied, skipped
 
 
-def build(spec, task, config: RunConfig, data, strategy, schedule_steps: int, parent=None):
-    """The model inside `strategy.scope()`, compiled with the task's loss and metric objects."""
+def compile_model(model, spec, task, config: RunConfig, schedule_steps: int, train: TrainConfig | None = None) -> None:
+    metrics = {"weighted_metrics" if task.weighted_metrics else "metrics": task.metrics(spec)}
+    model.compile(
+        optimizer=make_optimizer(train or config.train, schedule_steps),
+        loss=task.loss(spec),
+        **metrics,
+        jit_compile=config.runtime.jit_compile,
+        steps_per_execution=config.runtime.steps_per_execution,
+    )
+
+
+def build(spec, task, config: RunConfig, data, strategy, schedule_steps: int, parent=None, fresh: tuple = ()):
+    """The model inside `strategy.scope()` (from a parent's weights and with `config.finetune`'s method when
+    fine-tuning), compiled with the task's loss and metric objects."""
     with strategy.scope():
         model = spec.build(config.model_args, data.info)
         if parent is not None:
-            model.transferred_layers = transfer_weights(parent, model)
-        model.compile(
-            optimizer=make_optimizer(config.train, schedule_steps),
-            loss=task.loss(spec),
-            metrics=task.metrics(spec),
-            jit_compile=config.runtime.jit_compile,
-            steps_per_execution=config.runtime.steps_per_execution,
-        )
+            model.transferred_layers = transfer_weights(parent, model, fresh)
+        if config.finetune.base:
+            finetuning.apply_method(model, config, spec)
+        compile_model(model, spec, task, config, schedule_steps)
     return model
+
+
+class Unfreezing:
+    """`finetune.method=freeze` with `unfreeze_after=N`: after epoch N the whole model trains, with a fresh
+    optimizer at `unfreeze_learning_rate_ratio` × the learning rate over the remaining steps."""
+
+    def __init__(self, config: RunConfig, steps_per_epoch: int):
+        finetune = config.finetune
+        self.epoch = finetune.unfreeze_after if finetune.base and finetune.method == "freeze" else 0
+        self.steps_before = self.epoch * steps_per_epoch
+        self.train = dataclasses.replace(config.train, learning_rate=config.train.learning_rate * finetune.unfreeze_learning_rate_ratio)
+        self.steps_after = (config.train.epochs - self.epoch) * steps_per_epoch
+
+    def split(self, phases: list[tuple]) -> list[tuple]:
+        """Phases (first epoch, last epoch, steps, skip) cut at the unfreezing epoch."""
+        if not self.epoch:
+            return phases
+        cut = []
+        for first, last, steps, skip in phases:
+            if first < self.epoch < last:
+                cut += [(first, self.epoch, steps, skip), (self.epoch, last, steps, 0)]
+            else:
+                cut.append((first, last, steps, skip))
+        return cut
+
+    def apply(self, model, spec, task, config, strategy) -> None:
+        with strategy.scope():
+            finetuning.unfreeze(model)
+            compile_model(model, spec, task, config, self.steps_after, self.train)
 
 
 def write_run_files(run_dir: Path, config: RunConfig, data, overwrite: bool) -> Path:
@@ -429,12 +504,15 @@ def save_model(model, path: Path) -> None:
 
 
 def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: str = "rich",
-          console=None, command: str = "", parent=None, parent_record: dict | None = None) -> dict:
+          console=None, command: str = "", parent=None, parent_record: dict | None = None, artifacts: dict | None = None,
+          on_built=None) -> dict:
     """Train `config.model` into `run_dir` (a new run, or an old one if `resume`).
 
     Args:
         parent: a Keras model whose weights start the new model (fine-tuning).
-        parent_record: what to record about the parent (path, sha256) in metrics and the card.
+        parent_record: what to record about the parent (path, sha256, class names) in metrics and the card.
+        artifacts: preprocessing a new run inherits (a fine-tuning base's tokenizer).
+        on_built: `on_built(model)`, called once the model is built, before training (e.g. to print parameters).
 
     Returns the summary also written to metrics.json; `summary["nothing_to_do"]` is True
     when a resumed run had already finished.
@@ -443,7 +521,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
 
     run_dir = Path(run_dir)
     spec = registry.get(config.model)
-    task = tasks.get(spec.task)
+    task = tasks.get(spec.task_for(config.train.objective))
 
     # 1. prepare
     checkpoint = latest_checkpoint(run_dir) if resume else None
@@ -461,7 +539,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
             state.stopped_early, state.epochs_without_improvement = False, 0
         runs.write_text_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())  # e.g. the new epoch count
     seed_everything(config)
-    data = task.prepare(config, spec, task.load_artifacts(run_dir) if resume else None)
+    data = task.prepare(config, spec, task.load_artifacts(run_dir) if resume else artifacts)
     if resume:
         from kerasllm.data.splits import check_unchanged
 
@@ -471,12 +549,18 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     strategy = get_strategy(config.runtime.strategy)
     chief = is_chief(strategy)
     state.schedule_steps = state.schedule_steps or data.steps_per_epoch * config.train.epochs
-    model = build(spec, task, config, data, strategy, state.schedule_steps, parent)
+    parent_classes = (parent_record or {}).get("class_names")
+    same_head = parent_record is not None and parent_record.get("task") == task.name and parent_classes == data.record.get("class_names")
+    model = build(spec, task, config, data, strategy, state.schedule_steps, parent, fresh=() if same_head else spec.head_layers)
+    unfreezing = Unfreezing(config, data.steps_per_epoch)
+    if unfreezing.epoch and state.epoch >= unfreezing.epoch:
+        unfreezing.apply(model, spec, task, config, strategy)
     loop = LOOPS[config.runtime.loop](model, task, spec, strategy, config)
     created = False
     if checkpoint:
-        with strategy.scope():
-            restore_checkpoint(checkpoint, model)
+        with strategy.scope():  # a checkpoint from the unfreezing epoch holds the replaced optimizer's variables: skip them
+            restore_checkpoint(checkpoint, model, with_optimizer=not (unfreezing.epoch and state.epoch == unfreezing.epoch
+                                                                       and not state.step_in_epoch))
     else:
         if chief:
             run_dir = write_run_files(run_dir, config, data, overwrite)
@@ -484,15 +568,21 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         summary = {"model": spec.name, "parameters": int(model.count_params()),
                    "before_training": task.report(loop.evaluate(data.validation), data.record)}
         if parent_record:
-            summary["parent"] = dict(parent_record, layers_copied=len(model.transferred_layers[0]),
-                                     layers_new=model.transferred_layers[1])
+            summary["parent"] = dict(parent_record, layers_copied=len(model.transferred_layers[0]) if parent is not None else 0,
+                                     layers_new=model.transferred_layers[1] if parent is not None else list(spec.head_layers))
     summary["epochs_planned"] = config.train.epochs
+    summary["parameter_counts"] = finetuning.parameter_counts(model)
+    summary["notes"] = task.notes(data.record)
+    if on_built:
+        on_built(model)
     if chief:
         runs.write_json(run_dir / runs.METRICS_FILE, summary)
 
     # 3. loop
     epochs = config.train.epochs
     checkpointing = Checkpointing(run_dir, state, config.train, chief)
+    if unfreezing.epoch and state.epoch >= unfreezing.epoch:
+        checkpointing.step_offset = unfreezing.steps_before
     clock = StepClock()
     reporter = Reporter(progress, epochs, data.steps_per_epoch, data.items_per_step, data.unit, data.sample, console)
     callbacks = [checkpointing, clock, reporter]
@@ -509,9 +599,13 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     epoch_validation = spread_subset(data.validation, config.train.validation_steps)
     first_step, started, idle_after_last_step = state.global_step, time.perf_counter(), 0.0
     try:
-        for first, last, steps, skip in phases:
+        for first, last, steps, skip in unfreezing.split(phases):
             if first >= last or state.stopped_early or (budget and budget.expired):
                 continue
+            if unfreezing.epoch and first == unfreezing.epoch and not checkpointing.step_offset:
+                unfreezing.apply(model, spec, task, config, strategy)
+                loop = LOOPS[config.runtime.loop](model, task, spec, strategy, config)
+                checkpointing.step_offset = unfreezing.steps_before
             loop.fit(data.train(first, last, skip), epoch_validation, initial_epoch=first, epochs=last,
                      steps_per_epoch=steps, callbacks=callbacks)
             if clock.last_step is not None:
@@ -526,7 +620,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
 
     # 4. finalize
     if state.best_checkpoint and (run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint).is_dir():
-        model.load_weights(run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint / runs.CHECKPOINT_WEIGHTS)
+        load_checkpoint_weights(run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint, model)
     after = task.report(loop.evaluate(data.validation), data.record)
     steps_this_session = state.global_step - first_step
     summary.update(
@@ -550,7 +644,11 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         command=command or " ".join(sys.argv),
     )
     if chief:
-        save_model(model, run_dir / runs.MODEL_FILE)
+        save_model(model, run_dir / runs.MODEL_FILE)  # LoRA adapters are merged into the kernels as Keras saves
+        if finetuning.uses_lora(model):
+            finetuning.save_adapter(model, run_dir / finetuning.ADAPTER_FILE,
+                                    {"base": config.finetune.base, "base_sha256": config.finetune.base_sha256,
+                                     "rank": config.finetune.lora_rank, "model": spec.name})
         runs.write_json(run_dir / runs.METRICS_FILE, summary)
         runs.write_json(run_dir / runs.HISTORY_FILE, state.history)
         reports.plot_curves(state.history, run_dir / runs.CURVES_FILE, title=f"{spec.name} on {data.record.get('source')}")

@@ -10,7 +10,8 @@ from zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
-    assert registry.names() == ["cnn-classifier", "lstm-textgen", "transformer-lm"]
+    assert registry.names() == ["cnn-classifier", "hub-classifier", "lstm-classifier", "lstm-textgen", "transformer-classifier",
+                                "transformer-lm"]
 
 
 def test_spec_declares_task_hparams_and_default_data():
@@ -28,7 +29,7 @@ def test_duplicate_name_is_an_error():
 
 
 def test_unknown_name_lists_known_names_with_did_you_mean():
-    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: cnn-classifier, lstm-textgen"):
+    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: cnn-classifier, hub-classifier, lstm-classifier"):
         registry.get("lstm-textgn")
 
 

@@ -1,6 +1,6 @@
 """The model zoo. This is the one place where built-in families are registered."""
 
-from zoo import cnn_classifier, lstm_textgen, transformer_lm
+from zoo import cnn_classifier, hub_classifier, lstm_classifier, lstm_textgen, transformer_classifier, transformer_lm
 
 
 def register_all(registry) -> None:
@@ -8,3 +8,6 @@ def register_all(registry) -> None:
     registry.register(lstm_textgen.SPEC)
     registry.register(cnn_classifier.SPEC)
     registry.register(transformer_lm.SPEC)
+    registry.register(lstm_classifier.SPEC)
+    registry.register(transformer_classifier.SPEC)
+    registry.register(hub_classifier.SPEC)

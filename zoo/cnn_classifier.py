@@ -137,4 +137,5 @@ SPEC = ModelSpec(
         "more images per class",
         "early stopping keeps the best epoch already (train.early_stopping_patience)",
     ),
+    head_layers=("class",),
 )

@@ -123,3 +123,132 @@ class DecoderBlock(keras.layers.Layer):
         return dict(super().get_config(), intermediate_dim=self.intermediate_dim, num_heads=self.num_heads,
                     dropout=self.dropout, layer_norm_epsilon=self.layer_norm_epsilon,
                     max_sequence_length=self.max_sequence_length, rotary=self.rotary_positions)
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class PaddingMask(keras.layers.Layer):
+    """Token ids (batch, time) → 1 where a token is real, 0 where it is padding (int32), for keras-hub backbones.
+
+    Args:
+        pad_id: the padding token's id.
+    """
+
+    def __init__(self, pad_id: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.pad_id = pad_id
+
+    def call(self, tokens):
+        return keras.ops.cast(keras.ops.not_equal(tokens, self.pad_id), "int32")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), pad_id=self.pad_id)
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class SegmentIds(keras.layers.Layer):
+    """Token ids (batch, time) → segment ids: 0 up to and including the first [SEP], 1 after it (sentence pairs).
+
+    Computed from the tokens, so a model takes one input and its export needs nothing else.
+
+    Args:
+        sep_id: the [SEP] token's id (-1: every token is segment 0).
+    """
+
+    def __init__(self, sep_id: int = -1, **kwargs):
+        super().__init__(**kwargs)
+        self.sep_id = sep_id
+
+    def call(self, tokens):
+        ops = keras.ops
+        is_sep = ops.cast(ops.equal(tokens, self.sep_id), "int32")
+        return ops.minimum(ops.cumsum(is_sep, axis=1) - is_sep, 1)  # (batch, time)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), sep_id=self.sep_id)
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class SequencePooling(keras.layers.Layer):
+    """(batch, time, hidden) states and the token ids → (batch, hidden).
+
+    Args:
+        mode: `cls` (the first position, BERT), `mean` (over real tokens) or `last` (the last real token, for causal
+            models such as GPT-2).
+        pad_id: the padding token's id.
+    """
+
+    def __init__(self, mode: str = "cls", pad_id: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("cls", "mean", "last"):
+            raise ValueError(f"pooling must be cls, mean or last, not {mode!r}")
+        self.mode, self.pad_id = mode, pad_id
+
+    def call(self, states, tokens):
+        ops = keras.ops
+        if self.mode == "cls":
+            return states[:, 0, :]
+        real = ops.cast(ops.not_equal(tokens, self.pad_id), states.dtype)  # (batch, time)
+        if self.mode == "mean":
+            total = ops.sum(states * real[:, :, None], axis=1)
+            return total / ops.maximum(ops.sum(real, axis=1, keepdims=True), 1.0)
+        last = ops.maximum(ops.cast(ops.sum(real, axis=1), "int32") - 1, 0)  # (batch,)
+        return ops.take_along_axis(states, last[:, None, None], axis=1)[:, 0, :]
+
+    def compute_output_shape(self, states_shape, tokens_shape=None):
+        return (states_shape[0], states_shape[-1])
+
+    def get_config(self):
+        return dict(super().get_config(), mode=self.mode, pad_id=self.pad_id)
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class GatherPositions(keras.layers.Layer):
+    """(batch, time, hidden) states at (batch, k) positions → (batch, k, hidden) (the masked-LM head's input)."""
+
+    def call(self, states, positions):
+        return keras.ops.take_along_axis(states, keras.ops.expand_dims(positions, -1), axis=1)
+
+    def compute_output_shape(self, states_shape, positions_shape=None):
+        return (states_shape[0], positions_shape[1] if positions_shape else None, states_shape[-1])
+
+
+def encoder_model(backbone, info, pooling: str = "cls", dropout: float = 0.1, name: str = "classifier"):
+    """A keras-hub backbone (BERT-style, GPT-2, …) behind one `tokens` input, with a head for `info.objective`.
+
+    The backbone's `padding_mask` (and `segment_ids`) inputs are computed from the token ids, so the model takes
+    (batch, time) int32 ids only. Heads: classification (pooled — BERT's pooler output for `cls` when the backbone
+    has one — → dropout → `classifier_head` logits) or, for
+    `objective == "mlm"`, masked-LM logits at the `mask_positions` input (`mlm_transform` → `mlm_norm` → `mlm_logits`).
+    """
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
+    expected = backbone.input if isinstance(backbone.input, dict) else {}
+    inputs = {"token_ids": tokens}
+    if "padding_mask" in expected:
+        inputs["padding_mask"] = PaddingMask(info.pad_id, name="padding_mask")(tokens)
+    if "segment_ids" in expected:
+        inputs["segment_ids"] = SegmentIds(info.sep_id, name="segment_ids")(tokens)
+    outputs = backbone(inputs)
+    states = outputs["sequence_output"] if isinstance(outputs, dict) else outputs  # (batch, time, hidden)
+    hidden = states.shape[-1]
+    if info.objective == "mlm":
+        if isinstance(outputs, dict) and "pooled_output" in outputs:  # BERT's [CLS] pooler is unused by masked-LM
+            backbone.get_layer("pooled_dense").trainable = False
+        positions = keras.Input(shape=(None,), dtype="int32", name="mask_positions")  # (batch, masked)
+        x = GatherPositions(name="gather_masked")(states, positions)  # (batch, masked, hidden)
+        x = keras.layers.Dense(hidden, activation="gelu", name="mlm_transform")(x)
+        x = keras.layers.LayerNormalization(epsilon=1e-12, name="mlm_norm")(x)
+        logits = keras.layers.Dense(info.vocab_size, name="mlm_logits")(x)  # (batch, masked, vocab)
+        return keras.Model({"tokens": tokens, "mask_positions": positions}, logits, name=f"{name}_mlm")
+    if pooling == "cls" and isinstance(outputs, dict) and "pooled_output" in outputs:
+        pooled = outputs["pooled_output"]  # BERT's pooler: tanh(dense([CLS] state))
+    else:
+        pooled = SequencePooling(pooling, info.pad_id, name="pooling")(states, tokens)  # (batch, hidden)
+    pooled = keras.layers.Dropout(dropout, name="head_dropout")(pooled)
+    logits = keras.layers.Dense(info.num_classes, name="classifier_head")(pooled)  # (batch, classes)
+    return keras.Model(tokens, logits, name=name)

@@ -108,6 +108,18 @@ def image_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augme
     return index_batches(len(images), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
 
 
+def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, weights: np.ndarray | None = None, **batching):
+    """(x, y) or (x, y, sample weight) batches gathered from in-memory arrays; `batching` as in `index_batches`."""
+    import tensorflow as tf
+
+    tables = [tf.constant(x), tf.constant(y)] + ([tf.constant(weights, tf.float32)] if weights is not None else [])
+
+    def gather(index):
+        return tuple(tf.gather(table, index) for table in tables)
+
+    return index_batches(len(x), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
+
+
 def steps_in(num_examples: int, batch_size: int, requested: int, what: str) -> int:
     available = num_examples // batch_size
     if available == 0:

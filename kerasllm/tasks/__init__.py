@@ -22,10 +22,12 @@ def _default_tasks() -> dict[str, Task]:
     global _tasks
     if _tasks is None:
         from kerasllm.tasks.image_classification import ImageClassification
+        from kerasllm.tasks.masked_lm import MaskedLM
+        from kerasllm.tasks.text_classification import TextClassification
         from kerasllm.tasks.text_generation import TextGeneration
 
         _tasks = {}
-        for task in (TextGeneration(), ImageClassification()):
+        for task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM()):
             _tasks[task.name] = task
     return _tasks
 

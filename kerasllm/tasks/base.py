@@ -63,11 +63,13 @@ class Task:
         name: the registry name models use as `ModelSpec.task`.
         can_generate: `kerasllm generate` works for its models.
         can_predict: `kerasllm predict` works for its models.
+        weighted_metrics: the metrics are weighted by the data's sample weights.
     """
 
     name: str = ""
     can_generate: bool = False
     can_predict: bool = False
+    weighted_metrics: bool = False  # metrics use the data's sample weights (masked-LM positions)
 
     # --- training -------------------------------------------------------------------
     def loss(self, spec):
@@ -111,6 +113,10 @@ class Task:
         rows = [[key, format_value(value)] for key, value in results.items() if not isinstance(value, (list, dict))]
         return [Table(title, ["metric", "value"], rows)]
 
+    def notes(self, record: dict) -> list[str]:
+        """Things about the data the user should know (printed after training, kept in metrics.json)."""
+        return []
+
     def data_lines(self, record: dict) -> list[str]:
         """Model-card lines about the data."""
         return [f"Source: `{record.get('source')}`; split: {record.get('split')}."]
@@ -118,3 +124,20 @@ class Task:
     def usage(self, run_dir: Path) -> list[str]:
         """Commands that use a trained run (printed after training and in the model card)."""
         return [f"kerasllm evaluate {run_dir}", f"kerasllm export {run_dir} --format savedmodel"]
+
+
+def classification_tables(tables: list[Table], results: dict) -> list[Table]:
+    """`tables` plus the per-class, confusion-matrix and most-confused tables of a classification report."""
+    per_class, matrix, confused = results.get("per_class"), results.get("confusion_matrix"), results.get("most_confused")
+    if per_class:
+        tables.append(Table("per class", ["class", "precision", "recall", "f1", "support"],
+                            [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", str(r["support"])]
+                             for r in per_class]))
+    if matrix:
+        names = [row["class"] for row in per_class]
+        tables.append(Table("confusion matrix", ["true \\ predicted", *names],
+                            [[name, *map(str, row)] for name, row in zip(names, matrix)]))
+    if confused:
+        tables.append(Table("most confused pairs", ["true", "predicted as", "examples"],
+                            [[pair["true"], pair["predicted"], str(pair["count"])] for pair in confused]))
+    return tables

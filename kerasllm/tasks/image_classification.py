@@ -17,7 +17,7 @@ from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES, ImageSplit, load_images, read_image, to_channels
 from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
-from kerasllm.tasks.base import PreparedData, Table, Task
+from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables
 
 
 class Labels:
@@ -132,20 +132,7 @@ class ImageClassification(Task):
         return np.random.default_rng(0).uniform(0, 255, size=(batch, size, size, channels)).astype("float32")
 
     def tables(self, results: dict, title: str) -> list[Table]:
-        tables = super().tables(results, title)
-        per_class, matrix, confused = results.get("per_class"), results.get("confusion_matrix"), results.get("most_confused")
-        if per_class:
-            tables.append(Table("per class", ["class", "precision", "recall", "f1", "support"],
-                                [[r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", str(r["support"])]
-                                 for r in per_class]))
-        if matrix:
-            names = [row["class"] for row in per_class]
-            tables.append(Table("confusion matrix", ["true \\ predicted", *names],
-                                [[name, *map(str, row)] for name, row in zip(names, matrix)]))
-        if confused:
-            tables.append(Table("most confused pairs", ["true", "predicted as", "examples"],
-                                [[pair["true"], pair["predicted"], str(pair["count"])] for pair in confused]))
-        return tables
+        return classification_tables(super().tables(results, title), results)
 
     def data_lines(self, record: dict) -> list[str]:
         return [

@@ -1,0 +1,254 @@
+"""Fine-tuning: start a run from a base model and train all of it, only a new head, or low-rank adapters.
+
+Bases: a kerasllm run folder (or a model file inside one), or a keras-hub preset (a local
+folder or a `kaggle://` / `hf://` handle, `kerasllm.hub`). The run inherits the base's
+architecture and tokenizer; a base trained for another task (masked-LM pretraining, other
+labels) gets a fresh head (`ModelSpec.head_layers`).
+
+Methods (`finetune.method`):
+
+* `full` — every weight trains.
+* `freeze` — the base's layers are frozen, only the head trains; with
+  `finetune.unfreeze_after=N` the whole model trains from epoch N+1 on, with a fresh
+  optimizer at `unfreeze_learning_rate_ratio` × the learning rate.
+* `lora` — Keras `enable_lora(rank)` on the attention's query and value projections of
+  the base; those adapters and the head train, nothing else. `model.keras` is the merged
+  model (Keras merges the adapters into the kernels when it saves: it loads as a plain
+  model); `adapter.npz` holds only what trained (adapters + head), and `apply_adapter`
+  puts it onto a freshly built model of the same base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm import runs
+from kerasllm.errors import UserError
+
+LORA_TARGETS = ("query", "value")  # keras MultiHeadAttention's projections, as the LoRA paper adapts Wq and Wv
+ADAPTER_FILE = "adapter.npz"
+INHERITED_DATA_KEYS = ("tokenizer", "vocab_size")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- the base ------------------------------------------------------------------------------
+
+@dataclass
+class Base:
+    """What a fine-tuning run starts from."""
+
+    source: str  # a run folder (absolute) or a preset folder / handle
+    kind: str  # "run" or "preset"
+    sha256: str
+    run: object | None = None  # kerasllm.runs.Run for run bases
+
+    def record(self) -> dict:
+        record = {"path": self.source, "kind": self.kind, "sha256": self.sha256}
+        if self.run is not None:
+            record.update(model=self.run.spec.name, task=self.run.task.name,
+                          class_names=getattr(self.run.artifacts.get("labels"), "class_names", None))
+        return record
+
+
+def resolve_base(base: str) -> Base:
+    """A run folder, a model file inside one, or a keras-hub preset; anything else is a one-line error."""
+    from kerasllm import hub
+
+    if hub.is_preset(base):
+        source = base if base.startswith(hub.SCHEMES) else str(Path(base).expanduser().resolve())
+        return Base(source, "preset", hub.preset_sha256(source))
+    path = Path(base).expanduser()
+    if not path.exists():
+        raise UserError(f"base {base} does not exist; pass a run folder, a .keras/.h5 file inside one, or a keras-hub preset "
+                        "(a local folder, kaggle://… or hf://…)")
+    run_dir = path if path.is_dir() else path.parent
+    if not runs.is_run_dir(run_dir):
+        what = "folder" if path.is_dir() else "model file"
+        raise UserError(f"{base} is a {what} without a kerasllm run around it (no config.yaml, tokenizer or labels); pass the run "
+                        "folder it came from, or a keras-hub preset folder written with save_to_preset")
+    from kerasllm.saving import model_path
+
+    model_file = model_path(path)
+    run = runs.load_run(run_dir)
+    return Base(str(model_file.resolve()), "run", file_sha256(model_file), run)
+
+
+def finetune_config(base: Base, data: str | None, overrides: list[str], method: str, lora_rank: int, unfreeze_after: int):
+    """The new run's spec and config: the base's architecture and tokenizer, the model's fine-tuning recipe, the user's settings."""
+    from kerasllm import config as config_lib
+    from kerasllm import registry
+
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.startswith(("model_args.", "model.")) and not key.endswith((".dropout", ".pooling")):
+            raise UserError(f"--set {key} would change the base's architecture; only dropout and pooling may change when fine-tuning")
+        if key in (f"data.{name}" for name in INHERITED_DATA_KEYS):
+            raise UserError(f"--set {key}: the tokenizer is inherited from the base; drop it (or train a new model with `kerasllm train`)")
+    if base.kind == "preset":
+        spec = registry.get("hub-classifier")
+        saved = {"model_args": {"preset": base.source}}
+    else:
+        spec = base.run.spec
+        parent = base.run.config  # a masked-LM base fine-tunes for the model's own task (objective ""), with a new head
+        saved = {"model_args": dict(vars(parent.model_args)),
+                 "data": {key: getattr(parent.data, key) for key in (*INHERITED_DATA_KEYS, "sequence_length")},
+                 "runtime": dict(vars(parent.runtime))}
+    flags = [f"finetune.method={method}", f"finetune.lora_rank={lora_rank}", f"finetune.unfreeze_after={unfreeze_after}",
+             f"finetune.base={base.source}", f"finetune.base_sha256={base.sha256}"]
+    if data is not None:
+        flags.append(f"data.source={data}")
+    config = config_lib.default_config(spec)
+    config_lib.apply_file(config, saved)
+    config_lib.apply_overrides(config, [*overrides, *flags])
+    config.data.source = config_lib.absolute_source(config.data.source)
+    config_lib.validate(config)
+    if method == "freeze" and not spec.head_layers:
+        raise UserError(f"{spec.name} has no head to train alone (its output layer is tied to its embedding); use --method full or lora")
+    if unfreeze_after and method != "freeze":
+        raise UserError("--unfreeze-after applies to --method freeze only")
+    if unfreeze_after >= config.train.epochs:
+        raise UserError(f"--unfreeze-after {unfreeze_after} leaves no epoch for the whole model (train.epochs={config.train.epochs}); "
+                        "raise --epochs or lower --unfreeze-after")
+    return spec, config
+
+
+def load_base_model(base: Base, unsafe: bool):
+    """The base's Keras model (run bases); a preset's backbone is loaded by the `hub-classifier` builder itself."""
+    if base.kind != "run":
+        return None
+    from kerasllm.saving import load_model
+
+    return load_model(Path(base.source), unsafe=unsafe)
+
+
+def base_artifacts(base: Base) -> dict:
+    """What the new run inherits: the tokenizer."""
+    if base.kind == "preset":
+        from kerasllm import hub
+
+        return {"tokenizer": hub.load_tokenizer(base.source)}
+    tokenizer = base.run.artifacts.get("tokenizer")
+    if tokenizer is None:
+        raise UserError(f"{base.source} has no tokenizer (an image model?); fine-tune text models from text bases")
+    return {"tokenizer": tokenizer}
+
+
+# --- methods -------------------------------------------------------------------------------
+
+def leaf_layers(layer):
+    """`layer` and every layer inside it that owns variables directly."""
+    return [sub for sub in layer._flatten_layers(include_self=True, recursive=True) if sub._trainable_variables or sub._non_trainable_variables]
+
+
+def base_layers(model, spec) -> list:
+    """Every top-level layer with weights that is not one of the spec's head layers."""
+    return [layer for layer in model.layers if layer.weights and layer.name not in spec.head_layers]
+
+
+def freeze(model, spec) -> None:
+    for layer in base_layers(model, spec):
+        layer.trainable = False
+
+
+def unfreeze(model) -> None:
+    for layer in model.layers:
+        layer.trainable = True
+
+
+def enable_lora(model, spec, rank: int, alpha: float = 0.0) -> int:
+    """Adapters on the base's attention query/value projections; everything else in the base frozen. Returns how many."""
+    adapted = 0
+    for layer in base_layers(model, spec):
+        for sub in leaf_layers(layer):
+            if sub.name in LORA_TARGETS and hasattr(sub, "enable_lora"):
+                if not getattr(sub, "lora_enabled", False):
+                    sub.enable_lora(rank, lora_alpha=alpha or None)
+                for variable in sub.weights:
+                    variable.trainable = variable.name.startswith("lora_kernel")
+                adapted += 1
+            else:
+                sub.trainable = False
+    if not adapted:
+        raise UserError(f"{spec.name} has no attention layers for LoRA adapters; use --method freeze or full")
+    return adapted
+
+
+def apply_method(model, config, spec) -> None:
+    """Set what trains, as `config.finetune` says (called before compiling)."""
+    method = config.finetune.method
+    if method == "freeze":
+        freeze(model, spec)
+    elif method == "lora":
+        enable_lora(model, spec, config.finetune.lora_rank, config.finetune.lora_alpha)
+
+
+def uses_lora(model) -> bool:
+    return any(getattr(sub, "lora_enabled", False) for layer in model.layers for sub in leaf_layers(layer))
+
+
+def parameter_counts(model) -> dict:
+    trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+    total = int(sum(np.prod(v.shape) for v in model.weights))
+    return {"trainable": trainable, "total": total, "trainable_share": trainable / max(total, 1)}
+
+
+# --- adapters ------------------------------------------------------------------------------
+
+def save_adapter(model, path: Path, meta: dict | None = None) -> Path:
+    """What trained (LoRA adapters and the head), by variable path, plus `meta` (rank, base)."""
+    arrays = {variable.path: np.asarray(variable.numpy() if hasattr(variable, "numpy") else variable)
+              for variable in model.trainable_weights}
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, __meta__=np.asarray(json.dumps(meta or {})), **arrays)
+    partial.replace(path)
+    return path
+
+
+def apply_adapter(model, path: Path) -> dict:
+    """Load an adapter file into a model built the same way (LoRA enabled); returns its metadata."""
+    import keras
+
+    with np.load(path) as saved:
+        meta = json.loads(str(saved["__meta__"]))
+        variables = {variable.path: variable for variable in model.weights}
+        missing = [key for key in saved.files if key != "__meta__" and key not in variables]
+        if missing:
+            raise UserError(f"{path} does not fit this model (no variable {missing[0]}); apply it to the base it was trained from")
+        for key in saved.files:
+            if key != "__meta__":
+                variables[key].assign(keras.ops.convert_to_tensor(saved[key]))
+    return meta
+
+
+def restore_lora(model, adapter: Path) -> None:
+    """After `load_weights` (which loads merged kernels and zeroes the adapters): un-merge and put the adapters back."""
+    import keras
+
+    with np.load(adapter) as saved:
+        values = {key: saved[key] for key in saved.files if key != "__meta__"}
+    for layer in model.layers:
+        for sub in leaf_layers(layer):
+            if not getattr(sub, "lora_enabled", False):
+                continue
+            a, b = values[sub.lora_kernel_a.path], values[sub.lora_kernel_b.path]
+            delta = (sub.lora_alpha / sub.lora_rank) * (a @ b)
+            kernel = keras.ops.convert_to_numpy(sub._kernel)
+            sub._kernel.assign(kernel - delta.reshape(kernel.shape))
+            sub.lora_kernel_a.assign(a)
+            sub.lora_kernel_b.assign(b)
+    for variable in model.trainable_weights:  # the head
+        if variable.path in values and "lora_kernel" not in variable.path:
+            variable.assign(values[variable.path])

@@ -1,0 +1,126 @@
+"""keras-hub presets as fine-tuning bases: a handle (`kaggle://…`, `hf://…`) or a local preset folder.
+
+Loaded with keras-hub's own `from_preset` (`keras_hub.models.Backbone` and
+`keras_hub.tokenizers.Tokenizer`); a download that fails (offline) is one line that
+says to pass a local preset folder instead (one written with `save_to_preset`).
+`HubTokenizer` gives a keras-hub tokenizer the interface kerasllm's text tasks use and
+saves it into the run folder as a preset, so a run never needs the network again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm import runs
+from kerasllm.errors import UserError
+
+SCHEMES = ("kaggle://", "hf://", "modelscope://")
+TOKENIZER_PRESET_DIR = "hub_tokenizer"
+
+
+def is_preset(base: str) -> bool:
+    """A preset handle, or a folder keras-hub's `save_to_preset` wrote (config.json + metadata.json)."""
+    if base.startswith(SCHEMES):
+        return True
+    path = Path(base).expanduser()
+    return path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file()
+
+
+def _failed(what: str, preset: str, error: Exception) -> UserError:
+    first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+    hint = ("offline, download it elsewhere and pass the local preset folder (keras-hub `save_to_preset`)"
+            if preset.startswith(SCHEMES) else "check that the folder is a complete keras-hub preset")
+    return UserError(f"cannot load the {what} of preset {preset}: {first}; {hint}")
+
+
+def load_backbone(preset: str):
+    import keras_hub
+
+    try:
+        return keras_hub.models.Backbone.from_preset(preset)
+    except Exception as error:  # network, missing files, unknown class
+        raise _failed("backbone", preset, error) from error
+
+
+def load_tokenizer(preset: str) -> "HubTokenizer":
+    import keras_hub
+
+    try:
+        return HubTokenizer(keras_hub.tokenizers.Tokenizer.from_preset(preset), preset)
+    except Exception as error:
+        raise _failed("tokenizer", preset, error) from error
+
+
+def preset_sha256(preset: str) -> str:
+    """sha256 of a local preset's weights (lineage); empty for a remote handle."""
+    from kerasllm.finetuning import file_sha256
+
+    weights = Path(preset) / "model.weights.h5"
+    return file_sha256(weights) if weights.is_file() else ""
+
+
+class HubTokenizer:
+    """A keras-hub tokenizer behind kerasllm's tokenizer interface (encode, decode, special ids, save/load)."""
+
+    kind = "keras-hub"
+    tokens_stand_alone = False
+    whitespace_ids = np.zeros(0, np.int32)
+    NAMES = {"pad": "pad_token_id", "unk": "unk_token_id", "cls": "cls_token_id", "sep": "sep_token_id",
+             "mask": "mask_token_id", "bos": "start_token_id", "eos": "end_token_id"}
+
+    def __init__(self, tokenizer, preset: str):
+        self.tokenizer, self.preset = tokenizer, preset
+        self.special_tokens = {name: int(getattr(tokenizer, attribute)) for name, attribute in self.NAMES.items()
+                               if getattr(tokenizer, attribute, None) is not None}
+        oov = getattr(tokenizer, "oov_token", None)
+        if "unk" not in self.special_tokens and oov is not None:
+            self.special_tokens["unk"] = int(tokenizer.token_to_id(oov))
+        self.special_tokens.setdefault("pad", self.special_tokens.get("eos", 0))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.vocabulary_size())
+
+    @property
+    def unk_id(self) -> int | None:
+        return self.special_tokens.get("unk")
+
+    def special_id(self, name: str) -> int | None:
+        return self.special_tokens.get(name)
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str], chunk: int = 2048) -> list[np.ndarray]:
+        out = []
+        for start in range(0, len(texts), chunk):
+            ids = self.tokenizer(texts[start:start + chunk])
+            rows = ids.numpy() if hasattr(ids, "numpy") else ids
+            out += [np.asarray(row, np.int32) for row in rows]
+        return out
+
+    def decode(self, ids) -> str:
+        text = self.tokenizer.detokenize([int(i) for i in ids])
+        return text.numpy().decode("utf-8") if hasattr(text, "numpy") else str(text)
+
+    def token(self, token_id: int) -> str:
+        return self.decode([token_id])
+
+    def save(self, folder: Path) -> Path:
+        from keras_hub.src.utils import preset_utils
+
+        preset = Path(folder) / TOKENIZER_PRESET_DIR
+        preset.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_to_preset(str(preset))
+        for name in (preset_utils.CONFIG_FILE, preset_utils.METADATA_FILE):  # from_preset finds the tokenizer class through them
+            (preset / name).write_bytes(Path(preset_utils.get_file(self.preset, name)).read_bytes())
+        path = Path(folder) / runs.TOKENIZER_FILE
+        runs.write_text_atomic(path, json.dumps({"format_version": 2, "kind": self.kind, "preset": TOKENIZER_PRESET_DIR}))
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, saved: dict) -> "HubTokenizer":
+        return load_tokenizer(str(Path(folder) / saved.get("preset", TOKENIZER_PRESET_DIR)))
