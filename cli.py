@@ -110,7 +110,8 @@ def list_models(as_json: JsonFlag = False):
     for column in ("name", "task", "parameters", "default data", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["task"], f"{row['parameters']:,}", row["default_data"], row["description"])
+        parameters = f"{row['parameters']:,}" if row["parameters"] else "(the preset's)"
+        table.add_row(row["name"], row["task"], parameters, row["default_data"], row["description"])
     console.print(table)
 
 

@@ -72,6 +72,9 @@ class TrainConfig:
     warmup_steps: int = field(default=50, metadata=doc("Linear warmup steps before the cosine decay."))
     min_learning_rate_ratio: float = field(default=0.1, metadata=doc("Cosine decay ends at this fraction of the peak rate."))
     clip_norm: float = field(default=1.0, metadata=doc("Clip each step's global gradient norm to this; 0 disables."))
+    monitor: str = field(default="val_loss", metadata=doc(
+        "What picks the best epoch (kept in model.keras) and drives early stopping: `val_loss` (lower is better) or "
+        "`val_accuracy` (higher is better)."))
     early_stopping_patience: int = field(default=3, metadata=doc("Stop after this many epochs without a lower validation loss; 0 disables."))
     checkpoint_every_steps: int = field(default=0, metadata=doc("Also checkpoint every N steps; 0 means once per epoch only."))
     seed: int = field(default=1337, metadata=doc("Seed for weights, shuffling and dropout."))
@@ -304,6 +307,7 @@ def validate(config: RunConfig) -> RunConfig:
         (runtime.strategy in STRATEGIES, f"runtime.strategy must be one of {', '.join(STRATEGIES)}"),
         (runtime.loop in ("fit", "custom"), "runtime.loop must be fit or custom"),
         (train.class_weight in ("none", "balanced"), "train.class_weight must be none or balanced"),
+        (train.monitor in ("val_loss", "val_accuracy"), "train.monitor must be val_loss or val_accuracy"),
         (config.finetune.method in ("full", "freeze", "lora"), "finetune.method must be full, freeze or lora"),
         (config.finetune.lora_rank >= 1, "finetune.lora_rank must be at least 1"),
         (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),

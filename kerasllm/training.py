@@ -57,7 +57,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0  # steps done inside epoch `epoch` (step checkpoints)
     global_step: int = 0
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # the best value of `train.monitor` so far, lower is better (accuracies are negated)
     best_checkpoint: str = ""
     epochs_without_improvement: int = 0
     stopped_early: bool = False
@@ -193,12 +193,14 @@ def load_checkpoint_weights(folder: Path, model) -> None:
 
 
 class Checkpointing(keras.callbacks.Callback):
-    """Keeps `TrainState`: history, early stopping on val_loss, checkpoints (written by the chief only)."""
+    """Keeps `TrainState`: history, the best epoch and early stopping on `train.monitor`, checkpoints (written by the
+    chief only)."""
 
     def __init__(self, run_dir: Path, state: TrainState, train: TrainConfig, chief: bool = True):
         super().__init__()
         self.run_dir, self.state, self.chief = Path(run_dir), state, chief
         self.every_steps, self.patience, self.keep = train.checkpoint_every_steps, train.early_stopping_patience, train.keep_checkpoints
+        self.monitor = train.monitor
         self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
         self.step_offset = 0  # steps before the optimizer was replaced (unfreezing restarts its count)
         self.seconds_at_start, self.started = state.train_seconds, time.perf_counter()
@@ -225,9 +227,10 @@ class Checkpointing(keras.callbacks.Callback):
             self.state.history.setdefault(key, []).append(float(value))
         state = self.state
         state.epoch, state.step_in_epoch, state.global_step = epoch + 1, 0, self.step_offset + optimizer_step(self.model.optimizer)
-        val_loss = logs.get("val_loss", logs["loss"])
-        if val_loss < state.best_val_loss:
-            state.best_val_loss, state.epochs_without_improvement = float(val_loss), 0
+        value = logs.get(self.monitor, logs.get(self.monitor.removeprefix("val_"), logs["loss"]))
+        score = float(value) if "loss" in self.monitor else -float(value)  # lower is better
+        if score < state.best_val_loss:
+            state.best_val_loss, state.epochs_without_improvement = score, 0
             state.best_checkpoint = f"step-{state.global_step:08d}"
         else:
             state.epochs_without_improvement += 1

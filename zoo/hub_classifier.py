@@ -67,7 +67,8 @@ SPEC = ModelSpec(
     output="logits",
     defaults={
         "data": {"tokenizer": "keras-hub", "sequence_length": 128},
-        "train": {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5, "warmup_steps": 20, "sample_length": 0},
+        "train": {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5, "warmup_steps": 20, "sample_length": 0,
+                  "monitor": "val_accuracy"},
     },
     head_layers=("classifier_head",),
 )

@@ -68,7 +68,8 @@ SPEC = ModelSpec(
     output="logits",
     defaults={
         "data": {"tokenizer": "word", "vocab_size": 20000, "sequence_length": 128},
-        "train": {"epochs": 6, "batch_size": 32, "learning_rate": 2e-3, "warmup_steps": 20, "sample_length": 0},
+        "train": {"epochs": 6, "batch_size": 32, "learning_rate": 2e-3, "warmup_steps": 20, "sample_length": 0,
+                  "monitor": "val_accuracy"},
     },
     head_layers=("classifier_head",),
     overfitting_fixes=(

@@ -97,7 +97,8 @@ SPEC = ModelSpec(
     defaults={
         "data": {"tokenizer": "wordpiece", "vocab_size": 8000, "sequence_length": 128},
         "train": {"epochs": 5, "batch_size": 32, "learning_rate": 5e-4, "warmup_steps": 100, "weight_decay": 0.01,
-                  "sample_length": 0},
+                  "sample_length": 0,
+                  "monitor": "val_accuracy"},
         "runtime": {"jit_compile": True},
     },
     presets=PRESETS,
