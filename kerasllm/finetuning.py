@@ -141,7 +141,8 @@ def base_artifacts(base: Base) -> dict:
         return {"tokenizer": hub.load_tokenizer(base.source)}
     tokenizer = base.run.artifacts.get("tokenizer")
     if tokenizer is None:
-        raise UserError(f"{base.source} has no tokenizer (an image model?); fine-tune text models from text bases")
+        raise UserError(f"{base.source} is a {base.run.spec.task} model and `kerasllm finetune` takes text models; continue "
+                        f"it with `kerasllm train --resume {base.run.path} --epochs N` or train a new model")
     return {"tokenizer": tokenizer}
 
 

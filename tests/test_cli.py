@@ -28,7 +28,7 @@ def assert_user_error(result, text):
 def test_help_lists_the_commands(runner):
     result = invoke(runner, "--help")
     assert result.exit_code == 0
-    for command in ("list", "info", "train", "evaluate", "generate", "predict", "export", "doctor"):
+    for command in ("list", "info", "train", "evaluate", "generate", "predict", "finetune", "export", "doctor"):
         assert command in result.output
 
 

@@ -223,8 +223,8 @@ def test_mlm_pretraining_reports_masked_token_metrics(mlm_base):
 
 def test_freeze_leaves_the_base_unchanged_and_records_the_lineage(runner, mlm_base, sst, tmp_path):
     out = tmp_path / "freeze"
-    result = invoke(runner, "finetune", mlm_base, "--data", sst, "--method", "freeze", "--out", out, "--epochs", "1", "--set",
-                    "train.steps_per_epoch=4")
+    result = invoke(runner, "finetune", mlm_base / "model.keras", "--data", sst, "--method", "freeze", "--out", out, "--epochs", "1",
+                    "--set", "train.steps_per_epoch=4")
     assert result.exit_code == 0, result.output
     assert "trainable parameters: 34 of" in result.output  # the head: 16 × 2 + 2
     base, tuned = backbone_weights(load(mlm_base)), backbone_weights(load(out))
@@ -350,7 +350,8 @@ def presets(tmp_path_factory):
     return save_tiny_presets(tmp_path_factory.mktemp("presets"))
 
 
-@pytest.mark.parametrize(("which", "method"), [("bert", "lora"), ("bert", "freeze"), ("gpt2", "full")])
+@pytest.mark.parametrize("method", ["full", "freeze", "lora"])
+@pytest.mark.parametrize("which", ["bert", "gpt2"])
 def test_finetune_a_local_keras_hub_preset(runner, presets, sst, tmp_path, which, method):
     preset = presets[0] if which == "bert" else presets[1]
     out = tmp_path / which
@@ -368,3 +369,57 @@ def test_finetune_a_local_keras_hub_preset(runner, presets, sst, tmp_path, which
 def test_an_unreachable_preset_handle_is_one_line(runner, sst, tmp_path):
     result = invoke(runner, "finetune", "kaggle://keras/bert/keras/bert_tiny_en_uncased/2", "--data", sst, "--out", tmp_path / "x")
     assert result.exit_code == 2 and "cannot load the" in result.output and "local preset folder" in result.output
+
+
+def test_a_language_model_fine_tunes_on_new_text_with_lora(runner, trained_transformer_lm, corpus_file, tmp_path):
+    out = tmp_path / "lm-lora"
+    result = invoke(runner, "finetune", trained_transformer_lm, "--data", corpus_file, "--method", "lora", "--lora-rank", "2",
+                    "--out", out, "--epochs", "1", "--set", "train.steps_per_epoch=3")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["parent"]["task"] == "text-generation" and metrics["parent"]["layers_new"] == []
+    assert metrics["parameter_counts"]["trainable_share"] < 0.2
+    generated = invoke(runner, "generate", out, "--prompt", "The ", "--max-length", "5", "--temperature", "0")
+    assert generated.exit_code == 0, generated.output
+    refused = invoke(runner, "finetune", trained_transformer_lm, "--data", corpus_file, "--method", "freeze", "--out", tmp_path / "f")
+    assert refused.exit_code == 2 and "no head to train alone" in refused.output
+
+
+@pytest.fixture(scope="module")
+def trained_transformer_lm(tmp_path_factory, corpus_file, runner):
+    out = tmp_path_factory.mktemp("runs") / "lm"
+    result = invoke(runner, "train", "transformer-lm", "--data", corpus_file, "--out", out, "--quiet", "--epochs", "1",
+                    "--set", "model_args.num_layers=1", "--set", "model_args.hidden_dim=16", "--set", "model_args.num_heads=2",
+                    "--set", "data.sequence_length=16", "--set", "model_args.max_sequence_length=16", "--set", "train.batch_size=8",
+                    "--set", "train.steps_per_epoch=3", "--set", "train.sample_length=0", "--set", "runtime.jit_compile=false",
+                    "--set", "runtime.steps_per_execution=1")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_a_bare_model_file_base_is_one_line(runner, mlm_base, sst, tmp_path):
+    import shutil
+
+    shutil.copy(mlm_base / "model.keras", tmp_path / "copy.keras")
+    result = invoke(runner, "finetune", tmp_path / "copy.keras", "--data", sst, "--out", tmp_path / "x")
+    assert result.exit_code == 2 and "without a kerasllm run around it" in result.output
+
+
+def test_balanced_class_weights_are_recorded_and_used(runner, tmp_path):
+    from kerasllm.tasks.text_classification import balanced_weights
+
+    assert balanced_weights(np.asarray([0, 0, 0, 1]), 2).tolist() == pytest.approx([4 / 6, 2.0])
+    rng = random.Random(1)
+    (tmp_path / "skewed.sst").write_text("".join(f"{label} {sentence(rng, label)}\n" for label in [0] * 90 + [1] * 30))
+    out = tmp_path / "weighted"
+    result = invoke(runner, "train", "lstm-classifier", "--data", tmp_path / "skewed.sst", "--out", out, "--epochs", "1",
+                    *TINY_LSTM)
+    assert result.exit_code == 0 and "the classes are imbalanced" in result.output
+    out = tmp_path / "balanced"
+    result = invoke(runner, "train", "lstm-classifier", "--data", tmp_path / "skewed.sst", "--out", out, "--epochs", "1", "--quiet",
+                    "--set", "train.class_weight=balanced", *TINY_LSTM)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "data.json").read_text())
+    counts = record["class_counts"]
+    assert record["class_weights"] == pytest.approx([sum(counts.values()) / (2 * counts[c]) for c in ("0", "1")])
+    assert "balanced class weights" in (out / "README.md").read_text()
