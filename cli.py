@@ -270,6 +270,7 @@ def evaluate(
     data: Annotated[Optional[str], typer.Option(
         "--data", help="Evaluate on this data (all of it, or its test split) instead of the run's validation split.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size for evaluation.")] = 64,
+    beam: Annotated[int, typer.Option(help="Seq2seq: decode with beam search of this width (0: greedy).")] = 0,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
 ):
@@ -282,8 +283,12 @@ def evaluate(
     """
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if beam < 0:
+        raise UserError("--beam must be 0 (greedy) or a beam width of 1 or more")
     run, model = load_run_and_model(source, unsafe)
-    results = run.task.evaluate(model, run, data=data, batch_size=batch_size)
+    if beam and "beam" not in run.task.evaluate_options:
+        raise UserError(f"--beam applies to seq2seq models; {run.spec.name} is a {run.task.name} model")
+    results = run.task.evaluate(model, run, data=data, batch_size=batch_size, **({"beam": beam} if beam else {}))
     if as_json:
         return print_json(results)
     where = results.pop("data")
@@ -298,49 +303,55 @@ def evaluate(
 @handle_errors
 def generate(
     source: ModelOrRun,
-    prompt: Annotated[Optional[List[str]], typer.Option(help="Text to continue; repeat for a batch of prompts.")] = None,
-    max_length: Annotated[int, typer.Option("--max-length", "--length", help="Most new tokens per prompt.")] = 300,
+    prompt: Annotated[Optional[List[str]], typer.Option(help="Text to continue (language models) or to translate / summarize "
+                                                              "(seq2seq); repeat for a batch.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Also take every non-empty line of this file as a prompt.")] = None,
+    max_length: Annotated[int, typer.Option("--max-length", "--length", help="Most new tokens per prompt (seq2seq: 0 = the target rows' length).")] = 300,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 means all.")] = 0,
     top_p: Annotated[float, typer.Option(help="Sample only from the most likely tokens whose probabilities add up to p; 1 means all.")] = 1.0,
     stop: Annotated[Optional[List[str]], typer.Option(help="Stop a continuation at this text (not printed); repeatable.")] = None,
-    beam: Annotated[int, typer.Option(help="Beam search with this many beams (temperature, top-k and top-p then do not apply); 0 samples.")] = 0,
+    beam: Annotated[int, typer.Option(help="Beam search with this many beams (temperature, top-k and top-p then do not apply); 0 samples "
+                                           "(seq2seq: greedy).")] = 0,
     seed: SeedOption = None,
     unsafe: UnsafeFlag = False,
 ):
-    """Generate text from a trained text model; one prompt streams as it is produced.
+    """Generate text with a trained text model: continue prompts (language models) or translate / summarize them (seq2seq).
+    One prompt streams as it is produced.
 
-    Example: `kerasllm generate runs/lstm-textgen-20261129-120000 --prompt "The " --max-length 200 --top-p 0.9`
+    Examples: `kerasllm generate runs/lstm-textgen-20261129-120000 --prompt "The " --max-length 200 --top-p 0.9` ·
+    `kerasllm generate runs/transformer-seq2seq-20261130-120000 --prompt "A man rides a bike." --beam 4`
     """
     from kerasllm.generation import check_options
-    from kerasllm.generation import generate as sample_text
 
     check_options(temperature, top_k, top_p, max_length, beam)
     if seed is not None and not 0 <= seed <= config_lib.SEED_MAX:
         raise UserError(f"--seed must be between 0 and {config_lib.SEED_MAX}")
-    prompts = prompt or [""]
+    prompts = list(prompt or [])
+    if file is not None:
+        if not file.is_file():
+            raise UserError(f"--file {file} does not exist; pass a text file with one prompt per line")
+        from kerasllm.data.text import read_text_file
+
+        prompts += [line for line in read_text_file(file).splitlines() if line.strip()]
+    prompts = prompts or [""]
     run, model = load_run_and_model(source, unsafe)
     if not run.task.can_generate:
-        raise UserError(f"{run.spec.name} is a {run.spec.task} model; generate needs a text-generation model")
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
-                   window=run.config.data.sequence_length, spec=run.spec, beam_width=beam)
-    tokenizer = run.artifacts["tokenizer"]
-    context = getattr(run.config.model_args, "max_sequence_length", 0)
-    for text in prompts:
-        length = len(tokenizer.encode(text))
-        if context and length > context:
-            errors.print(f"note: the prompt has {length} tokens, more than the model's context of {context}; "
-                         f"only its last {context} are used", highlight=False)
+        raise UserError(f"{run.spec.name} is a {run.task.name} model; generate needs a text-generation or seq2seq model")
+    options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam,
+                   on_note=lambda line: errors.print(f"note: {line}", highlight=False))
+    continues = run.task.continues_prompt
     if len(prompts) == 1:
-        sys.stdout.write(prompts[0])
-        sys.stdout.flush()
-        sample_text(model, tokenizer, prompts, max_length, **options,
-                    on_text=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
+        if continues:
+            sys.stdout.write(prompts[0])
+            sys.stdout.flush()
+        run.task.generate(model, run, prompts, **options, on_text=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
         sys.stdout.write("\n")
         return
-    for text, continuation in zip(prompts, sample_text(model, tokenizer, prompts, max_length, **options)):
-        print(text + continuation)
-        print()
+    for text, output in zip(prompts, run.task.generate(model, run, prompts, **options)):
+        print(text + output if continues else output)
+        if continues:
+            print()
 
 
 @app.command()

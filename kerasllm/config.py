@@ -48,6 +48,16 @@ class DataConfig:
         "Labelled text (CSV/TSV/JSONL): the text column; two names joined by a comma (`premise,hypothesis`) make sentence "
         "pairs; empty: `text`, `sentence` or the only text column."))
     label_column: str = field(default="label", metadata=doc("Labelled text (CSV/TSV/JSONL): the label column."))
+    source_lang: str = field(default="", metadata=doc("Seq2seq: the source language of a folder of <split>.<lang> files (or a tfds feature)."))
+    target_lang: str = field(default="", metadata=doc("Seq2seq: the target language."))
+    source_field: str = field(default="source", metadata=doc("Seq2seq JSONL: the source field (a list of strings is joined)."))
+    target_field: str = field(default="target", metadata=doc("Seq2seq JSONL: the target field (a list is several references)."))
+    target_lists: str = field(default="expand", metadata=doc(
+        "Seq2seq: train on every reference of a source (`expand`) or the first only (`first`); evaluation uses all."))
+    shared_vocab: bool = field(default=True, metadata=doc("Seq2seq: one tokenizer for source and target (else one each)."))
+    target_length: int = field(default=0, metadata=doc("Seq2seq: target tokens per row ([BOS]/[EOS] included); 0 means data.sequence_length."))
+    long_pairs: str = field(default="truncate", metadata=doc(
+        "Seq2seq: pairs longer than the rows are `truncate`d or `drop`ped (the counts are recorded)."))
     tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
     vocab_size: int = field(default=20000, metadata=doc(
         "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
@@ -82,6 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = field(default=3, metadata=doc("Checkpoints kept: the newest K plus the best; 0 keeps all."))
     objective: str = field(default="", metadata=doc(
         "What to train for: empty is the model's own task; `mlm` pretrains transformer-classifier with masked-LM on unlabelled text."))
+    label_smoothing: float = field(default=0.0, metadata=doc("Seq2seq: label smoothing of the target distribution (0.1 in the Transformer paper)."))
     class_weight: str = field(default="none", metadata=doc(
         "Classification: `none`, or `balanced` (weights inversely proportional to class frequency, for imbalanced data)."))
     max_seconds: float = field(default=0.0, metadata=doc(
@@ -308,6 +319,10 @@ def validate(config: RunConfig) -> RunConfig:
         (runtime.loop in ("fit", "custom"), "runtime.loop must be fit or custom"),
         (train.class_weight in ("none", "balanced"), "train.class_weight must be none or balanced"),
         (train.monitor in ("val_loss", "val_accuracy"), "train.monitor must be val_loss or val_accuracy"),
+        (data.target_lists in ("expand", "first"), "data.target_lists must be expand or first"),
+        (data.long_pairs in ("truncate", "drop"), "data.long_pairs must be truncate or drop"),
+        (data.target_length >= 0, "data.target_length must be 0 (= data.sequence_length) or at least 3"),
+        (0 <= train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (config.finetune.method in ("full", "freeze", "lora"), "finetune.method must be full, freeze or lora"),
         (config.finetune.lora_rank >= 1, "finetune.lora_rank must be at least 1"),
         (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),

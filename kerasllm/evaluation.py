@@ -95,3 +95,27 @@ def plot_confusion_matrix(matrix, class_names: list[str], path: Path, title: str
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return Path(path)
+
+
+def text_scores(hypotheses: list[str], references: list[list[str]], rouge: bool = False) -> dict:
+    """Corpus BLEU and chrF (sacreBLEU, detokenized text, with their signatures), and with `rouge` ROUGE-1/2/L F-measures
+    (rouge-score, stemmed; the best over a source's references, averaged, as SciTLDR reports), all × 100."""
+    import sacrebleu
+
+    most = max(len(refs) for refs in references)
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(most)]
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    bleu_score, chrf_score = bleu.corpus_score(hypotheses, streams), chrf.corpus_score(hypotheses, streams)
+    scores = {"bleu": float(bleu_score.score), "chrf": float(chrf_score.score),
+              "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+    if rouge:
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        best = np.zeros((len(hypotheses), 3))
+        for row, (hypothesis, refs) in enumerate(zip(hypotheses, references)):
+            for ref in refs:
+                result = scorer.score(ref, hypothesis)
+                best[row] = np.maximum(best[row], [result[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")])
+        scores.update({name: float(value) * 100 for name, value in zip(("rouge1", "rouge2", "rougeL"), best.mean(axis=0))})
+    return scores

@@ -231,8 +231,8 @@ class Tokenizer:
         return {"format_version": FORMAT_VERSION, "kind": self.kind, "vocabulary": self.vocabulary,
                 "special_tokens": self.special_tokens}
 
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / runs.TOKENIZER_FILE
+    def save(self, folder: Path, file_name: str = runs.TOKENIZER_FILE) -> Path:
+        path = Path(folder) / file_name
         runs.write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
         return path
 
@@ -250,8 +250,8 @@ class Tokenizer:
         return cls(saved["vocabulary"], saved["special_tokens"])
 
     @staticmethod
-    def load(folder: Path) -> "Tokenizer":
-        path = Path(folder) / runs.TOKENIZER_FILE
+    def load(folder: Path, file_name: str = runs.TOKENIZER_FILE) -> "Tokenizer":
+        path = Path(folder) / file_name
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             if saved.get("kind") == "keras-hub":  # a preset's tokenizer, saved beside as a keras-hub preset

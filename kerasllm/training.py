@@ -437,7 +437,7 @@ def compile_model(model, spec, task, config: RunConfig, schedule_steps: int, tra
     metrics = {"weighted_metrics" if task.weighted_metrics else "metrics": task.metrics(spec)}
     model.compile(
         optimizer=make_optimizer(train or config.train, schedule_steps),
-        loss=task.loss(spec),
+        loss=task.loss(spec, config),
         **metrics,
         jit_compile=config.runtime.jit_compile,
         steps_per_execution=config.runtime.steps_per_execution,

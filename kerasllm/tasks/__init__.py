@@ -23,11 +23,12 @@ def _default_tasks() -> dict[str, Task]:
     if _tasks is None:
         from kerasllm.tasks.image_classification import ImageClassification
         from kerasllm.tasks.masked_lm import MaskedLM
+        from kerasllm.tasks.seq2seq import Seq2Seq
         from kerasllm.tasks.text_classification import TextClassification
         from kerasllm.tasks.text_generation import TextGeneration
 
         _tasks = {}
-        for task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM()):
+        for task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM(), Seq2Seq()):
             _tasks[task.name] = task
     return _tasks
 

@@ -70,10 +70,12 @@ class Task:
     can_generate: bool = False
     can_predict: bool = False
     weighted_metrics: bool = False  # metrics use the data's sample weights (masked-LM positions)
+    evaluate_options: tuple = ()  # extra `evaluate` options the task takes (`beam`)
+    continues_prompt: bool = True  # `generate` continues the prompt (language models) rather than transforming it (seq2seq)
 
     # --- training -------------------------------------------------------------------
-    def loss(self, spec):
-        """A Keras loss object (not a string, so a custom loop can call it)."""
+    def loss(self, spec, config=None):
+        """A Keras loss object (not a string, so a custom loop can call it); `config` is the run's config."""
         import keras
 
         return keras.losses.SparseCategoricalCrossentropy(from_logits=spec.output == "logits")
@@ -99,6 +101,10 @@ class Task:
     # --- using a trained model ----------------------------------------------------------
     def evaluate(self, model, run, data: str | None = None, batch_size: int = 64) -> dict:
         raise NotImplementedError
+
+    def generate(self, model, run, prompts: list[str], **options) -> list[str]:
+        """Text for each prompt (`kerasllm generate`); `options` are the command's decoding options and `on_text(row, text)`."""
+        raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm generate` needs a text-generation or seq2seq model")
 
     def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
         raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm predict` does not apply to it")

@@ -40,7 +40,7 @@ class MaskedLM(Task):
 
         return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
-    def loss(self, spec):
+    def loss(self, spec, config=None):
         import keras
 
         # the mean over real masked positions (weight 1), not over every returned position

@@ -114,7 +114,7 @@ class TextClassification(Task):
     name = "text-classification"
     can_predict = True
 
-    def loss(self, spec):
+    def loss(self, spec, config=None):
         import keras
 
         return keras.losses.SparseCategoricalCrossentropy(from_logits=spec.output == "logits")

@@ -1,0 +1,226 @@
+"""Parallel text for seq2seq: (source text, target references) pairs from files, folders, JSONL or TFDS.
+
+Sources (`--data`):
+
+* two line-aligned files, source first: `--data train.en,train.de` (`.gz` is read too);
+* a folder of `<split>.<lang>[.gz]` files, as `../shared/data/multi30k`, with the direction set by
+  `data.source_lang` / `data.target_lang` (`train`, `val`/`valid`/`dev`/`validation`, and the
+  first `test*` split are used);
+* a `.tsv` file of `source<TAB>target` lines;
+* a `.jsonl` file with `data.source_field` / `data.target_field` (default `source`, `target`),
+  or a folder of `train.jsonl`, `dev.jsonl`, `test.jsonl` (SciTLDR). A list of strings on the
+  source side is joined with spaces; on the target side it is a list of references:
+  `data.target_lists=expand` trains on one pair per reference, `first` on the first one only;
+  evaluation scores against all of them;
+* `tfds:NAME` with one text feature per language (`tfds:ted_hrlr_translate/pt_to_en`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm.errors import UserError
+
+SPLITS = {"train": ("train",), "validation": ("val", "valid", "dev", "validation")}
+
+
+@dataclass
+class Pairs:
+    """Source texts and, for each, one or more target references."""
+
+    sources: list[str]
+    references: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def training_pairs(self, target_lists: str) -> tuple[list[str], list[str]]:
+        """(source, target) pairs for training: one per reference (`expand`) or the first only."""
+        sources, targets = [], []
+        for source, references in zip(self.sources, self.references):
+            for reference in references if target_lists == "expand" else references[:1]:
+                sources.append(source)
+                targets.append(reference)
+        return sources, targets
+
+
+@dataclass
+class PairSplit:
+    train: Pairs
+    validation: Pairs
+    test: Pairs | None
+    record: dict
+
+
+def read_lines(path: Path) -> list[str]:
+    from kerasllm.data.text import read_text_file
+
+    if path.suffix == ".gz":
+        try:
+            text = gzip.decompress(path.read_bytes()).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"{path} is not gzip-compressed UTF-8 text ({error}); pass plain or .gz UTF-8 files") from error
+    else:
+        text = read_text_file(path)
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def aligned(source_path: Path, target_path: Path) -> Pairs:
+    sources, targets = read_lines(source_path), read_lines(target_path)
+    if len(sources) != len(targets):
+        raise UserError(f"{source_path} has {len(sources):,} lines but {target_path} has {len(targets):,}; "
+                        "pair files must be line-aligned (line i of one translates line i of the other)")
+    return checked(Pairs(sources, [[t] for t in targets]), f"{source_path.name} / {target_path.name}")
+
+
+def checked(pairs: Pairs, where: str) -> Pairs:
+    for number, (source, references) in enumerate(zip(pairs.sources, pairs.references), 1):
+        if not source.strip():
+            raise UserError(f"{where}: pair {number} has an empty source; remove the pair or fill it")
+        if not references or not all(r.strip() for r in references):
+            raise UserError(f"{where}: pair {number} has an empty target; remove the pair or fill it")
+    if not pairs.sources:
+        raise UserError(f"{where} holds no pairs")
+    return pairs
+
+
+def language_files(folder: Path) -> dict[str, dict[str, Path]]:
+    """`{split: {lang: path}}` for `<split>.<lang>[.gz]` files."""
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name.removesuffix(".gz")
+        split, dot, lang = name.rpartition(".")
+        if path.is_file() and dot and split and lang.isalpha() and len(lang) <= 3:
+            found.setdefault(split, {})[lang] = path
+    return found
+
+
+def language_folder(folder: Path, source_lang: str, target_lang: str) -> dict[str, Pairs]:
+    files = language_files(folder)
+    languages = sorted({lang for langs in files.values() for lang in langs})
+    if not source_lang or not target_lang or source_lang not in languages or target_lang not in languages:
+        raise UserError(f"{folder} has the languages {', '.join(languages) or 'none'}; set the direction with "
+                        f"--set data.source_lang=… --set data.target_lang=… (e.g. {'/'.join(languages[:2])})")
+    splits = {}
+    tests = sorted(name for name in files if name.startswith("test"))
+    for split, names in {**SPLITS, "test": tuple(tests[:1])}.items():
+        for name in names:
+            langs = files.get(name, {})
+            if source_lang in langs and target_lang in langs:
+                splits[split] = aligned(langs[source_lang], langs[target_lang])
+                break
+    if "train" not in splits:
+        raise UserError(f"{folder} has no train.{source_lang} and train.{target_lang}; name the training files that way")
+    return splits
+
+
+def read_tsv(path: Path) -> Pairs:
+    sources, references = [], []
+    for number, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) != 2:
+            raise UserError(f"{path} line {number} has {len(columns)} tab-separated columns; write 'source<TAB>target'")
+        sources.append(columns[0])
+        references.append([columns[1]])
+    return checked(Pairs(sources, references), str(path))
+
+
+def read_jsonl(path: Path, source_field: str, target_field: str) -> Pairs:
+    sources, references = [], []
+    for number, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number} is not JSON ({error.msg}); write one object per line") from error
+        for field in (source_field, target_field):
+            if not isinstance(row, dict) or field not in row:
+                raise UserError(f"{path} line {number} has no field {field!r}"
+                                f"{' (it has ' + ', '.join(row) + ')' if isinstance(row, dict) else ''}; "
+                                "set data.source_field / data.target_field")
+        source, target = row[source_field], row[target_field]
+        sources.append(" ".join(map(str, source)) if isinstance(source, list) else str(source))
+        references.append([str(t) for t in target] if isinstance(target, list) else [str(target)])
+    return checked(Pairs(sources, references), str(path))
+
+
+def tfds_pairs(name: str, source_lang: str, target_lang: str) -> dict[str, Pairs]:
+    from kerasllm.data.tfds import load_split, prepared_info, split_names
+
+    info = prepared_info(name)
+    features = list(info.features.keys()) if hasattr(info.features, "keys") else []
+    if source_lang not in features or target_lang not in features:
+        raise UserError(f"tfds:{name} has the features {', '.join(features)}; set data.source_lang and data.target_lang to two of them")
+    splits = {}
+    for split in split_names(info):
+        rows = list(load_split(name, split).as_numpy_iterator())
+        key = "validation" if split in SPLITS["validation"] else split
+        splits[key] = Pairs([r[source_lang].decode("utf-8") for r in rows], [[r[target_lang].decode("utf-8")] for r in rows])
+    return splits
+
+
+def gather(source: str, data) -> dict[str, Pairs]:
+    if source.startswith("tfds:"):
+        return tfds_pairs(source.removeprefix("tfds:"), data.source_lang, data.target_lang)
+    if "," in source and not Path(source).exists():
+        first, second = (Path(p.strip()).expanduser() for p in source.split(",", 1))
+        for path in (first, second):
+            if not path.is_file():
+                raise UserError(f"{path} does not exist; pass two line-aligned files as --data SOURCE_FILE,TARGET_FILE")
+        return {"train": aligned(first, second)}
+    path = Path(source).expanduser()
+    if path.is_dir():
+        jsonl = {split: path / f"{name}.jsonl" for split, names in {**SPLITS, "test": ("test",)}.items() for name in names
+                 if (path / f"{name}.jsonl").is_file()}
+        if "train" in jsonl:
+            return {split: read_jsonl(file, data.source_field, data.target_field) for split, file in jsonl.items()}
+        return language_folder(path, data.source_lang, data.target_lang)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            return {"train": read_jsonl(path, data.source_field, data.target_field)}
+        if path.suffix == ".tsv":
+            return {"train": read_tsv(path)}
+        raise UserError(f"{path} is one file; pass two line-aligned files (--data a.en,a.de), a .tsv or .jsonl file, or a folder")
+    raise UserError(f"data path {path} does not exist; pass SOURCE_FILE,TARGET_FILE, a folder of <split>.<lang> files, "
+                    "a .tsv or .jsonl file, or tfds:NAME")
+
+
+def digest(*parts: Pairs | None) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        if part is not None:
+            hasher.update(json.dumps([part.sources, part.references], ensure_ascii=False).encode("utf-8"))
+    return hasher.hexdigest()
+
+
+def load_pairs(source: str, data, validation_fraction: float = 0.1) -> PairSplit:
+    """Training, validation (the source's, else a seeded random fraction) and test pairs, with a record."""
+    splits = gather(source, data)
+    train, validation, test = splits.get("train"), splits.get("validation"), splits.get("test")
+    if train is None or not len(train):
+        raise UserError(f"{source} has no training pairs")
+    if validation is None:
+        order = np.random.default_rng(0).permutation(len(train))
+        cut = int(round(len(train) * (1 - validation_fraction)))
+        pick = lambda index: Pairs([train.sources[i] for i in index], [train.references[i] for i in index])
+        train, validation = pick(order[:cut]), pick(order[cut:])
+        how = f"seeded random {validation_fraction:.0%} of the training pairs is validation"
+    else:
+        how = "the source's validation split is validation"
+    if not len(validation):
+        raise UserError(f"the validation split of {source} is empty; use more pairs or a larger data.validation_fraction")
+    record = {"source": source, "sha256": digest(train, validation, test), "split": how, "validation_fraction": validation_fraction,
+              "source_lang": data.source_lang, "target_lang": data.target_lang, "train_pairs": len(train),
+              "validation_pairs": len(validation), "test_pairs": len(test) if test else 0,
+              "references_per_source": round(float(np.mean([len(r) for r in train.references])), 3)}
+    return PairSplit(train, validation, test, record)

@@ -1,0 +1,365 @@
+"""Seq2seq: source text → target text (translation, summarization).
+
+Rows have static shapes (for XLA and TPUs): the source is `ids [EOS] [PAD]…` of
+`data.sequence_length`; the decoder reads `[BOS] ids` and predicts `ids [EOS]`, both of
+`data.target_length`. Longer pairs are truncated or dropped (`data.long_pairs`), with
+counts in data.json. The loss is masked on padding (weights 0) with optional label
+smoothing; metrics: loss, perplexity and token accuracy over real target tokens.
+`evaluate` decodes (greedy, or beam search with `--beam N`) and scores the detokenized
+text with sacreBLEU (BLEU, chrF, with signatures) and rouge-score (ROUGE-1/2/L, best
+over references), showing a few samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm import runs
+from kerasllm.data import DataInfo, pipeline
+from kerasllm.data.parallel import Pairs, load_pairs
+from kerasllm.data.splits import check_unchanged
+from kerasllm.tasks.base import PreparedData, Table, Task, format_value
+from kerasllm.tokenizers import Tokenizer
+
+SAMPLES = 3
+
+
+class TargetTokenizer:
+    """The target side's own tokenizer (`data.shared_vocab=false`), saved as target_tokenizer.json."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def save(self, folder: Path) -> Path:
+        return self.tokenizer.save(folder, runs.TARGET_TOKENIZER_FILE)
+
+
+@dataclass
+class Rows:
+    sources: np.ndarray  # (pairs, source_length)
+    targets_in: np.ndarray  # (pairs, target_length): [BOS] ids
+    targets_out: np.ndarray  # (pairs, target_length): ids [EOS]
+    truncated: int
+    dropped: int
+
+
+def pack_sources(tokenizer, texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `ids [EOS] [PAD]…` and whether each was cut."""
+    rows = np.zeros((len(texts), length), np.int32)
+    cut = np.zeros(len(texts), bool)
+    for row, ids in enumerate(tokenizer.encode_batch(texts)):
+        cut[row] = len(ids) > length - 1
+        ids = list(ids[: length - 1]) + [tokenizer.eos_id]
+        rows[row, :len(ids)] = ids
+    return rows, cut
+
+
+def pack_pairs(source_tokenizer, target_tokenizer, sources: list[str], targets: list[str], source_length: int,
+               target_length: int, long_pairs: str) -> Rows:
+    source_rows, source_cut = pack_sources(source_tokenizer, sources, source_length)
+    bos, eos = target_tokenizer.special_id("bos"), target_tokenizer.eos_id
+    targets_in = np.zeros((len(targets), target_length), np.int32)
+    targets_out = np.zeros((len(targets), target_length), np.int32)
+    target_cut = np.zeros(len(targets), bool)
+    for row, ids in enumerate(target_tokenizer.encode_batch(targets)):
+        sequence = [bos, *ids, eos]
+        target_cut[row] = len(sequence) > target_length + 1
+        sequence = sequence[: target_length + 1]  # a cut target has no [EOS]: the sentence goes on
+        targets_in[row, :len(sequence) - 1] = sequence[:-1]
+        targets_out[row, :len(sequence) - 1] = sequence[1:]
+    long = source_cut | target_cut
+    if long_pairs == "drop":
+        keep = ~long
+        return Rows(source_rows[keep], targets_in[keep], targets_out[keep], 0, int(long.sum()))
+    return Rows(source_rows, targets_in, targets_out, int(long.sum()), 0)
+
+
+def seq2seq_dataset(rows: Rows, batch_size: int, **batching):
+    """({source, target_in}, target_out, weights) batches; padding weighs 0."""
+    import tensorflow as tf
+
+    weights = (rows.targets_out > 0).astype(np.float32)
+    dataset = pipeline.array_dataset(np.arange(len(rows.sources)), rows.targets_out, batch_size, weights, **batching)
+
+    sources, targets_in = tf.constant(rows.sources), tf.constant(rows.targets_in)
+
+    def inputs(index, targets_out, weight):
+        return {"source": tf.gather(sources, index), "target_in": tf.gather(targets_in, index)}, targets_out, weight
+
+    return dataset.map(inputs)
+
+
+def make_loss(label_smoothing: float):
+    """Cross-entropy on integer targets from logits, averaged over real (weight 1) tokens; with label smoothing
+    (Keras' sparse loss has none) through one-hot targets."""
+    import keras
+
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+
+    class SmoothedLoss(keras.losses.Loss):
+        def __init__(self, smoothing: float, **kwargs):
+            super().__init__(reduction="mean_with_sample_weight", name="smoothed_crossentropy", **kwargs)
+            self.smoothing = smoothing
+
+        def call(self, y_true, y_pred):
+            vocab = keras.ops.shape(y_pred)[-1]
+            one_hot = keras.ops.one_hot(keras.ops.cast(y_true, "int32"), vocab)
+            return keras.losses.categorical_crossentropy(one_hot, y_pred, from_logits=True, label_smoothing=self.smoothing)
+
+        def get_config(self):
+            return {"smoothing": self.smoothing}
+
+    return SmoothedLoss(label_smoothing)
+
+
+# --- decoding ------------------------------------------------------------------------------------
+
+class RecomputeDecoder:
+    """The uncached fallback: every step runs the whole model on the target prefix (for any seq2seq model)."""
+
+    def __init__(self, model, target_length: int):
+        self.model, self.length = model, target_length
+
+    def bind(self, sources: np.ndarray) -> "RecomputeDecoder":
+        bound = RecomputeDecoder(self.model, self.length)
+        bound.sources = np.asarray(sources, np.int32)
+        return bound
+
+    def _logits(self, sources, prefixes) -> np.ndarray:
+        import keras
+
+        width = min(max(len(p) for p in prefixes), self.length)
+        target = np.zeros((len(prefixes), self.length), np.int32)  # a fixed width: one traced shape
+        for row, prefix in enumerate(prefixes):
+            target[row, :min(len(prefix), self.length)] = prefix[-self.length:]
+        out = self.model({"source": sources, "target_in": target}, training=False)
+        return np.asarray(keras.ops.convert_to_numpy(out), np.float64)[np.arange(len(prefixes)), width - 1]
+
+    def start(self, prompts):
+        state = {"sources": self.sources, "prefixes": [list(map(int, p)) for p in prompts]}
+        return self._logits(state["sources"], state["prefixes"]), state
+
+    def step(self, state, tokens):
+        for prefix, token in zip(state["prefixes"], tokens):
+            prefix.append(int(token))
+        return self._logits(state["sources"], state["prefixes"]), state
+
+    def select(self, state, rows):
+        rows = np.asarray(rows)
+        return {"sources": state["sources"][rows], "prefixes": [list(state["prefixes"][r]) for r in rows]}
+
+
+def seq2seq_decoder(model, spec, target_length: int):
+    """The family's cached decoder (`spec.decoder`) when it has one, else recomputation."""
+    if spec.decoder is not None:
+        decoder = spec.decoder(model)
+        if decoder is not None:
+            return decoder
+    return RecomputeDecoder(model, target_length)
+
+
+def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int = 0, length_penalty: float = 1.0,
+           batch_size: int = 64) -> list[list[int]]:
+    """Target ids for each source row: batched greedy decoding, or beam search one source at a time."""
+    from kerasllm.generation import beam_search
+
+    bos, eos = tokenizer.special_id("bos"), tokenizer.eos_id
+    banned = [i for i in tokenizer.never_generated() if i != eos]
+    outputs: list[list[int]] = []
+    if beam >= 1:
+        for row in sources:
+            ids = beam_search(decoder.bind(row[None]), np.asarray([bos]), max_length, beam, banned=banned, eos=eos,
+                              length_penalty=length_penalty)
+            outputs.append(list(ids))
+        return outputs
+    for start in range(0, len(sources), batch_size):
+        chunk = sources[start:start + batch_size]
+        bound = decoder.bind(chunk)
+        logits, state = bound.start([[bos]] * len(chunk))
+        ids = [[] for _ in chunk]
+        done = np.zeros(len(chunk), bool)
+        for position in range(max_length):
+            logits = np.array(logits, dtype=np.float64)
+            logits[:, banned] = -np.inf
+            tokens = logits.argmax(axis=-1)
+            for row, token in enumerate(tokens):
+                if not done[row]:
+                    if token == eos:
+                        done[row] = True
+                    else:
+                        ids[row].append(int(token))
+            if done.all() or position == max_length - 1:
+                break
+            logits, state = bound.step(state, tokens)
+        outputs += ids
+    return outputs
+
+
+class Seq2Seq(Task):
+    """Source text → target text with an encoder–decoder model."""
+
+    name = "seq2seq"
+    can_generate = True
+    weighted_metrics = True  # padding positions weigh 0
+    evaluate_options = ("beam",)
+    continues_prompt = False
+
+    def loss(self, spec, config=None):
+        return make_loss(config.train.label_smoothing if config is not None else 0.0)
+
+    def tokenizers(self, artifacts: dict) -> tuple:
+        source = artifacts["tokenizer"]
+        return source, artifacts.get("target_tokenizer") or source
+
+    def lengths(self, config) -> tuple[int, int]:
+        return config.data.sequence_length, config.data.target_length or config.data.sequence_length
+
+    def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
+        data, train = config.data, config.train
+        split = load_pairs(data.source, data, data.validation_fraction)
+        train_sources, train_targets = split.train.training_pairs(data.target_lists)
+        artifacts = dict(artifacts or {})
+        if "tokenizer" not in artifacts:
+            if data.shared_vocab:
+                artifacts["tokenizer"] = Tokenizer.fit("\n".join(train_sources + train_targets), data.tokenizer, data.vocab_size)
+            else:
+                artifacts["tokenizer"] = Tokenizer.fit("\n".join(train_sources), data.tokenizer, data.vocab_size)
+                artifacts["target_tokenizer"] = Tokenizer.fit("\n".join(train_targets), data.tokenizer, data.vocab_size)
+        source_tokenizer, target_tokenizer = self.tokenizers(artifacts)
+        source_length, target_length = self.lengths(config)
+        rows = pack_pairs(source_tokenizer, target_tokenizer, train_sources, train_targets, source_length, target_length,
+                          data.long_pairs)
+        validation_sources, validation_targets = split.validation.training_pairs("first")
+        held = pack_pairs(source_tokenizer, target_tokenizer, validation_sources, validation_targets, source_length, target_length,
+                          "truncate")
+        steps = pipeline.steps_in(len(rows.sources), train.batch_size, train.steps_per_epoch, "training")
+        shown = split.validation.sources[0], split.validation.references[0][0]
+
+        def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
+            return seq2seq_dataset(rows, train.batch_size, shuffle_seed=train.seed, steps_per_epoch=steps,
+                                   first_epoch=first_epoch, epochs=epochs, skip_steps=skip_steps)
+
+        def sample(model) -> str:
+            decoder = seq2seq_decoder(model, spec, target_length)
+            source_row, _ = pack_sources(source_tokenizer, [shown[0]], source_length)
+            (ids,) = decode(decoder, source_row, target_tokenizer, target_length)
+            return f"source: {shown[0]}\nreference: {shown[1]}\nhypothesis: {target_tokenizer.decode(ids)}"
+
+        record = dict(split.record, tokenizer=source_tokenizer.kind, vocab_size=source_tokenizer.vocab_size,
+                      target_vocab_size=target_tokenizer.vocab_size, shared_vocab=data.shared_vocab,
+                      sequence_length=source_length, target_length=target_length, input_length=source_length,
+                      train_rows=len(rows.sources), truncated_train_pairs=rows.truncated, dropped_train_pairs=rows.dropped,
+                      long_pairs=data.long_pairs)
+        saved = [source_tokenizer] + ([TargetTokenizer(target_tokenizer)] if target_tokenizer is not source_tokenizer else [])
+        return PreparedData(
+            info=DataInfo(vocab_size=source_tokenizer.vocab_size, sequence_length=source_length,
+                          num_classes=target_tokenizer.vocab_size, pad_id=0),
+            train=train_dataset, validation=seq2seq_dataset(held, train.batch_size),
+            steps_per_epoch=steps, items_per_step=train.batch_size, unit="pairs", record=record, artifacts=saved,
+            sample=sample if train.sample_length > 0 else None,
+        )
+
+    def load_artifacts(self, run_dir: Path) -> dict:
+        artifacts = {"tokenizer": Tokenizer.load(run_dir)}
+        if (Path(run_dir) / runs.TARGET_TOKENIZER_FILE).is_file():
+            artifacts["target_tokenizer"] = Tokenizer.load(run_dir, runs.TARGET_TOKENIZER_FILE)
+        return artifacts
+
+    def report(self, results: dict, record: dict) -> dict:
+        loss = float(results["loss"])
+        return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "accuracy": float(results["accuracy"])}
+
+    def notes(self, record: dict) -> list[str]:
+        notes = []
+        if record.get("truncated_train_pairs"):
+            notes.append(f"{record['truncated_train_pairs']:,} training pairs were longer than the rows "
+                         f"({record.get('sequence_length')} source / {record.get('target_length')} target tokens) and were truncated; "
+                         "--set data.long_pairs=drop drops them instead")
+        if record.get("dropped_train_pairs"):
+            notes.append(f"{record['dropped_train_pairs']:,} training pairs longer than the rows were dropped")
+        return notes
+
+    # --- using a trained model ----------------------------------------------------------------
+    def translate(self, model, run, texts: list[str], beam: int = 0, max_length: int = 0, batch_size: int = 64) -> list[str]:
+        source_tokenizer, target_tokenizer = self.tokenizers(run.artifacts)
+        source_length, target_length = self.lengths(run.config)
+        rows, _ = pack_sources(source_tokenizer, texts, source_length)
+        decoder = seq2seq_decoder(model, run.spec, target_length)
+        ids = decode(decoder, rows, target_tokenizer, max_length or target_length, beam=beam, batch_size=batch_size)
+        return [target_tokenizer.decode(row) for row in ids]
+
+    def held_out(self, run, data: str | None) -> tuple[Pairs, str]:
+        config = run.config.data
+        if not data:
+            split = load_pairs(config.source, config, config.validation_fraction)
+            check_unchanged(split.record, run.data_record)
+            return split.validation, f"validation split of {config.source}"
+        from kerasllm.config import absolute_source
+        from kerasllm.data.parallel import gather
+
+        splits = gather(absolute_source(data) if "," not in data else data, config)
+        if "test" in splits:
+            return splits["test"], f"test split of {data}"
+        parts = list(splits.values())
+        return Pairs([s for p in parts for s in p.sources], [r for p in parts for r in p.references]), data
+
+    def evaluate(self, model, run, data: str | None = None, batch_size: int = 64, beam: int = 0) -> dict:
+        """BLEU, chrF (sacreBLEU) and ROUGE (rouge-score) of decoded text on the validation split or `data`, with samples."""
+        import time
+
+        from kerasllm.evaluation import text_scores
+
+        pairs, where = self.held_out(run, data)
+        started = time.perf_counter()
+        hypotheses = self.translate(model, run, pairs.sources, beam=beam, batch_size=batch_size)
+        seconds = time.perf_counter() - started
+        scores = text_scores(hypotheses, pairs.references, rouge=True)
+        samples = [{"source": s, "reference": r[0], "hypothesis": h}
+                   for s, r, h in list(zip(pairs.sources, pairs.references, hypotheses))[:SAMPLES]]
+        return {"data": where, "pairs": len(pairs), "decoding": f"beam {beam}" if beam else "greedy", **scores,
+                "sentences_per_second": len(pairs) / max(seconds, 1e-9), "samples": samples}
+
+    def generate(self, model, run, prompts: list[str], *, max_length: int = 0, beam: int = 0, on_text=None, **sampling) -> list[str]:
+        """Translations or summaries (greedy, or beam search); sampling options (temperature, top-k/p, stop) do not apply."""
+        source_length, target_length = self.lengths(run.config)
+        outputs = self.translate(model, run, prompts, beam=beam, max_length=min(max_length, target_length) or target_length)
+        if on_text:
+            for row, text in enumerate(outputs):
+                on_text(row, text)
+        return outputs
+
+    def export_sample(self, model, run, batch: int = 2):
+        source_length, target_length = self.lengths(run.config) if run else (8, 8)
+        vocab = run.artifacts["tokenizer"].vocab_size if run else 8
+        rng = np.random.default_rng(0)
+        return {"source": rng.integers(4, vocab, size=(batch, source_length)).astype("int32"),
+                "target_in": rng.integers(4, vocab, size=(batch, target_length)).astype("int32")}
+
+    def tables(self, results: dict, title: str) -> list[Table]:
+        rows = [[key, format_value(value)] for key, value in results.items() if not isinstance(value, (list, dict))]
+        tables = [Table(title, ["metric", "value"], rows)]
+        if results.get("samples"):
+            tables.append(Table("samples", ["source", "reference", "hypothesis"],
+                                [[s["source"], s["reference"], s["hypothesis"]] for s in results["samples"]]))
+        return tables
+
+    def data_lines(self, record: dict) -> list[str]:
+        direction = f"{record.get('source_lang')} → {record.get('target_lang')}" if record.get("source_lang") else "source → target"
+        return [
+            f"Source: `{record.get('source')}` ({direction}; sha256 `{str(record.get('sha256', ''))[:16]}…`): "
+            f"{record.get('train_pairs', 0):,} training and {record.get('validation_pairs', 0):,} validation pairs; "
+            f"split: {record.get('split')}.",
+            f"Tokenizer: {record.get('tokenizer')} ({'shared' if record.get('shared_vocab') else 'separate'}), "
+            f"{record.get('vocab_size')} tokens; rows of {record.get('sequence_length')} source / {record.get('target_length')} "
+            f"target tokens ({record.get('truncated_train_pairs', 0):,} training pairs truncated, "
+            f"{record.get('dropped_train_pairs', 0):,} dropped).",
+        ]
+
+    def usage(self, run_dir: Path) -> list[str]:
+        return [f"kerasllm evaluate {run_dir} --beam 4", f'kerasllm generate {run_dir} --prompt "A man rides a bike."',
+                f"kerasllm export {run_dir} --format savedmodel"]
