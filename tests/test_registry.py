@@ -10,8 +10,8 @@ from zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
-    assert registry.names() == ["cnn-classifier", "hub-classifier", "lstm-classifier", "lstm-textgen", "transformer-classifier",
-                                "transformer-lm"]
+    assert registry.names() == ["cnn-classifier", "hub-classifier", "lstm-classifier", "lstm-seq2seq", "lstm-textgen",
+                                "transformer-classifier", "transformer-lm", "transformer-seq2seq"]
 
 
 def test_spec_declares_task_hparams_and_default_data():

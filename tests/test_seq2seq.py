@@ -208,3 +208,17 @@ def test_lstm_seq2seq_trains_and_translates(runner, tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads(invoke(runner, "evaluate", out, "--json").output)
     assert 0 <= results["bleu"] <= 100 and results["pairs"] == 20
+
+
+def test_parameter_counts_match_the_built_models():
+    from kerasllm.data import DataInfo
+    from zoo import lstm_seq2seq, transformer_seq2seq
+
+    info = DataInfo(vocab_size=40, num_classes=30, sequence_length=8)
+    hparams = transformer_seq2seq.TransformerSeq2SeqConfig(num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=24,
+                                                           max_sequence_length=12)
+    assert transformer_seq2seq.build(hparams, info).count_params() == transformer_seq2seq.count_params(hparams, 40, 30)
+    lstm = lstm_seq2seq.LSTMSeq2SeqConfig(embedding_dim=6, units=5)
+    assert lstm_seq2seq.build(lstm, info).count_params() == lstm_seq2seq.count_params(lstm, 40, 30)
+    small = transformer_seq2seq.TransformerSeq2SeqConfig(**transformer_seq2seq.PRESETS["small"])
+    assert transformer_seq2seq.count_params(small) == 9_692_160

@@ -28,6 +28,7 @@ import numpy as np
 from kerasllm.errors import UserError
 
 SPLITS = {"train": ("train",), "validation": ("val", "valid", "dev", "validation")}
+NOT_LANGUAGES = {"md", "txt", "csv", "tsv", "py", "zip", "tar"}  # SOURCE.md, README.txt, … beside the data
 
 
 @dataclass
@@ -97,7 +98,7 @@ def language_files(folder: Path) -> dict[str, dict[str, Path]]:
     for path in sorted(folder.iterdir()):
         name = path.name.removesuffix(".gz")
         split, dot, lang = name.rpartition(".")
-        if path.is_file() and dot and split and lang.isalpha() and len(lang) <= 3:
+        if path.is_file() and dot and split and lang.isalpha() and len(lang) <= 3 and lang not in NOT_LANGUAGES:
             found.setdefault(split, {})[lang] = path
     return found
 
