@@ -108,7 +108,7 @@ def list_models(as_json: JsonFlag = False):
         return print_json(rows)
     table = Table(title="kerasllm models")
     for column in ("name", "task", "parameters", "default data", "description"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column in ("name", "task"))  # names are what the user types: never cut
     for row in rows:
         parameters = f"{row['parameters']:,}" if row["parameters"] else "(the preset's)"
         table.add_row(row["name"], row["task"], parameters, row["default_data"], row["description"])
