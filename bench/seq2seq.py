@@ -76,8 +76,8 @@ def multi30k(args) -> None:
     models = {"transformer": ["transformer-seq2seq", "--preset", "small", "--epochs", epochs["transformer"]],
               "lstm": ["lstm-seq2seq", "--epochs", epochs["lstm"]]}
     for key in args.models.split(","):
-        out = work / key
-        wall = run(["kerasllm", "train", *models[key], "--out", out, *common])
+        out = Path(args.run_dir) if args.run_dir else work / key
+        wall = run(["kerasllm", "train", *models[key], "--out", out, *common]) if not args.run_dir else args.wall
         metrics = json.loads((out / "metrics.json").read_text())
         checkpoint, state = nearest_checkpoint(out, args.checkpoint_minutes * 60)
         rows = []
@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
     parser.add_argument("--models", default="transformer,lstm")
+    parser.add_argument("--run-dir", default="", help="multi30k: evaluate this finished run (one model) instead of training")
+    parser.add_argument("--wall", type=float, default=0.0, help="with --run-dir: the training wall time to record")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
     (multi30k if args.benchmark == "multi30k" else scitldr)(args)

@@ -96,7 +96,7 @@ def test_a_new_task_and_model_train_and_evaluate_through_the_cli(runner, tmp_pat
     evaluated = invoke(runner, "evaluate", out)
     assert evaluated.exit_code == 0, evaluated.output
     assert "parity-mlp on fresh" in evaluated.output and "accuracy" in evaluated.output
-    assert_user_error(invoke(runner, "generate", out), "generate needs a text-generation model")
+    assert_user_error(invoke(runner, "generate", out), "generate needs a text-generation or seq2seq model")
     assert {name: Path(name).read_text() for name in before} == before
 
 

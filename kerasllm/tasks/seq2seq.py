@@ -13,6 +13,7 @@ over references), showing a few samples.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from kerasllm.tasks.base import PreparedData, Table, Task, format_value
 from kerasllm.tokenizers import Tokenizer
 
 SAMPLES = 3
+_TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward function (RecomputeDecoder)
 
 
 class TargetTokenizer:
@@ -123,10 +125,19 @@ class RecomputeDecoder:
     """The uncached fallback: every step runs the whole model on the target prefix (for any seq2seq model)."""
 
     def __init__(self, model, target_length: int):
+        import keras
+
         self.model, self.length = model, target_length
+        forward = lambda inputs: model(inputs, training=False)
+        if keras.backend.backend() == "tensorflow":  # traced once per batch shape (eager LSTMs step in Python)
+            import tensorflow as tf
+
+            forward = _TRACED.setdefault(model, tf.function(forward, reduce_retracing=True))
+        self.forward = forward
 
     def bind(self, sources: np.ndarray) -> "RecomputeDecoder":
-        bound = RecomputeDecoder(self.model, self.length)
+        bound = RecomputeDecoder.__new__(RecomputeDecoder)
+        bound.model, bound.length, bound.forward = self.model, self.length, self.forward
         bound.sources = np.asarray(sources, np.int32)
         return bound
 
@@ -137,7 +148,7 @@ class RecomputeDecoder:
         target = np.zeros((len(prefixes), self.length), np.int32)  # a fixed width: one traced shape
         for row, prefix in enumerate(prefixes):
             target[row, :min(len(prefix), self.length)] = prefix[-self.length:]
-        out = self.model({"source": sources, "target_in": target}, training=False)
+        out = self.forward({"source": sources, "target_in": target})
         return np.asarray(keras.ops.convert_to_numpy(out), np.float64)[np.arange(len(prefixes)), width - 1]
 
     def start(self, prompts):
