@@ -97,6 +97,14 @@ def plot_confusion_matrix(matrix, class_names: list[str], path: Path, title: str
     return Path(path)
 
 
+def write_confusion_png(matrix, class_names: list[str], path: Path, title: str) -> str:
+    """The confusion-matrix PNG's path, or why it was not written (a read-only run folder)."""
+    try:
+        return str(plot_confusion_matrix(matrix, class_names, path, title=title))
+    except OSError as error:
+        return f"not written ({error.strerror}: the run folder is read-only)"
+
+
 def text_scores(hypotheses: list[str], references: list[list[str]], rouge: bool = False) -> dict:
     """Corpus BLEU and chrF (sacreBLEU, detokenized text, with their signatures), and with `rouge` ROUGE-1/2/L F-measures
     (rouge-score, stemmed; the best over a source's references, averaged, as SciTLDR reports), all × 100."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kerasllm.data.splits import TextSplit, check_unchanged, python_version, split_by_fraction, text_split
 
-__all__ = ["TextSplit", "check_unchanged", "load_text", "reload_validation"]
+__all__ = ["TextSplit", "check_unchanged", "evaluation_text", "load_text", "reload_validation"]
 from kerasllm.errors import UserError
 
 BUILTIN_CORPORA = {
@@ -93,6 +93,14 @@ def load_text(source: str, validation_fraction: float = 0.1) -> TextSplit:
         text = builtin_text(source.removeprefix("builtin:"))
         return text_split(source, text, None, validation_fraction, python_version=python_version())
     return text_split(source, read_path(Path(source).expanduser()), None, validation_fraction)
+
+
+def evaluation_text(record: dict, data: str | None = None) -> tuple[str, str]:
+    """The text `evaluate` reads and how to name it: all of `data` if given, else the run's validation text."""
+    if data:
+        split = load_text(data, 0.5)
+        return split.train + split.validation, data
+    return reload_validation(record), f"validation split of {record['source']}"
 
 
 def reload_validation(record: dict) -> str:

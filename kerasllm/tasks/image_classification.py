@@ -102,12 +102,9 @@ class ImageClassification(Task):
             images, targets, where = split.x_validation, split.y_validation, f"validation split of {run.data_record['source']}"
         probabilities = model.predict(pipeline.image_dataset(images, targets, batch_size).map(lambda x, y: x), verbose=0)
         results = evaluation.classification_report(targets, probabilities, labels.class_names)
-        png = run.path / runs.CONFUSION_MATRIX_FILE
-        try:
-            evaluation.plot_confusion_matrix(results["confusion_matrix"], labels.class_names, png, title=f"{run.spec.name} on {where}")
-        except OSError as error:
-            png = f"not written ({error.strerror}: the run folder is read-only)"
-        return {"data": where, **results, "confusion_matrix_png": str(png)}
+        png = evaluation.write_confusion_png(results["confusion_matrix"], labels.class_names, run.path / runs.CONFUSION_MATRIX_FILE,
+                                             f"{run.spec.name} on {where}")
+        return {"data": where, **results, "confusion_matrix_png": png}
 
     def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
         """Top-k classes for each image file (folders are searched for images)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.packing import Packer
-from kerasllm.data.text import load_text, reload_validation
+from kerasllm.data.text import evaluation_text, load_text
 from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
@@ -34,11 +34,6 @@ class MaskedLM(Task):
 
     name = "masked-lm"
     weighted_metrics = True  # padding positions among the masked ones weigh 0
-
-    def metrics(self, spec) -> list:
-        import keras
-
-        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
 
     def loss(self, spec, config=None):
         import keras
@@ -108,11 +103,7 @@ class MaskedLM(Task):
     def evaluate(self, model, run, data: str | None = None, batch_size: int = 64) -> dict:
         """Masked-token loss, perplexity and accuracy on the run's validation text or all of `data`."""
         tokenizer = run.artifacts["tokenizer"]
-        if data:
-            split = load_text(data, 0.5)
-            text, where = split.train + split.validation, data
-        else:
-            text, where = reload_validation(run.data_record), f"validation split of {run.data_record['source']}"
+        text, where = evaluation_text(run.data_record, data)
         import keras
 
         keras.utils.set_random_seed(run.config.train.seed)  # the same masks every time

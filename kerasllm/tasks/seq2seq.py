@@ -23,7 +23,7 @@ from kerasllm import runs
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.parallel import Pairs, load_pairs
 from kerasllm.data.splits import check_unchanged
-from kerasllm.tasks.base import PreparedData, Table, Task, format_value
+from kerasllm.tasks.base import PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
 
 SAMPLES = 3
@@ -337,7 +337,7 @@ class Seq2Seq(Task):
 
     def generate(self, model, run, prompts: list[str], *, max_length: int = 0, beam: int = 0, on_text=None, **sampling) -> list[str]:
         """Translations or summaries (greedy, or beam search); sampling options (temperature, top-k/p, stop) do not apply."""
-        source_length, target_length = self.lengths(run.config)
+        _, target_length = self.lengths(run.config)
         outputs = self.translate(model, run, prompts, beam=beam, max_length=min(max_length, target_length) or target_length)
         if on_text:
             for row, text in enumerate(outputs):
@@ -352,8 +352,7 @@ class Seq2Seq(Task):
                 "target_in": rng.integers(4, vocab, size=(batch, target_length)).astype("int32")}
 
     def tables(self, results: dict, title: str) -> list[Table]:
-        rows = [[key, format_value(value)] for key, value in results.items() if not isinstance(value, (list, dict))]
-        tables = [Table(title, ["metric", "value"], rows)]
+        tables = super().tables(results, title)
         if results.get("samples"):
             tables.append(Table("samples", ["source", "reference", "hypothesis"],
                                 [[s["source"], s["reference"], s["hypothesis"]] for s in results["samples"]]))

@@ -114,11 +114,6 @@ class TextClassification(Task):
     name = "text-classification"
     can_predict = True
 
-    def loss(self, spec, config=None):
-        import keras
-
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=spec.output == "logits")
-
     def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
         artifacts = artifacts or {}
         data, train = config.data, config.train
@@ -192,12 +187,9 @@ class TextClassification(Task):
         log_likelihood = np.log(np.maximum(probabilities[np.arange(len(targets)), targets], 1e-12))
         results = {"loss": float(-log_likelihood.mean()),
                    **evaluation.classification_report(targets, probabilities, labels.class_names)}
-        png = run.path / runs.CONFUSION_MATRIX_FILE
-        try:
-            evaluation.plot_confusion_matrix(results["confusion_matrix"], labels.class_names, png, title=f"{run.spec.name} on {where}")
-        except OSError as error:
-            png = f"not written ({error.strerror}: the run folder is read-only)"
-        return {"data": where, **results, "confusion_matrix_png": str(png)}
+        png = evaluation.write_confusion_png(results["confusion_matrix"], labels.class_names, run.path / runs.CONFUSION_MATRIX_FILE,
+                                             f"{run.spec.name} on {where}")
+        return {"data": where, **results, "confusion_matrix_png": png}
 
     def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
         """Top-k classes of each text (a tab separates the two sentences of a pair model's input)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm.data import DataInfo, pipeline
-from kerasllm.data.text import load_text, reload_validation
+from kerasllm.data.text import evaluation_text, load_text
 from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
@@ -114,11 +114,7 @@ class TextGeneration(Task):
     def evaluate(self, model, run, data: str | None = None, batch_size: int = 64) -> dict:
         """Metrics on the run's validation text, or on the whole text of `data`."""
         tokenizer = run.artifacts["tokenizer"]
-        if data:
-            split = load_text(data, 0.5)
-            text, where = split.train + split.validation, data
-        else:
-            text, where = reload_validation(run.data_record), f"validation split of {run.data_record['source']}"
+        text, where = evaluation_text(run.data_record, data)
         ids = tokenizer.encode(text)
         windows = validation_windows(ids, run.config.data.sequence_length)
         model.compile(loss=self.loss(run.spec), metrics=self.metrics(run.spec))
