@@ -38,6 +38,11 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of ta
 QuietFlag = Annotated[bool, typer.Option("--quiet", help="Print only the final run folder.")]
 UnsafeFlag = Annotated[bool, typer.Option("--unsafe", help="Load models outside Keras safe mode (runs code stored in the file). Only for files you trust.")]
 SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Random seed (sets train.seed for training).")]
+StrategyOption = Annotated[Optional[str], typer.Option(
+    help="Sets runtime.strategy: auto (TPU, else TF_CONFIG's workers, else all GPUs, else CPU), cpu, gpu, mirrored, tpu or multi-worker.")]
+PrecisionOption = Annotated[Optional[str], typer.Option(help="Sets runtime.precision: float32, mixed_bfloat16 or mixed_float16.")]
+BackendOption = Annotated[Optional[str], typer.Option(
+    help="Keras backend for this process: tensorflow or jax (sets KERAS_BACKEND before Keras is imported).")]
 DataOption = Annotated[Optional[str], typer.Option("--data", help="Text: a file, a folder of .txt files, tfds:NAME or builtin:python-docs. "
                                                    "Images: a folder of class sub-folders, an MNIST IDX folder, a .npz, tfds:NAME or builtin:digits.")]
 
@@ -77,8 +82,13 @@ def show_version(value: bool) -> None:
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and TensorFlow's start-up log.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
+    backend: BackendOption = None,
 ):
     STATE["debug"] = debug
+    if backend:
+        from kerasllm.distribute import set_backend
+
+        set_backend(backend)
 
 
 def load_tensorflow() -> None:
@@ -157,7 +167,9 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its newest checkpoint.")] = None,
     seed: SeedOption = None,
     preset: Annotated[Optional[str], typer.Option(help="Start from one of the model's presets (see `kerasllm info NAME`), e.g. mnist.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="Sets runtime.strategy: auto, cpu, gpu or mirrored.")] = None,
+    strategy: StrategyOption = None,
+    precision: PrecisionOption = None,
+    backend: BackendOption = None,
     objective: Annotated[Optional[str], typer.Option(help="Sets train.objective: mlm pretrains transformer-classifier with masked-LM.")] = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
@@ -177,11 +189,15 @@ def train(
     * `kerasllm train --resume runs/lstm-textgen-20261129-120000 --epochs 30`
     * `kerasllm train lstm-classifier --data ../shared/data/sst/stsa.binary`  (sentiment)
     * `kerasllm train transformer-classifier --objective mlm --data corpus.txt`  (masked-LM pretraining)
+    * `kerasllm train transformer-lm --backend jax --strategy tpu --precision mixed_bfloat16`  (a Colab TPU)
     """
-    from kerasllm import runs
+    from kerasllm import distribute, runs
+
+    distribute.set_backend(backend)
 
     flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
-             ("train.seed", seed), ("runtime.strategy", strategy), ("train.objective", objective)) if value is not None]
+             ("train.seed", seed), ("runtime.strategy", strategy), ("train.objective", objective),
+             ("runtime.precision", precision)) if value is not None]
     if data is not None:
         flags.append(f"data.source={data}")
     if resume is not None:
@@ -205,7 +221,7 @@ def train(
     else:
         source = config.data.source
         protected = [Path(source)] if Path(source).is_absolute() else []
-        run_dir = runs.plan_run_dir(spec.name, out, overwrite, protected)
+        run_dir = plan_run(spec.name, out, overwrite, protected)
     STATE["run_dir"] = run_dir
     load_tensorflow()
     from kerasllm.training import train as train_model
@@ -216,6 +232,18 @@ def train(
     summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
                           command="kerasllm " + " ".join(sys.argv[1:]))
     show_summary(spec, run_dir, summary, mode)
+
+
+def plan_run(name: str, out: Path | None, overwrite: bool, protected: list[Path]) -> Path:
+    """The run folder to write. In a multi-worker job only the chief writes it: the other workers take `--out` as it
+    is (the chief may already have made it) and need it to be given."""
+    from kerasllm import distribute, runs
+
+    if distribute.chief_in(distribute.tf_config()):
+        return runs.plan_run_dir(name, out, overwrite, protected)
+    if out is None:
+        raise UserError("in a multi-worker job every worker needs the same --out (the chief writes it)")
+    return out
 
 
 def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
@@ -256,8 +284,8 @@ def load_run_and_model(source: Path, unsafe: bool):
     if not runs.is_run_dir(path.parent):
         raise UserError(f"{source} is not inside a run folder, so its config.yaml, data.json and tokenizer/labels are "
                         "missing; pass the run folder it came from (or put it back into one)")
+    load_tensorflow()  # first: a run's keras-hub tokenizer imports TensorFlow as it loads
     run = runs.load_run(path.parent)
-    load_tensorflow()
     model = load_model(path, unsafe=unsafe)
     check_model_fits(model, run)
     return run, model
@@ -411,6 +439,8 @@ def finetune(
     out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/NAME-UTCTIME).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out run folder (only one made by kerasllm).")] = False,
     seed: SeedOption = None,
+    strategy: StrategyOption = None,
+    backend: BackendOption = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
@@ -426,15 +456,18 @@ def finetune(
     * `kerasllm finetune runs/transformer-classifier-mlm --data reviews.csv --method lora --lora-rank 8`
     * `kerasllm finetune my_bert_preset/ --data reviews.csv --method freeze --unfreeze-after 1 --epochs 3`
     """
-    from kerasllm import finetuning, runs
+    from kerasllm import distribute, finetuning
 
+    distribute.set_backend(backend)
     if method not in ("full", "freeze", "lora"):
         raise UserError(f"--method must be full, freeze or lora, not {method!r}")
-    flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.seed", seed)) if value is not None]
+    flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.seed", seed), ("runtime.strategy", strategy))
+             if value is not None]
+    load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden
     found = finetuning.resolve_base(base)
     spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after)
     protected = [Path(p) for p in (config.data.source, found.source) if Path(p).is_absolute()]
-    run_dir = runs.plan_run_dir(spec.name, out, overwrite, protected)
+    run_dir = plan_run(spec.name, out, overwrite, protected)
     STATE["run_dir"] = run_dir
     load_tensorflow()
     from kerasllm.training import train as train_model
@@ -480,8 +513,8 @@ def export(
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
     export_lib.check_out(out, fmt, path, overwrite)
-    run = runs.load_run(path.parent) if runs.is_run_dir(path.parent) else None
     load_tensorflow()
+    run = runs.load_run(path.parent) if runs.is_run_dir(path.parent) else None
     model = load_model(path, unsafe=unsafe)
     for dropped in getattr(model, "legacy_dropped", []):
         console.print(f"migrated tf.keras {model.legacy_keras_version} file: dropped {dropped} (not used by Keras 3)")

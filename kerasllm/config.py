@@ -101,8 +101,18 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
-    strategy: str = field(default="auto", metadata=doc("Distribution strategy: `auto`, `cpu`, `gpu` or `mirrored`."))
-    loop: str = field(default="fit", metadata=doc("Training loop: `fit` (Keras) or `custom` (a `strategy.run` step; runs where `fit` cannot)."))
+    strategy: str = field(default="auto", metadata=doc(
+        "Distribution: `auto` (a TPU, else TF_CONFIG's workers, else all GPUs, else the CPU), `cpu`, `gpu`, `mirrored` (all local "
+        "devices), `tpu` or `multi-worker`. train.batch_size is per replica."))
+    loop: str = field(default="auto", metadata=doc(
+        "Training loop: `auto` (`fit`, or `custom` where fit cannot run: multi-worker, TPU), `fit` (Keras) or `custom` "
+        "(a `strategy.run` step, TensorFlow only)."))
+    precision: str = field(default="float32", metadata=doc(
+        "`float32`, `mixed_bfloat16` (TPUs, CPUs with AVX-512-BF16) or `mixed_float16` (GPUs; with loss scaling). Logits and "
+        "loss stay float32."))
+    worker_timeout: float = field(default=120.0, metadata=doc(
+        "Multi-worker: seconds a collective waits for the other workers before the job fails (a dead worker ends it "
+        "instead of hanging it); 0 waits forever."))
     jit_compile: bool = field(default=False, metadata=doc("Compile train steps with XLA."))
     steps_per_execution: int = field(default=1, metadata=doc("Train steps run per call into the graph."))
     deterministic: bool = field(default=False, metadata=doc("Enable TensorFlow op determinism (slower; for exact repeats)."))
@@ -284,7 +294,7 @@ SEED_MAX = 2**32 - 1
 
 
 def validate(config: RunConfig) -> RunConfig:
-    from kerasllm.distribute import STRATEGIES
+    from kerasllm.distribute import PRECISIONS, STRATEGIES
     from kerasllm.tokenizers import KINDS
 
     train, data, runtime = config.train, config.data, config.runtime
@@ -316,7 +326,9 @@ def validate(config: RunConfig) -> RunConfig:
         (data.vocab_size >= 8, "data.vocab_size must be at least 8"),
         (runtime.steps_per_execution >= 1, "runtime.steps_per_execution must be at least 1"),
         (runtime.strategy in STRATEGIES, f"runtime.strategy must be one of {', '.join(STRATEGIES)}"),
-        (runtime.loop in ("fit", "custom"), "runtime.loop must be fit or custom"),
+        (runtime.loop in ("auto", "fit", "custom"), "runtime.loop must be auto, fit or custom"),
+        (runtime.worker_timeout >= 0 and math.isfinite(runtime.worker_timeout), "runtime.worker_timeout must be 0 (none) or more"),
+        (runtime.precision in PRECISIONS, f"runtime.precision must be one of {', '.join(PRECISIONS)}"),
         (train.class_weight in ("none", "balanced"), "train.class_weight must be none or balanced"),
         (train.monitor in ("val_loss", "val_accuracy"), "train.monitor must be val_loss or val_accuracy"),
         (data.target_lists in ("expand", "first"), "data.target_lists must be expand or first"),

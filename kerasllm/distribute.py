@@ -1,46 +1,329 @@
-"""Pick a tf.distribute strategy by name, and decide which process writes files.
+"""From a strategy name to a distribution engine, and which process writes files.
 
-Build and compile models inside `strategy.scope()`. On a single device the default
-strategy is used: `OneDeviceStrategy` gives every dataset a per-device iterator
-whose tf.data autotune thread made `fit` sit idle for 8-60 s after its last step
-(its destructor waits for the thread's timed sleep); the default strategy has none.
+One config runs unchanged on a laptop CPU, a GPU box, a TPU and several machines; only
+`--strategy` (default `auto`) and `--backend` change. Beyond one process we use existing
+engines only: tf.distribute (MultiWorkerMirroredStrategy, TPUStrategy) on TensorFlow, and
+`keras.distribution.DataParallel` (with `jax.distributed` across hosts) on JAX.
+
+`auto` picks, in this order: a TPU, `TF_CONFIG` (several workers), several GPUs
+(mirrored), one GPU, the CPU. `choose()` makes that decision from facts passed in, so it
+is tested without the hardware.
+
+`train.batch_size` is per replica: the global batch is `batch_size × replicas`, and the
+input pipeline is batched at the global size (`tf.distribute` and `DataParallel` split
+each global batch across the replicas).
+
+On a single device the default strategy is used: `OneDeviceStrategy` gives every dataset a
+per-device iterator whose tf.data autotune thread made `fit` sit idle for 8-60 s after its
+last step (its destructor waits for the thread's timed sleep); the default strategy has none.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+
 from kerasllm.errors import UserError
 
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored")
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi-worker")
+BACKENDS = ("tensorflow", "jax")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# Where Keras `fit` cannot run the step (keras#20585 for MultiWorkerMirroredStrategy, keras#19448 on TPU VMs).
+CUSTOM_LOOP_ONLY = ("multi-worker", "tpu")
 
 
-def get_strategy(name: str = "auto"):
-    """`auto`: all local GPUs mirrored when there are several, else the default strategy on the
-    one device TensorFlow picks (the GPU if there is one); `cpu`; `gpu`; `mirrored` (all local devices)."""
-    import tensorflow as tf
+def tf_config(env: dict | None = None) -> dict | None:
+    """The parsed `TF_CONFIG` (the cluster of a multi-worker job), or None when it is not set."""
+    env = os.environ if env is None else env
+    text = env.get("TF_CONFIG", "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"TF_CONFIG is not valid JSON ({error.msg}); set it to "
+                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}} or unset it') from error
+    if not isinstance(value, dict) or not isinstance(value.get("cluster"), dict) or not isinstance(value.get("task"), dict):
+        raise UserError('TF_CONFIG needs "cluster" and "task"; e.g. '
+                        '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}')
+    return value
 
+
+def chief_in(config: dict | None) -> bool:
+    """Whether the task `config` (a TF_CONFIG) describes is the one that writes: the `chief`, or worker 0 when the
+    cluster has no chief. No TF_CONFIG: a single process, always the chief."""
+    if not config:
+        return True
+    task = config.get("task", {})
+    kind, index = task.get("type"), int(task.get("index", 0))
+    if kind in (None, "chief"):
+        return True
+    return kind == "worker" and index == 0 and "chief" not in config.get("cluster", {})
+
+
+def choose(name: str, *, tpu: bool, cluster: dict | None, gpus: int) -> str:
+    """The concrete strategy for a name: `auto` becomes tpu, multi-worker, mirrored, gpu or cpu, in that order."""
     if name not in STRATEGIES:
         raise UserError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "gpu" and not gpus:
+    if name != "auto":
+        return name
+    if tpu:
+        return "tpu"
+    if cluster and sum(len(tasks) for tasks in cluster.get("cluster", {}).values()) > 1:
+        return "multi-worker"
+    if gpus > 1:
+        return "mirrored"
+    return "gpu" if gpus == 1 else "cpu"
+
+
+def set_backend(name: str | None) -> None:
+    """Set the Keras backend for this process: must happen before Keras is imported."""
+    import sys
+
+    if not name:
+        return
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != name:
+            raise UserError(f"Keras was already imported with the {keras.backend.backend()} backend; "
+                            f"start a new process with KERAS_BACKEND={name}")
+        return
+    if name == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError as error:
+            raise UserError("--backend jax needs JAX; install it with `pip install 'kerasllm[jax]'`") from error
+    os.environ["KERAS_BACKEND"] = name
+
+
+def backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
+# --- TPU ---------------------------------------------------------------------------------
+
+_TPU: dict = {}
+
+
+def initialize_tpu(resolver_factory=None, tf=None):
+    """Connect to the TPU and initialise it, once per process (a second initialisation wipes its memory).
+
+    Returns the cluster resolver. `resolver_factory` and `tf` are injectable for tests.
+    """
+    if "resolver" in _TPU:
+        return _TPU["resolver"]
+    if tf is None:
+        import tensorflow as tf
+    factory = resolver_factory or tf.distribute.cluster_resolver.TPUClusterResolver
+    try:
+        resolver = factory()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError) as error:
+        raise UserError(f"--strategy tpu but no TPU could be initialised ({str(error).splitlines()[0][:160]}); on a Colab "
+                        "TPU runtime use --backend jax (its TensorFlow has no TPU support), else --strategy auto") from error
+    _TPU["resolver"] = resolver
+    return resolver
+
+
+# --- TensorFlow strategies ---------------------------------------------------------------
+
+_MADE: dict = {}
+
+
+def _tf_strategy(kind: str, worker_timeout: float):
+    """One strategy per kind per process: a second MirroredStrategy's collectives clashed with the first's
+    (shape mismatches), a second multi-worker one cannot be configured, a TPU is initialised once."""
+    if kind not in _MADE:
+        _MADE[kind] = _new_tf_strategy(kind, worker_timeout)
+    return _MADE[kind]
+
+
+def _new_tf_strategy(kind: str, worker_timeout: float):
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")  # logical devices would start the runtime: too early for multi-worker
+    if kind == "gpu" and not gpus:
         raise UserError("--strategy gpu but TensorFlow sees no GPU; use --strategy cpu or auto")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+    if kind == "tpu":
+        from kerasllm.doctor import tpu_present
+
+        if not tpu_present():  # without this, the resolver may wait on a metadata server
+            raise UserError("--strategy tpu but this machine shows no TPU (no /dev/accel*, TPU_NAME or COLAB_TPU_ADDR); "
+                            "use --strategy auto")
+        return tf.distribute.TPUStrategy(initialize_tpu())
+    if kind == "multi-worker":
+        if tf_config() is None:
+            raise UserError("--strategy multi-worker needs TF_CONFIG naming the workers and this process's task; "
+                            "see the README's 'Several machines' section")
+        # a collective that waits longer than this for a peer fails: a dead worker ends the job instead of hanging it
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=worker_timeout or None)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "cpu" and gpus:
+    if kind == "cpu" and gpus:
         return tf.distribute.OneDeviceStrategy("/cpu:0")  # keep work off the GPU that TF would pick
     return tf.distribute.get_strategy()  # one device: the default strategy (no per-device iterator)
+
+
+# --- JAX ---------------------------------------------------------------------------------
+
+class JaxDataParallel:
+    """The JAX backend's engine: `keras.distribution.DataParallel` over the devices, set for the process.
+
+    It offers what the trainer uses of a tf.distribute strategy (`scope`, `num_replicas_in_sync`).
+    Variables are replicated; `fit` splits each global batch across the devices and averages the
+    gradients. `multi-worker` first joins the other hosts with `jax.distributed.initialize()`.
+    """
+
+    def __init__(self, kind: str):
+        import jax
+        import keras
+
+        if kind == "multi-worker":
+            try:
+                jax.distributed.initialize()  # coordinator, process count and id from the environment or the TPU pod
+            except (ValueError, RuntimeError) as error:
+                raise UserError(f"jax.distributed.initialize() failed ({str(error).splitlines()[0][:160]}); set "
+                                "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every host") from error
+        platform = {"tpu": "tpu", "gpu": "gpu", "mirrored": None, "cpu": "cpu"}.get(kind)
+        try:
+            devices = jax.devices(platform) if platform else jax.devices()
+        except RuntimeError as error:
+            raise UserError(f"--strategy {kind} but JAX sees no {platform.upper()} ({str(error).splitlines()[0][:120]}); "
+                            "use --strategy auto") from error
+        if kind in ("cpu", "gpu"):
+            devices = devices[:1]
+        self.kind, self.devices = kind, devices
+        self.distribution = keras.distribution.DataParallel(devices=devices) if len(devices) > 1 else None
+        keras.distribution.set_distribution(self.distribution)
+        self.num_replicas_in_sync = len(devices)
+        self.chief = jax.process_index() == 0
+
+    def scope(self):
+        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
+
+
+def _jax_kind(name: str) -> str:
+    import jax
+
+    devices = jax.devices()
+    platforms = {device.platform for device in devices}
+    cluster = {"cluster": {"worker": ["", ""]}} if os.environ.get("JAX_COORDINATOR_ADDRESS") else None
+    kind = choose(name, tpu="tpu" in platforms, cluster=cluster, gpus=len(devices) if "gpu" in platforms else 0)
+    return "mirrored" if name == "auto" and kind == "cpu" and len(devices) > 1 else kind  # e.g. forced host devices
+
+
+# --- the one entry point -----------------------------------------------------------------
+
+def get_strategy(name: str = "auto", worker_timeout: float = 0.0):
+    """A tf.distribute strategy (TensorFlow backend) or a `JaxDataParallel` (JAX backend) for `name`."""
+    if name not in STRATEGIES:
+        raise UserError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
+    if backend() == "jax":
+        return JaxDataParallel(_jax_kind(name))
+    import tensorflow as tf
+
+    from kerasllm.doctor import tpu_present
+
+    kind = choose(name, tpu=tpu_present(), cluster=tf_config(), gpus=len(tf.config.list_physical_devices("GPU")))
+    return _tf_strategy(kind, worker_timeout)
+
+
+def kind_of(strategy) -> str:
+    """`tpu`, `multi-worker`, `mirrored` or `single` for a strategy `get_strategy` made."""
+    if isinstance(strategy, JaxDataParallel):
+        return strategy.kind if strategy.num_replicas_in_sync > 1 or strategy.kind in ("tpu", "multi-worker") else "single"
+    name = type(strategy).__name__
+    if name.startswith("TPUStrategy"):
+        return "tpu"
+    if name.startswith("MultiWorkerMirrored") or name.startswith("CollectiveAllReduce"):
+        return "multi-worker"
+    return "mirrored" if name == "MirroredStrategy" else "single"
+
+
+def describe(strategy) -> str:
+    """A readable name: `MirroredStrategy`, `DataParallel (jax)`…"""
+    if isinstance(strategy, JaxDataParallel):
+        return "DataParallel (jax)" if strategy.distribution else "one device (jax)"
+    return "MultiWorkerMirroredStrategy" if kind_of(strategy) == "multi-worker" else type(strategy).__name__
+
+
+def needs_full_batches(strategy) -> bool:
+    """JAX's DataParallel shards every batch evenly over the devices, so a shorter last batch cannot run: validation
+    then leaves out the last (global batch − 1) examples at most. tf.distribute splits short batches itself."""
+    return isinstance(strategy, JaxDataParallel) and strategy.num_replicas_in_sync > 1
 
 
 def is_chief(strategy=None) -> bool:
     """True for the one process that writes checkpoints, metrics and the model.
 
     A single process is always the chief. Under multi-worker strategies it is the
-    `chief` task, or worker 0 when the cluster has no chief.
+    `chief` task, or worker 0 when the cluster has no chief; on JAX, process 0.
     """
+    if isinstance(strategy, JaxDataParallel):
+        return strategy.chief
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
+    if resolver is None or kind_of(strategy) != "multi-worker":
         return True
-    task_type, task_id = getattr(resolver, "task_type", None), getattr(resolver, "task_id", 0)
-    if task_type in (None, "chief"):
-        return True
-    has_chief = "chief" in (resolver.cluster_spec().as_dict() if hasattr(resolver, "cluster_spec") else {})
-    return task_type == "worker" and task_id == 0 and not has_chief
+    return chief_in({"cluster": resolver.cluster_spec().as_dict(),
+                     "task": {"type": resolver.task_type, "index": resolver.task_id}})
+
+
+def loop_for(requested: str, strategy, jit_compile: bool = False) -> str:
+    """The training loop to use. `auto` is `fit`, except where only the custom loop runs: multi-worker and TPU on
+    TensorFlow (keras#20585, keras#19448), and XLA over several local devices (Keras compiles fit's whole
+    `strategy.run` step, whose replicas' variables live on other devices; the custom loop compiles each replica's
+    step). The custom loop is a `tf.function` step, so it is refused on JAX."""
+    jax = isinstance(strategy, JaxDataParallel)
+    if jax:
+        if requested == "custom":
+            raise UserError("runtime.loop=custom is a TensorFlow loop; on the JAX backend use runtime.loop=auto (Keras fit)")
+        return "fit"
+    kind = kind_of(strategy)
+    needs_custom = kind in CUSTOM_LOOP_ONLY or (kind == "mirrored" and jit_compile)
+    if requested == "auto":
+        return "custom" if needs_custom else "fit"
+    if requested == "fit" and needs_custom:
+        why = "with runtime.jit_compile=true over several devices" if kind == "mirrored" else f"under the {kind} strategy"
+        raise UserError(f"Keras fit cannot train {why}; use runtime.loop=auto (the custom loop)"
+                        + (" or runtime.jit_compile=false" if kind == "mirrored" else ""))
+    return requested
+
+
+@contextlib.contextmanager
+def peer_failures(strategy, worker_timeout: float):
+    """Under multi-worker, a worker that died or stopped answering (TensorFlow's heartbeat check, or a collective
+    past `worker_timeout`) becomes one clear error instead of a traceback (or a hang)."""
+    try:
+        yield
+    except Exception as error:
+        if kind_of(strategy) != "multi-worker":
+            raise
+        import tensorflow as tf
+
+        peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError, tf.errors.CancelledError)
+        if not isinstance(error, peer_errors):
+            raise
+        detail = " ".join(str(error).split())
+        tasks = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", detail.partition("unhealthy")[2])))
+        who = ", ".join(f"{job} {index}" for job, index in tasks) or "another worker"
+        raise UserError(f"the multi-worker job failed: {who} stopped responding ({type(error).__name__}); start every "
+                        f"worker again, with `--resume RUN` once a checkpoint exists (runtime.worker_timeout is "
+                        f"{worker_timeout:g} s)") from error
+
+
+def shard_policy(file_backed: bool):
+    """tf.data auto-sharding across workers: FILE splits a file-backed source's files among workers, DATA has every
+    worker read all and keep its part (what suits in-memory arrays)."""
+    import tensorflow as tf
+
+    policy = tf.data.experimental.AutoShardPolicy
+    return policy.FILE if file_backed else policy.DATA

@@ -73,16 +73,29 @@ def traps(found: dict, env: dict, flags: set[str], tpu: bool) -> list[dict]:
 
 
 def environment() -> dict:
-    """Backend, devices and the strategy `--strategy auto` picks (imports TensorFlow)."""
+    """Backend, devices and the strategy `--strategy auto` picks (imports Keras and its backend). The choice is made
+    from the facts, without creating the strategy (a multi-worker one would wait for its peers)."""
     import keras
-    import tensorflow as tf
 
-    from kerasllm.distribute import get_strategy
+    from kerasllm import distribute
 
-    devices = [{"name": d.name, "type": d.device_type} for d in tf.config.list_logical_devices()]
-    strategy = get_strategy("auto")
-    return {"keras_backend": keras.backend.backend(), "devices": devices,
-            "auto_strategy": f"{type(strategy).__name__} ({strategy.num_replicas_in_sync} replica(s))"}
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devices = [{"name": str(d), "type": d.platform.upper()} for d in jax.devices()]
+        kind = distribute._jax_kind("auto")
+    else:
+        import tensorflow as tf
+
+        devices = [{"name": d.name, "type": d.device_type} for d in tf.config.list_logical_devices()]
+        kind = distribute.choose("auto", tpu=tpu_present(), cluster=distribute.tf_config(),
+                                 gpus=sum(d["type"] == "GPU" for d in devices))
+    return {"keras_backend": keras.backend.backend(), "devices": devices, "auto_strategy": AUTO_NAMES[kind]}
+
+
+AUTO_NAMES = {"tpu": "tpu (TPUStrategy / DataParallel over the TPU cores)", "multi-worker": "multi-worker (TF_CONFIG's workers)",
+              "mirrored": "mirrored (all local devices)", "gpu": "gpu (one GPU, the default strategy)",
+              "cpu": "cpu (the default strategy)"}
 
 
 def report() -> dict:

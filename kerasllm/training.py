@@ -42,9 +42,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kerasllm import diagnostics, finetuning, registry, reports, runs, tasks
+from kerasllm import diagnostics, distribute, finetuning, registry, reports, runs, tasks
 from kerasllm.config import RunConfig, TrainConfig
-from kerasllm.distribute import get_strategy, is_chief
 from kerasllm.errors import UserError
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8})$")
@@ -319,7 +318,10 @@ class CustomLoop:
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
                 loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)  # ÷ replicas
-            gradients = tape.gradient(loss, model.trainable_variables)
+                scaled = model.optimizer.scale_loss(loss)  # mixed_float16: a LossScaleOptimizer scales; else unchanged
+            gradients = tape.gradient(scaled, model.trainable_variables)  # apply_gradients unscales them
+            # dense, so every replica all-reduces the same shapes (a sparse embedding gradient's size varies)
+            gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
             return loss * replicas, gradients, y_pred
 
         forward_backward = tf.function(forward_backward, jit_compile=jit) if jit else forward_backward
@@ -404,7 +406,7 @@ def spread_subset(dataset, batches: int):
 
 def seed_everything(config: RunConfig) -> None:
     keras.utils.set_random_seed(config.train.seed)
-    if config.runtime.deterministic:
+    if config.runtime.deterministic and keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -444,11 +446,31 @@ def compile_model(model, spec, task, config: RunConfig, schedule_steps: int, tra
     )
 
 
+def float32_outputs(model):
+    """The model with float32 outputs: under a mixed precision policy the last layers compute in 16 bits, but logits
+    (and so the loss and the softmax) stay float32. A model whose outputs already are float32 is returned as it is."""
+    outputs = model.outputs if isinstance(model.outputs, list) else [model.outputs]
+    if all(keras.backend.standardize_dtype(output.dtype) == "float32" for output in outputs):
+        return model
+    cast = [keras.layers.Activation("linear", dtype="float32", name=f"float32_logits{'_' + str(i) if i else ''}")(output)
+            for i, output in enumerate(outputs)]
+    return keras.Model(model.inputs, cast if len(cast) > 1 else cast[0], name=model.name)
+
+
 def build(spec, task, config: RunConfig, data, strategy, schedule_steps: int, parent=None, fresh: tuple = ()):
     """The model inside `strategy.scope()` (from a parent's weights and with `config.finetune`'s method when
-    fine-tuning), compiled with the task's loss and metric objects."""
+    fine-tuning), compiled with the task's loss and metric objects. `runtime.precision` sets the layers' dtype
+    policy while they are built (mixed_float16 also gets loss scaling from `compile`)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.runtime.precision)
+    try:
+        with strategy.scope():
+            model = spec.build(config.model_args, data.info)
+            if config.runtime.precision != "float32":
+                model = float32_outputs(model)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     with strategy.scope():
-        model = spec.build(config.model_args, data.info)
         if parent is not None:
             model.transferred_layers = transfer_weights(parent, model, fresh)
         if config.finetune.base:
@@ -520,9 +542,17 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     Returns the summary also written to metrics.json; `summary["nothing_to_do"]` is True
     when a resumed run had already finished.
     """
+    # first: a multi-worker strategy must be made before any TensorFlow op runs
+    strategy = distribute.get_strategy(config.runtime.strategy, config.runtime.worker_timeout)
+    with distribute.peer_failures(strategy, config.runtime.worker_timeout):
+        return _train(config, Path(run_dir), strategy, resume=resume, overwrite=overwrite, progress=progress, console=console,
+                      command=command, parent=parent, parent_record=parent_record, artifacts=artifacts, on_built=on_built)
+
+
+def _train(config: RunConfig, run_dir: Path, strategy, *, resume, overwrite, progress, console, command, parent, parent_record,
+           artifacts, on_built) -> dict:
     from kerasllm.progress import Reporter
 
-    run_dir = Path(run_dir)
     spec = registry.get(config.model)
     task = tasks.get(spec.task_for(config.train.objective))
 
@@ -540,17 +570,26 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
             return dict(summary, nothing_to_do=True)
         if state.stopped_early and not finished:  # asked for more epochs than the early stop left
             state.stopped_early, state.epochs_without_improvement = False, 0
-        runs.write_text_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())  # e.g. the new epoch count
+        if distribute.is_chief(strategy):
+            runs.write_text_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())  # e.g. the new epoch count
     seed_everything(config)
-    data = task.prepare(config, spec, task.load_artifacts(run_dir) if resume else artifacts)
+    chief, replicas = distribute.is_chief(strategy), strategy.num_replicas_in_sync
+    loop_name = distribute.loop_for(config.runtime.loop, strategy, config.runtime.jit_compile)
+    global_batch = config.train.batch_size * replicas  # train.batch_size is per replica; the pipeline batches globally
+    if console is not None and progress == "rich":
+        console.print(f"{distribute.describe(strategy)}: {replicas} replica(s), global batch {global_batch} = "
+                      f"{config.train.batch_size} per replica × {replicas}", highlight=False)
+    data_config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=global_batch))
+    data = task.prepare(data_config, spec, task.load_artifacts(run_dir) if resume else artifacts)
+    validation = data.validation
+    if distribute.needs_full_batches(strategy):  # JAX splits every batch evenly over the devices: drop a short last one
+        validation = validation.rebatch(global_batch, drop_remainder=True)
     if resume:
         from kerasllm.data.splits import check_unchanged
 
         check_unchanged(data.record, data_record, action="start a new run on it (resuming needs the same data)")
 
     # 2. build, then write the run folder
-    strategy = get_strategy(config.runtime.strategy)
-    chief = is_chief(strategy)
     state.schedule_steps = state.schedule_steps or data.steps_per_epoch * config.train.epochs
     parent_classes = (parent_record or {}).get("class_names")
     same_head = parent_record is not None and parent_record.get("task") == task.name and parent_classes == data.record.get("class_names")
@@ -558,7 +597,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     unfreezing = Unfreezing(config, data.steps_per_epoch)
     if unfreezing.epoch and state.epoch >= unfreezing.epoch:
         unfreezing.apply(model, spec, task, config, strategy)
-    loop = LOOPS[config.runtime.loop](model, task, spec, strategy, config)
+    loop = LOOPS[loop_name](model, task, spec, strategy, config)
     created = False
     if checkpoint:
         with strategy.scope():  # a checkpoint from the unfreezing epoch holds the replaced optimizer's variables: skip them
@@ -569,7 +608,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
             run_dir = write_run_files(run_dir, config, data, overwrite)
             created = True
         summary = {"model": spec.name, "parameters": int(model.count_params()),
-                   "before_training": task.report(loop.evaluate(data.validation), data.record)}
+                   "before_training": task.report(loop.evaluate(validation), data.record)}
         if parent_record:
             summary["parent"] = dict(parent_record, layers_copied=len(model.transferred_layers[0]) if parent is not None else 0,
                                      layers_new=model.transferred_layers[1] if parent is not None else list(spec.head_layers))
@@ -599,7 +638,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         phases.append((state.epoch, state.epoch + 1, data.steps_per_epoch - state.step_in_epoch, state.step_in_epoch))
         checkpointing.steps_done_at_start = reporter.steps_done_at_start = state.step_in_epoch
     phases.append((state.epoch + bool(state.step_in_epoch), epochs, data.steps_per_epoch, 0))
-    epoch_validation = spread_subset(data.validation, config.train.validation_steps)
+    epoch_validation = spread_subset(validation, config.train.validation_steps)
     first_step, started, idle_after_last_step = state.global_step, time.perf_counter(), 0.0
     try:
         for first, last, steps, skip in unfreezing.split(phases):
@@ -607,7 +646,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
                 continue
             if unfreezing.epoch and first == unfreezing.epoch and not checkpointing.step_offset:
                 unfreezing.apply(model, spec, task, config, strategy)
-                loop = LOOPS[config.runtime.loop](model, task, spec, strategy, config)
+                loop = LOOPS[loop_name](model, task, spec, strategy, config)
                 checkpointing.step_offset = unfreezing.steps_before
             loop.fit(data.train(first, last, skip), epoch_validation, initial_epoch=first, epochs=last,
                      steps_per_epoch=steps, callbacks=callbacks)
@@ -624,7 +663,7 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
     # 4. finalize
     if state.best_checkpoint and (run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint).is_dir():
         load_checkpoint_weights(run_dir / runs.CHECKPOINTS_DIR / state.best_checkpoint, model)
-    after = task.report(loop.evaluate(data.validation), data.record)
+    after = task.report(loop.evaluate(validation), data.record)
     steps_this_session = state.global_step - first_step
     summary.update(
         after_training=after,
@@ -640,8 +679,11 @@ def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: 
         **{f"{data.unit}_per_second": data.items_per_step * steps_this_session / max(session_seconds, 1e-9)
            if steps_this_session else summary.get(f"{data.unit}_per_second", 0.0)},
         backend=keras.backend.backend(),
-        strategy=type(strategy).__name__,
-        replicas=strategy.num_replicas_in_sync,
+        strategy=distribute.describe(strategy),
+        replicas=replicas,
+        global_batch=global_batch,
+        precision=config.runtime.precision,
+        jit_compile=bool(getattr(model, "jit_compile", False)) if loop.name == "fit" else config.runtime.jit_compile,
         loop=loop.name,
         overfitting=diagnostics.overfitting(state.history, spec.overfitting_fixes),
         command=command or " ".join(sys.argv),

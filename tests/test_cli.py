@@ -68,7 +68,7 @@ def test_train_data_errors(runner, tmp_path, content, message):
 def test_train_config_errors(runner, tmp_path):
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "model_args.unitz=3"), "valid keys in model_args")
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "train.epochs=many"), "train.epochs must be int")
-    assert_user_error(invoke(runner, "train", "lstm-textgen", "--strategy", "tpu", "--out", tmp_path / "r", *tiny_args()),
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--strategy", "tpus", "--out", tmp_path / "r", *tiny_args()),
                       "runtime.strategy must be one of auto")
     assert_user_error(invoke(runner, "train"), "name a model to train")
 

@@ -100,7 +100,7 @@ def test_configs_of_kerasllm_0_1_runs_still_load(tmp_path):
     ("train.early_stopping_patience=-1", "early_stopping_patience"), ("train.warmup_steps=-5", "warmup_steps"),
     ("train.seed=-1", "train.seed"), (f"train.seed={2**32}", "train.seed"), ("train.learning_rate=.nan", "learning_rate"),
     ("train.keep_checkpoints=-1", "keep_checkpoints"), ("data.source=", "data.source is empty"),
-    ("data.tokenizer=bpe", "data.tokenizer"), ("runtime.loop=eager", "runtime.loop"), ("runtime.strategy=tpu", "runtime.strategy"),
+    ("data.tokenizer=bpe", "data.tokenizer"), ("runtime.loop=eager", "runtime.loop"), ("runtime.strategy=tpus", "runtime.strategy"),
 ])
 def test_values_are_validated(override, message):
     with pytest.raises(UserError, match=message):

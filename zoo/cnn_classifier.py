@@ -100,9 +100,16 @@ def augmentation(hparams: CNNClassifierConfig):
         steps.append(layers.RandomZoom(hparams.zoom, fill_mode="constant", name="random_zoom"))
     if not steps:
         return None
-    import keras
 
-    return keras.Sequential(steps, name="augmentation")
+    def augment(images, training=True):
+        # layer by layer: each random layer switches to TensorFlow ops inside tf.data on any Keras backend, a Sequential
+        # around them does not (it failed on JAX)
+        for step in steps:
+            images = step(images, training=training)
+        return images
+
+    augment.layers = steps
+    return augment
 
 
 def count_params(hparams: CNNClassifierConfig, channels: int | None = None, num_classes: int = 10) -> int:

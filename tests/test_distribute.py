@@ -1,0 +1,300 @@
+"""Scale-out: strategy choice, TPU initialisation, multi-worker on loopback, the whole zoo mirrored over 2 logical CPUs
+with XLA, and on JAX with DataParallel over 2 host devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerasllm import distribute
+from kerasllm.errors import UserError
+
+ROOT = Path(__file__).parent.parent
+CLUSTER = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
+
+
+# --- choosing a strategy -------------------------------------------------------------------
+
+@pytest.mark.parametrize("facts, expected", [
+    ({"tpu": True, "cluster": CLUSTER, "gpus": 4}, "tpu"),
+    ({"tpu": False, "cluster": CLUSTER, "gpus": 4}, "multi-worker"),
+    ({"tpu": False, "cluster": None, "gpus": 4}, "mirrored"),
+    ({"tpu": False, "cluster": None, "gpus": 1}, "gpu"),
+    ({"tpu": False, "cluster": None, "gpus": 0}, "cpu"),
+    ({"tpu": False, "cluster": {"cluster": {"worker": ["a:1"]}, "task": {}}, "gpus": 0}, "cpu"),  # a cluster of one
+])
+def test_auto_picks_tpu_then_workers_then_gpus_then_cpu(facts, expected):
+    assert distribute.choose("auto", **facts) == expected
+    assert distribute.choose("cpu", **facts) == "cpu"  # a name other than auto is taken as it is
+
+
+def test_unknown_strategy_and_bad_tf_config_are_one_line():
+    with pytest.raises(UserError, match="unknown strategy 'tpus'; use one of auto, cpu, gpu, mirrored, tpu, multi-worker"):
+        distribute.choose("tpus", tpu=False, cluster=None, gpus=0)
+    with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
+        distribute.tf_config({"TF_CONFIG": "{cluster"})
+    with pytest.raises(UserError, match='TF_CONFIG needs "cluster" and "task"'):
+        distribute.tf_config({"TF_CONFIG": '{"cluster": {}}'})
+    assert distribute.tf_config({}) is None
+
+
+def test_the_chief_is_the_chief_task_or_worker_zero():
+    assert distribute.chief_in(None)
+    assert distribute.chief_in(CLUSTER)
+    assert not distribute.chief_in({**CLUSTER, "task": {"type": "worker", "index": 1}})
+    with_chief = {"cluster": {"chief": ["c:0"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    assert not distribute.chief_in(with_chief)
+    assert distribute.chief_in({**with_chief, "task": {"type": "chief", "index": 0}})
+
+
+def test_the_loop_follows_the_strategy():
+    import tensorflow as tf
+
+    default = tf.distribute.get_strategy()
+    assert distribute.loop_for("auto", default) == "fit"
+    assert distribute.loop_for("custom", default) == "custom"
+
+    class FakeMultiWorker:  # kind_of reads the class name, as for TF's CollectiveAllReduceStrategy
+        pass
+
+    FakeMultiWorker.__name__ = "MultiWorkerMirroredStrategy"
+    assert distribute.loop_for("auto", FakeMultiWorker()) == "custom"
+    with pytest.raises(UserError, match="Keras fit cannot train under the multi-worker strategy"):
+        distribute.loop_for("fit", FakeMultiWorker())
+
+
+def test_tpu_is_initialised_once_and_a_missing_tpu_is_one_line(monkeypatch):
+    calls = []
+
+    class FakeTF:
+        class config:
+            class experimental:
+                connect_to_cluster = staticmethod(lambda resolver: calls.append(("connect", resolver)))
+
+        class tpu:
+            class experimental:
+                initialize_tpu_system = staticmethod(lambda resolver: calls.append(("initialize", resolver)))
+
+    FakeTF.config.experimental_connect_to_cluster = FakeTF.config.experimental.connect_to_cluster
+    monkeypatch.setattr(distribute, "_TPU", {})
+    first = distribute.initialize_tpu(lambda: "resolver", FakeTF)
+    second = distribute.initialize_tpu(lambda: "another", FakeTF)
+    assert first == second == "resolver" and calls == [("connect", "resolver"), ("initialize", "resolver")]
+
+    def no_tpu():
+        raise ValueError("Please provide a TPU Name to connect to.")
+
+    monkeypatch.setattr(distribute, "_TPU", {})
+    with pytest.raises(UserError, match="no TPU could be initialised .*Please provide a TPU Name.*--backend jax"):
+        distribute.initialize_tpu(no_tpu, FakeTF)
+
+
+def test_backend_must_be_set_before_keras_and_be_known():
+    import keras  # noqa: F401  (the test process runs TensorFlow)
+
+    distribute.set_backend("tensorflow")  # already so: nothing to do
+    with pytest.raises(UserError, match="already imported with the tensorflow backend; start a new process with KERAS_BACKEND=jax"):
+        distribute.set_backend("jax")
+    with pytest.raises(UserError, match="unknown backend 'torch'"):
+        distribute.set_backend("torch")
+
+
+def test_precision_and_worker_timeout_are_validated():
+    from kerasllm import config as config_lib
+    from kerasllm import registry
+
+    spec = registry.get("lstm-textgen")
+    with pytest.raises(UserError, match="runtime.precision must be one of float32, mixed_bfloat16, mixed_float16"):
+        config_lib.resolve(spec, None, ["runtime.precision=fp8"])
+    with pytest.raises(UserError, match="runtime.worker_timeout must be 0"):
+        config_lib.resolve(spec, None, ["runtime.worker_timeout=-1"])
+
+
+# --- the whole zoo, one step each ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def zoo_runs(tmp_path_factory) -> dict:
+    """Every registered model, one step each, on TensorFlow and on JAX, in four processes started at once (each
+    backend's models in two halves): tracing is mostly single-threaded, so the two cores run them together faster.
+    Returns {backend: [(stdout, stderr, returncode) of each half]}."""
+    from kerasllm import registry
+
+    names = registry.names()
+    halves = [",".join(names[: len(names) // 2]), ",".join(names[len(names) // 2:])]
+    modes = ["tensorflow"]
+    try:
+        import jax  # noqa: F401
+
+        modes.append("jax")
+    except ImportError:
+        pass
+    processes = {(mode, half): subprocess.Popen([sys.executable, "-m", "tests.zoo_step", str(tmp_path_factory.mktemp(mode)), mode,
+                                                 half], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+                 for mode in modes for half in halves}
+    found = {}
+    for (mode, _), process in processes.items():
+        found.setdefault(mode, []).append(process.communicate(timeout=900) + (process.returncode,))
+    return found
+
+
+def zoo_results(zoo_runs, mode: str) -> dict:
+    if mode not in zoo_runs:
+        pytest.skip(f"{mode} is not installed")
+    found = {}
+    for stdout, stderr, returncode in zoo_runs[mode]:
+        assert returncode == 0, stderr[-3000:]
+        found.update(json.loads(stdout.strip().splitlines()[-1]))
+    from kerasllm import registry
+
+    assert sorted(found) == registry.names()
+    for name, runs in found.items():
+        for strategy, run in runs.items():
+            assert "error" not in run, f"{name} {strategy}: {run['error']}"
+    return found
+
+
+def test_every_model_trains_with_xla_and_mirrored_over_two_logical_cpus(zoo_runs):
+    """The TPU proxy (Keras fit compiled whole by XLA: static shapes, no py_function) and MirroredStrategy over 2
+    logical CPUs at the same global batch."""
+    for name, runs in zoo_results(zoo_runs, "tensorflow").items():
+        one, two = runs["cpu"], runs["mirrored"]
+        assert (one["replicas"], one["loop"], one["jit_compile"], one["steps"]) == (1, "fit", True, 1), name
+        assert (two["replicas"], two["strategy"], two["loop"], two["global_batch"]) == (2, "MirroredStrategy", "fit", 8), name
+        # after one step the validation loss matches one device; not to the last digit: batch normalisation and
+        # token-weighted losses are computed per replica on half the batch
+        assert two["after"] == pytest.approx(one["after"], rel=1e-3), name
+
+
+def test_every_model_trains_on_jax_with_data_parallel_over_two_devices(zoo_runs):
+    for name, runs in zoo_results(zoo_runs, "jax").items():
+        one, two = runs["cpu"], runs["mirrored"]
+        assert one["backend"] == two["backend"] == "jax" and (one["replicas"], two["replicas"]) == (1, 2), name
+        assert two["strategy"] == "DataParallel (jax)" and two["global_batch"] == one["global_batch"] == 8, name
+        assert two["first_loss"] == pytest.approx(one["first_loss"], rel=1e-5), name  # the same batch, the same weights
+
+
+# --- two workers on 127.0.0.1 ---------------------------------------------------------------------
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_worker(index, ports, run_dir, model, data, *extra):
+    return subprocess.Popen([sys.executable, "-m", "tests.mw_worker", str(index), ",".join(map(str, ports)), str(run_dir), model,
+                             str(data), *map(str, extra)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+
+
+def finish(process, timeout=300) -> dict:
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def two_workers(run_dirs, model, data, *extra) -> list[dict]:
+    ports = free_ports(2)
+    workers = [start_worker(index, ports, run_dirs[index], model, data, *extra) for index in (0, 1)]
+    return [finish(worker) for worker in workers]
+
+
+def weights(path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[key] for key in saved.files]
+
+
+@pytest.fixture(scope="module")
+def zoo_data(tmp_path_factory):
+    from tests.zoo_cases import write_data
+
+    folder = tmp_path_factory.mktemp("zoo")
+    write_data(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model", ["lstm-textgen", "transformer-lm"])
+def test_two_workers_stay_in_sync_and_match_one_process(zoo_data, tmp_path, model):
+    chief_run, other_run = tmp_path / "chief", tmp_path / "other"
+    summaries = two_workers([chief_run, other_run], model, zoo_data)
+    for summary in summaries:
+        assert (summary["strategy"], summary["replicas"], summary["global_batch"], summary["loop"], summary["steps"]) == \
+               ("MultiWorkerMirroredStrategy", 2, 8, "custom", 3)
+    chief, other = weights(f"{chief_run}.weights-0.npz"), weights(f"{other_run}.weights-1.npz")
+    assert all(np.array_equal(a, b) for a, b in zip(chief, other))  # identical, not just close
+    assert (chief_run / "model.keras").is_file() and not other_run.exists()  # only the chief writes
+    single = finish(start_worker(-1, [0], tmp_path / "single", model, zoo_data))
+    assert single["global_batch"] == 8 and summaries[0]["loss"] == pytest.approx(single["loss"], rel=1e-4)
+
+
+def test_two_workers_resume_from_the_chiefs_checkpoint(zoo_data, tmp_path):
+    run = tmp_path / "run"
+    two_workers([run, run], "lstm-textgen", zoo_data, 1)
+    resumed = two_workers([run, run], "lstm-textgen", zoo_data, 2, "resume")
+    assert resumed[0]["steps"] == resumed[1]["steps"] == 6
+    # one process, the same way (the schedule is fixed by the first session: the extra epoch runs at its floor)
+    finish(start_worker(-1, [0], tmp_path / "single", "lstm-textgen", zoo_data, 1))
+    single = finish(start_worker(-1, [0], tmp_path / "single", "lstm-textgen", zoo_data, 2, "resume"))
+    assert resumed[0]["loss"] == pytest.approx(single["loss"], rel=1e-4)
+
+
+def test_a_worker_that_dies_fails_the_job_with_one_line_in_bounded_time(zoo_data, tmp_path):
+    ports = free_ports(2)
+    started = time.monotonic()
+    dying = start_worker(1, ports, tmp_path / "run", "lstm-textgen", zoo_data, 1, "die")
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                                 "task": {"type": "worker", "index": 0}}))
+    from tests.zoo_cases import cases
+
+    sets = [arg for item in cases(zoo_data)["lstm-textgen"] for arg in ("--set", item)]
+    chief = subprocess.run([sys.executable, "-m", "cli", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
+                            "--set", "train.steps_per_epoch=3", "--set", "runtime.worker_timeout=20", "--quiet"],
+                           capture_output=True, text=True, timeout=240, cwd=str(ROOT), env=env)
+    dying.communicate(timeout=60)
+    assert dying.returncode == 3
+    assert chief.returncode == 2 and time.monotonic() - started < 120
+    last = chief.stderr.strip().splitlines()[-1]
+    assert "the multi-worker job failed: worker 1 stopped responding" in last and "Traceback" not in chief.stderr
+
+
+# --- precision -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model, precision, loop", [("transformer-lm", "mixed_bfloat16", "fit"),
+                                                    ("lstm-textgen", "mixed_float16", "custom")])
+def test_mixed_precision_keeps_logits_and_loss_in_float32(zoo_data, tmp_path, model, precision, loop):
+    import keras
+
+    from kerasllm import config as config_lib
+    from kerasllm import registry, training
+    from tests.zoo_cases import cases
+
+    config = config_lib.resolve(registry.get(model), None, [*cases(zoo_data)[model], "train.steps_per_epoch=2",
+                                                             f"runtime.precision={precision}", f"runtime.loop={loop}",
+                                                             "runtime.jit_compile=false"])
+    summary = training.train(config, tmp_path / "run", progress="quiet")
+    assert summary["precision"] == precision and np.isfinite(summary["after_training"]["loss"])
+    assert keras.mixed_precision.global_policy().name == "float32"  # set only while the model is built
+    saved = keras.models.load_model(tmp_path / "run" / "model.keras", compile=False)
+    compute = {layer.dtype_policy.compute_dtype for layer in saved.layers if layer.weights}
+    assert precision.removeprefix("mixed_") in compute  # the layers compute in 16 bits ...
+    assert keras.backend.standardize_dtype(saved.outputs[0].dtype) == "float32"  # ... the logits are float32
+
+
+def test_strategy_tpu_without_a_tpu_is_one_line(runner, corpus_file, tmp_path):
+    from tests.conftest import tiny_args
+    from tests.test_cli import assert_user_error, invoke
+
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--strategy", "tpu", "--out", tmp_path / "r",
+                             *tiny_args()), "--strategy tpu but this machine shows no TPU")
+    assert not (tmp_path / "r").exists()
