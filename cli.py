@@ -519,8 +519,11 @@ def export(
     for dropped in getattr(model, "legacy_dropped", []):
         console.print(f"migrated tf.keras {model.legacy_keras_version} file: dropped {dropped} (not used by Keras 3)")
     sample = run.task.export_sample(model, run) if run is not None else None
-    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample)
+    endpoints = run.task.savedmodel_endpoints(model, run) if run is not None and fmt == "savedmodel" else []
+    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints)
     console.print(f"wrote {result.path} ({fmt}); max |diff| vs source on a sample batch: {result.max_abs_diff:.3g} (tolerance {tolerance:g})")
+    for endpoint in endpoints:
+        console.print(f"signature `{endpoint.name}`: same outputs as `kerasllm` on the check inputs", highlight=False)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Export a model to another format and check the copy computes the same outputs.
 
 Formats: `keras` (.keras), `h5` (Keras 3's legacy HDF5), `savedmodel` (a TensorFlow
-SavedModel with a `serve` signature) and `tflite` (through a SavedModel, because
+SavedModel with a `serve` signature, plus the task's own, e.g. seq2seq's `translate(string) -> string`) and `tflite` (through a SavedModel, because
 `TFLiteConverter.from_keras_model` fails on Keras 3 models). After writing, the
 export is loaded back and run on a sample batch; `max_abs_diff` must stay under
 the tolerance or the export is reported as failed.
@@ -21,6 +21,18 @@ import numpy as np
 from kerasllm.errors import UserError
 
 FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite"}
+
+
+@dataclass
+class Endpoint:
+    """A SavedModel signature beside `serve`: `fn(*inputs)` traced with `signature`, the TensorFlow resources it uses
+    (lookup tables), and `check(loaded) -> str`, which runs the loaded signature and returns "" or what differed."""
+
+    name: str
+    fn: object
+    signature: list
+    resources: list
+    check: object
 
 
 @dataclass
@@ -102,18 +114,37 @@ def _run_tflite(path: Path, batch: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
-    """Write `model` as `fmt` at `out`; return the export's outputs on `batch`."""
+def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None = None) -> np.ndarray:
+    """Write `model` as `fmt` at `out`; return the export's outputs on `batch`. A SavedModel also gets `endpoints`
+    (checked after loading)."""
+    endpoints = endpoints or []
     if fmt in ("keras", "h5"):
         model.save(out)
         from kerasllm.saving import load_model
 
         return np.asarray(load_model(out).predict(batch, verbose=0))
     if fmt == "savedmodel":
-        model.export(out, format="tf_saved_model", verbose=False)
         import tensorflow as tf
 
+        if endpoints:
+            import keras
+            from keras.src.export.saved_model import get_input_signature
+
+            archive = keras.export.ExportArchive()
+            archive.track_and_add_endpoint("serve", model, get_input_signature(model))
+            for endpoint in endpoints:
+                for resource in endpoint.resources:
+                    archive.track(resource)
+                archive.add_endpoint(endpoint.name, endpoint.fn, input_signature=endpoint.signature)
+            archive.write_out(str(out), verbose=False)
+        else:
+            model.export(out, format="tf_saved_model", verbose=False)
         loaded = tf.saved_model.load(str(out))  # keep a reference: `serve` needs its variables alive
+        for endpoint in endpoints:
+            problem = endpoint.check(loaded)
+            if problem:
+                raise UserError(f"the SavedModel's `{endpoint.name}` signature differs from kerasllm's: {problem}; "
+                                "nothing was written; report this model")
         return np.asarray(loaded.serve(batch))
     # tflite: a SavedModel with a fixed input shape, then the converter.
     import tensorflow as tf
@@ -126,7 +157,7 @@ def write(model, fmt: str, out: Path, batch: np.ndarray) -> np.ndarray:
 
 
 def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bool = False,
-           sample: np.ndarray | None = None, input_length: int = 16) -> ExportResult:
+           sample: np.ndarray | None = None, input_length: int = 16, endpoints: list | None = None) -> ExportResult:
     """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`.
 
     The export is written beside `out` and renamed into place once it passes, so a failed
@@ -144,7 +175,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bo
         _remove(staging)
         batch = sample if sample is not None else sample_batch(model, length=input_length)
         expected = np.asarray(model.predict(batch, verbose=0))
-        actual = write(model, fmt, staging, batch)
+        actual = write(model, fmt, staging, batch, endpoints if fmt == "savedmodel" else None)
         result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)
         if not result.ok:
             raise UserError(f"the {fmt} export differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g}); "

@@ -113,6 +113,10 @@ class Task:
         """A batch of valid model inputs, used by export parity checks."""
         raise NotImplementedError
 
+    def savedmodel_endpoints(self, model, run) -> list:
+        """Extra SavedModel signatures beside `serve`: `Endpoint`s (e.g. text in, text out); none by default."""
+        return []
+
     # --- rendering ----------------------------------------------------------------------
     def tables(self, results: dict, title: str) -> list[Table]:
         """How `evaluate` results render: scalars in one table by default."""

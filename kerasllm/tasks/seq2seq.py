@@ -23,10 +23,12 @@ from kerasllm import runs
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.parallel import Pairs, load_pairs
 from kerasllm.data.splits import check_unchanged
+from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
 
 SAMPLES = 3
+CHECKED_SOURCES = 16  # validation sources the SavedModel's translate signature is checked on
 _TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward function (RecomputeDecoder)
 
 
@@ -211,6 +213,40 @@ def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int =
     return outputs
 
 
+def graph_translate(model, source_tokenizer, target_tokenizer, source_length: int, target_length: int):
+    """`translate(texts) -> texts` as TensorFlow ops only (for a SavedModel signature): tokenize and pack the sources
+    as `pack_sources` does, greedy-decode by running the model on the whole target row at each position (static
+    shapes; the same choices as `decode`'s greedy path), cut at [EOS] and detokenize."""
+    import tensorflow as tf
+
+    bos, eos, pad = target_tokenizer.special_id("bos"), target_tokenizer.eos_id, source_tokenizer.special_id("pad") or 0
+    penalty = np.zeros(target_tokenizer.vocab_size, np.float32)
+    penalty[[i for i in target_tokenizer.never_generated() if i != eos]] = -np.inf
+
+    def translate(texts):
+        batch = tf.shape(texts)[0]
+        ids = source_tokenizer.tf_encode(texts)[:, : source_length - 1]
+        ids = tf.concat([ids, tf.RaggedTensor.from_tensor(tf.fill([batch, 1], tf.constant(source_tokenizer.eos_id, tf.int32)))], 1)
+        sources = ids.to_tensor(default_value=pad, shape=[None, source_length])
+        target = tf.concat([tf.fill([batch, 1], tf.constant(bos, tf.int32)), tf.zeros([batch, target_length - 1], tf.int32)], 1)
+
+        def step(position, target, outputs):
+            logits = model({"source": sources, "target_in": target}, training=False)
+            scores = tf.cast(tf.gather(logits, position, axis=1), tf.float32) + penalty
+            token = tf.argmax(scores, axis=-1, output_type=tf.int32)[:, None]
+            outputs += tf.one_hot(position, target_length, dtype=tf.int32)[None] * token
+            target += tf.one_hot(position + 1, target_length, dtype=tf.int32)[None] * token  # nothing past the row
+            return position + 1, target, outputs
+
+        _, _, outputs = tf.while_loop(lambda position, *_: position < target_length, step,
+                                      (tf.constant(0), target, tf.zeros([batch, target_length], tf.int32)))
+        before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(outputs, eos), tf.int32), axis=1), 0)
+        kept = tf.RaggedTensor.from_tensor(outputs, lengths=tf.reduce_sum(tf.cast(before_eos, tf.int32), axis=1))
+        return target_tokenizer.tf_decode(kept)
+
+    return translate
+
+
 class Seq2Seq(Task):
     """Source text → target text with an encoder–decoder model."""
 
@@ -350,6 +386,30 @@ class Seq2Seq(Task):
         rng = np.random.default_rng(0)
         return {"source": rng.integers(4, vocab, size=(batch, source_length)).astype("int32"),
                 "target_in": rng.integers(4, vocab, size=(batch, target_length)).astype("int32")}
+
+    def savedmodel_endpoints(self, model, run) -> list:
+        """`translate(string) -> string`: greedy decoding with the tokenizers in the graph; checked against
+        `kerasllm generate` (greedy) on the first validation sources."""
+        import tensorflow as tf
+
+        from kerasllm.export import Endpoint
+
+        source_tokenizer, target_tokenizer = self.tokenizers(run.artifacts)
+        source_length, target_length = self.lengths(run.config)
+        fn = graph_translate(model, source_tokenizer, target_tokenizer, source_length, target_length)
+        try:
+            texts = self.held_out(run, None)[0].sources[:CHECKED_SOURCES]
+        except (UserError, OSError):  # the training data moved: check on words from the vocabulary instead
+            texts = [" ".join(source_tokenizer.vocabulary[4:9])]
+
+        def check(loaded) -> str:
+            graph = [text.decode("utf-8") for text in loaded.translate(tf.constant(texts)).numpy()]
+            python = self.translate(model, run, texts)
+            wrong = [(t, g, p) for t, g, p in zip(texts, graph, python) if g != p]
+            return f"{len(wrong)} of {len(texts)} translations, e.g. {wrong[0][0]!r}: {wrong[0][1]!r} vs {wrong[0][2]!r}" if wrong else ""
+
+        resources = [tokenizer.lookup_table() for tokenizer in {id(t): t for t in (source_tokenizer, target_tokenizer)}.values()]
+        return [Endpoint("translate", fn, [tf.TensorSpec([None], tf.string)], resources, check)]
 
     def tables(self, results: dict, title: str) -> list[Table]:
         tables = super().tables(results, title)
