@@ -117,7 +117,10 @@ from kerasllm import config as config_lib, registry, training
 spec = registry.get("transformer-lm")
 settings = ["data.source=" + sys.argv[1], "model_args.num_layers=1", "model_args.num_heads=2", "model_args.hidden_dim=16",
             "model_args.max_sequence_length=16", "model_args.dropout=0.0", "data.sequence_length=16", "train.epochs=1",
-            "train.steps_per_epoch=2", "train.sample_length=0", "runtime.jit_compile=true", "runtime.steps_per_execution=1"]
+            "train.steps_per_epoch=2", "train.sample_length=0", "runtime.jit_compile=true", "runtime.steps_per_execution=1",
+            # SGD with a small clip norm: the update follows the clipped gradient, so clipping each replica's part on its own
+            # (what Keras does inside apply_gradients) would double the step; the global gradient must be clipped
+            "train.optimizer=sgd", "train.learning_rate=0.5", "train.clip_norm=0.1", "train.warmup_steps=0"]
 out = {}
 for strategy, batch in (("cpu", 8), ("mirrored", 4)):
     config = config_lib.resolve(spec, None, [*settings, "train.batch_size=%d" % batch, "runtime.strategy=" + strategy])
@@ -130,7 +133,8 @@ print(json.dumps(out))
 def test_xla_over_two_logical_cpus_runs_the_custom_loop_and_matches_one_device(corpus_file, tmp_path):
     """fit cannot compile a step over several devices with XLA; loop auto takes the custom loop, which compiles each
     replica's step (the transformer's sparse embedding gradient is made dense so every replica all-reduces the same
-    shapes). Keras fit on MirroredStrategy without XLA is tested for every model in test_distribute."""
+    shapes), and gradient clipping applies to the global batch's gradient. Keras fit on MirroredStrategy is tested for
+    every model in test_distribute."""
     import json
     import subprocess
     import sys
