@@ -298,3 +298,13 @@ def test_strategy_tpu_without_a_tpu_is_one_line(runner, corpus_file, tmp_path):
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--strategy", "tpu", "--out", tmp_path / "r",
                              *tiny_args()), "--strategy tpu but this machine shows no TPU")
     assert not (tmp_path / "r").exists()
+
+
+def test_in_memory_pipelines_shard_by_data_across_workers():
+    import tensorflow as tf
+
+    from kerasllm.data import pipeline
+
+    dataset = pipeline.array_dataset(np.arange(8), np.zeros(8, np.int32), 4, shuffle_seed=0, steps_per_epoch=2)
+    assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
+    assert distribute.shard_policy(file_backed=True) == tf.data.experimental.AutoShardPolicy.FILE

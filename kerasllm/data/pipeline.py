@@ -23,9 +23,14 @@ def language_model_windows(ids: np.ndarray, sequence_length: int) -> np.ndarray:
 def _options():
     import tensorflow as tf
 
+    from kerasllm.distribute import shard_policy
+
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True
+    # every pipeline here indexes in-memory arrays: across workers each reads all of it and keeps its share of each
+    # global batch (FILE would look for files to split and fall back with a warning)
+    options.experimental_distribute.auto_shard_policy = shard_policy(file_backed=False)
     return options
 
 
