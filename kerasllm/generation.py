@@ -135,35 +135,49 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def beam_search(decoder: Decoder, prompt: np.ndarray, max_length: int, beam_width: int, *, banned: list[int] = (),
                 eos: int | None = None, length_penalty: float = 1.0) -> list[int]:
-    """The most likely continuation of one prompt under beam search (token ids).
+    """The most likely continuation of one prompt under beam search (token ids); see `beam_search_batch`."""
+    return beam_search_batch(decoder, [prompt], max_length, beam_width, banned=banned, eos=eos, length_penalty=length_penalty)[0]
 
-    Keeps the `beam_width` best partial continuations by total log-probability; a beam that
-    produces `eos` is finished. Finished beams are ranked by score / length ** length_penalty.
-    Beam width 1 is greedy decoding.
+
+def beam_search_batch(decoder: Decoder, prompts: list, max_length: int, beam_width: int, *, banned: list[int] = (),
+                      eos: int | None = None, length_penalty: float = 1.0) -> list[list[int]]:
+    """Beam search for several prompts at once: the live beams of every prompt run as one decoder batch.
+
+    For each prompt, keeps the `beam_width` best partial continuations by total log-probability; a beam that
+    produces `eos` is finished. Finished beams are ranked by score / length ** length_penalty. Beam width 1 is
+    greedy decoding. The decoder's batch after the first step is padded to prompts × beam_width rows (repeating a
+    live row), so a traced step sees one shape however many beams have finished.
     """
-    logits, state = decoder.start([prompt])
-    beams, scores, finished = [[]], np.zeros(1), []
+    logits, state = decoder.start(list(prompts))
+    count, width = len(prompts), len(prompts) * beam_width
+    owner, beams, scores = np.arange(count), [[] for _ in prompts], np.zeros(count)
+    finished: list[list] = [[] for _ in prompts]
     for position in range(max_length):
-        log_probs = log_softmax(np.array(logits, dtype=np.float64))
+        log_probs = log_softmax(np.array(logits, dtype=np.float64)[: len(owner)])
         if banned:
             log_probs[:, list(banned)] = -np.inf
-        total = (scores[:, None] + log_probs).reshape(-1)
-        best = np.argsort(-total, kind="stable")[: beam_width]
-        rows, tokens = np.divmod(best, log_probs.shape[-1])
-        keep_rows, keep_tokens, keep_scores = [], [], []
-        for row, token, score in zip(rows, tokens, total[best]):
-            if eos is not None and token == eos:
-                finished.append((score / max(len(beams[row]), 1) ** length_penalty, beams[row]))
-            else:
-                keep_rows.append(row), keep_tokens.append(int(token)), keep_scores.append(score)
-        beams = [beams[r] + [t] for r, t in zip(keep_rows, keep_tokens)]
-        scores = np.asarray(keep_scores)
-        if not keep_rows or position == max_length - 1:
+        rows, tokens, kept_owner, kept_beams, kept_scores = [], [], [], [], []
+        for source in range(count):
+            live = np.flatnonzero(owner == source)
+            if not len(live):
+                continue
+            total = (scores[live, None] + log_probs[live]).reshape(-1)
+            best = np.argsort(-total, kind="stable")[:beam_width]
+            for row, token, score in zip(live[best // log_probs.shape[-1]], best % log_probs.shape[-1], total[best]):
+                if eos is not None and token == eos:
+                    finished[source].append((score / max(len(beams[row]), 1) ** length_penalty, beams[row]))
+                else:
+                    rows.append(row), tokens.append(int(token)), kept_scores.append(score)
+                    kept_owner.append(source), kept_beams.append(beams[row] + [int(token)])
+        beams, scores, owner = kept_beams, np.asarray(kept_scores), np.asarray(kept_owner, dtype=int)
+        if not rows or position == max_length - 1:
             break
-        state = decoder.select(state, np.asarray(keep_rows))
-        logits, state = decoder.step(state, np.asarray(keep_tokens))
-    finished += [(score / max(len(beam), 1) ** length_penalty, beam) for score, beam in zip(scores, beams)]
-    return max(finished, key=lambda item: item[0])[1] if finished else []
+        padding = width - len(rows)
+        state = decoder.select(state, np.asarray(rows + rows[:1] * padding))
+        logits, state = decoder.step(state, np.asarray(tokens + tokens[:1] * padding))
+    for beam, score, source in zip(beams, scores, owner):
+        finished[source].append((score / max(len(beam), 1) ** length_penalty, beam))
+    return [max(found, key=lambda item: item[0])[1] if found else [] for found in finished]
 
 
 # --- the loop ---------------------------------------------------------------------------

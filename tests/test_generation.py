@@ -120,3 +120,48 @@ def test_stateful_lstm_decoder_matches_the_windowed_path_token_for_token(trained
     ids = [tokenizer.encode(p) for p in prompts]
     log_softmax = lambda x: x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
     np.testing.assert_allclose(log_softmax(stateful.start(ids)[0]), log_softmax(windowed.start(ids)[0]), atol=1e-4)
+
+
+class PrefixDecoder:
+    """A fake model whose logits depend on the whole prefix (state: one list of tokens per row), so beams differ."""
+
+    vocab = 7
+
+    def _logits(self, prefixes):
+        rows = []
+        for prefix in prefixes:
+            rng = np.random.default_rng(abs(hash(tuple(prefix))) % (2**32))
+            rows.append(rng.normal(size=self.vocab) * 2)
+        return np.asarray(rows)
+
+    def start(self, prompts):
+        state = [list(p) for p in prompts]
+        return self._logits(state), state
+
+    def step(self, state, tokens):
+        state = [prefix + [int(t)] for prefix, t in zip(state, tokens)]
+        return self._logits(state), state
+
+    def select(self, state, rows):
+        return [list(state[r]) for r in rows]
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_batched_beam_search_equals_one_prompt_at_a_time(width):
+    prompts = [np.asarray([i]) for i in (0, 2, 5, 6)]
+    options = dict(banned=[1], eos=3, length_penalty=0.8)
+    batched = generation.beam_search_batch(PrefixDecoder(), prompts, 9, width, **options)
+    single = [generation.beam_search(PrefixDecoder(), prompt, 9, width, **options) for prompt in prompts]
+    assert batched == single and any(len(ids) > 1 for ids in batched)
+    if width == 1:  # beam width 1 is greedy
+        for prompt, ids in zip(prompts, batched):
+            decoder, state, greedy = PrefixDecoder(), None, []
+            logits, state = decoder.start([prompt])
+            for _ in range(9):
+                logits[:, 1] = -np.inf
+                token = int(logits[0].argmax())
+                if token == 3:
+                    break
+                greedy.append(token)
+                logits, state = decoder.step(state, [token])
+            assert ids == greedy

@@ -178,17 +178,19 @@ def seq2seq_decoder(model, spec, target_length: int):
 
 def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int = 0, length_penalty: float = 1.0,
            batch_size: int = 64) -> list[list[int]]:
-    """Target ids for each source row: batched greedy decoding, or beam search one source at a time."""
-    from kerasllm.generation import beam_search
+    """Target ids for each source row: batched greedy decoding, or batched beam search (`batch_size` rows of beams:
+    batch_size // beam sources at a time)."""
+    from kerasllm.generation import beam_search_batch
 
     bos, eos = tokenizer.special_id("bos"), tokenizer.eos_id
     banned = [i for i in tokenizer.never_generated() if i != eos]
     outputs: list[list[int]] = []
     if beam >= 1:
-        for row in sources:
-            ids = beam_search(decoder.bind(row[None]), np.asarray([bos]), max_length, beam, banned=banned, eos=eos,
-                              length_penalty=length_penalty)
-            outputs.append(list(ids))
+        step = max(1, batch_size // beam)
+        for start in range(0, len(sources), step):
+            chunk = sources[start:start + step]
+            outputs += [list(ids) for ids in beam_search_batch(decoder.bind(chunk), [np.asarray([bos])] * len(chunk), max_length,
+                                                               beam, banned=banned, eos=eos, length_penalty=length_penalty)]
         return outputs
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
