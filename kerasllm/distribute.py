@@ -63,7 +63,12 @@ def chief_in(config: dict | None) -> bool:
     return kind == "worker" and index == 0 and "chief" not in config.get("cluster", {})
 
 
-def choose(name: str, *, tpu: bool, cluster: dict | None, gpus: int) -> str:
+def workers_in(config: dict | None) -> int:
+    """How many processes a TF_CONFIG's cluster names (1 without one)."""
+    return sum(len(tasks) for tasks in config.get("cluster", {}).values()) if config else 1
+
+
+def choose(name: str, *, tpu: bool, workers: int, gpus: int) -> str:
     """The concrete strategy for a name: `auto` becomes tpu, multi-worker, mirrored, gpu or cpu, in that order."""
     if name not in STRATEGIES:
         raise UserError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
@@ -71,7 +76,7 @@ def choose(name: str, *, tpu: bool, cluster: dict | None, gpus: int) -> str:
         return name
     if tpu:
         return "tpu"
-    if cluster and sum(len(tasks) for tasks in cluster.get("cluster", {}).values()) > 1:
+    if workers > 1:
         return "multi-worker"
     if gpus > 1:
         return "mirrored"
@@ -216,8 +221,8 @@ def _jax_kind(name: str) -> str:
 
     devices = jax.devices()
     platforms = {device.platform for device in devices}
-    cluster = {"cluster": {"worker": ["", ""]}} if os.environ.get("JAX_COORDINATOR_ADDRESS") else None
-    kind = choose(name, tpu="tpu" in platforms, cluster=cluster, gpus=len(devices) if "gpu" in platforms else 0)
+    workers = 2 if os.environ.get("JAX_COORDINATOR_ADDRESS") else 1  # several processes join through a coordinator
+    kind = choose(name, tpu="tpu" in platforms, workers=workers, gpus=len(devices) if "gpu" in platforms else 0)
     return "mirrored" if name == "auto" and kind == "cpu" and len(devices) > 1 else kind  # e.g. forced host devices
 
 
@@ -225,15 +230,13 @@ def _jax_kind(name: str) -> str:
 
 def get_strategy(name: str = "auto", worker_timeout: float = 0.0):
     """A tf.distribute strategy (TensorFlow backend) or a `JaxDataParallel` (JAX backend) for `name`."""
-    if name not in STRATEGIES:
-        raise UserError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}")
     if backend() == "jax":
         return JaxDataParallel(_jax_kind(name))
     import tensorflow as tf
 
     from kerasllm.doctor import tpu_present
 
-    kind = choose(name, tpu=tpu_present(), cluster=tf_config(), gpus=len(tf.config.list_physical_devices("GPU")))
+    kind = choose(name, tpu=tpu_present(), workers=workers_in(tf_config()), gpus=len(tf.config.list_physical_devices("GPU")))
     return _tf_strategy(kind, worker_timeout)
 
 

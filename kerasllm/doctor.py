@@ -88,7 +88,7 @@ def environment() -> dict:
         import tensorflow as tf
 
         devices = [{"name": d.name, "type": d.device_type} for d in tf.config.list_logical_devices()]
-        kind = distribute.choose("auto", tpu=tpu_present(), cluster=distribute.tf_config(),
+        kind = distribute.choose("auto", tpu=tpu_present(), workers=distribute.workers_in(distribute.tf_config()),
                                  gpus=sum(d["type"] == "GPU" for d in devices))
     return {"keras_backend": keras.backend.backend(), "devices": devices, "auto_strategy": AUTO_NAMES[kind]}
 

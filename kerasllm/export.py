@@ -124,21 +124,17 @@ def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None 
 
         return np.asarray(load_model(out).predict(batch, verbose=0))
     if fmt == "savedmodel":
+        import keras
         import tensorflow as tf
+        from keras.src.export.saved_model import get_input_signature
 
-        if endpoints:
-            import keras
-            from keras.src.export.saved_model import get_input_signature
-
-            archive = keras.export.ExportArchive()
-            archive.track_and_add_endpoint("serve", model, get_input_signature(model))
-            for endpoint in endpoints:
-                for resource in endpoint.resources:
-                    archive.track(resource)
-                archive.add_endpoint(endpoint.name, endpoint.fn, input_signature=endpoint.signature)
-            archive.write_out(str(out), verbose=False)
-        else:
-            model.export(out, format="tf_saved_model", verbose=False)
+        archive = keras.export.ExportArchive()  # what `model.export` builds, with room for the task's endpoints
+        archive.track_and_add_endpoint("serve", model, get_input_signature(model))
+        for endpoint in endpoints:
+            for resource in endpoint.resources:
+                archive.track(resource)
+            archive.add_endpoint(endpoint.name, endpoint.fn, input_signature=endpoint.signature)
+        archive.write_out(str(out), verbose=False)
         loaded = tf.saved_model.load(str(out))  # keep a reference: `serve` needs its variables alive
         for endpoint in endpoints:
             problem = endpoint.check(loaded)
@@ -175,7 +171,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bo
         _remove(staging)
         batch = sample if sample is not None else sample_batch(model, length=input_length)
         expected = np.asarray(model.predict(batch, verbose=0))
-        actual = write(model, fmt, staging, batch, endpoints if fmt == "savedmodel" else None)
+        actual = write(model, fmt, staging, batch, endpoints)
         result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)
         if not result.ok:
             raise UserError(f"the {fmt} export differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g}); "

@@ -585,6 +585,7 @@ def _train(config: RunConfig, run_dir: Path, strategy, *, resume, overwrite, pro
 
     spec = registry.get(config.model)
     task = tasks.get(spec.task_for(config.train.objective))
+    chief = distribute.is_chief(strategy)
 
     # 1. prepare
     checkpoint = latest_checkpoint(run_dir) if resume else None
@@ -600,10 +601,10 @@ def _train(config: RunConfig, run_dir: Path, strategy, *, resume, overwrite, pro
             return dict(summary, nothing_to_do=True)
         if state.stopped_early and not finished:  # asked for more epochs than the early stop left
             state.stopped_early, state.epochs_without_improvement = False, 0
-        if distribute.is_chief(strategy):
+        if chief:
             runs.write_text_atomic(run_dir / runs.CONFIG_FILE, config.to_yaml())  # e.g. the new epoch count
     seed_everything(config)
-    chief, replicas = distribute.is_chief(strategy), strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
     loop_name = distribute.loop_for(config.runtime.loop, strategy, config.runtime.jit_compile)
     global_batch = config.train.batch_size * replicas  # train.batch_size is per replica; the pipeline batches globally
     if console is not None and progress == "rich":

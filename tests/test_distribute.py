@@ -19,6 +19,7 @@ from kerasllm.errors import UserError
 
 ROOT = Path(__file__).parent.parent
 CLUSTER = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
+ONE = {"cluster": {"worker": ["a:1"]}, "task": {}}
 
 
 # --- choosing a strategy -------------------------------------------------------------------
@@ -29,16 +30,17 @@ CLUSTER = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "in
     ({"tpu": False, "cluster": None, "gpus": 4}, "mirrored"),
     ({"tpu": False, "cluster": None, "gpus": 1}, "gpu"),
     ({"tpu": False, "cluster": None, "gpus": 0}, "cpu"),
-    ({"tpu": False, "cluster": {"cluster": {"worker": ["a:1"]}, "task": {}}, "gpus": 0}, "cpu"),  # a cluster of one
+    ({"tpu": False, "cluster": ONE, "gpus": 0}, "cpu"),  # a cluster of one
 ])
 def test_auto_picks_tpu_then_workers_then_gpus_then_cpu(facts, expected):
+    facts = dict(facts, workers=distribute.workers_in(facts.pop("cluster")))
     assert distribute.choose("auto", **facts) == expected
     assert distribute.choose("cpu", **facts) == "cpu"  # a name other than auto is taken as it is
 
 
 def test_unknown_strategy_and_bad_tf_config_are_one_line():
     with pytest.raises(UserError, match="unknown strategy 'tpus'; use one of auto, cpu, gpu, mirrored, tpu, multi-worker"):
-        distribute.choose("tpus", tpu=False, cluster=None, gpus=0)
+        distribute.choose("tpus", tpu=False, workers=1, gpus=0)
     with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
         distribute.tf_config({"TF_CONFIG": "{cluster"})
     with pytest.raises(UserError, match='TF_CONFIG needs "cluster" and "task"'):
