@@ -12,7 +12,7 @@ Methods (`finetune.method`):
   `finetune.unfreeze_after=N` the whole model trains from epoch N+1 on, with a fresh
   optimizer at `unfreeze_learning_rate_ratio` × the learning rate.
 * `lora` — Keras `enable_lora(rank)` on the attention's query and value projections of
-  the base; those adapters and the head train, nothing else. `model.keras` is the merged
+  the base (the fused query/key/value projection in transformer-lm's blocks); those adapters and the head train, nothing else. `model.keras` is the merged
   model (Keras merges the adapters into the kernels when it saves: it loads as a plain
   model); `adapter.npz` holds only what trained (adapters + head), and `apply_adapter`
   puts it onto a freshly built model of the same base.
@@ -30,7 +30,9 @@ import numpy as np
 from kerasllm import runs
 from kerasllm.errors import UserError
 
-LORA_TARGETS = ("query", "value")  # keras MultiHeadAttention's projections, as the LoRA paper adapts Wq and Wv
+# keras MultiHeadAttention's projections, as the LoRA paper adapts Wq and Wv; zoo/layers.py's DecoderBlock projects
+# queries, keys and values with one Dense, `qkv`, adapted whole (as PEFT adapts GPT-2's fused c_attn)
+LORA_TARGETS = ("query", "value", "qkv")
 ADAPTER_FILE = "adapter.npz"
 INHERITED_DATA_KEYS = ("tokenizer", "vocab_size")
 

@@ -74,6 +74,45 @@ def test_cached_and_uncached_decoding_agree_under_greedy(model):
     np.testing.assert_allclose(cached.start(ids)[0], windowed.start(ids)[0], atol=1e-4)
 
 
+def test_the_cached_step_is_compiled_with_xla_and_traced_once(model):
+    cached = TransformerCacheDecoder.from_model(model)
+    assert cached.xla  # built from zoo/layers.py: positions gathered, the cache written with dynamic updates
+    generation.generate(model, IdTokenizer(), ["ABCDE"], 12, temperature=0, decoder=cached)
+    step = cached._function(("step", 1))
+    assert step.experimental_get_tracing_count() == 1  # one trace for every position (the index is a tensor)
+
+
+def keras_hub_layout(position_layer: bool = True):
+    """transformer-lm as it was built from keras-hub's layers before (runs saved then still generate)."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    embedding = keras_hub.layers.ReversibleEmbedding(VOCAB, 32, name="token_embedding")
+    x = embedding(tokens)
+    x = keras.layers.Add(name="embeddings_add")([x, keras_hub.layers.PositionEmbedding(24, name="position_embedding")(x)])
+    for i in range(2):
+        x = keras_hub.layers.TransformerDecoder(64, 2, normalize_first=True, name=f"block_{i}")(x)
+    x = keras.layers.LayerNormalization(name="final_norm")(x)
+    return keras.Model(tokens, embedding(x, reverse=True))
+
+
+def test_a_model_built_from_keras_hub_layers_still_decodes_with_the_cache(tmp_path):
+
+    from kerasllm.saving import load_model
+
+    path = tmp_path / "old.keras"
+    keras_hub_layout().save(path)
+    old = load_model(path)
+    cached = TransformerCacheDecoder.from_model(old)
+    assert cached is not None and not cached.xla  # keras-hub's sliced positions would compile once per position
+    fast = generation.generate(old, IdTokenizer(), ["ABCDE", "XY"], 10, temperature=0, decoder=cached)
+    slow = generation.generate(old, IdTokenizer(), ["ABCDE", "XY"], 10, temperature=0,
+                               decoder=generation.WindowedDecoder(old, 24, "logits"))
+    assert fast == slow
+
+
 def test_generation_continues_past_the_context(model):
     cached = TransformerCacheDecoder.from_model(model)
     text = generation.generate(model, IdTokenizer(), ["ABCDEFGHIJ"], 60, temperature=0, decoder=cached)[0]

@@ -37,13 +37,56 @@ class ResizeImages(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasllm")
-class DecoderBlock(keras.layers.Layer):
-    """A pre-LayerNorm causal self-attention + GELU MLP block, optionally with rotary positions.
+class PositionEmbedding(keras.layers.Layer):
+    """Learned position embeddings: (batch, time, hidden) → the embeddings of positions start_index … start_index + time.
 
-    With `rotary=True` queries and keys are rotated with keras-hub's `RotaryEmbedding`; attention is the fused
-    `keras.ops.dot_product_attention`. Called like keras-hub's `TransformerDecoder`: with
-    `self_attention_cache` (batch, 2, max_sequence_length, heads, head_dim) and
-    `self_attention_cache_update_index` it returns `(outputs, new_cache)`.
+    Positions are gathered (`ops.take`), not sliced: under XLA a slice's start must be a compile-time constant, so
+    keras-hub's slicing `PositionEmbedding` made a compiled decoding step compile again for every position.
+
+    Args:
+        sequence_length: the most positions (the context).
+        initializer: the embeddings' initializer.
+
+    Example:
+        >>> PositionEmbedding(8)(np.zeros((2, 3, 4), "float32"), start_index=5).shape
+        (2, 3, 4)
+    """
+
+    def __init__(self, sequence_length: int, initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.sequence_length = sequence_length
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape):
+        self.position_embeddings = self.add_weight(name="embeddings", shape=(self.sequence_length, input_shape[-1]),
+                                                   initializer=self.initializer)
+        self.built = True
+
+    def call(self, inputs, start_index=0):
+        ops = keras.ops
+        shape = ops.shape(inputs)
+        positions = ops.arange(shape[1]) + start_index  # (time,)
+        table = ops.cast(self.position_embeddings, self.compute_dtype)
+        return ops.broadcast_to(ops.take(table, positions, axis=0)[None], shape)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), sequence_length=self.sequence_length,
+                    initializer=keras.initializers.serialize(self.initializer))
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
+class DecoderBlock(keras.layers.Layer):
+    """A pre-LayerNorm causal self-attention + GELU MLP block (GPT-2's), with learned or rotary positions.
+
+    Queries, keys and values come from one fused Dense; attention is `keras.ops.dot_product_attention` with a causal
+    mask. With `rotary=True` queries and keys are rotated by position with keras-hub's `RotaryEmbedding`. Called like
+    keras-hub's
+    `TransformerDecoder`: with `self_attention_cache` (batch, 2, max_sequence_length, heads, head_dim) and
+    `self_attention_cache_update_index` it returns `(outputs, new_cache)`; the index may be a traced tensor, also
+    under XLA (the cache is written with a dynamic update, not a slice).
 
     Args:
         intermediate_dim: width of the MLP.
@@ -52,6 +95,7 @@ class DecoderBlock(keras.layers.Layer):
         layer_norm_epsilon: LayerNorm epsilon.
         max_sequence_length: the longest context (the cache's length).
         rotary: rotate queries and keys by position (else positions come from outside, e.g. learned embeddings).
+        kernel_initializer: the Dense kernels' initializer (one instance per layer is made from it).
 
     Example:
         >>> block = DecoderBlock(64, 2)
@@ -60,7 +104,7 @@ class DecoderBlock(keras.layers.Layer):
     """
 
     def __init__(self, intermediate_dim, num_heads, dropout=0.0, layer_norm_epsilon=1e-5, max_sequence_length=1024,
-                 rotary=True, **kwargs):
+                 rotary=True, kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.rotary_positions = rotary
         self.intermediate_dim = intermediate_dim
@@ -68,20 +112,24 @@ class DecoderBlock(keras.layers.Layer):
         self.dropout = dropout
         self.layer_norm_epsilon = layer_norm_epsilon
         self.max_sequence_length = max_sequence_length
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or {"class_name": "RandomNormal",
+                                                                                "config": {"stddev": 0.02}})
 
     def build(self, input_shape):
-        import keras_hub
-
         hidden = input_shape[-1]
         self.head_dim = hidden // self.num_heads
-        init = lambda: keras.initializers.RandomNormal(stddev=0.02)
+        config = keras.initializers.serialize(self.kernel_initializer)
+        init = lambda: keras.initializers.deserialize(config)  # one initializer instance per layer
         self.attention_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="attention_norm")
         self.qkv = keras.layers.Dense(3 * hidden, kernel_initializer=init(), name="qkv")
         self.attention_output = keras.layers.Dense(hidden, kernel_initializer=init(), name="attention_output")
         self.mlp_norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon, name="mlp_norm")
         self.mlp_in = keras.layers.Dense(self.intermediate_dim, activation="gelu", kernel_initializer=init(), name="mlp_in")
         self.mlp_out = keras.layers.Dense(hidden, kernel_initializer=init(), name="mlp_out")
-        self.rotary = keras_hub.layers.RotaryEmbedding(name="rotary")
+        if self.rotary_positions:
+            import keras_hub
+
+            self.rotary = keras_hub.layers.RotaryEmbedding(name="rotary")
         self.attention_dropout = keras.layers.Dropout(self.dropout)
         self.mlp_dropout = keras.layers.Dropout(self.dropout)
         self.attention_norm.build(input_shape)
@@ -92,6 +140,13 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
         self.built = True
 
+    def _attend(self, query, key, value, query_start):
+        """Causal attention (`keras.ops.dot_product_attention`) over keys at positions ≤ each query's position."""
+        ops = keras.ops
+        query_positions = ops.arange(ops.shape(query)[1]) + query_start
+        allowed = ops.expand_dims(query_positions, 1) >= ops.expand_dims(ops.arange(ops.shape(key)[1]), 0)
+        return ops.dot_product_attention(query, key, value, mask=allowed[None, None])  # (batch, time, heads, head_dim)
+
     def call(self, x, self_attention_cache=None, self_attention_cache_update_index=None, training=None):
         ops = keras.ops
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
@@ -100,17 +155,13 @@ class DecoderBlock(keras.layers.Layer):
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, time, heads, head_dim)
         if self.rotary_positions:
             query, key = self.rotary(query, start_index=index), self.rotary(key, start_index=index)
-        if self_attention_cache is None:
-            attended = ops.dot_product_attention(query, key, value, is_causal=True)
-            new_cache = None
-        else:
+        new_cache = None
+        if self_attention_cache is not None:
             start = [0, index, 0, 0]
             key = ops.slice_update(self_attention_cache[:, 0], start, key)  # (batch, context, heads, head_dim)
             value = ops.slice_update(self_attention_cache[:, 1], start, value)
             new_cache = ops.stack([key, value], axis=1)
-            query_positions = ops.arange(length) + index
-            allowed = ops.expand_dims(query_positions, 1) >= ops.expand_dims(ops.arange(ops.shape(key)[1]), 0)
-            attended = ops.dot_product_attention(query, key, value, mask=allowed[None, None, :, :])
+        attended = self._attend(query, key, value, index)
         attended = ops.reshape(attended, (batch, length, self.num_heads * self.head_dim))
         x = x + self.attention_dropout(self.attention_output(attended), training=training)
         x = x + self.mlp_dropout(self.mlp_out(self.mlp_in(self.mlp_norm(x))), training=training)
@@ -122,7 +173,8 @@ class DecoderBlock(keras.layers.Layer):
     def get_config(self):
         return dict(super().get_config(), intermediate_dim=self.intermediate_dim, num_heads=self.num_heads,
                     dropout=self.dropout, layer_norm_epsilon=self.layer_norm_epsilon,
-                    max_sequence_length=self.max_sequence_length, rotary=self.rotary_positions)
+                    max_sequence_length=self.max_sequence_length, rotary=self.rotary_positions,
+                    kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
 
 
 @keras.saving.register_keras_serializable(package="kerasllm")
