@@ -52,11 +52,36 @@ def set_xla_defaults() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_DEFAULT}".strip()
 
 
+# Packages TensorFlow and Keras import at start-up when installed, for features kerasllm never uses: JAX for
+# TFLite's `experimental_from_jax` (~110 MB), scikit-learn for Keras' sklearn wrappers (~60 MB), matplotlib for
+# `keras.visualization` (~25 MB), SciPy for tf.keras-1 sparse inputs. All are optional imports there.
+UNUSED_AT_START = ("jax", "sklearn", "matplotlib", "scipy")
+
+
+@contextlib.contextmanager
+def unused_imports_hidden():
+    """Hide `UNUSED_AT_START` while TensorFlow and Keras import (JAX stays when Keras runs on it).
+
+    A package imported already is left alone; after the block `import matplotlib` and the others work as usual
+    (kerasllm draws its curves with matplotlib later, when a run ends).
+    """
+    names = [name for name in UNUSED_AT_START if name not in sys.modules
+             and not (name == "jax" and os.environ.get("KERAS_BACKEND", "tensorflow") == "jax")]
+    for name in names:
+        sys.modules[name] = None  # makes `import name` raise ImportError
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 def load_tensorflow(debug: bool = False) -> None:
     """Import TensorFlow and Keras and discover devices with start-up noise hidden (shown with `debug`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
     set_xla_defaults()
-    with captured_stderr(not debug):
+    with captured_stderr(not debug), unused_imports_hidden():
         import keras  # noqa: F401
         import tensorflow as tf
 

@@ -229,6 +229,16 @@ def test_installed_script_is_fast_and_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().endswith("[]")
 
 
+def test_tensorflow_loads_without_the_packages_it_would_import_for_nothing():
+    probe = ("import json, sys\nfrom kerasllm.quiet import UNUSED_AT_START, load_tensorflow\nload_tensorflow()\n"
+             "loaded = [m for m in UNUSED_AT_START if m in sys.modules]\nimport matplotlib, tensorflow as tf\n"
+             "print(json.dumps([loaded, float(tf.constant(2.0))]))")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [[], 2.0]  # none loaded; importable afterwards
+
+
 @pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
 def test_subword_tokenizers_train_evaluate_and_generate(runner, corpus_file, tmp_path, kind):
     out = tmp_path / kind
