@@ -10,6 +10,7 @@ was caught is written to the real stderr before the error goes on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
@@ -56,17 +57,30 @@ def set_xla_defaults() -> None:
 # TFLite's `experimental_from_jax` (~110 MB), scikit-learn for Keras' sklearn wrappers (~60 MB), matplotlib for
 # `keras.visualization` (~25 MB), SciPy for tf.keras-1 sparse inputs. All are optional imports there.
 UNUSED_AT_START = ("jax", "sklearn", "matplotlib", "scipy")
+NEEDED_BY_JAX = ("jax", "scipy")  # Keras' JAX backend imports jax.experimental.sparse, which imports SciPy
+
+
+def keras_backend() -> str:
+    """The backend Keras will load, found as Keras finds it: KERAS_BACKEND, else keras.json, else TensorFlow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as handle:
+            return json.load(handle).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
 
 
 @contextlib.contextmanager
 def unused_imports_hidden():
-    """Hide `UNUSED_AT_START` while TensorFlow and Keras import (JAX stays when Keras runs on it).
+    """Hide `UNUSED_AT_START` while TensorFlow and Keras import (JAX and SciPy stay when Keras runs on JAX).
 
     A package imported already is left alone; after the block `import matplotlib` and the others work as usual
     (kerasllm draws its curves with matplotlib later, when a run ends).
     """
-    names = [name for name in UNUSED_AT_START if name not in sys.modules
-             and not (name == "jax" and os.environ.get("KERAS_BACKEND", "tensorflow") == "jax")]
+    keep = NEEDED_BY_JAX if keras_backend() == "jax" else ()
+    names = [name for name in UNUSED_AT_START if name not in sys.modules and name not in keep]
     for name in names:
         sys.modules[name] = None  # makes `import name` raise ImportError
     try:

@@ -233,10 +233,27 @@ def test_tensorflow_loads_without_the_packages_it_would_import_for_nothing():
     probe = ("import json, sys\nfrom kerasllm.quiet import UNUSED_AT_START, load_tensorflow\nload_tensorflow()\n"
              "loaded = [m for m in UNUSED_AT_START if m in sys.modules]\nimport matplotlib, tensorflow as tf\n"
              "print(json.dumps([loaded, float(tf.constant(2.0))]))")
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [[], 2.0]  # none loaded; importable afterwards
+    pytest.importorskip("jax")
+    on_jax = subprocess.run([sys.executable, "-c", probe.replace("tf.constant(2.0)", "2.0")], capture_output=True, text=True,
+                            env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert on_jax.returncode == 0, on_jax.stderr[-2000:]  # Keras' JAX backend needs JAX and SciPy: they load
+    assert sorted(json.loads(on_jax.stdout.strip().splitlines()[-1])[0]) == ["jax", "scipy"]
+
+
+def test_the_backend_is_found_as_keras_finds_it(tmp_path, monkeypatch):
+    from kerasllm.quiet import keras_backend
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert keras_backend() == "tensorflow"
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "jax"}))
+    assert keras_backend() == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert keras_backend() == "tensorflow"
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
