@@ -12,9 +12,10 @@ Methods (`finetune.method`):
   `finetune.unfreeze_after=N` the whole model trains from epoch N+1 on, with a fresh
   optimizer at `unfreeze_learning_rate_ratio` × the learning rate.
 * `lora` — Keras `enable_lora(rank)` on the attention's query and value projections of
-  the base (the fused query/key/value projection in transformer-lm's blocks); those adapters and the head train, nothing else. `model.keras` is the merged
-  model (Keras merges the adapters into the kernels when it saves: it loads as a plain
-  model); `adapter.npz` holds only what trained (adapters + head), and `apply_adapter`
+  the base (the fused query/key/value projection in transformer-lm's blocks); those
+  adapters and the head train, nothing else. `model.keras` is the merged model (Keras
+  merges the adapters into the kernels when it saves: it loads as a plain model);
+  `adapter.npz` holds only what trained (adapters + head), and `apply_adapter`
   puts it onto a freshly built model of the same base.
 """
 

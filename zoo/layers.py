@@ -83,8 +83,7 @@ class DecoderBlock(keras.layers.Layer):
 
     Queries, keys and values come from one fused Dense; attention is `keras.ops.dot_product_attention` with a causal
     mask. With `rotary=True` queries and keys are rotated by position with keras-hub's `RotaryEmbedding`. Called like
-    keras-hub's
-    `TransformerDecoder`: with `self_attention_cache` (batch, 2, max_sequence_length, heads, head_dim) and
+    keras-hub's `TransformerDecoder`: with `self_attention_cache` (batch, 2, max_sequence_length, heads, head_dim) and
     `self_attention_cache_update_index` it returns `(outputs, new_cache)`; the index may be a traced tensor, also
     under XLA (the cache is written with a dynamic update, not a slice).
 
