@@ -105,9 +105,8 @@ class RuntimeConfig:
         "Distribution: `auto` (a TPU, else TF_CONFIG's workers, else all GPUs, else the CPU), `cpu`, `gpu`, `mirrored` (all local "
         "devices), `tpu` or `multi-worker`. train.batch_size is per replica."))
     loop: str = field(default="auto", metadata=doc(
-        "Training loop: `auto` (`fit`, or `custom` where fit cannot run: multi-worker, TPU, XLA over several devices), `fit` "
-        "(Keras) or `custom` "
-        "(a `strategy.run` step, TensorFlow only)."))
+        "Training loop: `auto` (`fit`, or `custom` where fit cannot run: multi-worker, TPU, XLA over several devices), "
+        "`fit` (Keras) or `custom` (a `strategy.run` step, TensorFlow only)."))
     precision: str = field(default="float32", metadata=doc(
         "`float32`, `mixed_bfloat16` (TPUs, CPUs with AVX-512-BF16) or `mixed_float16` (GPUs; with loss scaling). Logits and "
         "loss stay float32."))
