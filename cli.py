@@ -16,9 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kerasllm import __version__, catalog, distribute, files, finetuning, generation, quiet, runs
 from kerasllm import config as config_lib
-from kerasllm import registry
+from kerasllm import export as export_lib
+from kerasllm.data.text import read_text_file
+from kerasllm.doctor import report as doctor_report
 from kerasllm.errors import UserError
+from kerasllm.saving import check_model_fits, load_model, model_path
 
 app = typer.Typer(
     help="kerasllm: a Keras 3 model zoo. Train, evaluate, generate with and export language and vision models.\n\n"
@@ -37,7 +41,8 @@ ModelOrRun = Annotated[Path, typer.Argument(help="A run folder (runs/NAME-TIME),
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts; train prints JSON Lines).")]
 QuietFlag = Annotated[bool, typer.Option("--quiet", help="Print only the final run folder.")]
 UnsafeFlag = Annotated[bool, typer.Option("--unsafe", help="Load models outside Keras safe mode (runs code stored in the file). Only for files you trust.")]
-SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Random seed (sets train.seed for training).")]
+SeedOption = Annotated[Optional[int], typer.Option("--seed", help="Sets train.seed: the seed for weights, shuffling and dropout.")]
+SampleSeedOption = Annotated[Optional[int], typer.Option("--seed", help="Random seed for sampling (the same seed gives the same text).")]
 StrategyOption = Annotated[Optional[str], typer.Option(
     help="Sets runtime.strategy: auto (TPU, else TF_CONFIG's workers, else all GPUs, else CPU), cpu, gpu, mirrored, tpu or multi-worker.")]
 PrecisionOption = Annotated[Optional[str], typer.Option(help="Sets runtime.precision: float32, mixed_bfloat16 or mixed_float16.")]
@@ -72,8 +77,6 @@ def handle_errors(command):
 
 def show_version(value: bool) -> None:
     if value:
-        from kerasllm import __version__
-
         print(f"kerasllm {__version__}")
         raise typer.Exit()
 
@@ -86,16 +89,12 @@ def main_options(
 ):
     STATE["debug"] = debug
     if backend:
-        from kerasllm.distribute import set_backend
-
-        set_backend(backend)
+        distribute.set_backend(backend)
 
 
 def load_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up lines hidden (shown with --debug)."""
-    from kerasllm.quiet import load_tensorflow as load
-
-    load(debug=STATE["debug"])
+    quiet.load_tensorflow(debug=STATE["debug"])
 
 
 def print_json(value) -> None:
@@ -112,7 +111,7 @@ def list_models(as_json: JsonFlag = False):
     rows = [
         {"name": s.name, "task": s.task, "parameters": s.count_params(s.hparams()), "default_data": s.default_data,
          "description": s.description}
-        for s in registry.default_registry().specs()
+        for s in catalog.models().items()
     ]
     if as_json:
         return print_json(rows)
@@ -132,7 +131,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
 
     Example: `kerasllm info lstm-textgen`
     """
-    spec = registry.get(name)
+    spec = catalog.model(name)
     sections = {"model_args": spec.hparams, **config_lib.SECTIONS}
     defaults = config_lib.default_config(spec)
     rows = [
@@ -191,40 +190,26 @@ def train(
     * `kerasllm train transformer-classifier --objective mlm --data corpus.txt`  (masked-LM pretraining)
     * `kerasllm train transformer-lm --backend jax --strategy tpu --precision mixed_bfloat16`  (a Colab TPU)
     """
-    from kerasllm import distribute, runs
-
     distribute.set_backend(backend)
-
-    flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.batch_size", batch_size),
-             ("train.seed", seed), ("runtime.strategy", strategy), ("train.objective", objective),
-             ("runtime.precision", precision)) if value is not None]
-    if data is not None:
-        flags.append(f"data.source={data}")
+    flags = config_lib.flag_overrides({"data.source": data, "train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
+                                       "runtime.strategy": strategy, "train.objective": objective, "runtime.precision": precision})
     if resume is not None:
-        if not runs.is_run_dir(resume):
-            raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
-        if out is not None or overwrite:
-            raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
-        config_file = config_file or resume / runs.CONFIG_FILE
+        config_file = runs.check_resume_options(resume, out, overwrite, config_file)
     if name is None:
         if config_file is None:
             raise UserError("name a model to train (see `kerasllm list`) or pass --config FILE")
         name = config_lib.read_config_file(config_file).get("model") or ""
-    spec = registry.get(name)
+    spec = catalog.model(name)
     config = config_lib.resolve(spec, config_file, [*(overrides or []), *flags], preset=preset)
+    catalog.task_for(spec, config.train.objective)  # an unknown objective is one line, before anything is written
     if resume is not None:
-        saved = config_lib.from_dict(spec, config_lib.read_config_file(resume / runs.CONFIG_FILE))
-        changed = [s for s in ("model", "model_args", "data") if config.to_dict()[s] != saved.to_dict()[s]]
-        if changed:
-            raise UserError(f"--resume cannot change {', '.join(changed)} of a run; start a new run instead")
+        runs.check_resume_config(resume, config)
         run_dir = resume
     else:
-        source = config.data.source
-        protected = [Path(source)] if Path(source).is_absolute() else []
-        run_dir = plan_run(spec.name, out, overwrite, protected)
+        run_dir = runs.plan_new_run(spec.name, out, overwrite, config_lib.local_paths(config.data.source))
     STATE["run_dir"] = run_dir
     load_tensorflow()
-    from kerasllm.training import train as train_model
+    from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
 
     mode = "json" if as_json else "quiet" if quiet else "rich"
     if mode == "rich":
@@ -232,18 +217,6 @@ def train(
     summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
                           command="kerasllm " + " ".join(sys.argv[1:]))
     show_summary(spec, run_dir, summary, mode)
-
-
-def plan_run(name: str, out: Path | None, overwrite: bool, protected: list[Path]) -> Path:
-    """The run folder to write. In a multi-worker job only the chief writes it: the other workers take `--out` as it
-    is (the chief may already have made it) and need it to be given."""
-    from kerasllm import distribute, runs
-
-    if distribute.chief_in(distribute.tf_config()):
-        return runs.plan_run_dir(name, out, overwrite, protected)
-    if out is None:
-        raise UserError("in a multi-worker job every worker needs the same --out (the chief writes it)")
-    return out
 
 
 def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
@@ -270,18 +243,14 @@ def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
                       f"What helps: {'; '.join(report['fixes'])}.", highlight=False)
     for note in summary.get("notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
-    from kerasllm import runs
 
     console.print("next: " + " · ".join(f"`{line}`" for line in runs.load_run(run_dir).task.usage(run_dir)), highlight=False)
 
 
 def load_run_and_model(source: Path, unsafe: bool):
     """The run (for its tokenizer or labels and config) and the model behind a run folder or a model file in one."""
-    from kerasllm import runs
-    from kerasllm.saving import check_model_fits, load_model, model_path
-
     path = model_path(source)
-    if not runs.is_run_dir(path.parent):
+    if not files.is_run_dir(path.parent):
         raise UserError(f"{source} is not inside a run folder, so its config.yaml, data.json and tokenizer/labels are "
                         "missing; pass the run folder it came from (or put it back into one)")
     load_tensorflow()  # first: a run's keras-hub tokenizer imports TensorFlow as it loads
@@ -341,7 +310,7 @@ def generate(
     stop: Annotated[Optional[List[str]], typer.Option(help="Stop a continuation at this text (not printed); repeatable.")] = None,
     beam: Annotated[int, typer.Option(help="Beam search with this many beams (temperature, top-k and top-p then do not apply); 0 samples "
                                            "(seq2seq: greedy).")] = 0,
-    seed: SeedOption = None,
+    seed: SampleSeedOption = None,
     unsafe: UnsafeFlag = False,
 ):
     """Generate text with a trained text model: continue prompts (language models) or translate / summarize them (seq2seq).
@@ -350,17 +319,13 @@ def generate(
     Examples: `kerasllm generate runs/lstm-textgen-20261129-120000 --prompt "The " --max-length 200 --top-p 0.9` ·
     `kerasllm generate runs/transformer-seq2seq-20261130-120000 --prompt "A man rides a bike." --beam 4`
     """
-    from kerasllm.generation import check_options
-
-    check_options(temperature, top_k, top_p, max_length, beam)
+    generation.check_options(temperature, top_k, top_p, max_length, beam)
     if seed is not None and not 0 <= seed <= config_lib.SEED_MAX:
         raise UserError(f"--seed must be between 0 and {config_lib.SEED_MAX}")
     prompts = list(prompt or [])
     if file is not None:
         if not file.is_file():
             raise UserError(f"--file {file} does not exist; pass a text file with one prompt per line")
-        from kerasllm.data.text import read_text_file
-
         prompts += [line for line in read_text_file(file).splitlines() if line.strip()]
     prompts = prompts or [""]
     run, model = load_run_and_model(source, unsafe)
@@ -404,8 +369,6 @@ def predict(
     if file is not None:
         if not file.is_file():
             raise UserError(f"--file {file} does not exist; pass a text file with one input per line")
-        from kerasllm.data.text import read_text_file
-
         inputs += [line for line in read_text_file(file).splitlines() if line.strip()]
     if not inputs:
         raise UserError("nothing to classify; pass inputs as arguments or --file FILE")
@@ -456,21 +419,17 @@ def finetune(
     * `kerasllm finetune runs/transformer-classifier-mlm --data reviews.csv --method lora --lora-rank 8`
     * `kerasllm finetune my_bert_preset/ --data reviews.csv --method freeze --unfreeze-after 1 --epochs 3`
     """
-    from kerasllm import distribute, finetuning
-
     distribute.set_backend(backend)
-    if method not in ("full", "freeze", "lora"):
-        raise UserError(f"--method must be full, freeze or lora, not {method!r}")
-    flags = [f"{key}={value}" for key, value in (("train.epochs", epochs), ("train.seed", seed), ("runtime.strategy", strategy))
-             if value is not None]
+    if method not in config_lib.FINETUNE_METHODS:
+        raise UserError(f"--method must be {config_lib.one_of(config_lib.FINETUNE_METHODS)}, not {method!r}")
+    flags = config_lib.flag_overrides({"train.epochs": epochs, "train.seed": seed, "runtime.strategy": strategy})
     load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden
     found = finetuning.resolve_base(base)
     spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after)
-    protected = [Path(p) for p in (config.data.source, found.source) if Path(p).is_absolute()]
-    run_dir = plan_run(spec.name, out, overwrite, protected)
+    run_dir = runs.plan_new_run(spec.name, out, overwrite, config_lib.local_paths(config.data.source, found.source))
     STATE["run_dir"] = run_dir
     load_tensorflow()
-    from kerasllm.training import train as train_model
+    from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
 
     parent = finetuning.load_base_model(found, unsafe)
     artifacts = finetuning.base_artifacts(found)
@@ -503,10 +462,6 @@ def export(
 
     Examples: `kerasllm export runs/lstm-textgen-20261129-120000 --format tflite` · `kerasllm export my_model.h5`
     """
-    from kerasllm import export as export_lib
-    from kerasllm import runs
-    from kerasllm.saving import load_model, model_path
-
     export_lib.check_format(fmt)  # before the (slow) model load
     if not (tolerance >= 0):
         raise UserError("--tolerance must be 0 or more")
@@ -514,7 +469,7 @@ def export(
     out = out or export_lib.default_out(source, fmt)
     export_lib.check_out(out, fmt, path, overwrite)
     load_tensorflow()
-    run = runs.load_run(path.parent) if runs.is_run_dir(path.parent) else None
+    run = runs.load_run(path.parent) if files.is_run_dir(path.parent) else None
     model = load_model(path, unsafe=unsafe)
     for dropped in getattr(model, "legacy_dropped", []):
         console.print(f"migrated tf.keras {model.legacy_keras_version} file: dropped {dropped} (not used by Keras 3)")
@@ -534,9 +489,7 @@ def doctor(as_json: JsonFlag = False):
     Example: `kerasllm doctor --json`
     """
     load_tensorflow()
-    from kerasllm.doctor import report
-
-    found = report()
+    found = doctor_report()
     if as_json:
         return print_json(found)
     table = Table("what", "found", title="kerasllm doctor")

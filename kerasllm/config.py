@@ -27,6 +27,20 @@ import yaml
 
 from kerasllm.errors import UserError
 
+# The names a config may hold, in one place: the modules that act on them import these.
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi-worker")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+LOOPS = ("auto", "fit", "custom")
+TOKENIZERS = ("char", "word", "wordpiece", "sentencepiece")  # fitted by kerasllm; "keras-hub" comes with a preset
+FINETUNE_METHODS = ("full", "freeze", "lora")
+
+
+def one_of(names: tuple) -> str:
+    """`a, b or c`."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+
 
 def doc(help_text: str) -> dict:
     """Field metadata with its help text (shown by `kerasllm info`)."""
@@ -66,7 +80,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = field(default=10, metadata=doc("Passes over the training data."))
-    batch_size: int = field(default=64, metadata=doc("Examples per step (global, across replicas)."))
+    batch_size: int = field(default=64, metadata=doc("Examples per step on each replica (the global batch is this × replicas)."))
     steps_per_epoch: int = field(default=0, metadata=doc("Steps per epoch; 0 means one full pass over the training data."))
     validation_steps: int = field(default=0, metadata=doc(
         "Validation batches after each epoch; 0 means the whole validation split (the final metrics always use all of it)."))
@@ -294,17 +308,16 @@ SEED_MAX = 2**32 - 1
 
 
 def validate(config: RunConfig) -> RunConfig:
-    from kerasllm.distribute import PRECISIONS, STRATEGIES
-    from kerasllm.tokenizers import KINDS
-
+    """Every value in range and every name known; the model's own `validate()` on its hyperparameters. (Whether the
+    model has `train.objective` is the catalog's to say: `kerasllm.catalog.task_for`.)"""
     train, data, runtime = config.train, config.data, config.runtime
     checks = [
         (config.train.epochs >= 1, "train.epochs must be at least 1"),
         (config.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (config.train.steps_per_epoch >= 0, "train.steps_per_epoch must be 0 (full pass) or more"),
         (config.train.learning_rate > 0, "train.learning_rate must be positive"),
-        (config.train.optimizer in ("adamw", "adam", "sgd"), "train.optimizer must be adamw, adam or sgd"),
-        (config.train.schedule in ("cosine", "constant"), "train.schedule must be cosine or constant"),
+        (config.train.optimizer in OPTIMIZERS, f"train.optimizer must be {one_of(OPTIMIZERS)}"),
+        (config.train.schedule in SCHEDULES, f"train.schedule must be {one_of(SCHEDULES)}"),
         (0 <= config.train.min_learning_rate_ratio <= 1, "train.min_learning_rate_ratio must be between 0 and 1"),
         (config.train.clip_norm >= 0, "train.clip_norm must be 0 (off) or positive"),
         (math.isfinite(train.learning_rate), "train.learning_rate must be a finite number"),
@@ -322,20 +335,20 @@ def validate(config: RunConfig) -> RunConfig:
         (data.source.strip() != "", "data.source is empty; pass --data PATH or leave it out to use the model's default data"),
         (0 < data.validation_fraction < 1, "data.validation_fraction must be between 0 and 1"),
         (data.sequence_length >= 2, "data.sequence_length must be at least 2"),
-        (data.tokenizer in KINDS + ("keras-hub",), f"data.tokenizer must be one of {', '.join(KINDS)}"),
+        (data.tokenizer in TOKENIZERS + ("keras-hub",), f"data.tokenizer must be {one_of(TOKENIZERS)}"),
         (data.vocab_size >= 8, "data.vocab_size must be at least 8"),
         (runtime.steps_per_execution >= 1, "runtime.steps_per_execution must be at least 1"),
-        (runtime.strategy in STRATEGIES, f"runtime.strategy must be one of {', '.join(STRATEGIES)}"),
-        (runtime.loop in ("auto", "fit", "custom"), "runtime.loop must be auto, fit or custom"),
+        (runtime.strategy in STRATEGIES, f"runtime.strategy must be {one_of(STRATEGIES)}"),
+        (runtime.loop in LOOPS, f"runtime.loop must be {one_of(LOOPS)}"),
         (runtime.worker_timeout >= 0 and math.isfinite(runtime.worker_timeout), "runtime.worker_timeout must be 0 (none) or more"),
-        (runtime.precision in PRECISIONS, f"runtime.precision must be one of {', '.join(PRECISIONS)}"),
+        (runtime.precision in PRECISIONS, f"runtime.precision must be {one_of(PRECISIONS)}"),
         (train.class_weight in ("none", "balanced"), "train.class_weight must be none or balanced"),
         (train.monitor in ("val_loss", "val_accuracy"), "train.monitor must be val_loss or val_accuracy"),
         (data.target_lists in ("expand", "first"), "data.target_lists must be expand or first"),
         (data.long_pairs in ("truncate", "drop"), "data.long_pairs must be truncate or drop"),
-        (data.target_length >= 0, "data.target_length must be 0 (= data.sequence_length) or at least 3"),
+        (data.target_length == 0 or data.target_length >= 3, "data.target_length must be 0 (= data.sequence_length) or at least 3"),
         (0 <= train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
-        (config.finetune.method in ("full", "freeze", "lora"), "finetune.method must be full, freeze or lora"),
+        (config.finetune.method in FINETUNE_METHODS, f"finetune.method must be {one_of(FINETUNE_METHODS)}"),
         (config.finetune.lora_rank >= 1, "finetune.lora_rank must be at least 1"),
         (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),
         (0 < config.finetune.unfreeze_learning_rate_ratio <= 1, "finetune.unfreeze_learning_rate_ratio must be in (0, 1]"),
@@ -343,14 +356,21 @@ def validate(config: RunConfig) -> RunConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    from kerasllm import registry
-
-    if config.model in registry.names():
-        registry.get(config.model).task_for(train.objective)  # an unknown objective is a one-line error
     validate_hparams = getattr(config.model_args, "validate", None)
     if validate_hparams:
         validate_hparams()
     return config
+
+
+def flag_overrides(flags: dict[str, Any]) -> list[str]:
+    """`key=value` overrides from the command-line flags named after config keys; flags left unset (None) are skipped.
+    They go after `--set` in `resolve`'s overrides, so a flag wins over `--set` of the same key."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def local_paths(*sources: str) -> list[Path]:
+    """The sources that are local paths (made absolute by `resolve`): what a new run folder must never replace."""
+    return [Path(source) for source in sources if source and Path(source).is_absolute()]
 
 
 def absolute_source(source: str, base: Path | None = None) -> str:
@@ -384,5 +404,5 @@ def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), pr
 
 
 def from_dict(spec, loaded: dict) -> RunConfig:
-    """A saved config (as written by `RunConfig.save`), checked like a config file."""
+    """A saved config (a run's config.yaml, as `RunConfig.to_yaml` writes it), checked like a config file."""
     return validate(apply_file(default_config(spec), loaded))

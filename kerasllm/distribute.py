@@ -24,12 +24,14 @@ import contextlib
 import json
 import os
 import re
+import sys
+from pathlib import Path
 
+from kerasllm.config import PRECISIONS, STRATEGIES
 from kerasllm.errors import UserError
 
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi-worker")
+__all__ = ["PRECISIONS", "STRATEGIES"]  # the names live in config; here is what they mean
 BACKENDS = ("tensorflow", "jax")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # Where Keras `fit` cannot run the step (keras#20585 for MultiWorkerMirroredStrategy, keras#19448 on TPU VMs).
 CUSTOM_LOOP_ONLY = ("multi-worker", "tpu")
 
@@ -49,6 +51,13 @@ def tf_config(env: dict | None = None) -> dict | None:
         raise UserError('TF_CONFIG needs "cluster" and "task"; e.g. '
                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}')
     return value
+
+
+def tpu_present(env: dict | None = None) -> bool:
+    """A TPU VM or Colab TPU runtime: the accelerator device files or the runtime's variables."""
+    env = os.environ if env is None else env
+    return bool(list(Path("/dev").glob("accel*")) or list(Path("/dev").glob("vfio/[0-9]*"))) \
+        or any(key in env for key in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"))
 
 
 def chief_in(config: dict | None) -> bool:
@@ -85,8 +94,6 @@ def choose(name: str, *, tpu: bool, workers: int, gpus: int) -> str:
 
 def set_backend(name: str | None) -> None:
     """Set the Keras backend for this process: must happen before Keras is imported."""
-    import sys
-
     if not name:
         return
     if name not in BACKENDS:
@@ -158,8 +165,6 @@ def _new_tf_strategy(kind: str, worker_timeout: float):
     if kind == "gpu" and not gpus:
         raise UserError("--strategy gpu but TensorFlow sees no GPU; use --strategy cpu or auto")
     if kind == "tpu":
-        from kerasllm.doctor import tpu_present
-
         if not tpu_present():  # without this, the resolver may wait on a metadata server
             raise UserError("--strategy tpu but this machine shows no TPU (no /dev/accel*, TPU_NAME or COLAB_TPU_ADDR); "
                             "use --strategy auto")
@@ -234,8 +239,6 @@ def get_strategy(name: str = "auto", worker_timeout: float = 0.0):
         return JaxDataParallel(_jax_kind(name))
     import tensorflow as tf
 
-    from kerasllm.doctor import tpu_present
-
     kind = choose(name, tpu=tpu_present(), workers=workers_in(tf_config()), gpus=len(tf.config.list_physical_devices("GPU")))
     return _tf_strategy(kind, worker_timeout)
 
@@ -252,11 +255,32 @@ def kind_of(strategy) -> str:
     return "mirrored" if name == "MirroredStrategy" else "single"
 
 
-def describe(strategy) -> str:
-    """A readable name: `MirroredStrategy`, `DataParallel (jax)`…"""
+def _devices(count: int, kind: str) -> str:
+    return f"{count} {kind}{'' if count == 1 else 's'}"
+
+
+def describe(strategy, replicas: int | None = None) -> str:
+    """The strategy in words, for people: `1 device (CPU)`, `MirroredStrategy: 2 GPUs`, `DataParallel (JAX): 8 TPUs`."""
+    replicas = replicas or strategy.num_replicas_in_sync
     if isinstance(strategy, JaxDataParallel):
-        return "DataParallel (jax)" if strategy.distribution else "one device (jax)"
-    return "MultiWorkerMirroredStrategy" if kind_of(strategy) == "multi-worker" else type(strategy).__name__
+        import jax
+
+        kind = jax.devices()[0].platform.upper()
+        return f"DataParallel (JAX): {_devices(replicas, kind)}" if strategy.distribution else f"1 device ({kind}, JAX)"
+    import tensorflow as tf
+
+    kind = kind_of(strategy)
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    if kind == "mirrored":  # a mirrored strategy may span the CPUs even where there is a GPU (tests: 2 logical CPUs)
+        devices = [str(name).upper() for name in strategy.extended.worker_devices]
+        device = "GPU" if all("GPU" in name for name in devices) else "CPU"
+    if kind == "multi-worker":
+        return f"MultiWorkerMirroredStrategy: {_devices(replicas, 'replica')} over the workers"
+    if kind == "tpu":
+        return f"TPUStrategy: {_devices(replicas, 'TPU core')}"
+    if kind == "mirrored":
+        return f"MirroredStrategy: {_devices(replicas, device)}"
+    return f"1 device ({device})"
 
 
 def needs_full_batches(strategy) -> bool:

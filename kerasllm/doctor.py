@@ -12,6 +12,9 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from kerasllm import distribute
+from kerasllm.distribute import tpu_present
+
 PACKAGES = ("tensorflow", "keras", "tensorflow-text", "tensorflow-datasets", "keras-hub", "jax", "tensorflow-tpu", "libtpu")
 
 
@@ -32,13 +35,6 @@ def cpu_flags() -> set[str]:
         return set()
     line = next((line for line in text.splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
-
-
-def tpu_present(env: dict | None = None) -> bool:
-    """A TPU VM or Colab TPU runtime: the accelerator device files or the runtime's variables."""
-    env = os.environ if env is None else env
-    return bool(list(Path("/dev").glob("accel*")) or list(Path("/dev").glob("vfio/[0-9]*"))) \
-        or any(key in env for key in ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"))
 
 
 def _minor(version: str | None) -> str | None:
@@ -76,8 +72,6 @@ def environment() -> dict:
     """Backend, devices and the strategy `--strategy auto` picks (imports Keras and its backend). The choice is made
     from the facts, without creating the strategy (a multi-worker one would wait for its peers)."""
     import keras
-
-    from kerasllm import distribute
 
     if keras.backend.backend() == "jax":
         import jax

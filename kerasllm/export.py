@@ -18,21 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm import compat
 from kerasllm.errors import UserError
+from kerasllm.files import EXPORT_DIR, check_replaceable, is_run_dir
+from kerasllm.saving import load_model
 
 FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite"}
-
-
-@dataclass
-class Endpoint:
-    """A SavedModel signature beside `serve`: `fn(*inputs)` traced with `signature`, the TensorFlow resources it uses
-    (lookup tables), and `check(loaded) -> str`, which runs the loaded signature and returns "" or what differed."""
-
-    name: str
-    fn: object
-    signature: list
-    resources: list
-    check: object
 
 
 @dataclass
@@ -56,14 +47,12 @@ def check_format(fmt: str) -> str:
 def default_out(source: Path, fmt: str) -> Path:
     source = Path(source)
     if source.is_dir():  # a run folder
-        return source / "export" / f"model{FORMATS[fmt]}"
+        return source / EXPORT_DIR / f"model{FORMATS[fmt]}"
     return source.with_suffix(FORMATS[fmt])
 
 
 def check_out(out: Path, fmt: str, source: Path, overwrite: bool) -> None:
     """Refuse an output that is the source, holds it, or is not an export kerasllm could have written."""
-    from kerasllm.runs import check_replaceable, is_run_dir
-
     out, source = Path(out), Path(source)
     if fmt != "savedmodel" and out.suffix != FORMATS[fmt]:
         raise UserError(f"--format {fmt} needs an output path ending in {FORMATS[fmt]}, got {out}")
@@ -120,16 +109,13 @@ def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None 
     endpoints = endpoints or []
     if fmt in ("keras", "h5"):
         model.save(out)
-        from kerasllm.saving import load_model
-
         return np.asarray(load_model(out).predict(batch, verbose=0))
     if fmt == "savedmodel":
         import keras
         import tensorflow as tf
-        from keras.src.export.saved_model import get_input_signature
 
         archive = keras.export.ExportArchive()  # what `model.export` builds, with room for the task's endpoints
-        archive.track_and_add_endpoint("serve", model, get_input_signature(model))
+        archive.track_and_add_endpoint("serve", model, compat.input_signature(model))
         for endpoint in endpoints:
             for resource in endpoint.resources:
                 archive.track(resource)

@@ -21,29 +21,25 @@ Methods (`finetune.method`):
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kerasllm import runs
+from kerasllm import catalog, compat, hub, runs
+from kerasllm import config as config_lib
 from kerasllm.errors import UserError
+from kerasllm.files import file_sha256, is_run_dir
+from kerasllm.hooks import BuildContext, Hook
+from kerasllm.saving import load_model, model_path
 
 # keras MultiHeadAttention's projections, as the LoRA paper adapts Wq and Wv; zoo/layers.py's DecoderBlock projects
 # queries, keys and values with one Dense, `qkv`, adapted whole (as PEFT adapts GPT-2's fused c_attn)
 LORA_TARGETS = ("query", "value", "qkv")
 ADAPTER_FILE = "adapter.npz"
 INHERITED_DATA_KEYS = ("tokenizer", "vocab_size")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- the base ------------------------------------------------------------------------------
@@ -67,8 +63,6 @@ class Base:
 
 def resolve_base(base: str) -> Base:
     """A run folder, a model file inside one, or a keras-hub preset; anything else is a one-line error."""
-    from kerasllm import hub
-
     if hub.is_preset(base):
         source = base if base.startswith(hub.SCHEMES) else str(Path(base).expanduser().resolve())
         return Base(source, "preset", hub.preset_sha256(source))
@@ -77,12 +71,10 @@ def resolve_base(base: str) -> Base:
         raise UserError(f"base {base} does not exist; pass a run folder, a .keras/.h5 file inside one, or a keras-hub preset "
                         "(a local folder, kaggle://… or hf://…)")
     run_dir = path if path.is_dir() else path.parent
-    if not runs.is_run_dir(run_dir):
+    if not is_run_dir(run_dir):
         what = "folder" if path.is_dir() else "model file"
         raise UserError(f"{base} is a {what} without a kerasllm run around it (no config.yaml, tokenizer or labels); pass the run "
                         "folder it came from, or a keras-hub preset folder written with save_to_preset")
-    from kerasllm.saving import model_path
-
     model_file = model_path(path)
     run = runs.load_run(run_dir)
     return Base(str(model_file.resolve()), "run", file_sha256(model_file), run)
@@ -90,9 +82,6 @@ def resolve_base(base: str) -> Base:
 
 def finetune_config(base: Base, data: str | None, overrides: list[str], method: str, lora_rank: int, unfreeze_after: int):
     """The new run's spec and config: the base's architecture and tokenizer, the model's fine-tuning recipe, the user's settings."""
-    from kerasllm import config as config_lib
-    from kerasllm import registry
-
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key.startswith(("model_args.", "model.")) and not key.endswith((".dropout", ".pooling")):
@@ -100,7 +89,7 @@ def finetune_config(base: Base, data: str | None, overrides: list[str], method: 
         if key in (f"data.{name}" for name in INHERITED_DATA_KEYS):
             raise UserError(f"--set {key}: the tokenizer is inherited from the base; drop it (or train a new model with `kerasllm train`)")
     if base.kind == "preset":
-        spec = registry.get("hub-classifier")
+        spec = catalog.model("hub-classifier")
         saved = {"model_args": {"preset": base.source}}
     else:
         spec = base.run.spec
@@ -131,17 +120,13 @@ def load_base_model(base: Base, unsafe: bool):
     """The base's Keras model (run bases); a preset's backbone is loaded by the `hub-classifier` builder itself."""
     if base.kind != "run":
         return None
-    from kerasllm.saving import load_model
-
     return load_model(Path(base.source), unsafe=unsafe)
 
 
 def base_artifacts(base: Base) -> dict:
     """What the new run inherits: the tokenizer."""
     if base.kind == "preset":
-        from kerasllm import hub
-
-        return {"tokenizer": hub.load_tokenizer(base.source)}
+            return {"tokenizer": hub.load_tokenizer(base.source)}
     tokenizer = base.run.artifacts.get("tokenizer")
     if tokenizer is None:
         raise UserError(f"{base.source} is a {base.run.spec.task} model and `kerasllm finetune` takes text models; continue "
@@ -149,11 +134,34 @@ def base_artifacts(base: Base) -> dict:
     return {"tokenizer": tokenizer}
 
 
+def transfer_weights(parent, model, fresh: tuple = ()) -> tuple[list[str], list[str]]:
+    """Copy the weights of `parent`'s layers into `model`'s layers of the same name and shapes.
+
+    Returns (copied, skipped) layer names: a new head for another task (or named in `fresh`) is
+    skipped and keeps its fresh initialisation.
+    """
+    parents = {layer.name: layer for layer in parent.layers}
+    copied, skipped = [], []
+    for layer in model.layers:
+        source = parents.get(layer.name)
+        if source is None or not layer.weights:
+            continue
+        if layer.name in fresh:
+            skipped.append(layer.name)
+            continue
+        if [tuple(w.shape) for w in source.weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(source.get_weights())
+            copied.append(layer.name)
+        else:
+            skipped.append(layer.name)
+    return copied, skipped
+
+
 # --- methods -------------------------------------------------------------------------------
 
 def leaf_layers(layer):
     """`layer` and every layer inside it that owns variables directly."""
-    return [sub for sub in layer._flatten_layers(include_self=True, recursive=True) if sub._trainable_variables or sub._non_trainable_variables]
+    return [sub for sub in compat.nested_layers(layer) if compat.owns_variables(sub)]
 
 
 def base_layers(model, spec) -> list:
@@ -249,10 +257,102 @@ def restore_lora(model, adapter: Path) -> None:
                 continue
             a, b = values[sub.lora_kernel_a.path], values[sub.lora_kernel_b.path]
             delta = (sub.lora_alpha / sub.lora_rank) * (a @ b)
-            kernel = keras.ops.convert_to_numpy(sub._kernel)
-            sub._kernel.assign(kernel - delta.reshape(kernel.shape))
+            base = compat.lora_base_kernel(sub)
+            kernel = keras.ops.convert_to_numpy(base)
+            base.assign(kernel - delta.reshape(kernel.shape))
             sub.lora_kernel_a.assign(a)
             sub.lora_kernel_b.assign(b)
     for variable in model.trainable_weights:  # the head
         if variable.path in values and "lora_kernel" not in variable.path:
             variable.assign(values[variable.path])
+
+
+# --- the trainer hook ----------------------------------------------------------------------
+
+class FinetuneHook(Hook):
+    """Fine-tuning inside the shared trainer: the parent's weights, `finetune.method` (freeze / LoRA), unfreezing after
+    `finetune.unfreeze_after` epochs with a fresh optimizer, and LoRA adapters kept apart in checkpoints and the run.
+
+    Args:
+        config: the run's config (`config.finetune` says what to do).
+        parent: the base's Keras model on a new run (None on resume: the checkpoint has the weights).
+        parent_record: what to record about the base (path, sha256, task, class names).
+    """
+
+    def __init__(self, config, parent=None, parent_record: dict | None = None):
+        self.config, self.parent, self.parent_record = config, parent, parent_record
+        finetune = config.finetune
+        self.unfreeze_epoch = finetune.unfreeze_after if finetune.method == "freeze" else 0
+        self.transferred: tuple[list[str], list[str]] | None = None
+        self.unfrozen = False
+        self.steps_per_epoch, self.head_layers = 0, ()
+
+    # build
+    def before_compile(self, model, context: BuildContext) -> None:
+        self.steps_per_epoch, self.head_layers = context.data.steps_per_epoch, context.spec.head_layers
+        if self.parent is not None:
+            record = self.parent_record or {}
+            same_head = record.get("task") == context.task.name and record.get("class_names") == context.data.record.get("class_names")
+            self.transferred = transfer_weights(self.parent, model, () if same_head else context.spec.head_layers)
+        apply_method(model, self.config, context.spec)
+
+    def after_compile(self, model, context: BuildContext, state) -> None:
+        if self.unfreeze_epoch and state.epoch >= self.unfreeze_epoch:  # resumed past the unfreezing epoch
+            self._unfreeze(model, context)
+
+    def _unfreeze(self, model, context: BuildContext) -> None:
+        train = self.config.train
+        after = dataclasses.replace(train, learning_rate=train.learning_rate * self.config.finetune.unfreeze_learning_rate_ratio)
+        with context.strategy.scope():
+            unfreeze(model)
+            context.recompile((train.epochs - self.unfreeze_epoch) * self.steps_per_epoch, after)
+        self.unfrozen = True
+
+    # restore
+    def restores_optimizer(self, state) -> bool:
+        """A checkpoint written at the unfreezing epoch's end holds the replaced optimizer's variables."""
+        return not (self.unfreeze_epoch and state.epoch == self.unfreeze_epoch and not state.step_in_epoch)
+
+    def step_offset(self, state) -> int:
+        """Steps counted by the optimizer that unfreezing replaced (the new one counts from 0)."""
+        return self.unfreeze_epoch * self.steps_per_epoch if self.unfreeze_epoch and state.epoch >= self.unfreeze_epoch else 0
+
+    # loop
+    def split_phases(self, phases: list[tuple]) -> list[tuple]:
+        """Phases (first epoch, last epoch, steps, skip) cut at the unfreezing epoch."""
+        if not self.unfreeze_epoch:
+            return phases
+        cut = []
+        for first, last, steps, skip in phases:
+            if first < self.unfreeze_epoch < last:
+                cut += [(first, self.unfreeze_epoch, steps, skip), (self.unfreeze_epoch, last, steps, 0)]
+            else:
+                cut.append((first, last, steps, skip))
+        return cut
+
+    def start_phase(self, model, first_epoch: int, context: BuildContext) -> bool:
+        if self.unfreeze_epoch and first_epoch == self.unfreeze_epoch and not self.unfrozen:
+            self._unfreeze(model, context)
+            return True
+        return False
+
+    # files
+    def on_checkpoint_save(self, model, folder: Path) -> None:
+        if uses_lora(model):  # save_weights merges LoRA adapters into kernels: keep them apart too
+            save_adapter(model, folder / ADAPTER_FILE)
+
+    def on_checkpoint_restore(self, model, folder: Path) -> None:
+        if uses_lora(model):
+            restore_lora(model, folder / ADAPTER_FILE)
+
+    def summary(self, model) -> dict:
+        if not self.parent_record:
+            return {}
+        copied, new = self.transferred if self.transferred else ([], list(self.head_layers))
+        return {"parent": dict(self.parent_record, layers_copied=len(copied), layers_new=new)}
+
+    def finalize(self, model, run_dir: Path) -> None:
+        if uses_lora(model):
+            finetune = self.config.finetune
+            save_adapter(model, Path(run_dir) / ADAPTER_FILE, {"base": finetune.base, "base_sha256": finetune.base_sha256,
+                                                               "rank": finetune.lora_rank, "model": self.config.model})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import runs
+from kerasllm import compat, files
 from kerasllm.errors import UserError
 
 SCHEMES = ("kaggle://", "hf://", "modelscope://")
@@ -56,10 +56,8 @@ def load_tokenizer(preset: str) -> "HubTokenizer":
 
 def preset_sha256(preset: str) -> str:
     """sha256 of a local preset's weights (lineage); empty for a remote handle."""
-    from kerasllm.finetuning import file_sha256
-
     weights = Path(preset) / "model.weights.h5"
-    return file_sha256(weights) if weights.is_file() else ""
+    return files.file_sha256(weights) if weights.is_file() else ""
 
 
 class HubTokenizer:
@@ -110,15 +108,13 @@ class HubTokenizer:
         return self.decode([token_id])
 
     def save(self, folder: Path) -> Path:
-        from keras_hub.src.utils import preset_utils
-
         preset = Path(folder) / TOKENIZER_PRESET_DIR
         preset.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_to_preset(str(preset))
-        for name in (preset_utils.CONFIG_FILE, preset_utils.METADATA_FILE):  # from_preset finds the tokenizer class through them
-            (preset / name).write_bytes(Path(preset_utils.get_file(self.preset, name)).read_bytes())
-        path = Path(folder) / runs.TOKENIZER_FILE
-        runs.write_text_atomic(path, json.dumps({"format_version": 2, "kind": self.kind, "preset": TOKENIZER_PRESET_DIR}))
+        for name in compat.PRESET_CONFIG_FILES:  # from_preset finds the tokenizer class through them
+            (preset / name).write_bytes(Path(compat.preset_file(self.preset, name)).read_bytes())
+        path = Path(folder) / files.TOKENIZER_FILE
+        files.write_text_atomic(path, json.dumps({"format_version": 2, "kind": self.kind, "preset": TOKENIZER_PRESET_DIR}))
         return path
 
     @classmethod

@@ -1,146 +1,21 @@
-"""The run folder: every file name in it, created once, replaced only when it is safe.
+"""The run loader: a finished or interrupted run read back from its folder (config, data record, artifacts).
 
-    runs/<model>-<UTC time>/
-        .kerasllm-run     marker: this folder was made by kerasllm (so --overwrite may replace it)
-        config.yaml       resolved config (`kerasllm train --config` reproduces the run)
-        data.json         where the data came from (absolute paths) and how it was split
-        tokenizer.json    (text tasks) the tokenizer; labels.json (image tasks) the classes
-        confusion_matrix.png  (image tasks, written by evaluate)
-        checkpoints/      step-NNNNNNNN/{model.weights.h5, state.json, seeds.npz[, adapter.npz]}; unfinished ones end in .partial
-        logs/             TensorBoard
-        model.keras       the trained model (written beside, then renamed into place; LoRA adapters merged)
-        adapter.npz       (LoRA fine-tuning) what trained: the adapters and the head
-        history.json      per-epoch metrics
-        metrics.json      validation metrics before and after training, time, throughput
-        curves.png        learning curves
-        README.md         model card
-
-A run folder is written only once the data has loaded and the model has been built
-(`claim_run_dir`), so a failure before that leaves nothing behind; `--overwrite`
-replaces only a folder that kerasllm made, and never the current folder, a parent
-of it, the data or the input model.
+Also the checks a command makes before it writes a run: a new run's folder (`plan_new_run`) and what a resume
+may change (`check_resume_options`, `check_resume_config`). The folder's layout, its file names and its safe
+writes live in `kerasllm.files`, floors below.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kerasllm import catalog, distribute
 from kerasllm import config as config_lib
-from kerasllm import registry
 from kerasllm.errors import UserError
-
-MARKER_FILE = ".kerasllm-run"
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-DATA_FILE = "data.json"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
-CURVES_FILE = "curves.png"
-CARD_FILE = "README.md"
-TOKENIZER_FILE = "tokenizer.json"
-TARGET_TOKENIZER_FILE = "target_tokenizer.json"  # seq2seq with data.shared_vocab=false
-LABELS_FILE = "labels.json"
-CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_WEIGHTS = "model.weights.h5"  # inside checkpoints/step-NNNNNNNN/
-CHECKPOINT_STATE = "state.json"
-CHECKPOINT_SEEDS = "seeds.npz"  # dropout random-number states
-LOGS_DIR = "logs"
-EXPORT_DIR = "export"
-
-
-def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return root / f"{model_name}-{stamp}"
-
-
-def is_run_dir(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
-
-
-def made_by_kerasllm(path: Path) -> bool:
-    """A run folder with the marker, or one made before the marker existed (config + data record)."""
-    path = Path(path)
-    return (path / MARKER_FILE).is_file() or (is_run_dir(path) and (path / DATA_FILE).is_file())
-
-
-def check_replaceable(path: Path, protected: list[Path] = ()) -> None:
-    """Refuse to delete `path` if it is the current folder, a parent of it, or holds a protected path."""
-    target = Path(path).resolve()
-    cwd = Path.cwd().resolve()
-    if target == cwd or target in cwd.parents:
-        raise UserError(f"--overwrite would delete {path}, which is the current folder or a parent of it; choose another --out")
-    for item in protected:
-        item = Path(item).resolve()
-        if item == target or target in item.parents:
-            raise UserError(f"--overwrite would delete {path}, which holds {item}; choose another --out")
-
-
-def plan_run_dir(model_name: str, out: Path | None = None, overwrite: bool = False, protected: list[Path] = ()) -> Path:
-    """Check (without touching anything) that the run can be written to `out`; return the path."""
-    out = Path(out) if out is not None else default_run_dir(model_name)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is an existing file, not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} already exists and is not empty; pass --overwrite to replace it, "
-                            "--resume to continue it, or another --out")
-        if not made_by_kerasllm(out):
-            raise UserError(f"--overwrite replaces only run folders made by kerasllm, and {out} is not one; choose another --out")
-        check_replaceable(out, protected)
-    return out
-
-
-def claim_run_dir(out: Path, overwrite: bool = False, model_name: str = "") -> Path:
-    """Create the run folder now that every check has passed; an old run is moved aside, then deleted."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite or not made_by_kerasllm(out):
-            raise UserError(f"{out} already exists and is not empty; pass --overwrite to replace it or another --out")
-        aside = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-        try:
-            out.rename(aside)
-        except OSError as error:
-            raise UserError(f"cannot replace {out} ({error.strerror}); check its permissions or choose another --out") from error
-        shutil.rmtree(aside, ignore_errors=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / MARKER_FILE, {"model": model_name, "created": dt.datetime.now(dt.timezone.utc).isoformat()})
-    except OSError as error:
-        raise UserError(f"cannot write the run folder {out} ({error.strerror}); choose a writable --out") from error
-    return out
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write beside, fsync, rename: a reader never sees half a file."""
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror}); make the folder writable or free some space") from error
-
-
-def write_json(path: Path, value) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise UserError(f"{path} is missing; the run folder is incomplete") from error
-    except ValueError as error:
-        raise UserError(f"{path} is corrupt ({error}); restore it or retrain") from error
+from kerasllm.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json
+from kerasllm.spec import ModelSpec
+from kerasllm.tasks import Task
 
 
 @dataclass
@@ -149,7 +24,7 @@ class Run:
 
     path: Path
     config: config_lib.RunConfig
-    spec: registry.ModelSpec
+    spec: ModelSpec
     data_record: dict
     artifacts: dict = field(default_factory=dict)
 
@@ -158,10 +33,8 @@ class Run:
         return self.path / MODEL_FILE
 
     @property
-    def task(self):
-        from kerasllm import tasks
-
-        return tasks.get(self.spec.task_for(self.config.train.objective))
+    def task(self) -> Task:
+        return catalog.task_for(self.spec, self.config.train.objective)
 
 
 def load_run(path: Path) -> Run:
@@ -173,9 +46,34 @@ def load_run(path: Path) -> Run:
     if made_for and saved.get("model") != made_for:
         raise UserError(f"{path / CONFIG_FILE} is for {saved.get('model')!r} but this run was made for {made_for!r}; "
                         "restore the run's own config.yaml")
-    spec = registry.get(saved.get("model", ""))
+    spec = catalog.model(saved.get("model", ""))
     config = config_lib.from_dict(spec, saved)
     data_record = read_json(path / DATA_FILE)
-    from kerasllm import tasks
+    return Run(path, config, spec, data_record, catalog.task_for(spec, config.train.objective).load_artifacts(path))
 
-    return Run(path, config, spec, data_record, tasks.get(spec.task_for(config.train.objective)).load_artifacts(path))
+
+def plan_new_run(name: str, out: Path | None, overwrite: bool, protected: list[Path]) -> Path:
+    """The run folder to write, checked without touching anything. In a multi-worker job only the chief writes it: the
+    other workers take `--out` as it is (the chief may already have made it) and need it to be given."""
+    if distribute.chief_in(distribute.tf_config()):
+        return plan_run_dir(name, out, overwrite, protected)
+    if out is None:
+        raise UserError("in a multi-worker job every worker needs the same --out (the chief writes it)")
+    return Path(out)
+
+
+def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config_file: Path | None) -> Path:
+    """`--resume RUN` with the other options: returns the config file to resolve (the run's own unless one is given)."""
+    if not is_run_dir(resume):
+        raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
+    if out is not None or overwrite:
+        raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
+    return config_file or Path(resume) / CONFIG_FILE
+
+
+def check_resume_config(resume: Path, config: config_lib.RunConfig) -> None:
+    """A resume may train longer or change how it runs, never what the run is: its model, hyperparameters or data."""
+    saved = config_lib.from_dict(catalog.model(config.model), config_lib.read_config_file(Path(resume) / CONFIG_FILE))
+    changed = [section for section in ("model", "model_args", "data") if config.to_dict()[section] != saved.to_dict()[section]]
+    if changed:
+        raise UserError(f"--resume cannot change {', '.join(changed)} of a run; start a new run instead")

@@ -11,12 +11,16 @@ Everything loads in Keras safe mode (no arbitrary code from Lambda layers) unles
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
 
+import numpy as np
+
+from kerasllm import compat
 from kerasllm.errors import UserError
-from kerasllm.runs import MODEL_FILE, is_run_dir
+from kerasllm.files import MODEL_FILE, is_run_dir
 
 UNRECOGNIZED = re.compile(r"Unrecognized keyword arguments passed to (\w+): (\{.*\})")
 SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -53,7 +57,7 @@ def load_model(path: Path, *, unsafe: bool = False):
     import keras
     import keras_hub  # noqa: F401  registers keras-hub's layers and backbones for deserialization
 
-    import zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization
+    import zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization (imported here: it loads Keras)
 
     path = model_path(path)
     try:
@@ -72,8 +76,6 @@ def load_model(path: Path, *, unsafe: bool = False):
 
 def check_model_fits(model, run) -> None:
     """Refuse a model file that is not the run's model (another model type copied into the folder)."""
-    import numpy as np
-
     try:
         sample = run.task.export_sample(model, run, batch=1)
         outputs = np.asarray(model.predict(sample, verbose=0))
@@ -122,17 +124,12 @@ def load_h5(path: Path, *, unsafe: bool = False):
 
     The model is returned uncompiled; `model.legacy_dropped` lists what was dropped.
     """
-    import ast
-
-    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
-    from keras.src.saving import serialization_lib
-
+    model_from_config, load_weights = compat.legacy_h5()
     config, version = _read_h5_config(path)
     dropped: list[str] = []
     for _ in range(50):  # one round per layer class with stale arguments
         try:
-            with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(not unsafe):
-                model = saving_utils.model_from_config(config)
+            model = model_from_config(config, not unsafe)
             break
         except (TypeError, ValueError) as error:
             match = UNRECOGNIZED.search(str(error))
@@ -145,7 +142,7 @@ def load_h5(path: Path, *, unsafe: bool = False):
     import h5py
 
     with h5py.File(path, "r") as f:
-        legacy_h5_format.load_weights_from_hdf5_group(f["model_weights"] if "model_weights" in f else f, model)
+        load_weights(f["model_weights"] if "model_weights" in f else f, model)
     model.legacy_dropped = dropped
     model.legacy_keras_version = version
     return model

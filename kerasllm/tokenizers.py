@@ -29,16 +29,21 @@ from __future__ import annotations
 import base64
 import collections
 import functools
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
-from kerasllm import runs
+from kerasllm import files
+from kerasllm.config import TOKENIZERS
 from kerasllm.errors import UserError
+from kerasllm.hub import HubTokenizer
+from kerasllm.quiet import captured_stderr
 
 FORMAT_VERSION = 2
-KINDS = ("char", "word", "wordpiece", "sentencepiece")
+KINDS = TOKENIZERS  # what `fit` makes
 PAD, UNK, BOS, EOS, CLS, SEP, MASK = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]", "[SEP]", "[MASK]"
 BASE_SPECIALS = (PAD, UNK, BOS, EOS)
 ENCODER_SPECIALS = (CLS, SEP, MASK)
@@ -53,8 +58,6 @@ PIECE_SPLIT = rf"{WORD_CHARS}+|[^\p{{L}}\p{{N}}\p{{M}}_\s]|\s"  # wordpiece pre-
 @functools.cache
 def tf_text():
     """tensorflow_text, imported (once) with its C++ start-up lines hidden."""
-    from kerasllm.quiet import captured_stderr
-
     with captured_stderr():
         import tensorflow_text
     return tensorflow_text
@@ -231,9 +234,9 @@ class Tokenizer:
         return {"format_version": FORMAT_VERSION, "kind": self.kind, "vocabulary": self.vocabulary,
                 "special_tokens": self.special_tokens}
 
-    def save(self, folder: Path, file_name: str = runs.TOKENIZER_FILE) -> Path:
+    def save(self, folder: Path, file_name: str = files.TOKENIZER_FILE) -> Path:
         path = Path(folder) / file_name
-        runs.write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
+        files.write_text_atomic(path, json.dumps(self.to_dict(), ensure_ascii=False))
         return path
 
     @staticmethod
@@ -250,13 +253,11 @@ class Tokenizer:
         return cls(saved["vocabulary"], saved["special_tokens"])
 
     @staticmethod
-    def load(folder: Path, file_name: str = runs.TOKENIZER_FILE) -> "Tokenizer":
+    def load(folder: Path, file_name: str = files.TOKENIZER_FILE) -> "Tokenizer":
         path = Path(folder) / file_name
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             if saved.get("kind") == "keras-hub":  # a preset's tokenizer, saved beside as a keras-hub preset
-                from kerasllm.hub import HubTokenizer
-
                 return HubTokenizer.load(folder, saved)
             return Tokenizer.from_dict(saved)
         except FileNotFoundError as error:
@@ -348,8 +349,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def fit_text(cls, text, vocab_size, specials):
-        import io
-
         import sentencepiece
 
         lines = [line for line in text.split("\n") if line.strip()]
@@ -367,8 +366,6 @@ class SentencePieceTokenizer(Tokenizer):
                 num_threads=2, minloglevel=2,
             )
         except RuntimeError as error:
-            import re
-
             needed = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", str(error))
             if needed:  # the 256 byte-fallback tokens, the special tokens and every character must fit
                 raise UserError(f"data.vocab_size={vocab_size} is too small for sentencepiece here (its characters and 256 "
@@ -399,8 +396,6 @@ class SentencePieceTokenizer(Tokenizer):
         return self.decode([token_id])
 
     def _tf_model(self):
-        from kerasllm.quiet import captured_stderr
-
         if self._model is None:
             with captured_stderr():  # "normalizer.cc(51) LOG(INFO) ..." from the bundled sentencepiece
                 self._model = tf_text().SentencepieceTokenizer(model=self.proto, out_type="int32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,15 @@ from typer.testing import CliRunner
 
 import cli
 from kerasllm.data.text import builtin_text
+
+
+def need(module: str):
+    """A test extra (jax, nbclient, ...): skipped where it is not installed, but under `CI=true` a missing extra fails
+    the test, so CI never passes by skipping what it was meant to run."""
+    if os.environ.get("CI", "").lower() == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
 
 # A model small enough to train a few steps in seconds.
 TINY = [

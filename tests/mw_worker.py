@@ -23,13 +23,13 @@ if index >= 0:
 
 import numpy as np  # noqa: E402
 
+from kerasllm import catalog, training  # noqa: E402
 from kerasllm import config as config_lib  # noqa: E402
-from kerasllm import registry, training  # noqa: E402
 from tests.zoo_cases import cases  # noqa: E402
 
 settings = cases(folder)[model_name]  # the test wrote the data
 per_replica = 4 if index >= 0 else 8  # the same global batch of 8
-config = config_lib.resolve(registry.get(model_name), None, [
+config = config_lib.resolve(catalog.model(model_name), None, [
     *settings, f"train.batch_size={per_replica}", "train.steps_per_epoch=3", f"train.epochs={epochs}", "train.warmup_steps=1",
     "train.validation_steps=0", "runtime.worker_timeout=20", "runtime.jit_compile=false"])
 built = {}

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
+from kerasllm import catalog
 from kerasllm import config as config_lib
-from kerasllm import registry
 from kerasllm.errors import UserError
 
-SPEC = registry.get("lstm-textgen")
+SPEC = catalog.model("lstm-textgen")
 
 
 def test_defaults_come_from_the_builder_and_its_recipe():

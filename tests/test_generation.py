@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kerasllm import generation, registry, runs
+from kerasllm import catalog, generation, runs
 from kerasllm.errors import UserError
 from kerasllm.generation import filter_logits, sample_next
 
@@ -106,7 +106,7 @@ def test_stateful_lstm_decoder_matches_the_windowed_path_token_for_token(trained
 
     run = runs.load_run(trained_run)
     model = load_model(trained_run / "model.keras")
-    spec = registry.get("lstm-textgen")
+    spec = catalog.model("lstm-textgen")
     stateful = spec.decoder(model)
     assert stateful is not None
     windowed = generation.WindowedDecoder(model, window=200, output=spec.output)

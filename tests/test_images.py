@@ -185,6 +185,7 @@ def image_run(tmp_path_factory, runner):
     return out, root
 
 
+@pytest.mark.slow
 def test_train_writes_labels_and_evaluates(runner, image_run):
     out, _ = image_run
     labels = json.loads((out / "labels.json").read_text())
@@ -224,6 +225,7 @@ def test_export_takes_raw_images(runner, image_run, tmp_path):
     assert "max |diff|" in result.output
 
 
+@pytest.mark.slow
 def test_train_on_tfds_mock_mnist_and_presets(runner, tmp_path):
     with mock_tfds("mnist", {"train": 16, "test": 16}, tmp_path, num_examples=16):
         result = invoke(runner, "train", "cnn-classifier", "--data", "tfds:mnist", "--preset", "mnist", "--out", tmp_path / "m",
@@ -235,6 +237,7 @@ def test_train_on_tfds_mock_mnist_and_presets(runner, tmp_path):
     assert_user_error(invoke(runner, "train", "cnn-classifier", "--preset", "imagenet"), "has no preset 'imagenet'; its presets: mnist, cifar")
 
 
+@pytest.mark.slow
 def test_train_on_an_idx_folder(runner, tmp_path):
     result = invoke(runner, "train", "cnn-classifier", "--data", mnist_folder(tmp_path / "mnist"), "--out", tmp_path / "r",
                     "--quiet", *tiny_cnn_args())

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import need
+
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY_LM = "--set model_args.num_layers=1 --set model_args.num_heads=2 --set model_args.hidden_dim=16 " \
@@ -50,8 +52,8 @@ def test_every_notebook_has_a_badge_an_install_cell_runtime_detection_and_parame
 def executed(tmp_path_factory) -> dict:
     """Every notebook run at once, each in its own process (their `kerasllm` commands are mostly single-threaded
     tracing, so two cores run them nearly twice as fast together): {name: (returncode, stderr, executed notebook)}."""
-    pytest.importorskip("nbclient")
-    pytest.importorskip("jax")  # 02 runs the JAX path
+    need("nbclient")
+    need("jax")  # 02 runs the JAX path
     from tests.zoo_cases import write_data
 
     data = tmp_path_factory.mktemp("notebook-data")
@@ -68,6 +70,7 @@ def executed(tmp_path_factory) -> dict:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [p.stem for p in NOTEBOOKS])
 def test_notebook_runs_with_tiny_parameters(executed, name):
     import nbformat

@@ -4,46 +4,47 @@ from importlib import metadata
 
 import pytest
 
-from kerasllm import registry
+from kerasllm import catalog, registry, tasks
 from kerasllm.errors import UserError
+from kerasllm.spec import ModelSpec
 from zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
-    assert registry.names() == ["cnn-classifier", "hub-classifier", "lstm-classifier", "lstm-seq2seq", "lstm-textgen",
+    assert catalog.names() == ["cnn-classifier", "hub-classifier", "lstm-classifier", "lstm-seq2seq", "lstm-textgen",
                                 "transformer-classifier", "transformer-lm", "transformer-seq2seq"]
 
 
 def test_spec_declares_task_hparams_and_default_data():
-    spec = registry.get("lstm-textgen")
+    spec = catalog.model("lstm-textgen")
     assert spec.task == "text-generation"
     assert spec.default_data == "builtin:python-docs"
     assert spec.hparams().units == 256
 
 
 def test_duplicate_name_is_an_error():
-    reg = registry.Registry()
-    reg.register(lstm_textgen.SPEC)
+    reg = catalog.new_registry()
+    catalog.register(reg, lstm_textgen.SPEC)
     with pytest.raises(ValueError, match="already registered"):
-        reg.register(lstm_textgen.SPEC)
+        catalog.register(reg, lstm_textgen.SPEC)
 
 
 def test_unknown_name_lists_known_names_with_did_you_mean():
     with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: cnn-classifier, hub-classifier, lstm-classifier"):
-        registry.get("lstm-textgn")
+        catalog.model("lstm-textgn")
 
 
 def test_unknown_task_is_rejected():
-    spec = registry.ModelSpec("x", "dancing", lstm_textgen.LSTMTextGeneratorConfig, lstm_textgen.build, "", "", lambda h: 0)
+    spec = ModelSpec("x", "dancing", lstm_textgen.LSTMTextGeneratorConfig, lstm_textgen.build, "", "", lambda h: 0)
     with pytest.raises(ValueError, match="unknown task 'dancing'"):
-        registry.Registry().register(spec)
+        catalog.register(catalog.new_registry(), spec)
 
 
 def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):
     """A fake installed distribution (a .dist-info folder on sys.path) found by importlib.metadata."""
     (tmp_path / "my_zoo_plugin.py").write_text(textwrap.dedent("""
         import dataclasses
-        from kerasllm.registry import ModelSpec
+        from kerasllm.spec import ModelSpec
         from zoo import cnn_classifier, lstm_textgen
 
         def specs():
@@ -54,10 +55,10 @@ def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-zoo-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[kerasllm.zoo]\nplugin = my_zoo_plugin:specs\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    found = [ep for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.name == "plugin"]
+    found = [ep for ep in metadata.entry_points(group=catalog.ENTRY_POINT_GROUP) if ep.name == "plugin"]
     assert found, "the fake distribution's entry point was not found"
-    reg = registry.Registry()
-    reg.load_entry_points(found)
+    reg = catalog.new_registry()
+    catalog.load_entry_points(reg, found)
     assert reg.get("plugin-lstm").description == "from a plugin"
     sys.modules.pop("my_zoo_plugin", None)
 
@@ -70,7 +71,7 @@ def test_plugin_returning_the_wrong_type_is_rejected():
             return lambda: "not a spec"
 
     with pytest.raises(TypeError, match="not ModelSpec"):
-        registry.Registry().load_entry_points([EntryPoint()])
+        catalog.load_entry_points(catalog.new_registry(), [EntryPoint()])
 
 
 @pytest.mark.parametrize("hparams", [lstm_textgen.LSTMTextGeneratorConfig(), lstm_textgen.LSTMTextGeneratorConfig(units=24, num_layers=2, embedding_dim=7)])
@@ -97,3 +98,28 @@ def test_cnn_default_parameter_count_is_pinned():
 def test_default_size_parameter_count_is_pinned():
     # Embedding 100×64 + LSTM 4·(64·256 + 256·256 + 256) + Dense 256·100 + 100, for a 100-token vocabulary.
     assert lstm_textgen.count_params(lstm_textgen.LSTMTextGeneratorConfig(), vocab_size=100) == 360_804
+
+
+def test_one_registry_type_serves_models_and_tasks():
+    assert type(catalog.models()) is type(tasks.TASKS) is registry.Registry
+    with pytest.raises(UserError, match=r"unknown task 'seq2sq'; did you mean 'seq2seq'\? known tasks: "):
+        tasks.get("seq2sq")
+
+
+def test_a_registered_block_restores_the_registry():
+    shapes = registry.Registry("shape")
+    with shapes.registered("square", 4):
+        assert shapes.get("square") == 4 and "square" in shapes
+    assert shapes.names() == []
+    with pytest.raises(UserError, match="unknown shape 'square'; known shapes: $"):
+        shapes.get("square")
+
+
+def test_the_default_objective_is_the_tasks_own():
+    classifier = catalog.model("transformer-classifier")
+    assert catalog.task_for(classifier).name == "text-classification"
+    assert catalog.task_for(classifier, "classify").name == "text-classification"
+    assert catalog.task_for(classifier, "mlm").name == "masked-lm"
+    assert catalog.task_for(catalog.model("transformer-lm"), "causal-lm").name == "text-generation"
+    with pytest.raises(UserError, match="transformer-lm has no objective 'mlm'; its objectives: causal-lm$"):
+        catalog.task_for(catalog.model("transformer-lm"), "mlm")

@@ -58,21 +58,23 @@ def test_overwrite_replaces_an_old_run_only_after_every_check(runner, trained_ru
 
 
 def test_a_failed_build_leaves_no_run_folder(runner, tmp_path, corpus_file):
-    from kerasllm import registry
+    """A builder that refuses its settings: one line, exit 2, and no run folder (a throwaway model, registered for this
+    test only, so the global registry is left as it was)."""
+    import dataclasses
 
-    spec = registry.get("lstm-textgen")
+    from kerasllm import catalog
+    from kerasllm.errors import UserError
 
     def broken(hparams, info):
-        raise MemoryError("cannot allocate the embedding")
+        raise UserError("embedding_dim 8 is too small for this vocabulary; raise model_args.embedding_dim")
 
-    object.__setattr__(spec, "build", broken)  # ModelSpec is frozen; restored below
-    try:
-        result = invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", tmp_path / "run", *tiny_args())
-    finally:
-        from zoo import lstm_textgen
-
-        object.__setattr__(spec, "build", lstm_textgen.build)
-    assert result.exit_code != 0 and not (tmp_path / "run").exists()
+    spec = dataclasses.replace(catalog.model("lstm-textgen"), name="broken-lstm", build=broken)
+    with catalog.models().registered(spec.name, spec):
+        result = invoke(runner, "train", "broken-lstm", "--data", corpus_file, "--out", tmp_path / "run", *tiny_args())
+    assert "broken-lstm" not in catalog.names()
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == "error: embedding_dim 8 is too small for this vocabulary; raise model_args.embedding_dim"
+    assert not (tmp_path / "run").exists()
 
 
 def test_out_naming_an_existing_file(runner, tmp_path, corpus_file):
@@ -119,6 +121,7 @@ def test_values_are_validated_in_one_line(runner, trained_run, tmp_path, args, m
     assert not (tmp_path / "m.keras").exists()
 
 
+@pytest.mark.slow
 def test_a_model_of_another_type_inside_a_run(runner, trained_run, tmp_path):
     from tests.test_images import tiny_cnn_args
 
@@ -260,6 +263,7 @@ def test_an_unwritable_run_location_is_one_line(runner, tmp_path, corpus_file):
 
 # --- what the terminal shows --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_user_error_after_tensorflow_loads_is_one_line_on_stderr(trained_run, tmp_path):
     """TF's C++ start-up lines (absl, oneDNN, cudart, cuInit) are hidden; --debug shows them."""
     script = Path(sys.executable).parent / "kerasllm"

@@ -169,6 +169,7 @@ def test_cached_and_uncached_decoding_agree(model):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_beam_width_one_equals_greedy_and_beams_score_at_least_as_well(reverse_run):
     from kerasllm.tasks.seq2seq import decode, pack_sources, seq2seq_decoder
 
@@ -180,6 +181,7 @@ def test_beam_width_one_equals_greedy_and_beams_score_at_least_as_well(reverse_r
     assert len(decode(decoder, rows, tokenizer, 10, beam=3)) == 3
 
 
+@pytest.mark.slow
 def test_a_tiny_model_learns_to_reverse_sequences(reverse_run):
     run, model = loaded(reverse_run)
     pairs = reverse_pairs(100, seed=7)
@@ -188,6 +190,7 @@ def test_a_tiny_model_learns_to_reverse_sequences(reverse_run):
     assert exact >= 0.95, list(zip(hypotheses[:5], pairs[:5]))
 
 
+@pytest.mark.slow
 def test_evaluate_generate_and_export_through_the_cli(runner, reverse_run, tmp_path):
     results = json.loads(invoke(runner, "evaluate", reverse_run, "--beam", "2", "--json").output)
     assert results["bleu"] > 90 and results["decoding"] == "beam 2" and len(results["samples"]) == 3
@@ -206,6 +209,7 @@ def test_evaluate_generate_and_export_through_the_cli(runner, reverse_run, tmp_p
     assert [text.decode() for text in translated] == ["cat red", "tree moon sun"]
 
 
+@pytest.mark.slow
 def test_lstm_seq2seq_trains_and_translates(runner, tmp_path):
     (tmp_path / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in reverse_pairs(200)))
     out = tmp_path / "lstm"

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerasllm import registry, tasks
+from kerasllm import catalog, tasks
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
+from kerasllm.spec import ModelSpec
 from kerasllm.tasks.base import PreparedData, Task
 from tests.test_cli import assert_user_error, invoke
 
@@ -75,13 +76,11 @@ def build_parity(hparams, info):
 
 @pytest.fixture
 def parity_model():
-    task = tasks.register(ParityTask())
-    spec = registry.default_registry().register(registry.ModelSpec(
-        "parity-mlp", task.name, ParityConfig, build_parity, "bits:7", "An MLP for bit parity", lambda h: 0,
-        defaults={"train": {"epochs": 2, "batch_size": 32, "warmup_steps": 0, "sample_length": 0}}))
-    yield spec
-    registry.default_registry().unregister(spec.name)
-    tasks.unregister(task.name)
+    task = ParityTask()
+    spec = ModelSpec("parity-mlp", task.name, ParityConfig, build_parity, "bits:7", "An MLP for bit parity", lambda h: 0,
+                     defaults={"train": {"epochs": 2, "batch_size": 32, "warmup_steps": 0, "sample_length": 0}})
+    with tasks.TASKS.registered(task.name, task), catalog.models().registered(spec.name, spec):
+        yield spec
 
 
 def test_a_new_task_and_model_train_and_evaluate_through_the_cli(runner, tmp_path, parity_model):

@@ -174,6 +174,7 @@ def lstm_run(tmp_path_factory, sst, runner):
     return out
 
 
+@pytest.mark.slow
 def test_lstm_classifier_trains_evaluates_on_test_and_predicts(runner, lstm_run, sst, tmp_path):
     results = json.loads(invoke(runner, "evaluate", lstm_run, "--data", sst, "--json").output)
     assert results["data"].startswith("test split of") and results["examples"] == 32
@@ -214,6 +215,7 @@ def load(path):
     return load_model(path)
 
 
+@pytest.mark.slow
 def test_mlm_pretraining_reports_masked_token_metrics(mlm_base):
     metrics = json.loads((mlm_base / "metrics.json").read_text())
     assert set(metrics["after_training"]) == {"loss", "perplexity", "accuracy"}
@@ -221,6 +223,7 @@ def test_mlm_pretraining_reports_masked_token_metrics(mlm_base):
     assert yaml.safe_load((mlm_base / "config.yaml").read_text())["train"]["objective"] == "mlm"
 
 
+@pytest.mark.slow
 def test_freeze_leaves_the_base_unchanged_and_records_the_lineage(runner, mlm_base, sst, tmp_path):
     out = tmp_path / "freeze"
     result = invoke(runner, "finetune", mlm_base / "model.keras", "--data", sst, "--method", "freeze", "--out", out, "--epochs", "1",
@@ -234,6 +237,7 @@ def test_freeze_leaves_the_base_unchanged_and_records_the_lineage(runner, mlm_ba
     assert f"Started from `{mlm_base / 'model.keras'}`" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_unfreeze_after_trains_the_whole_model_later(runner, mlm_base, sst, tmp_path):
     out = tmp_path / "unfreeze"
     result = invoke(runner, "finetune", mlm_base, "--data", sst, "--method", "freeze", "--unfreeze-after", "1", "--out", out,
@@ -247,11 +251,12 @@ def test_unfreeze_after_trains_the_whole_model_later(runner, mlm_base, sst, tmp_
     assert json.loads((out / "metrics.json").read_text())["steps"] == 8
 
 
+@pytest.mark.slow
 def test_lora_trains_only_adapters_and_the_merged_model_reproduces_them(runner, mlm_base, sst, tmp_path):
     from kerasllm import finetuning, runs
+    from kerasllm.catalog import model as get
     from kerasllm.config import from_dict, read_config_file
-    from kerasllm.registry import get
-    from kerasllm.training import transfer_weights
+    from kerasllm.finetuning import transfer_weights
 
     out = tmp_path / "lora"
     result = invoke(runner, "finetune", mlm_base, "--data", sst, "--method", "lora", "--lora-rank", "2", "--out", out,
@@ -279,6 +284,7 @@ def test_lora_trains_only_adapters_and_the_merged_model_reproduces_them(runner, 
     assert counts["trainable_share"] < 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "freeze"])
 def test_finetune_resume_is_exact(runner, mlm_base, sst, tmp_path, method):
     """A run killed after epoch 1 and resumed ends where a straight one does (LoRA: adapters restored unmerged;
@@ -300,6 +306,7 @@ def test_finetune_resume_is_exact(runner, mlm_base, sst, tmp_path, method):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_base_tokenizer_mismatches_are_one_line_errors(runner, mlm_base, tmp_path):
     greek = tmp_path / "greek.sst"
     greek.write_text("".join(f"{i % 2} Η ταινία ήταν {'καλή' if i % 2 else 'κακή'} και μεγάλη\n" for i in range(40)))
@@ -350,6 +357,7 @@ def presets(tmp_path_factory):
     return save_tiny_presets(tmp_path_factory.mktemp("presets"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "freeze", "lora"])
 @pytest.mark.parametrize("which", ["bert", "gpt2"])
 def test_finetune_a_local_keras_hub_preset(runner, presets, sst, tmp_path, which, method):
@@ -371,6 +379,7 @@ def test_an_unreachable_preset_handle_is_one_line(runner, sst, tmp_path):
     assert result.exit_code == 2 and "cannot load the" in result.output and "local preset folder" in result.output
 
 
+@pytest.mark.slow
 def test_a_language_model_fine_tunes_on_new_text_with_lora(runner, trained_transformer_lm, corpus_file, tmp_path):
     out = tmp_path / "lm-lora"
     result = invoke(runner, "finetune", trained_transformer_lm, "--data", corpus_file, "--method", "lora", "--lora-rank", "2",
@@ -397,6 +406,7 @@ def trained_transformer_lm(tmp_path_factory, corpus_file, runner):
     return out
 
 
+@pytest.mark.slow
 def test_a_bare_model_file_base_is_one_line(runner, mlm_base, sst, tmp_path):
     import shutil
 
@@ -405,6 +415,7 @@ def test_a_bare_model_file_base_is_one_line(runner, mlm_base, sst, tmp_path):
     assert result.exit_code == 2 and "without a kerasllm run around it" in result.output
 
 
+@pytest.mark.slow
 def test_balanced_class_weights_are_recorded_and_used(runner, tmp_path):
     from kerasllm.tasks.text_classification import balanced_weights
 

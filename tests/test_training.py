@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kerasllm import catalog, checkpoints, files, loops, optimizers, training
 from kerasllm import config as config_lib
-from kerasllm import registry, runs, training
 from kerasllm.errors import UserError
 from tests.conftest import TINY
 
-SPEC = registry.get("lstm-textgen")
+SPEC = catalog.model("lstm-textgen")
 
 
 def make_config(corpus_file, *extra):
@@ -36,7 +36,7 @@ def test_straight_run_checkpoints_every_epoch_and_every_n_steps(straight_run):
     straight_run, _ = straight_run
     names = sorted(p.name for p in (straight_run / "checkpoints").iterdir())
     assert names == ["step-00000002", "step-00000003", "step-00000004", "step-00000006"]
-    state = runs.read_json(straight_run / "checkpoints" / "step-00000004" / "state.json")
+    state = files.read_json(straight_run / "checkpoints" / "step-00000004" / "state.json")
     assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (1, 1, 4)
 
 
@@ -53,7 +53,7 @@ def test_resume_matches_the_straight_run(straight_run, corpus_file, tmp_path, ke
     assert summary["epochs_completed"] == 2 and summary["steps"] == 6 and summary["loop"] == loop
     for a, b in zip(weights(straight_run), weights(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    history = runs.read_json(resumed / "history.json")
+    history = files.read_json(resumed / "history.json")
     assert len(history["loss"]) == 2
 
 
@@ -65,13 +65,13 @@ def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, corpus_file):
 def test_optimizer_recipe():
     from kerasllm.config import TrainConfig
 
-    optimizer = training.make_optimizer(TrainConfig(learning_rate=1e-2, warmup_steps=10, min_learning_rate_ratio=0.1), total_steps=110)
+    optimizer = optimizers.make_optimizer(TrainConfig(learning_rate=1e-2, warmup_steps=10, min_learning_rate_ratio=0.1), total_steps=110)
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
     assert float(schedule(0)) == pytest.approx(0.0)
     assert float(schedule(10)) == pytest.approx(1e-2)
     assert float(schedule(110)) == pytest.approx(1e-3, rel=1e-3)
     assert optimizer.global_clipnorm == 1.0 and type(optimizer).__name__ == "AdamW"
-    sgd = training.make_optimizer(TrainConfig(optimizer="sgd", schedule="constant", clip_norm=0), total_steps=5)
+    sgd = optimizers.make_optimizer(TrainConfig(optimizer="sgd", schedule="constant", clip_norm=0), total_steps=5)
     assert type(sgd).__name__ == "SGD" and sgd.global_clipnorm is None
 
 
@@ -80,7 +80,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, corpus_file):
     config = make_config(corpus_file, "train.epochs=6", "train.learning_rate=5.0", "train.early_stopping_patience=1",
                          "train.clip_norm=0", "train.schedule=constant")
     summary = training.train(config, tmp_path / "run", progress="quiet")
-    history = runs.read_json(tmp_path / "run" / "history.json")
+    history = files.read_json(tmp_path / "run" / "history.json")
     assert summary["stopped_early"] and summary["epochs_completed"] < 6
     best = min(history["val_loss"])
     assert summary["after_training"]["loss"] == pytest.approx(best, rel=1e-4)
@@ -93,14 +93,16 @@ def final_weights(config, run_dir):
     return weights(run_dir)
 
 
+@pytest.mark.slow
 def test_fit_and_custom_loops_give_the_same_weights_for_lstm_textgen(corpus_file, tmp_path):
     fit = final_weights(make_config(corpus_file, "train.epochs=1"), tmp_path / "fit")
     custom = final_weights(make_config(corpus_file, "train.epochs=1", "runtime.loop=custom"), tmp_path / "custom")
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(fit, custom)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_fit_and_custom_loops_give_the_same_weights_for_cnn_classifier(tmp_path):
-    spec = registry.get("cnn-classifier")
+    spec = catalog.model("cnn-classifier")
     settings = ["model_args.width=8", "model_args.depth=2", "train.batch_size=16", "train.steps_per_epoch=3",
                 "train.epochs=1", "train.warmup_steps=1", "runtime.jit_compile=false", "runtime.deterministic=true"]
     # dropout and batch normalisation included: the same random streams and moving statistics in both loops
@@ -113,8 +115,8 @@ MIRRORED_SCRIPT = """
 import json, sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from kerasllm import config as config_lib, registry, training
-spec = registry.get("transformer-lm")
+from kerasllm import config as config_lib, catalog, training
+spec = catalog.model("transformer-lm")
 settings = ["data.source=" + sys.argv[1], "model_args.num_layers=1", "model_args.num_heads=2", "model_args.hidden_dim=16",
             "model_args.max_sequence_length=16", "model_args.dropout=0.0", "data.sequence_length=16", "train.epochs=1",
             "train.steps_per_epoch=2", "train.sample_length=0", "runtime.jit_compile=true", "runtime.steps_per_execution=1",
@@ -130,6 +132,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_xla_over_two_logical_cpus_runs_the_custom_loop_and_matches_one_device(corpus_file, tmp_path):
     """fit cannot compile a step over several devices with XLA; loop auto takes the custom loop, which compiles each
     replica's step (the transformer's sparse embedding gradient is made dense so every replica all-reduces the same
@@ -143,20 +146,21 @@ def test_xla_over_two_logical_cpus_runs_the_custom_loop_and_matches_one_device(c
                             capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).parent.parent))
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["cpu"][:4] == [1, "_DefaultDistributionStrategy", "fit", True]
-    assert out["mirrored"][:4] == [2, "MirroredStrategy", "custom", True]
+    assert out["cpu"][:4] == [1, "1 device (CPU)", "fit", True]
+    assert out["mirrored"][:4] == [2, "MirroredStrategy: 2 CPUs", "custom", True]
     assert out["mirrored"][4] == pytest.approx(out["cpu"][4], rel=1e-4)
 
 
 def test_fit_returns_right_after_its_last_step(corpus_file, tmp_path):
     """The tf.data autotune thread of a per-device iterator once kept `fit` idle for 8-60 s here."""
     summary = training.train(make_config(corpus_file), tmp_path / "run", progress="quiet")
-    assert summary["strategy"] == "_DefaultDistributionStrategy"
+    assert summary["strategy"] == "1 device (CPU)"
     assert summary["seconds_after_last_step"] < 1.0
 
 
 # --- checkpoints and resume -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoints_are_pruned_to_the_newest_k_plus_the_best(corpus_file, tmp_path):
     config = make_config(corpus_file, "train.epochs=4", "train.keep_checkpoints=2", "train.checkpoint_every_steps=1",
                          "train.learning_rate=5.0", "train.clip_norm=0", "train.schedule=constant",
@@ -174,7 +178,7 @@ def test_an_unfinished_checkpoint_is_never_taken_for_the_newest(straight_run, tm
     partial = copy / "checkpoints" / "step-00000009.partial"
     shutil.copytree(copy / "checkpoints" / "step-00000006", partial)  # even with a state.json inside
     (copy / "checkpoints" / "step-00000008").mkdir()  # and a folder missing its files
-    assert training.latest_checkpoint(copy).name == "step-00000006"
+    assert checkpoints.latest_checkpoint(copy).name == "step-00000006"
 
 
 def test_resuming_a_finished_run_has_nothing_to_do(straight_run, corpus_file, tmp_path):
@@ -191,11 +195,11 @@ def test_resume_counts_the_interrupted_time_and_keeps_the_schedule(straight_run,
     straight_run, loop = straight_run
     copy = tmp_path / "copy"
     shutil.copytree(straight_run, copy)
-    first = runs.read_json(copy / "metrics.json")
+    first = files.read_json(copy / "metrics.json")
     summary = training.train(make_config(corpus_file, f"runtime.loop={loop}", "train.epochs=3"), copy, resume=True, progress="quiet")
     assert summary["train_seconds"] > first["train_seconds"]
     assert summary["schedule_steps"] == first["schedule_steps"] == 6  # fixed when the run started
-    history = runs.read_json(copy / "history.json")
+    history = files.read_json(copy / "history.json")
     floor = 1e-2 * 0.1  # lstm-textgen's learning rate x train.min_learning_rate_ratio: the decay has ended
     assert history["learning_rate"][2] == pytest.approx(floor, rel=1e-5)
     assert len(history["loss"]) == 3
@@ -208,20 +212,21 @@ def test_resume_refuses_changed_data(straight_run, tmp_path):
     shutil.rmtree(copy / "checkpoints" / "step-00000006")
     (copy / "model.keras").unlink()
     data = tmp_path / "changed.txt"
-    data.write_text(Path(runs.read_json(copy / "data.json")["source"]).read_text() + "more text")
+    data.write_text(Path(files.read_json(copy / "data.json")["source"]).read_text() + "more text")
     config = config_lib.resolve(SPEC, None, [*TINY, f"data.source={data}", "train.sample_length=0"])
-    copy_data = runs.read_json(copy / "data.json")
-    runs.write_json(copy / "data.json", dict(copy_data, source=str(data)))
+    copy_data = files.read_json(copy / "data.json")
+    files.write_json(copy / "data.json", dict(copy_data, source=str(data)))
     with pytest.raises(UserError, match="changed since this run was trained"):
         training.train(config, copy, resume=True, progress="quiet")
 
 
+@pytest.mark.slow
 def test_overfitting_is_reported_with_fixes(tmp_path):
     """Random labels on a handful of images: training loss falls, validation loss rises."""
     rng = np.random.default_rng(0)
     npz = tmp_path / "noise.npz"
     np.savez(npz, x=rng.integers(0, 256, (64, 8, 8, 1)).astype(np.uint8), y=rng.integers(0, 4, 64))
-    spec = registry.get("cnn-classifier")
+    spec = catalog.model("cnn-classifier")
     config = config_lib.resolve(spec, None, [f"data.source={npz}", "model_args.width=16", "model_args.depth=1",
                                              "model_args.dropout=0", "model_args.translation=0", "model_args.rotation=0",
                                              "model_args.zoom=0", "train.batch_size=8", "train.epochs=12",
@@ -243,6 +248,7 @@ def test_a_healthy_run_is_not_called_overfitting():
     assert overfitting({"loss": [3.0, 2.5, 2.2, 2.0], "val_loss": [2.9, 2.6, 2.8, 3.0]})["best_epoch"] == 2
 
 
+@pytest.mark.slow
 def test_random_windows_resume_exactly(corpus_file, tmp_path):
     config = make_config(corpus_file, "data.windows=random")
     training.train(config, tmp_path / "straight", progress="quiet")
@@ -282,9 +288,9 @@ def test_validation_steps_spread_over_the_split():
     import tensorflow as tf
 
     dataset = tf.data.Dataset.range(100).batch(1)
-    subset = [int(x[0]) for x in training.spread_subset(dataset, 4).as_numpy_iterator()]
+    subset = [int(x[0]) for x in loops.spread_subset(dataset, 4).as_numpy_iterator()]
     assert subset == [0, 25, 50, 75]
-    assert len(list(training.spread_subset(dataset, 0).as_numpy_iterator())) == 100
+    assert len(list(loops.spread_subset(dataset, 0).as_numpy_iterator())) == 100
 
 
 def test_adamw_can_exempt_biases_and_norms_from_weight_decay():
@@ -294,6 +300,6 @@ def test_adamw_can_exempt_biases_and_norms_from_weight_decay():
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.LayerNormalization()])
     for decay_all, expected in ((True, [True] * 4), (False, [True, False, False, False])):
-        optimizer = training.make_optimizer(TrainConfig(decay_all_weights=decay_all), total_steps=10)
+        optimizer = optimizers.make_optimizer(TrainConfig(decay_all_weights=decay_all), total_steps=10)
         optimizer.build(model.trainable_variables)
         assert [optimizer._use_weight_decay(v) for v in model.trainable_variables] == expected

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerasllm import generation, registry
+from kerasllm import catalog, generation
 from kerasllm.data import DataInfo
+from tests.conftest import need
 from tests.test_cli import assert_user_error, invoke
 from zoo.transformer_lm import PRESETS, TransformerCacheDecoder, TransformerLMConfig, build, count_params
 
@@ -61,6 +62,7 @@ class IdTokenizer:
         return Stream()
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_decoding_agree_under_greedy(model):
     cached = TransformerCacheDecoder.from_model(model)
     assert cached is not None
@@ -147,10 +149,11 @@ def test_preset_parameter_counts_are_pinned():
     assert counts == {"tiny": 810_368, "small": 10_772_352, "base": 85_895_424}
     tiny = TransformerLMConfig(**{k: v for k, v in PRESETS["tiny"].items() if "." not in k})
     assert build(tiny, DataInfo(vocab_size=69, sequence_length=64)).count_params() == counts["tiny"]
-    spec = registry.get("transformer-lm")
+    spec = catalog.model("transformer-lm")
     assert spec.count_params(spec.hparams()) == count_params(spec.hparams())
 
 
+@pytest.mark.slow
 def test_a_tiny_model_overfits_one_batch():
     import keras
 
@@ -163,6 +166,7 @@ def test_a_tiny_model_overfits_one_batch():
     assert history.history["loss"][0] > 3.0 and history.history["loss"][-1] < 0.2
 
 
+@pytest.mark.slow
 def test_train_evaluate_generate_and_save_load_through_the_cli(runner, corpus_file, tmp_path):
     import keras
 
@@ -219,9 +223,10 @@ print(json.dumps(history.history["loss"]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("position", ["rotary"])  # learned positions: the whole zoo trains on JAX in test_distribute
 def test_one_training_step_on_the_jax_backend(position):
-    pytest.importorskip("jax")
+    need("jax")
     env = dict(os.environ, KERAS_BACKEND="jax")
     result = subprocess.run([sys.executable, "-c", JAX_STEP.format(position=position)], capture_output=True, text=True, env=env,
                             cwd=str(Path(__file__).parent.parent), timeout=300)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kerasllm import registry
+from kerasllm import catalog
 from kerasllm.data.text import builtin_text
 
 ONE_STEP = ["train.epochs=1", "train.steps_per_epoch=1", "train.sample_length=0", "train.warmup_steps=0",
@@ -55,7 +55,7 @@ def cases(folder: Path, batch_size: int = 4) -> dict[str, list[str]]:
                                 "model_args.num_heads=2", "model_args.intermediate_dim=32"],
         "lstm-seq2seq": [f"data.source={pairs}", *text, "model_args.units=16", "model_args.embedding_dim=8"],
     }
-    missing = set(registry.names()) - set(found)
+    missing = set(catalog.names()) - set(found)
     assert not missing, f"give these models a tiny case in tests/zoo_cases.py: {sorted(missing)}"
     # no dropout: one device and several must see the same computation
     return {name: [*common, "model_args.dropout=0.0", *settings] for name, settings in found.items()}

@@ -30,7 +30,7 @@ else:
 from typer.testing import CliRunner  # noqa: E402
 
 import cli  # noqa: E402
-from kerasllm import runs  # noqa: E402
+from kerasllm import files  # noqa: E402
 from tests.zoo_cases import cli_args, write_cases  # noqa: E402
 
 # (strategy, per-replica batch, XLA): the same global batch of 8 on one device and over two. On TensorFlow the
@@ -50,8 +50,8 @@ for name, settings in write_cases(folder / "data").items():
         if result.exit_code != 0:
             results.setdefault(name, {})[strategy] = {"error": (result.output + repr(result.exception))[-1500:]}
             continue
-        summary = runs.read_json(run_dir / runs.METRICS_FILE)
-        history = runs.read_json(run_dir / runs.HISTORY_FILE)
+        summary = files.read_json(run_dir / files.METRICS_FILE)
+        history = files.read_json(run_dir / files.HISTORY_FILE)
         results.setdefault(name, {})[strategy] = {
             "replicas": summary["replicas"], "global_batch": summary["global_batch"], "strategy": summary["strategy"],
             "jit_compile": summary["jit_compile"], "loop": summary["loop"], "backend": summary["backend"], "steps": summary["steps"],

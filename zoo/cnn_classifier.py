@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 
 @dataclass
@@ -59,7 +59,7 @@ def build(hparams: CNNClassifierConfig, info: DataInfo):
     import keras
     from keras import layers
 
-    from zoo.layers import ResizeImages
+    from zoo.layers import ResizeImages  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.image_size < 2 ** hparams.depth:
         raise UserError(f"images of {info.image_size}×{info.image_size} are too small for depth {hparams.depth}; "

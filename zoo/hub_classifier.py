@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kerasllm import hub
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 
 @dataclass
@@ -36,8 +37,7 @@ class HubClassifierConfig:
 
 
 def build(hparams: HubClassifierConfig, info: DataInfo):
-    from kerasllm import hub
-    from zoo.layers import encoder_model
+    from zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     backbone = hub.load_backbone(hparams.preset)
     vocabulary = getattr(backbone, "vocabulary_size", None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 
 @dataclass

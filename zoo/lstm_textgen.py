@@ -13,8 +13,9 @@ import numpy as np
 
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
+from kerasllm.data.text import builtin_vocab_size
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 
 @dataclass
@@ -125,8 +126,6 @@ def _sigmoid(x):
 def count_params(hparams: LSTMTextGeneratorConfig, vocab_size: int | None = None) -> int:
     """Parameter count without building the model (default: the default data's vocabulary)."""
     if vocab_size is None:
-        from kerasllm.data.text import builtin_vocab_size
-
         vocab_size = builtin_vocab_size(SPEC.default_data)
     units, total, width = hparams.units, vocab_size * hparams.embedding_dim, hparams.embedding_dim
     for _ in range(hparams.num_layers):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 PRESETS = {
     "tiny": {"num_layers": 2, "num_heads": 2, "hidden_dim": 128, "intermediate_dim": 512, "max_sequence_length": 128},
@@ -63,7 +63,7 @@ def build(hparams: TransformerClassifierConfig, info: DataInfo):
     """
     import keras_hub
 
-    from zoo.layers import encoder_model
+    from zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.sequence_length > hparams.max_sequence_length:
         raise UserError(f"data.sequence_length={info.sequence_length} exceeds model_args.max_sequence_length="

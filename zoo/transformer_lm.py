@@ -26,8 +26,9 @@ import numpy as np
 
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
+from kerasllm.data.text import builtin_vocab_size
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 PRESETS = {
     # nanoGPT's CPU config (and its shakespeare-char config for `small`)
@@ -79,7 +80,7 @@ def build(hparams: TransformerLMConfig, info: DataInfo):
     """
     import keras
 
-    import zoo.layers
+    import zoo.layers  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.sequence_length > hparams.max_sequence_length:
         raise UserError(f"data.sequence_length={info.sequence_length} exceeds the context model_args.max_sequence_length="
@@ -106,8 +107,6 @@ def build(hparams: TransformerLMConfig, info: DataInfo):
 def count_params(hparams: TransformerLMConfig, vocab_size: int | None = None) -> int:
     """Parameter count without building the model (default: the default data's character vocabulary)."""
     if vocab_size is None:
-        from kerasllm.data.text import builtin_vocab_size
-
         vocab_size = builtin_vocab_size(SPEC.default_data)
     d, m = hparams.hidden_dim, hparams.mlp_dim
     per_block = (4 * d * d + 4 * d) + (2 * d * m + m + d) + 2 * 2 * d  # attention, MLP, two LayerNorms
@@ -133,7 +132,7 @@ class TransformerCacheDecoder:
     def __init__(self, model):
         import keras
 
-        import zoo.layers
+        import zoo.layers  # zoo.layers imports Keras, which `kerasllm list` must not load
 
         self.model = model
         self.embedding = model.get_layer("token_embedding")

@@ -21,7 +21,7 @@ import numpy as np
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
-from kerasllm.registry import ModelSpec
+from kerasllm.spec import ModelSpec
 
 PRESETS = {
     "tiny": {"num_layers": 2, "num_heads": 4, "hidden_dim": 128, "intermediate_dim": 512},
@@ -60,7 +60,7 @@ def build(hparams: TransformerSeq2SeqConfig, info: DataInfo):
     import keras
     import keras_hub
 
-    from zoo.layers import PaddingMask
+    from zoo.layers import PaddingMask  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.sequence_length > hparams.max_sequence_length:
         raise UserError(f"data.sequence_length={info.sequence_length} exceeds model_args.max_sequence_length="

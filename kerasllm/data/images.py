@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.data import tfds as tfds_source
 from kerasllm.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
@@ -266,21 +267,19 @@ def _as_images(x: np.ndarray, path: Path) -> np.ndarray:
 
 def tfds_images(name: str):
     """The train split, and the validation (else test) split as held-out data; feature keys from the builder's info."""
-    from kerasllm.data.tfds import feature_of, held_out_split, load_split, prepared_info, split_names
-
-    info = prepared_info(name)
-    image_key, label_key = feature_of(info, name, "image"), feature_of(info, name, "label")
-    if "train" not in split_names(info):
-        raise UserError(f"tfds:{name} has no train split (it has {', '.join(split_names(info))}); pick another dataset")
+    info = tfds_source.prepared_info(name)
+    image_key, label_key = tfds_source.feature_of(info, name, "image"), tfds_source.feature_of(info, name, "label")
+    if "train" not in tfds_source.split_names(info):
+        raise UserError(f"tfds:{name} has no train split (it has {', '.join(tfds_source.split_names(info))}); pick another dataset")
 
     def read(split: str):
-        pairs = [(ex[image_key], ex[label_key]) for ex in load_split(name, split).as_numpy_iterator()]
+        pairs = [(ex[image_key], ex[label_key]) for ex in tfds_source.load_split(name, split).as_numpy_iterator()]
         if not pairs:
             raise UserError(f"tfds:{name} split {split!r} is empty; pick another dataset")
         return np.stack([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], np.int32)
 
     x, y = read("train")
-    held_out = held_out_split(info)
+    held_out = tfds_source.held_out_split(info)
     held = read(held_out) if held_out else None
     names = list(info.features[label_key].names)
     return x, y, names, held

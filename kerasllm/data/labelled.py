@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.data import tfds as tfds_source
+from kerasllm.data.text import read_text_file, text_files
 from kerasllm.errors import UserError
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
@@ -165,8 +167,6 @@ def read_file(path: Path, text_column: str, label_column: str) -> Examples:
 
 
 def _read(path: Path) -> str:
-    from kerasllm.data.text import read_text_file
-
     return read_text_file(path)
 
 
@@ -191,8 +191,6 @@ def split_files(path: Path) -> dict[str, Path]:
 
 def class_folder(folder: Path) -> tuple[Examples, list[str]] | None:
     """A folder whose sub-folders are classes of .txt files (None if it is not laid out that way)."""
-    from kerasllm.data.text import read_text_file, text_files
-
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     if not classes or not any(text_files(c) for c in classes):
         return None
@@ -212,22 +210,20 @@ def class_folder(folder: Path) -> tuple[Examples, list[str]] | None:
 
 def tfds_examples(name: str, text_column: str, label_column: str):
     """Splits of a TFDS text-classification set, with the label names from its ClassLabel feature."""
-    from kerasllm.data.tfds import feature_of, load_split, prepared_info, split_names
-
     try:
-        info = prepared_info(name)
+        info = tfds_source.prepared_info(name)
     except UserError as error:
         raise UserError(f"{error} — offline, use local labelled text instead: {LOCAL_FORMATS}") from error
     features = info.features
-    label_key = label_column if label_column in features else feature_of(info, name, "label")
+    label_key = label_column if label_column in features else tfds_source.feature_of(info, name, "label")
     text_keys = _columns(text_column) or [k for k, f in features.items() if k != label_key and _is_text(f)]
     if not text_keys or len(text_keys) > 2:
         raise UserError(f"tfds:{name} has features {', '.join(features)}; name the text with --set data.text_column=NAME")
     names = list(features[label_key].names)
     splits = {}
-    for split in split_names(info):
+    for split in tfds_source.split_names(info):
         texts, labels = [], []
-        for example in load_split(name, split).as_numpy_iterator():
+        for example in tfds_source.load_split(name, split).as_numpy_iterator():
             label = int(example[label_key])
             if label < 0:
                 continue  # GLUE's test labels are hidden (-1)

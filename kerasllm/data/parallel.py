@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.data import tfds as tfds_source
+from kerasllm.data.text import read_text_file
 from kerasllm.errors import UserError
 
 SPLITS = {"train": ("train",), "validation": ("val", "valid", "dev", "validation")}
@@ -60,8 +62,6 @@ class PairSplit:
 
 
 def read_lines(path: Path) -> list[str]:
-    from kerasllm.data.text import read_text_file
-
     if path.suffix == ".gz":
         try:
             text = gzip.decompress(path.read_bytes()).decode("utf-8")
@@ -156,15 +156,13 @@ def read_jsonl(path: Path, source_field: str, target_field: str) -> Pairs:
 
 
 def tfds_pairs(name: str, source_lang: str, target_lang: str) -> dict[str, Pairs]:
-    from kerasllm.data.tfds import load_split, prepared_info, split_names
-
-    info = prepared_info(name)
+    info = tfds_source.prepared_info(name)
     features = list(info.features.keys()) if hasattr(info.features, "keys") else []
     if source_lang not in features or target_lang not in features:
         raise UserError(f"tfds:{name} has the features {', '.join(features)}; set data.source_lang and data.target_lang to two of them")
     splits = {}
-    for split in split_names(info):
-        rows = list(load_split(name, split).as_numpy_iterator())
+    for split in tfds_source.split_names(info):
+        rows = list(tfds_source.load_split(name, split).as_numpy_iterator())
         key = "validation" if split in SPLITS["validation"] else split
         splits[key] = Pairs([r[source_lang].decode("utf-8") for r in rows], [[r[target_lang].decode("utf-8")] for r in rows])
     return splits

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kerasllm.distribute import shard_policy
 from kerasllm.errors import UserError
 
 
@@ -22,8 +23,6 @@ def language_model_windows(ids: np.ndarray, sequence_length: int) -> np.ndarray:
 
 def _options():
     import tensorflow as tf
-
-    from kerasllm.distribute import shard_policy
 
     options = tf.data.Options()
     options.autotune.enabled = False

@@ -19,7 +19,9 @@ from pathlib import Path
 from kerasllm.data.splits import TextSplit, check_unchanged, python_version, split_by_fraction, text_split
 
 __all__ = ["TextSplit", "check_unchanged", "evaluation_text", "load_text", "reload_validation"]
+from kerasllm.data import tfds as tfds_source
 from kerasllm.errors import UserError
+from kerasllm.tokenizers import BASE_SPECIALS
 
 BUILTIN_CORPORA = {
     "python-docs": "Python reference documentation prose shipped with CPython (pydoc_data.topics)",
@@ -39,8 +41,6 @@ def builtin_text(name: str) -> str:
 
 def builtin_vocab_size(source: str) -> int:
     """Character vocabulary size (special tokens included) of a built-in corpus's training split."""
-    from kerasllm.tokenizers import BASE_SPECIALS
-
     return len(set(split_by_fraction(builtin_text(source.removeprefix("builtin:")), 0.1)[0])) + len(BASE_SPECIALS)
 
 
@@ -86,9 +86,7 @@ def load_text(source: str, validation_fraction: float = 0.1) -> TextSplit:
     if not source.strip():
         raise UserError("no data source given; pass --data PATH, tfds:NAME or builtin:NAME")
     if source.startswith("tfds:"):
-        from kerasllm.data.tfds import load_text_splits
-
-        return load_text_splits(source.removeprefix("tfds:"), validation_fraction)
+        return tfds_source.load_text_splits(source.removeprefix("tfds:"), validation_fraction)
     if source.startswith("builtin:"):
         text = builtin_text(source.removeprefix("builtin:"))
         return text_split(source, text, None, validation_fraction, python_version=python_version())

@@ -7,6 +7,7 @@ that exists (no network, a broken download) is an error, never taken for
 
 from __future__ import annotations
 
+from kerasllm.data.splits import text_split
 from kerasllm.errors import UserError
 
 HELD_OUT_SPLITS = ("validation", "test")
@@ -77,8 +78,6 @@ def feature_of(info, name: str, kind: str) -> str:
 
 def load_text_splits(name: str, validation_fraction: float):
     """Text of the `train` split and of `validation` (or `test`), else the end of `train`."""
-    from kerasllm.data.splits import text_split
-
     info = prepared_info(name)
     key = feature_of(info, name, "text")
     if "train" not in split_names(info):

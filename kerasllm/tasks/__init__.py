@@ -1,62 +1,48 @@
 """Tasks: what data, loss, metrics, evaluation, prediction and reports a kind of model uses.
 
 A task is an object (`kerasllm.tasks.base.Task`); the built-in ones are registered
-here, in one place, like the zoo's models. Plugins and tests add theirs with
-`register(task)`. The trainer and the CLI only talk to tasks through this module,
-so a new task needs no edit to `cli.py` or `training.py`.
+here, in one place, like the zoo's models (`kerasllm.catalog`). Plugins and tests add
+theirs with `register(task)` (or `TASKS.registered(name, task)` for a block). The
+trainer and the CLI only talk to tasks through this registry, so a new task needs no
+edit to `cli.py` or the trainer. No task module imports TensorFlow at import time.
 """
 
 from __future__ import annotations
 
-import difflib
-
-from kerasllm.errors import UserError
+from kerasllm.registry import Registry
 from kerasllm.tasks.base import PreparedData, Task
+from kerasllm.tasks.image_classification import ImageClassification
+from kerasllm.tasks.masked_lm import MaskedLM
+from kerasllm.tasks.seq2seq import Seq2Seq
+from kerasllm.tasks.text_classification import TextClassification
+from kerasllm.tasks.text_generation import TextGeneration
 
-__all__ = ["PreparedData", "Task", "get", "names", "register"]
-
-_tasks: dict[str, Task] | None = None
+__all__ = ["TASKS", "PreparedData", "Task", "get", "names", "register", "unregister"]
 
 
-def _default_tasks() -> dict[str, Task]:
-    global _tasks
-    if _tasks is None:
-        from kerasllm.tasks.image_classification import ImageClassification
-        from kerasllm.tasks.masked_lm import MaskedLM
-        from kerasllm.tasks.seq2seq import Seq2Seq
-        from kerasllm.tasks.text_classification import TextClassification
-        from kerasllm.tasks.text_generation import TextGeneration
+def _check(task) -> None:
+    if not isinstance(task, Task) or not task.name:
+        raise TypeError("register a kerasllm.tasks.Task instance with a name")
 
-        _tasks = {}
-        for task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM(), Seq2Seq()):
-            _tasks[task.name] = task
-    return _tasks
+
+TASKS: Registry[Task] = Registry("task", check=_check)
+for _task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM(), Seq2Seq()):
+    TASKS.register(_task.name, _task)
 
 
 def register(task: Task) -> Task:
     """Add a task; a second task with the same name is an error."""
-    tasks = _default_tasks()
-    if not isinstance(task, Task) or not task.name:
-        raise TypeError("register a kerasllm.tasks.Task instance with a name")
-    if task.name in tasks:
-        raise ValueError(f"task {task.name!r} is already registered")
-    tasks[task.name] = task
-    return task
+    _check(task)
+    return TASKS.register(task.name, task)
 
 
 def unregister(name: str) -> None:
-    """Remove a task (for tests that register throwaway tasks)."""
-    _default_tasks().pop(name, None)
+    TASKS.unregister(name)
 
 
 def names() -> list[str]:
-    return sorted(_default_tasks())
+    return TASKS.names()
 
 
 def get(name: str) -> Task:
-    tasks = _default_tasks()
-    if name not in tasks:
-        close = difflib.get_close_matches(name, list(tasks), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown task {name!r}; {hint}known tasks: {', '.join(names())}")
-    return tasks[name]
+    return TASKS.get(name)

@@ -48,6 +48,19 @@ class Table:
     rows: list[list[str]]
 
 
+@dataclass
+class Endpoint:
+    """A SavedModel signature beside `serve`: `fn(*inputs)` traced with `signature`, the TensorFlow resources it uses
+    (lookup tables), and `check(loaded) -> str`, which runs the loaded signature and returns "" or what differed."""
+
+    name: str
+    fn: object
+    signature: list
+    resources: list
+    check: object
+
+
+
 def format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:,.4f}"
@@ -61,12 +74,15 @@ class Task:
 
     Attributes:
         name: the registry name models use as `ModelSpec.task`.
+        objective: the `train.objective` name of training for this task (a model's other objectives are in
+            `ModelSpec.objectives`).
         can_generate: `kerasllm generate` works for its models.
         can_predict: `kerasllm predict` works for its models.
         weighted_metrics: the metrics are weighted by the data's sample weights.
     """
 
     name: str = ""
+    objective: str = "classify"
     can_generate: bool = False
     can_predict: bool = False
     weighted_metrics: bool = False  # metrics use the data's sample weights (masked-LM positions)

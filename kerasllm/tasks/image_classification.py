@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import evaluation, runs
+from kerasllm import evaluation, files
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES, ImageSplit, load_images, read_image, to_channels
 from kerasllm.data.splits import check_unchanged
@@ -27,13 +27,13 @@ class Labels:
         self.class_names, self.image_size, self.channels = list(class_names), image_size, channels
 
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / runs.LABELS_FILE
-        runs.write_text_atomic(path, json.dumps(vars(self), indent=2, ensure_ascii=False))
+        path = Path(folder) / files.LABELS_FILE
+        files.write_text_atomic(path, json.dumps(vars(self), indent=2, ensure_ascii=False))
         return path
 
     @classmethod
     def load(cls, folder: Path) -> "Labels":
-        path = Path(folder) / runs.LABELS_FILE
+        path = Path(folder) / files.LABELS_FILE
         try:
             return cls(**json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError as error:
@@ -102,7 +102,7 @@ class ImageClassification(Task):
             images, targets, where = split.x_validation, split.y_validation, f"validation split of {run.data_record['source']}"
         probabilities = model.predict(pipeline.image_dataset(images, targets, batch_size).map(lambda x, y: x), verbose=0)
         results = evaluation.classification_report(targets, probabilities, labels.class_names)
-        png = evaluation.write_confusion_png(results["confusion_matrix"], labels.class_names, run.path / runs.CONFUSION_MATRIX_FILE,
+        png = evaluation.write_confusion_png(results["confusion_matrix"], labels.class_names, run.path / files.CONFUSION_MATRIX_FILE,
                                              f"{run.spec.name} on {where}")
         return {"data": where, **results, "confusion_matrix_png": png}
 

@@ -33,6 +33,7 @@ class MaskedLM(Task):
     """Masked-LM pretraining of an encoder on text from any text source."""
 
     name = "masked-lm"
+    objective = "mlm"
     weighted_metrics = True  # padding positions among the masked ones weigh 0
 
     def loss(self, spec, config=None):

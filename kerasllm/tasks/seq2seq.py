@@ -13,18 +13,22 @@ over references), showing a few samples.
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kerasllm import runs
+from kerasllm import files
+from kerasllm.config import absolute_source
 from kerasllm.data import DataInfo, pipeline
-from kerasllm.data.parallel import Pairs, load_pairs
+from kerasllm.data.parallel import Pairs, gather, load_pairs
 from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
-from kerasllm.tasks.base import PreparedData, Table, Task
+from kerasllm.evaluation import text_scores
+from kerasllm.generation import beam_search_batch
+from kerasllm.tasks.base import Endpoint, PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
 
 SAMPLES = 3
@@ -39,7 +43,7 @@ class TargetTokenizer:
         self.tokenizer = tokenizer
 
     def save(self, folder: Path) -> Path:
-        return self.tokenizer.save(folder, runs.TARGET_TOKENIZER_FILE)
+        return self.tokenizer.save(folder, files.TARGET_TOKENIZER_FILE)
 
 
 @dataclass
@@ -180,8 +184,6 @@ def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int =
            batch_size: int = 64) -> list[list[int]]:
     """Target ids for each source row: batched greedy decoding, or batched beam search (`batch_size` rows of beams:
     batch_size // beam sources at a time)."""
-    from kerasllm.generation import beam_search_batch
-
     bos, eos = tokenizer.special_id("bos"), tokenizer.eos_id
     banned = [i for i in tokenizer.never_generated() if i != eos]
     outputs: list[list[int]] = []
@@ -315,8 +317,8 @@ class Seq2Seq(Task):
 
     def load_artifacts(self, run_dir: Path) -> dict:
         artifacts = {"tokenizer": Tokenizer.load(run_dir)}
-        if (Path(run_dir) / runs.TARGET_TOKENIZER_FILE).is_file():
-            artifacts["target_tokenizer"] = Tokenizer.load(run_dir, runs.TARGET_TOKENIZER_FILE)
+        if (Path(run_dir) / files.TARGET_TOKENIZER_FILE).is_file():
+            artifacts["target_tokenizer"] = Tokenizer.load(run_dir, files.TARGET_TOKENIZER_FILE)
         return artifacts
 
     def report(self, results: dict, record: dict) -> dict:
@@ -348,8 +350,6 @@ class Seq2Seq(Task):
             split = load_pairs(config.source, config, config.validation_fraction)
             check_unchanged(split.record, run.data_record)
             return split.validation, f"validation split of {config.source}"
-        from kerasllm.config import absolute_source
-        from kerasllm.data.parallel import gather
 
         splits = gather(absolute_source(data) if "," not in data else data, config)
         if "test" in splits:
@@ -359,10 +359,6 @@ class Seq2Seq(Task):
 
     def evaluate(self, model, run, data: str | None = None, batch_size: int = 64, beam: int = 0) -> dict:
         """BLEU, chrF (sacreBLEU) and ROUGE (rouge-score) of decoded text on the validation split or `data`, with samples."""
-        import time
-
-        from kerasllm.evaluation import text_scores
-
         pairs, where = self.held_out(run, data)
         started = time.perf_counter()
         hypotheses = self.translate(model, run, pairs.sources, beam=beam, batch_size=batch_size)
@@ -393,8 +389,6 @@ class Seq2Seq(Task):
         """`translate(string) -> string`: greedy decoding with the tokenizers in the graph; checked against
         `kerasllm generate` (greedy) on the first validation sources."""
         import tensorflow as tf
-
-        from kerasllm.export import Endpoint
 
         source_tokenizer, target_tokenizer = self.tokenizers(run.artifacts)
         source_length, target_length = self.lengths(run.config)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import evaluation, runs
+from kerasllm import evaluation, files
+from kerasllm.config import absolute_source
 from kerasllm.data import DataInfo, pipeline
-from kerasllm.data.labelled import Examples, load_labelled
+from kerasllm.data.labelled import Examples, gather_splits, load_labelled
 from kerasllm.data.packing import Packer
 from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
@@ -54,14 +55,14 @@ class ClassLabels:
         return np.asarray([self._ids[label] for label in labels], np.int32)
 
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / runs.LABELS_FILE
-        runs.write_text_atomic(path, json.dumps({"class_names": self.class_names, "integer_labels": self.integer_labels},
+        path = Path(folder) / files.LABELS_FILE
+        files.write_text_atomic(path, json.dumps({"class_names": self.class_names, "integer_labels": self.integer_labels},
                                                 indent=2, ensure_ascii=False))
         return path
 
     @classmethod
     def load(cls, folder: Path) -> "ClassLabels":
-        path = Path(folder) / runs.LABELS_FILE
+        path = Path(folder) / files.LABELS_FILE
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             return cls(saved["class_names"], bool(saved.get("integer_labels", False)))
@@ -169,8 +170,6 @@ class TextClassification(Task):
             split = load_labelled(config.source, config.validation_fraction, config.text_column, config.label_column)
             check_unchanged(split.record, run.data_record)
             return split.validation, f"validation split of {config.source}"
-        from kerasllm.config import absolute_source
-        from kerasllm.data.labelled import gather_splits
 
         splits, _ = gather_splits(absolute_source(data), config.text_column, config.label_column)
         if "test" in splits:
@@ -187,7 +186,7 @@ class TextClassification(Task):
         log_likelihood = np.log(np.maximum(probabilities[np.arange(len(targets)), targets], 1e-12))
         results = {"loss": float(-log_likelihood.mean()),
                    **evaluation.classification_report(targets, probabilities, labels.class_names)}
-        png = evaluation.write_confusion_png(results["confusion_matrix"], labels.class_names, run.path / runs.CONFUSION_MATRIX_FILE,
+        png = evaluation.write_confusion_png(results["confusion_matrix"], labels.class_names, run.path / files.CONFUSION_MATRIX_FILE,
                                              f"{run.spec.name} on {where}")
         return {"data": where, **results, "confusion_matrix_png": png}
 

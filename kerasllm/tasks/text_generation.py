@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm import generation
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.text import evaluation_text, load_text
 from kerasllm.errors import UserError
@@ -62,6 +63,7 @@ class TextGeneration(Task):
     """Language modelling on a text source with any kerasllm tokenizer."""
 
     name = "text-generation"
+    objective = "causal-lm"
     can_generate = True
 
     def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
@@ -88,9 +90,7 @@ class TextGeneration(Task):
             )
 
         def sample(model) -> str:
-            from kerasllm.generation import generate
-
-            text = generate(model, tokenizer, [prompt], train.sample_length, temperature=SAMPLE_TEMPERATURE,
+            text = generation.generate(model, tokenizer, [prompt], train.sample_length, temperature=SAMPLE_TEMPERATURE,
                             seed=train.seed, window=data.sequence_length, spec=spec)[0]
             return prompt + text
 
@@ -127,15 +127,13 @@ class TextGeneration(Task):
                  top_p: float = 1.0, seed: int | None = None, stop: list[str] = (), beam: int = 0, on_text=None,
                  on_note=None) -> list[str]:
         """Continuations of the prompts (streamed through `on_text`); a prompt longer than the context is cut from the left."""
-        from kerasllm.generation import generate
-
         tokenizer = run.artifacts["tokenizer"]
         context = getattr(run.config.model_args, "max_sequence_length", 0)
         for text in prompts:
             length = len(tokenizer.encode(text))
             if context and length > context and on_note:
                 on_note(f"the prompt has {length} tokens, more than the model's context of {context}; only its last {context} are used")
-        return generate(model, tokenizer, prompts, max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        return generation.generate(model, tokenizer, prompts, max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                         stop=stop, window=run.config.data.sequence_length, spec=run.spec, beam_width=beam, on_text=on_text)
 
     def export_sample(self, model, run, batch: int = 2) -> np.ndarray:

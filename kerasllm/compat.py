@@ -1,0 +1,108 @@
+"""Every use of a private Keras or keras-hub API, in one place.
+
+Each function says why no public API does the job and which version it was checked
+against (`KERAS_CHECKED`, `KERAS_HUB_CHECKED`); `tests/test_compat.py` calls each one on
+a tiny model, so a Keras release that renames or changes one fails there, loudly,
+instead of deep inside a training run. Keras and keras-hub are imported inside the
+functions: they are heavy third-party libraries, and this floor is imported by
+modules that `kerasllm list` loads.
+"""
+
+from __future__ import annotations
+
+KERAS_CHECKED = "3.15.1"
+KERAS_HUB_CHECKED = "0.32.0"
+
+
+def nested_layers(layer) -> list:
+    """`layer` and every layer inside it, depth first.
+
+    Keras 3 has no public recursive walk (`Model.layers` lists only the top level, and a custom layer's
+    sub-layers are tracked privately); `Layer._flatten_layers` is what Keras itself uses. Checked on Keras 3.15.1.
+    """
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def owns_variables(layer) -> bool:
+    """Whether `layer` holds variables itself (not only through sub-layers): `_trainable_variables` and
+    `_non_trainable_variables` are the layer's own lists (`layer.weights` includes the sub-layers'). Checked on 3.15.1."""
+    return bool(layer._trainable_variables or layer._non_trainable_variables)
+
+
+def seed_states(model) -> list:
+    """The state variables of every `SeedGenerator` in the model (dropout and other random layers), in a fixed order.
+
+    `save_weights` leaves them out and Keras lists a layer's generators only in `Layer._seed_generators`;
+    a checkpoint keeps them so a resumed run draws the same dropout masks. Checked on Keras 3.15.1.
+    """
+    return [generator.state for layer in nested_layers(model) for generator in getattr(layer, "_seed_generators", [])]
+
+
+def lora_base_kernel(layer):
+    """The frozen kernel under a LoRA-enabled Dense/EinsumDense (`layer.kernel` returns base + adapters merged;
+    `_kernel` is the base alone, which un-merging a checkpoint's kernels must assign). Checked on Keras 3.15.1."""
+    return layer._kernel
+
+
+def input_signature(model):
+    """The `tf.TensorSpec`s of a model's inputs, as `model.export` computes them (`keras.src.export`; no public
+    equivalent returns them for an `ExportArchive` endpoint). Checked on Keras 3.15.1."""
+    from keras.src.export.saved_model import get_input_signature
+
+    return get_input_signature(model)
+
+
+def legacy_h5():
+    """Keras' own loader for tf.keras 2.x whole-model `.h5` files, which `keras.saving.load_model` runs without a way
+    to migrate stale layer arguments (keras#20750): returns (model_from_config(config, safe_mode),
+    load_weights(h5_group, model)). Checked on Keras 3.15.1."""
+    from keras.src.legacy.saving import legacy_h5_format, saving_options, saving_utils
+    from keras.src.saving import serialization_lib
+
+    def model_from_config(config: dict, safe_mode: bool):
+        with saving_options.keras_option_scope(use_legacy_config=True), serialization_lib.SafeModeScope(safe_mode):
+            return saving_utils.model_from_config(config)
+
+    return model_from_config, legacy_h5_format.load_weights_from_hdf5_group
+
+
+def preset_file(preset: str, name: str) -> str:
+    """A local copy of one file of a keras-hub preset (`config.json`, `metadata.json`): keras-hub's
+    `preset_utils.get_file` has no public alias. Checked on keras-hub 0.32.0."""
+    from keras_hub.src.utils import preset_utils
+
+    return preset_utils.get_file(preset, name)
+
+
+PRESET_CONFIG_FILES = ("config.json", "metadata.json")  # keras-hub's preset_utils.CONFIG_FILE and METADATA_FILE
+
+
+def clip_across_replicas(optimizer) -> None:
+    """Make `global_clipnorm` clip the gradient of the global batch when several replicas train under `fit`.
+
+    Keras clips inside `apply_gradients`, which tf.distribute runs on each replica before the gradients are summed
+    across replicas: each replica's part was clipped to the norm on its own, so runs with clipping active diverged
+    from one device at the same global batch (lstm-textgen, 40 steps at lr 1e-2 on 2 replicas: validation loss 2.843
+    against 2.762; 2.5720 for both with clipping off). Here the replicas first sum their gradients to take the
+    global norm, then scale their own part by the same factor. Keras exposes no hook for this but the private
+    `Optimizer._clip_gradients` (checked on Keras 3.15.1). `fit` and kerasllm's custom loop both go through it;
+    one replica, or the JAX backend (one global gradient), clip as Keras does.
+    """
+    import keras
+
+    if not optimizer.global_clipnorm or keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    clip_locally, clip_norm = optimizer._clip_gradients, optimizer.global_clipnorm
+
+    def clip(grads):
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return clip_locally(grads)
+        present = [tf.convert_to_tensor(g) for g in grads if g is not None]
+        norm = tf.linalg.global_norm(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+        factor = tf.minimum(1.0, clip_norm / tf.maximum(norm, 1e-12))
+        return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]
+
+    optimizer._clip_gradients = clip
