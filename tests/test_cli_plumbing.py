@@ -1,0 +1,85 @@
+"""The CLI's argument plumbing: flags become the RunConfig the library receives (the trainer is patched out)."""
+
+from pathlib import Path
+
+import pytest
+
+import cli
+from kerasllm import files
+from tests.test_cli import assert_user_error, invoke
+
+
+@pytest.fixture
+def received(monkeypatch):
+    """Replace the trainer: record what `kerasllm train` / `finetune` pass it and return a finished summary."""
+    import kerasllm.training
+
+    calls = []
+
+    def fake_train(config, run_dir, **options):
+        calls.append((config, Path(run_dir), options))
+        return {"nothing_to_do": True, "epochs_completed": config.train.epochs, "run": str(run_dir)}
+
+    monkeypatch.setattr(kerasllm.training, "train", fake_train)
+    return calls
+
+
+def test_flags_override_set_which_overrides_the_preset(runner, tmp_path, received, corpus_file):
+    out = tmp_path / "run"
+    result = invoke(runner, "train", "cnn-classifier", "--preset", "mnist", "--set", "train.epochs=7", "--epochs", "3",
+                    "--batch-size", "16", "--seed", "5", "--strategy", "cpu", "--precision", "float32", "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    ((config, run_dir, options),) = received
+    assert (config.train.epochs, config.train.batch_size, config.train.seed) == (3, 16, 5)
+    assert (config.runtime.strategy, config.runtime.precision, config.model_args.image_size) == ("cpu", "float32", 28)
+    assert run_dir == out and options["resume"] is False and options["progress"] == "quiet"
+    assert not out.exists()  # the CLI plans the folder; only the trainer writes it
+
+
+def test_data_paths_are_made_absolute(runner, tmp_path, received, corpus_file, monkeypatch):
+    monkeypatch.chdir(corpus_file.parent)
+    result = invoke(runner, "train", "lstm-textgen", "--data", corpus_file.name, "--out", tmp_path / "r", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert received[0][0].data.source == str(corpus_file.resolve())
+
+
+def test_objective_flag_and_an_unknown_objective(runner, tmp_path, received):
+    result = invoke(runner, "train", "transformer-classifier", "--objective", "mlm", "--out", tmp_path / "r", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert received[0][0].train.objective == "mlm"
+    assert_user_error(invoke(runner, "train", "transformer-lm", "--objective", "mlm", "--out", tmp_path / "r2"),
+                      "transformer-lm has no objective 'mlm'; its objectives: causal-lm")
+    assert len(received) == 1
+
+
+def test_resume_passes_the_runs_own_config(runner, trained_run, received):
+    result = invoke(runner, "train", "--resume", trained_run, "--epochs", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    ((config, run_dir, options),) = received
+    assert run_dir == trained_run and options["resume"] is True
+    assert config.train.epochs == 4 and config.model == "lstm-textgen" and config.model_args.units == 16
+    assert_user_error(invoke(runner, "train", "--resume", trained_run, "--out", trained_run.parent / "x"), "drop --out/--overwrite")
+
+
+def test_a_non_chief_worker_needs_out(runner, tmp_path, received, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}')
+    assert_user_error(invoke(runner, "train", "lstm-textgen"), "every worker needs the same --out")
+    result = invoke(runner, "train", "lstm-textgen", "--out", tmp_path / "shared", "--quiet")
+    assert result.exit_code == 0 and received[0][1] == tmp_path / "shared"
+
+
+def test_finetune_inherits_the_base_and_takes_the_flags(runner, trained_run, tmp_path, received, corpus_file):
+    result = invoke(runner, "finetune", trained_run, "--data", corpus_file, "--method", "full", "--epochs", "2", "--seed", "9",
+                    "--out", tmp_path / "ft", "--quiet")
+    assert result.exit_code == 0, result.output
+    ((config, run_dir, options),) = received
+    assert config.finetune.base == str((trained_run / files.MODEL_FILE).resolve())
+    assert config.finetune.base_sha256 == files.file_sha256(trained_run / files.MODEL_FILE)
+    assert (config.train.epochs, config.train.seed, config.model_args.units) == (2, 9, 16)
+    assert options["parent"] is not None and options["artifacts"]["tokenizer"].kind == "char"
+    assert_user_error(invoke(runner, "finetune", trained_run, "--method", "prune"), "--method must be full, freeze or lora")
+
+
+def test_commands_are_registered_once():
+    names = [command.name or command.callback.__name__ for command in cli.app.registered_commands]
+    assert len(names) == len(set(names))

@@ -1,0 +1,59 @@
+"""Export checks that run before any model loads (kerasllm/export.py) and keras-hub preset detection (kerasllm/hub.py)."""
+
+from pathlib import Path
+
+import pytest
+
+from kerasllm import export, files, hub
+from kerasllm.errors import UserError
+
+
+def test_formats_and_default_paths(tmp_path):
+    assert export.check_format("tflite") == "tflite"
+    with pytest.raises(UserError, match="unknown export format 'onnxx'; use one of keras, h5, savedmodel, tflite"):
+        export.check_format("onnxx")
+    run = tmp_path / "run"
+    run.mkdir()
+    assert export.default_out(run, "tflite") == run / files.EXPORT_DIR / "model.tflite"
+    assert export.default_out(tmp_path / "m.keras", "h5") == tmp_path / "m.h5"
+
+
+def test_check_out_refuses_the_source_a_wrong_suffix_and_foreign_files(tmp_path):
+    source = tmp_path / "model.keras"
+    source.write_text("model")
+    with pytest.raises(UserError, match="needs an output path ending in .h5"):
+        export.check_out(tmp_path / "out.keras", "h5", source, False)
+    with pytest.raises(UserError, match="is the source model itself"):
+        export.check_out(source, "keras", source, True)
+    existing = tmp_path / "old.h5"
+    existing.write_text("old")
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        export.check_out(existing, "h5", source, False)
+    export.check_out(existing, "h5", source, True)  # an earlier export of the same format may be replaced
+    folder = tmp_path / "not_a_savedmodel"
+    folder.mkdir()
+    with pytest.raises(UserError, match="is a folder that is not a SavedModel"):
+        export.check_out(folder, "savedmodel", source, True)
+    export.check_out(tmp_path / "fresh.tflite", "tflite", source, False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "not_a_savedmodel", "old.h5"]  # nothing written
+
+
+def test_presets_are_handles_or_folders_save_to_preset_wrote(tmp_path):
+    assert hub.is_preset("hf://keras/bert_tiny_en_uncased") and hub.is_preset("kaggle://keras/gpt2/keras/gpt2_base_en")
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    assert not hub.is_preset(str(preset))
+    (preset / "config.json").write_text("{}")
+    (preset / "metadata.json").write_text("{}")
+    assert hub.is_preset(str(preset))
+    assert hub.preset_sha256(str(preset)) == ""  # no weights: nothing to record
+    (preset / "model.weights.h5").write_bytes(b"w")
+    assert hub.preset_sha256(str(preset)) == files.file_sha256(preset / "model.weights.h5")
+
+
+def test_a_preset_that_fails_to_load_is_one_line_with_a_fix():
+    remote = hub._failed("backbone", "hf://keras/x", OSError("Max retries exceeded\nwith url ..."))
+    assert str(remote) == ("cannot load the backbone of preset hf://keras/x: Max retries exceeded; offline, download it elsewhere "
+                           "and pass the local preset folder (keras-hub `save_to_preset`)")
+    local = hub._failed("tokenizer", str(Path("/tmp/p")), ValueError("no vocabulary"))
+    assert "check that the folder is a complete keras-hub preset" in str(local)

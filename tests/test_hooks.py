@@ -1,0 +1,83 @@
+"""Trainer hooks (kerasllm/hooks.py) and the fine-tuning hook's decisions, without training."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from kerasllm import catalog, hooks
+from kerasllm import config as config_lib
+from kerasllm.checkpoints import TrainState
+from kerasllm.finetuning import FinetuneHook, transfer_weights
+
+
+class Recorder(hooks.Hook):
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def split_phases(self, phases):
+        self.calls.append(self.name)
+        return phases + [(self.name,)]
+
+    def summary(self, model):
+        return {self.name: True}
+
+
+def test_hooks_run_in_order_and_combine():
+    calls = []
+    both = hooks.Hooks([Recorder("a", calls), Recorder("b", calls)])
+    assert both.split_phases([]) == [("a",), ("b",)] and calls == ["a", "b"]
+    assert both.summary(None) == {"a": True, "b": True}
+    assert both.restores_optimizer(TrainState()) and both.step_offset(TrainState()) == 0
+    assert hooks.NO_HOOKS.split_phases([(0, 3, 10, 0)]) == [(0, 3, 10, 0)]
+
+
+def finetune_config(*overrides):
+    spec = catalog.model("transformer-classifier")
+    return config_lib.resolve(spec, None, ["finetune.base=/runs/base/model.keras", "train.epochs=3", *overrides])
+
+
+def test_unfreezing_cuts_the_phases_and_restarts_the_optimizer_count():
+    hook = FinetuneHook(finetune_config("finetune.method=freeze", "finetune.unfreeze_after=1"))
+    hook.steps_per_epoch = 10
+    assert hook.split_phases([(0, 3, 10, 0)]) == [(0, 1, 10, 0), (1, 3, 10, 0)]
+    assert hook.split_phases([(0, 1, 4, 6)]) == [(0, 1, 4, 6)]  # the rest of epoch 0 ends before the cut
+    assert hook.step_offset(TrainState(epoch=0)) == 0 and hook.step_offset(TrainState(epoch=2)) == 10
+    assert not hook.restores_optimizer(TrainState(epoch=1))  # saved at the unfreezing epoch's end: the old optimizer
+    assert hook.restores_optimizer(TrainState(epoch=1, step_in_epoch=3)) and hook.restores_optimizer(TrainState(epoch=2))
+
+
+def test_other_methods_never_unfreeze():
+    for method in ("full", "lora"):
+        hook = FinetuneHook(finetune_config(f"finetune.method={method}"))
+        assert hook.split_phases([(0, 3, 10, 0)]) == [(0, 3, 10, 0)] and hook.step_offset(TrainState(epoch=2)) == 0
+
+
+def test_a_preset_base_records_the_spec_head_as_new():
+    hook = FinetuneHook(finetune_config(), parent=None, parent_record={"path": "p", "kind": "preset", "sha256": ""})
+    hook.head_layers = ("head",)
+    assert hook.summary(None) == {"parent": {"path": "p", "kind": "preset", "sha256": "", "layers_copied": 0, "layers_new": ["head"]}}
+    assert FinetuneHook(finetune_config()).summary(None) == {}
+
+
+def test_transfer_weights_copies_matching_layers_and_skips_new_heads():
+    import keras
+
+    def model(classes):
+        x = keras.Input((4,))
+        hidden = keras.layers.Dense(3, name="body")(x)
+        return keras.Model(x, keras.layers.Dense(classes, name="head")(hidden))
+
+    parent, same, other = model(2), model(2), model(5)
+    assert transfer_weights(parent, same) == (["body", "head"], [])
+    assert transfer_weights(parent, other) == (["body"], ["head"])  # other shapes: a fresh head
+    assert transfer_weights(parent, model(2), fresh=("head",)) == (["body"], ["head"])
+    np.testing.assert_array_equal(other.get_layer("body").get_weights()[0], parent.get_layer("body").get_weights()[0])
+
+
+def test_hooks_for_adds_the_finetune_hook_only_to_finetuning_runs():
+    from kerasllm.training import hooks_for
+
+    plain = config_lib.resolve(catalog.model("lstm-textgen"), None, [])
+    assert hooks_for(plain).hooks == []
+    (hook,) = hooks_for(finetune_config(), parent=SimpleNamespace()).hooks
+    assert isinstance(hook, FinetuneHook)
