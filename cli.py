@@ -132,7 +132,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
     Example: `kerasllm info lstm-textgen`
     """
     spec = catalog.model(name)
-    sections = {"model_args": spec.hparams, **config_lib.SECTIONS}
+    sections = {"model_args": spec.hparams, **config_lib.SECTIONS, **spec.sections}
     defaults = config_lib.default_config(spec)
     rows = [
         {"key": f"{section}.{field}", "type": type_name, "default": getattr(getattr(defaults, section), field), "help": help_text}
@@ -144,6 +144,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
                            "presets": spec.presets})
     console.print(f"[bold]{spec.name}[/] ({spec.task}): {spec.description}")
     table = Table("key", "type", "default", "help")
+    table.columns[0].no_wrap = True  # keys are what `--set` takes: never cut
     for row in rows:
         table.add_row(row["key"], row["type"], repr(row["default"]), row["help"])
     console.print(table)
@@ -202,6 +203,7 @@ def train(
     spec = catalog.model(name)
     config = config_lib.resolve(spec, config_file, [*(overrides or []), *flags], preset=preset)
     catalog.task_for(spec, config.train.objective)  # an unknown objective is one line, before anything is written
+    show_notes(config)
     if resume is not None:
         runs.check_resume_config(resume, config)
         run_dir = resume
@@ -217,6 +219,12 @@ def train(
     summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
                           command="kerasllm " + " ".join(sys.argv[1:]))
     show_summary(spec, run_dir, summary, mode)
+
+
+def show_notes(config) -> None:
+    """How the config was read (a key that moved to a task's own section), one line each, on stderr."""
+    for note in config.notes:
+        errors.print(f"note: {note}", highlight=False)
 
 
 def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
@@ -426,6 +434,7 @@ def finetune(
     load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden
     found = finetuning.resolve_base(base)
     spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after)
+    show_notes(config)
     run_dir = runs.plan_new_run(spec.name, out, overwrite, config_lib.local_paths(config.data.source, found.source))
     STATE["run_dir"] = run_dir
     load_tensorflow()

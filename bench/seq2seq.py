@@ -67,8 +67,8 @@ def multi30k(args) -> None:
     data = Path(args.data_dir) / "multi30k"
     test = f"{data / 'test_2016_flickr.en.gz'},{data / 'test_2016_flickr.de.gz'}"
     work = Path(tempfile.mkdtemp(prefix="multi30k-"))
-    common = ["--data", data, "--set", "data.source_lang=en", "--set", "data.target_lang=de", "--set", "data.sequence_length=32",
-              "--set", "data.target_length=32", "--set", f"train.max_seconds={args.minutes * 60:g}", "--set",
+    common = ["--data", data, "--set", "seq2seq.source_lang=en", "--set", "seq2seq.target_lang=de", "--set", "data.sequence_length=32",
+              "--set", "seq2seq.target_length=32", "--set", f"train.max_seconds={args.minutes * 60:g}", "--set",
               "train.early_stopping_patience=0", "--set", "train.keep_checkpoints=0", "--set", "train.checkpoint_every_steps=200",
               "--quiet"]
     # epochs sized so that the learning-rate schedule ends near the budget (~0.9 s and ~0.5 s per step of 64 pairs here)
@@ -112,7 +112,7 @@ def scitldr(args) -> None:
 
     out = work / "abstractive"
     wall = run(["kerasllm", "train", "transformer-seq2seq", "--preset", "tiny", "--data", data, "--out", out, "--quiet", "--epochs", "60",
-                "--set", "data.sequence_length=256", "--set", "data.target_length=48", "--set", "model_args.max_sequence_length=256",
+                "--set", "data.sequence_length=256", "--set", "seq2seq.target_length=48", "--set", "model_args.max_sequence_length=256",
                 "--set", "train.batch_size=16", "--set", f"train.max_seconds={args.minutes * 60:g}", "--set",
                 "train.early_stopping_patience=0"])
     loaded_run, model = load(out)
@@ -132,7 +132,7 @@ def scitldr(args) -> None:
                     writer.writerow([sentence.strip(), label])
     out = work / "extractive"
     wall = run(["kerasllm", "train", "lstm-classifier", "--data", sentences, "--out", out, "--quiet", "--epochs", "10",
-                "--set", "data.sequence_length=64", "--set", "train.class_weight=balanced", "--set", "train.monitor=val_loss",
+                "--set", "data.sequence_length=64", "--set", "classification.class_weight=balanced", "--set", "train.monitor=val_loss",
                 "--set", f"train.max_seconds={args.minutes * 60:g}"])
     loaded_run, model = load(out)
     picks = []

@@ -9,6 +9,7 @@ trains is registered (`kerasllm.tasks`). Nothing here imports TensorFlow or Kera
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import metadata
 
 import zoo
@@ -34,7 +35,20 @@ def new_registry() -> Registry[ModelSpec]:
     return Registry("model", hint="see `kerasllm list`", check=check_spec)
 
 
+def with_sections(spec: ModelSpec) -> ModelSpec:
+    """`spec` with the config sections its tasks declare (its own task's and its other objectives')."""
+    check_spec(spec)
+    sections = dict(spec.sections)
+    for task_name in (spec.task, *spec.objectives.values()):
+        for name, cls in tasks.get(task_name).config_sections.items():
+            if sections.setdefault(name, cls) is not cls:
+                raise ValueError(f"{spec.name}: two of its tasks declare the config section {name!r}")
+    return dataclasses.replace(spec, sections=sections) if sections != spec.sections else spec
+
+
 def register(registry: Registry[ModelSpec], spec: ModelSpec) -> ModelSpec:
+    """Add `spec` (with its tasks' config sections) to `registry`."""
+    spec = with_sections(spec)
     return registry.register(spec.name, spec)
 
 

@@ -62,16 +62,6 @@ class DataConfig:
         "Labelled text (CSV/TSV/JSONL): the text column; two names joined by a comma (`premise,hypothesis`) make sentence "
         "pairs; empty: `text`, `sentence` or the only text column."))
     label_column: str = field(default="label", metadata=doc("Labelled text (CSV/TSV/JSONL): the label column."))
-    source_lang: str = field(default="", metadata=doc("Seq2seq: the source language of a folder of <split>.<lang> files (or a tfds feature)."))
-    target_lang: str = field(default="", metadata=doc("Seq2seq: the target language."))
-    source_field: str = field(default="source", metadata=doc("Seq2seq JSONL: the source field (a list of strings is joined)."))
-    target_field: str = field(default="target", metadata=doc("Seq2seq JSONL: the target field (a list is several references)."))
-    target_lists: str = field(default="expand", metadata=doc(
-        "Seq2seq: train on every reference of a source (`expand`) or the first only (`first`); evaluation uses all."))
-    shared_vocab: bool = field(default=True, metadata=doc("Seq2seq: one tokenizer for source and target (else one each)."))
-    target_length: int = field(default=0, metadata=doc("Seq2seq: target tokens per row ([BOS]/[EOS] included); 0 means data.sequence_length."))
-    long_pairs: str = field(default="truncate", metadata=doc(
-        "Seq2seq: pairs longer than the rows are `truncate`d or `drop`ped (the counts are recorded)."))
     tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
     vocab_size: int = field(default=20000, metadata=doc(
         "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
@@ -106,9 +96,6 @@ class TrainConfig:
     keep_checkpoints: int = field(default=3, metadata=doc("Checkpoints kept: the newest K plus the best; 0 keeps all."))
     objective: str = field(default="", metadata=doc(
         "What to train for: empty is the model's own task; `mlm` pretrains transformer-classifier with masked-LM on unlabelled text."))
-    label_smoothing: float = field(default=0.0, metadata=doc("Seq2seq: label smoothing of the target distribution (0.1 in the Transformer paper)."))
-    class_weight: str = field(default="none", metadata=doc(
-        "Classification: `none`, or `balanced` (weights inversely proportional to class frequency, for imbalanced data)."))
     max_seconds: float = field(default=0.0, metadata=doc(
         "Stop training after this many seconds (checked after each step; the epoch then ends early); 0 means no limit."))
 
@@ -153,12 +140,24 @@ SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig, 
 
 @dataclass
 class RunConfig:
+    """A run's whole config. `sections` holds the sections the model's tasks declare (`Task.config_sections`, e.g.
+    `seq2seq`); each is also an attribute (`config.seq2seq.source_lang`). `notes` are one-line messages about how the
+    config was read (a key that moved), for the command to print; they are not saved."""
+
     model: str
     model_args: Any
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sections: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list, compare=False, repr=False)
+
+    def __getattr__(self, name: str):
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"RunConfig has no section {name!r}")
 
     def to_dict(self) -> dict:
         return {
@@ -168,6 +167,7 @@ class RunConfig:
             "train": dataclasses.asdict(self.train),
             "runtime": dataclasses.asdict(self.runtime),
             "finetune": dataclasses.asdict(self.finetune),
+            **{name: dataclasses.asdict(section) for name, section in self.sections.items()},
         }
 
     def to_yaml(self) -> str:
@@ -210,6 +210,35 @@ def _coerce(value: Any, tp, key: str) -> Any:
 # Keys renamed since kerasllm 0.1; configs of older runs still load.
 ALIASES = {"data": {"level": "tokenizer", "max_vocab": "vocab_size"}}
 
+# Keys that moved from the shared sections into a task's own section: (new section, the old default). Old config files
+# and `--set` keep working: the value goes to the new key, with one note naming it; a model without that section
+# ignores the old default (every old config.yaml has it) and refuses any other value.
+MOVED = {
+    "data": {"source_lang": ("seq2seq", ""), "target_lang": ("seq2seq", ""), "source_field": ("seq2seq", "source"),
+             "target_field": ("seq2seq", "target"), "target_lists": ("seq2seq", "expand"), "shared_vocab": ("seq2seq", True),
+             "target_length": ("seq2seq", 0), "long_pairs": ("seq2seq", "truncate")},
+    "train": {"label_smoothing": ("seq2seq", 0.0), "class_weight": ("classification", "none")},
+}
+
+
+def _moved(config: RunConfig, section: str, values: dict) -> dict:
+    """`values` for `section` less the keys that moved, which go to their new section (see `MOVED`)."""
+    kept, notes = {}, []
+    for key, value in values.items():
+        if key not in MOVED.get(section, {}):
+            kept[key] = value
+            continue
+        target, old_default = MOVED[section][key]
+        if target in config.sections:
+            _update(config.sections[target], {key: value}, target)
+            if value != old_default:
+                notes.append(f"{section}.{key} is now {target}.{key}")
+        elif value != old_default:
+            raise UserError(f"{section}.{key} is now {target}.{key}, and {config.model} has no {target} section; drop it")
+    if notes:
+        config.notes.append("; ".join(notes) + " (the old key still works)")
+    return kept
+
 
 def _update(instance, values: dict, section: str):
     if not isinstance(values, dict):
@@ -225,7 +254,9 @@ def _update(instance, values: dict, section: str):
 
 
 def default_config(spec) -> RunConfig:
-    config = RunConfig(model=spec.name, model_args=spec.hparams())
+    """The model's defaults: the generic ones, its tasks' sections (`spec.sections`), then its recipe (`spec.defaults`)."""
+    config = RunConfig(model=spec.name, model_args=spec.hparams(),
+                       sections={name: cls() for name, cls in getattr(spec, "sections", {}).items()})
     config.data.source = spec.default_data
     for section, values in spec.defaults.items():
         _update(getattr(config, section), dict(values), section)
@@ -254,14 +285,57 @@ def apply_file(config: RunConfig, loaded: dict) -> RunConfig:
         elif section == "model_args":
             _update(config.model_args, values, "model_args")
         elif section in SECTIONS:
-            _update(getattr(config, section), values, section)
+            _update(getattr(config, section), _moved(config, section, _mapping(values, section)), section)
+        elif section in config.sections:
+            _update(config.sections[section], values, section)
         else:
-            raise UserError(f"unknown config section {section!r}; valid sections: model, model_args, {', '.join(SECTIONS)}")
+            valid = ", ".join(["model", "model_args", *SECTIONS, *config.sections])
+            raise UserError(f"unknown config section {section!r}; valid sections for {config.model}: {valid}")
     return config
 
 
+def _mapping(values, section: str) -> dict:
+    if not isinstance(values, dict):
+        raise UserError(f"config section {section!r} must be a mapping of keys to values")
+    return values
+
+
 def _sections(config: RunConfig) -> dict[str, Any]:
-    return {"model_args": config.model_args, **{name: getattr(config, name) for name in SECTIONS}}
+    return {"model_args": config.model_args, **{name: getattr(config, name) for name in SECTIONS}, **config.sections}
+
+
+def _locate(key: str, sections: dict[str, Any]) -> tuple[str, str]:
+    """(section, field) that `--set KEY=…` names: `section.field`, or a bare field that exactly one section has."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        section = "model_args" if section == "model" else section  # `model.units` reads naturally too
+        if section not in sections:
+            raise UserError(f"unknown config section {section!r} in {key!r}; valid sections: {', '.join(sections)}")
+        return section, ALIASES.get(section, {}).get(name, name)
+    owners = [s for s, obj in sections.items() if any(f.name == key for f in dataclasses.fields(obj))]
+    if len(owners) != 1:
+        valid = ", ".join(f"{s}.{f.name}" for s, obj in sections.items() for f in dataclasses.fields(obj))
+        problem = "is ambiguous" if owners else "is not a config key"
+        raise UserError(f"{key!r} {problem}; valid keys: {valid}")
+    return owners[0], key
+
+
+def _parse_value(key: str, raw: str, hint) -> Any:
+    """A `--set` value as YAML, then as the field's type asks: strings stay as typed, `1e-3` is a float."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise UserError(f"cannot parse the value of {key!r}: {raw!r}; quote strings and write lists as [a, b]") from error
+    if value is None:
+        return raw
+    if hint is str and not isinstance(value, str):
+        return raw.strip()  # `--set data.source=123` means the string "123"
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads `1e-3` as a string
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
@@ -272,34 +346,14 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set expects key=value, got {item!r}; for example --set train.epochs=3")
-        if "." in key:
-            section, _, name = key.partition(".")
-            if section == "model":  # `model.units` reads naturally too
-                section = "model_args"
-            if section not in sections:
-                raise UserError(f"unknown config section {section!r} in {key!r}; valid sections: {', '.join(sections)}")
-        else:
-            owners = [s for s, obj in sections.items() if any(f.name == key for f in dataclasses.fields(obj))]
-            if len(owners) != 1:
-                valid = ", ".join(f"{s}.{f.name}" for s, obj in sections.items() for f in dataclasses.fields(obj))
-                problem = "is ambiguous" if owners else "is not a config key"
-                raise UserError(f"{key!r} {problem}; valid keys: {valid}")
-            section, name = owners[0], key
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as error:
-            raise UserError(f"cannot parse the value of {key!r}: {raw!r}; quote strings and write lists as [a, b]") from error
-        if value is None:
-            value = raw
-        name = ALIASES.get(section, {}).get(name, name)
-        hints = typing.get_type_hints(type(sections[section]))
-        if hints.get(name) is str and not isinstance(value, str):
-            value = raw.strip()  # `--set data.source=123` means the string "123"
-        elif hints.get(name) is float and isinstance(value, str):
-            try:
-                value = float(value)  # YAML 1.1 reads `1e-3` as a string
-            except ValueError:
-                pass
+        section, name = _locate(key, sections)
+        if name in MOVED.get(section, {}):
+            target = MOVED[section][name][0]
+            if target not in config.sections:
+                raise UserError(f"{section}.{name} is now {target}.{name}, and {config.model} has no {target} section; drop it")
+            config.notes.append(f"{section}.{name} is now {target}.{name} (the old key still works)")
+            section = target
+        value = _parse_value(key, raw, typing.get_type_hints(type(sections[section])).get(name))
         _update(sections[section], {name: value}, section)
     return config
 
@@ -342,13 +396,8 @@ def validate(config: RunConfig) -> RunConfig:
         (runtime.loop in LOOPS, f"runtime.loop must be {one_of(LOOPS)}"),
         (runtime.worker_timeout >= 0 and math.isfinite(runtime.worker_timeout), "runtime.worker_timeout must be 0 (none) or more"),
         (runtime.precision in PRECISIONS, f"runtime.precision must be {one_of(PRECISIONS)}"),
-        (train.class_weight in ("none", "balanced"), "train.class_weight must be none or balanced"),
         (train.monitor in ("val_loss", "val_accuracy"), "train.monitor must be val_loss or val_accuracy"),
-        (data.target_lists in ("expand", "first"), "data.target_lists must be expand or first"),
-        (data.long_pairs in ("truncate", "drop"), "data.long_pairs must be truncate or drop"),
-        (data.target_length == 0 or data.target_length >= 3, "data.target_length must be 0 (= data.sequence_length) or at least 3"),
-        (0 <= train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
-        (config.finetune.method in FINETUNE_METHODS, f"finetune.method must be {one_of(FINETUNE_METHODS)}"),
+            (config.finetune.method in FINETUNE_METHODS, f"finetune.method must be {one_of(FINETUNE_METHODS)}"),
         (config.finetune.lora_rank >= 1, "finetune.lora_rank must be at least 1"),
         (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),
         (0 < config.finetune.unfreeze_learning_rate_ratio <= 1, "finetune.unfreeze_learning_rate_ratio must be in (0, 1]"),
@@ -356,6 +405,8 @@ def validate(config: RunConfig) -> RunConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    for section in config.sections.values():  # a task's own section checks itself
+        getattr(section, "validate", lambda: None)()
     validate_hparams = getattr(config.model_args, "validate", None)
     if validate_hparams:
         validate_hparams()

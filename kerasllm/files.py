@@ -43,7 +43,7 @@ HISTORY_FILE = "history.json"
 CURVES_FILE = "curves.png"
 CARD_FILE = "README.md"
 TOKENIZER_FILE = "tokenizer.json"
-TARGET_TOKENIZER_FILE = "target_tokenizer.json"  # seq2seq with data.shared_vocab=false
+TARGET_TOKENIZER_FILE = "target_tokenizer.json"  # seq2seq with seq2seq.shared_vocab=false
 LABELS_FILE = "labels.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 CHECKPOINTS_DIR = "checkpoints"

@@ -13,6 +13,7 @@ top-p (nucleus), a seed, a batch of prompts, stop strings and a maximum length.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
@@ -204,66 +205,108 @@ def encode_prompt(tokenizer, prompt: str) -> np.ndarray:
     return newline[-1:] if len(newline) and newline[-1] != tokenizer.unk_id else np.asarray([tokenizer.unk_id + 1], np.int32)
 
 
-def generate(model, tokenizer, prompts: list[str], max_length: int, *, temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, seed: int | None = None, stop: list[str] = (), window: int = 100, spec=None,
-             decoder: Decoder | None = None, on_text: Callable[[int, str], None] | None = None,
-             allow_eos: bool = False, beam_width: int = 0, length_penalty: float = 1.0) -> list[str]:
+@dataclass(frozen=True)
+class Sampling:
+    """How `generate` picks each next token.
+
+    Args:
+        temperature: softmax temperature; 0 is greedy.
+        top_k: sample only from the k most likely tokens (0: all).
+        top_p: sample only from the most likely tokens whose probabilities add up to p (1: all).
+        seed: the sampler's random seed (the same seed gives the same text).
+        stop: strings that end a row (not included in its text).
+        allow_eos: a row may end at [EOS] (models trained on documents that end with it).
+        beam_width: >= 1 decodes each prompt by beam search (temperature, top-k and top-p then do not apply).
+        length_penalty: beam search's length normalisation exponent.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple = ()
+    allow_eos: bool = False
+    beam_width: int = 0
+    length_penalty: float = 1.0
+
+
+class Rows:
+    """The text of each row as tokens arrive: decoded incrementally, cut at a stop string, streamed to `on_text`
+    (text that could still be the start of a stop string is held back)."""
+
+    def __init__(self, tokenizer, count: int, stop: list[str], on_text: Callable[[int, str], None] | None):
+        self.streams = [tokenizer.stream() for _ in range(count)]
+        self.texts, self.emitted, self.done = [""] * count, [0] * count, [False] * count
+        self.stop, self.on_text = stop, on_text
+        self.hold = max((len(s) for s in stop), default=1) - 1
+
+    def push(self, row: int, token: int) -> None:
+        """Add one token to `row`; the row is done once a stop string appears."""
+        self.texts[row] += self.streams[row].push(int(token))
+        cut = stop_index(self.texts[row], self.stop)
+        if cut >= 0:
+            self.texts[row], self.done[row] = self.texts[row][:cut], True
+
+    def set(self, row: int, ids) -> None:
+        """`row`'s whole text at once (beam search), cut at a stop string."""
+        for token in ids:
+            self.texts[row] += self.streams[row].push(int(token))
+        cut = stop_index(self.texts[row], self.stop)
+        self.texts[row] = self.texts[row] if cut < 0 else self.texts[row][:cut]
+        self.done[row] = True
+
+    def emit(self, row: int, final: bool) -> None:
+        end = len(self.texts[row]) if final else max(self.emitted[row], len(self.texts[row]) - self.hold)
+        if self.on_text and end > self.emitted[row]:
+            self.on_text(row, self.texts[row][self.emitted[row]:end])
+        self.emitted[row] = end
+
+
+def generate(model, tokenizer, prompts: list[str], max_length: int, *, decoder: Decoder | None = None, spec=None,
+             window: int = 100, on_text: Callable[[int, str], None] | None = None, **sampling) -> list[str]:
     """Continue each prompt by up to `max_length` tokens; return the continuations.
 
-    A row ends early at the first stop string (which is not included), or at [EOS] when
-    `allow_eos` (models trained on documents that end with [EOS]; the LMs trained on
-    running text never saw it, so it is not sampled for them). With `beam_width` >= 1 each
-    prompt is decoded by beam search (temperature, top-k and top-p do not apply) and its
-    text arrives in one piece.
-    `on_text(row, text)` receives each row's new text as it is produced (held back
-    while it could still be the start of a stop string).
+    `sampling` are `Sampling`'s fields (temperature, top_k, top_p, seed, stop, allow_eos, beam_width, length_penalty).
+    A row ends early at the first stop string (which is not included), or at [EOS] when `allow_eos` (models trained
+    on documents that end with [EOS]; the LMs trained on running text never saw it, so it is not sampled for them).
+    With `beam_width` >= 1 each prompt is decoded by beam search and its text arrives in one piece. `on_text(row, text)`
+    receives each row's new text as it is produced (held back while it could still be the start of a stop string).
     """
-    check_options(temperature, top_k, top_p, max_length, beam_width)
-    stop = [s for s in stop if s]
+    options = Sampling(**sampling)
+    check_options(options.temperature, options.top_k, options.top_p, max_length, options.beam_width)
+    rows = Rows(tokenizer, len(prompts), [s for s in options.stop if s], on_text)
+    if max_length == 0:
+        return rows.texts
     decoder = decoder or make_decoder(model, spec, window)
-    rng = np.random.default_rng(seed)
-    batch = len(prompts)
-    streams = [tokenizer.stream() for _ in range(batch)]
-    texts, emitted, done = [""] * batch, [0] * batch, [max_length == 0] * batch
-    eos = tokenizer.eos_id if allow_eos else None
-    banned = tokenizer.never_generated() + ([tokenizer.eos_id] if not allow_eos and tokenizer.eos_id is not None else [])
-    hold = max((len(s) for s in stop), default=1) - 1
-
-    def emit(row: int, final: bool) -> None:
-        end = len(texts[row]) if final else max(emitted[row], len(texts[row]) - hold)
-        if on_text and end > emitted[row]:
-            on_text(row, texts[row][emitted[row]:end])
-        emitted[row] = end
-
-    if all(done):
-        return texts
-    if beam_width >= 1:
+    eos = tokenizer.eos_id if options.allow_eos else None
+    banned = tokenizer.never_generated() + ([tokenizer.eos_id] if not options.allow_eos and tokenizer.eos_id is not None else [])
+    if options.beam_width >= 1:
         for row, prompt in enumerate(prompts):
-            ids = beam_search(decoder, encode_prompt(tokenizer, prompt), max_length, beam_width, banned=banned, eos=eos,
-                              length_penalty=length_penalty)
-            stream = streams[row]
-            texts[row] = "".join(stream.push(i) for i in ids)
-            cut = stop_index(texts[row], stop)
-            texts[row] = texts[row] if cut < 0 else texts[row][:cut]
-            emit(row, True)
-        return texts
-    logits, state = decoder.start([encode_prompt(tokenizer, p) for p in prompts])
+            rows.set(row, beam_search(decoder, encode_prompt(tokenizer, prompt), max_length, options.beam_width, banned=banned,
+                                      eos=eos, length_penalty=options.length_penalty))
+            rows.emit(row, True)
+        return rows.texts
+    _sample(decoder, [encode_prompt(tokenizer, p) for p in prompts], rows, max_length, options, banned, eos)
+    return rows.texts
+
+
+def _sample(decoder: Decoder, prompts: list, rows: Rows, max_length: int, options: Sampling, banned: list[int], eos) -> None:
+    """The sampling loop: one batched decoder step per position until every row is done or `max_length` is reached."""
+    rng = np.random.default_rng(options.seed)
+    logits, state = decoder.start(prompts)
     for position in range(max_length):
-        tokens = sample_next(logits, temperature, rng, top_k=top_k, top_p=top_p, banned=banned)
+        last = position == max_length - 1
+        tokens = sample_next(logits, options.temperature, rng, top_k=options.top_k, top_p=options.top_p, banned=banned)
         for row, token in enumerate(tokens):
-            if done[row]:
+            if rows.done[row]:
                 continue
             if eos is not None and token == eos:
-                done[row] = True
+                rows.done[row] = True
             else:
-                texts[row] += streams[row].push(int(token))
-                cut = stop_index(texts[row], stop)
-                if cut >= 0:
-                    texts[row], done[row] = texts[row][:cut], True
-            emit(row, done[row] or position == max_length - 1)
-        if all(done) or position == max_length - 1:
+                rows.push(row, token)
+            rows.emit(row, rows.done[row] or last)
+        if all(rows.done) or last:
             break
         logits, state = decoder.step(state, tokens)
-    for row in range(batch):
-        emit(row, True)
-    return texts
+    for row in range(len(prompts)):
+        rows.emit(row, True)

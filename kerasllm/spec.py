@@ -44,6 +44,8 @@ class ModelSpec:
             while training loss falls (shown in the summary and the model card).
         head_layers: the layers a fine-tuning run makes new for new labels (the rest is the base that
             `finetune.method=freeze` freezes and `lora` adapts).
+        sections: the config sections its tasks declare (`Task.config_sections`, e.g. `{"seq2seq": Seq2SeqConfig}`),
+            filled in by `kerasllm.catalog` when the model is registered.
         objectives: other training objectives (`train.objective`) and the task each
             trains, e.g. `{"mlm": "masked-lm"}`; the default objective (the task's own, `Task.objective`) trains `task`.
     """
@@ -63,6 +65,7 @@ class ModelSpec:
     overfitting_fixes: tuple = ()
     objectives: dict = field(default_factory=dict)
     head_layers: tuple = ()
+    sections: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.output not in OUTPUTS:

@@ -32,7 +32,9 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import keras
 
@@ -123,26 +125,43 @@ def hooks_for(config: RunConfig, parent=None, parent_record: dict | None = None,
     return Hooks([*found, *extra])
 
 
+@dataclass
+class RunOptions:
+    """How a run is carried out, beside its config.
+
+    Args:
+        resume: continue the run folder from its newest checkpoint.
+        overwrite: replace an existing run folder made by kerasllm.
+        progress: `rich`, `json` or `quiet` (`kerasllm.progress.Reporter`).
+        console: a rich console for progress and messages.
+        command: the command line recorded in metrics.json.
+        on_built: `on_built(model)`, called once the model is built, before training.
+    """
+
+    resume: bool = False
+    overwrite: bool = False
+    progress: str = "rich"
+    console: Any = None
+    command: str = ""
+    on_built: Callable | None = None
+
+
 class Trainer:
     """One training run: `run()` is prepare → build → loop → finalize.
 
     Args:
         config: the resolved run config.
         run_dir: the run folder (written only once the data has loaded and the model is built).
-        resume: continue `run_dir` from its newest checkpoint.
-        overwrite: replace an existing run folder made by kerasllm.
-        progress: `rich`, `json` or `quiet` (`kerasllm.progress.Reporter`).
-        console: a rich console for progress and messages.
-        command: the command line recorded in metrics.json.
-        hooks: `kerasllm.hooks.Hooks` that change the run (fine-tuning).
+        options: `RunOptions` (resume, overwrite, progress, ...).
+        hooks: `kerasllm.hooks.Hooks` that change the run (default: what the config asks for, `hooks_for`).
         artifacts: preprocessing a new run inherits (a fine-tuning base's tokenizer).
-        on_built: `on_built(model)`, called once the model is built, before training.
     """
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: str = "rich",
-                 console=None, command: str = "", hooks: Hooks | None = None, artifacts: dict | None = None, on_built=None):
-        self.config, self.run_dir, self.resume, self.overwrite = config, Path(run_dir), resume, overwrite
-        self.progress, self.console, self.command, self.on_built = progress, console, command, on_built
+    def __init__(self, config: RunConfig, run_dir: Path, options: RunOptions | None = None, *, hooks: Hooks | None = None,
+                 artifacts: dict | None = None):
+        self.config, self.run_dir, self.options = config, Path(run_dir), options or RunOptions()
+        self.resume, self.overwrite = self.options.resume, self.options.overwrite
+        self.progress, self.console = self.options.progress, self.options.console
         self.hooks = hooks if hooks is not None else hooks_for(config)
         self.artifacts = artifacts
         self.spec = catalog.model(config.model)
@@ -233,8 +252,8 @@ class Trainer:
                             **self.hooks.summary(self.model)}
         self.summary.update(epochs_planned=config.train.epochs, parameter_counts=parameter_counts(self.model),
                             notes=self.task.notes(self.data.record))
-        if self.on_built:
-            self.on_built(self.model)
+        if self.options.on_built:
+            self.options.on_built(self.model)
         if self.chief:
             files.write_json(self.run_dir / files.METRICS_FILE, self.summary)
 
@@ -312,7 +331,7 @@ class Trainer:
                          else self.config.runtime.jit_compile),
             loop=self.training_loop.name,
             overfitting=diagnostics.overfitting(state.history, self.spec.overfitting_fixes),
-            command=self.command or " ".join(sys.argv),
+            command=self.options.command or " ".join(sys.argv),
         )
         if self.chief:
             self._write_results()
@@ -329,14 +348,13 @@ class Trainer:
                                                                              run_dir))
 
 
-def train(config: RunConfig, run_dir: Path, *, resume: bool = False, overwrite: bool = False, progress: str = "rich",
-          console=None, command: str = "", parent=None, parent_record: dict | None = None, artifacts: dict | None = None,
-          on_built=None) -> dict:
-    """Train `config.model` into `run_dir` (a new run, or an old one if `resume`): `Trainer(...).run()` with the hooks the
-    config asks for. `parent` (a Keras model) and `parent_record` start a fine-tuning run from a base's weights.
+def train(config: RunConfig, run_dir: Path, *, parent=None, parent_record: dict | None = None, artifacts: dict | None = None,
+          **options) -> dict:
+    """Train `config.model` into `run_dir` (a new run, or an old one with `resume=True`): `Trainer(...).run()` with the
+    hooks the config asks for. `parent` (a Keras model) and `parent_record` start a fine-tuning run from a base's
+    weights; `options` are `RunOptions`' fields.
 
     Returns the summary also written to metrics.json; `summary["nothing_to_do"]` is True when a resumed run had
     already finished.
     """
-    return Trainer(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, console=console, command=command,
-                   hooks=hooks_for(config, parent, parent_record), artifacts=artifacts, on_built=on_built).run()
+    return Trainer(config, run_dir, RunOptions(**options), hooks=hooks_for(config, parent, parent_record), artifacts=artifacts).run()

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -112,3 +113,62 @@ def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
     (tmp_path / "text.txt").write_text("hello")
     assert config_lib.resolve(SPEC, None, ["data.source=text.txt"]).data.source == str(tmp_path / "text.txt")
     assert config_lib.resolve(SPEC, None, ["data.source=tfds:tiny_shakespeare"]).data.source == "tfds:tiny_shakespeare"
+
+
+def test_tasks_own_their_sections_and_old_flat_keys_still_work():
+    seq2seq = catalog.model("transformer-seq2seq")
+    assert set(seq2seq.sections) == {"seq2seq"} and set(catalog.model("lstm-classifier").sections) == {"classification"}
+    assert set(catalog.model("transformer-classifier").sections) == {"classification"}  # mlm's task declares none
+    assert SPEC.sections == {}
+    config = config_lib.resolve(seq2seq, None, ["seq2seq.target_lang=de", "data.source_lang=en", "train.label_smoothing=0.2"])
+    assert (config.seq2seq.source_lang, config.seq2seq.target_lang, config.seq2seq.label_smoothing) == ("en", "de", 0.2)
+    assert config.seq2seq.target_length == 64  # the model's recipe
+    assert config.notes == ["data.source_lang is now seq2seq.source_lang (the old key still works)",
+                            "train.label_smoothing is now seq2seq.label_smoothing (the old key still works)"]
+    saved = config.to_dict()
+    assert saved["seq2seq"]["source_lang"] == "en" and "source_lang" not in saved["data"]
+    assert config_lib.from_dict(seq2seq, saved) == config  # a run's own config.yaml reads back
+
+
+def test_an_old_config_file_with_flat_keys_loads(tmp_path):
+    old = {"model": "lstm-textgen", "data": {"source": "x.txt", "source_lang": "", "long_pairs": "truncate"},
+           "train": {"label_smoothing": 0.0, "class_weight": "none"}}  # what every config.yaml held before
+    config = config_lib.apply_file(config_lib.default_config(SPEC), old)
+    assert config.notes == [] and config.data.source == "x.txt"
+    with pytest.raises(UserError, match="train.class_weight is now classification.class_weight, and lstm-textgen has no "
+                                        "classification section; drop it"):
+        config_lib.apply_file(config_lib.default_config(SPEC), {"train": {"class_weight": "balanced"}})
+    with pytest.raises(UserError, match="data.source_lang is now seq2seq.source_lang, and lstm-textgen has no seq2seq section"):
+        config_lib.resolve(SPEC, None, ["data.source_lang=en"])
+    with pytest.raises(UserError, match="unknown config section 'seq2seq'; valid sections for lstm-textgen: model, model_args, "
+                                        "data, train, runtime, finetune$"):
+        config_lib.apply_file(config_lib.default_config(SPEC), {"seq2seq": {"source_lang": "en"}})
+
+
+def test_a_section_checks_its_own_values():
+    with pytest.raises(UserError, match=r"seq2seq.long_pairs must be truncate or drop"):
+        config_lib.resolve(catalog.model("lstm-seq2seq"), None, ["seq2seq.long_pairs=keep"])
+    with pytest.raises(UserError, match=r"seq2seq.target_length must be 0 \(= data.sequence_length\) or at least 3"):
+        config_lib.resolve(catalog.model("lstm-seq2seq"), None, ["seq2seq.target_length=2"])
+    with pytest.raises(UserError, match="classification.class_weight must be none or balanced"):
+        config_lib.resolve(catalog.model("lstm-classifier"), None, ["classification.class_weight=heavy"])
+
+
+def test_a_plugin_task_declares_its_own_section():
+    from dataclasses import dataclass
+
+    from kerasllm import tasks
+    from kerasllm.tasks.base import Task
+
+    @dataclass
+    class DanceConfig:
+        tempo: int = 120
+
+    class Dance(Task):
+        name = "dance"
+        config_sections = {"dance": DanceConfig}
+
+    with tasks.TASKS.registered("dance", Dance()):
+        spec = catalog.with_sections(dataclasses.replace(SPEC, name="dancer", task="dance"))
+        config = config_lib.resolve(spec, None, ["dance.tempo=90", "tempo=100"])
+    assert config.dance.tempo == 100 and config.to_dict()["dance"] == {"tempo": 100}

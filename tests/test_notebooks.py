@@ -30,7 +30,7 @@ def tiny_parameters(name: str, data: Path) -> dict:
                         "EXTRA": "--set data.sequence_length=16 --set train.batch_size=8 --set train.steps_per_epoch=2"},
         "04_translate": {"DATA": str(data / "pairs.tsv"), "PRESET": "tiny", "EPOCHS": 1,
                          "EXTRA": TINY_LM.replace("data.sequence_length=16", "data.sequence_length=12") + " --set model_args.intermediate_dim=32 "
-                                  "--set data.tokenizer=word --set data.vocab_size=60 --set data.target_length=12"},
+                                  "--set data.tokenizer=word --set data.vocab_size=60 --set seq2seq.target_length=12"},
     }[name]
 
 

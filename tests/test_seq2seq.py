@@ -15,7 +15,7 @@ from kerasllm.errors import UserError
 
 WORDS = "red blue green cat dog sun moon tree".split()
 TINY = ["--set", "data.tokenizer=word", "--set", "data.vocab_size=50", "--set", "data.sequence_length=10",
-        "--set", "data.target_length=10", "--set", "train.batch_size=32", "--set", "train.warmup_steps=10",
+        "--set", "seq2seq.target_length=10", "--set", "train.batch_size=32", "--set", "train.warmup_steps=10",
         "--set", "train.sample_length=0"]
 
 

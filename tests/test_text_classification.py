@@ -428,7 +428,7 @@ def test_balanced_class_weights_are_recorded_and_used(runner, tmp_path):
     assert result.exit_code == 0 and "the classes are imbalanced" in result.output
     out = tmp_path / "balanced"
     result = invoke(runner, "train", "lstm-classifier", "--data", tmp_path / "skewed.sst", "--out", out, "--epochs", "1", "--quiet",
-                    "--set", "train.class_weight=balanced", *TINY_LSTM)
+                    "--set", "classification.class_weight=balanced", *TINY_LSTM)
     assert result.exit_code == 0, result.output
     record = json.loads((out / "data.json").read_text())
     counts = record["class_counts"]

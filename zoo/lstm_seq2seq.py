@@ -73,8 +73,8 @@ SPEC = ModelSpec(
     count_params=count_params,
     output="logits",
     defaults={
-        "data": {"tokenizer": "sentencepiece", "vocab_size": 8000, "sequence_length": 64, "target_length": 64,
-                 "source_lang": "pt", "target_lang": "en"},
+        "data": {"tokenizer": "sentencepiece", "vocab_size": 8000, "sequence_length": 64},
+        "seq2seq": {"target_length": 64, "source_lang": "pt", "target_lang": "en"},
         "train": {"epochs": 10, "batch_size": 64, "learning_rate": 2e-3, "warmup_steps": 100, "sample_length": 1},
     },
     overfitting_fixes=(

@@ -4,13 +4,13 @@ Sources (`--data`):
 
 * two line-aligned files, source first: `--data train.en,train.de` (`.gz` is read too);
 * a folder of `<split>.<lang>[.gz]` files, as `../shared/data/multi30k`, with the direction set by
-  `data.source_lang` / `data.target_lang` (`train`, `val`/`valid`/`dev`/`validation`, and the
+  `seq2seq.source_lang` / `seq2seq.target_lang` (`train`, `val`/`valid`/`dev`/`validation`, and the
   first `test*` split are used);
 * a `.tsv` file of `source<TAB>target` lines;
-* a `.jsonl` file with `data.source_field` / `data.target_field` (default `source`, `target`),
+* a `.jsonl` file with `seq2seq.source_field` / `seq2seq.target_field` (default `source`, `target`),
   or a folder of `train.jsonl`, `dev.jsonl`, `test.jsonl` (SciTLDR). A list of strings on the
   source side is joined with spaces; on the target side it is a list of references:
-  `data.target_lists=expand` trains on one pair per reference, `first` on the first one only;
+  `seq2seq.target_lists=expand` trains on one pair per reference, `first` on the first one only;
   evaluation scores against all of them;
 * `tfds:NAME` with one text feature per language (`tfds:ted_hrlr_translate/pt_to_en`).
 """
@@ -108,7 +108,7 @@ def language_folder(folder: Path, source_lang: str, target_lang: str) -> dict[st
     languages = sorted({lang for langs in files.values() for lang in langs})
     if not source_lang or not target_lang or source_lang not in languages or target_lang not in languages:
         raise UserError(f"{folder} has the languages {', '.join(languages) or 'none'}; set the direction with "
-                        f"--set data.source_lang=… --set data.target_lang=… (e.g. {'/'.join(languages[:2])})")
+                        f"--set seq2seq.source_lang=… --set seq2seq.target_lang=… (e.g. {'/'.join(languages[:2])})")
     splits = {}
     tests = sorted(name for name in files if name.startswith("test"))
     for split, names in {**SPLITS, "test": tuple(tests[:1])}.items():
@@ -148,7 +148,7 @@ def read_jsonl(path: Path, source_field: str, target_field: str) -> Pairs:
             if not isinstance(row, dict) or field not in row:
                 raise UserError(f"{path} line {number} has no field {field!r}"
                                 f"{' (it has ' + ', '.join(row) + ')' if isinstance(row, dict) else ''}; "
-                                "set data.source_field / data.target_field")
+                                "set seq2seq.source_field / seq2seq.target_field")
         source, target = row[source_field], row[target_field]
         sources.append(" ".join(map(str, source)) if isinstance(source, list) else str(source))
         references.append([str(t) for t in target] if isinstance(target, list) else [str(target)])
@@ -159,7 +159,7 @@ def tfds_pairs(name: str, source_lang: str, target_lang: str) -> dict[str, Pairs
     info = tfds_source.prepared_info(name)
     features = list(info.features.keys()) if hasattr(info.features, "keys") else []
     if source_lang not in features or target_lang not in features:
-        raise UserError(f"tfds:{name} has the features {', '.join(features)}; set data.source_lang and data.target_lang to two of them")
+        raise UserError(f"tfds:{name} has the features {', '.join(features)}; set seq2seq.source_lang and seq2seq.target_lang to two of them")
     splits = {}
     for split in tfds_source.split_names(info):
         rows = list(tfds_source.load_split(name, split).as_numpy_iterator())
@@ -168,9 +168,10 @@ def tfds_pairs(name: str, source_lang: str, target_lang: str) -> dict[str, Pairs
     return splits
 
 
-def gather(source: str, data) -> dict[str, Pairs]:
+def gather(source: str, options) -> dict[str, Pairs]:
+    """The splits of a parallel-text source; `options` is the seq2seq config section (languages, JSONL fields)."""
     if source.startswith("tfds:"):
-        return tfds_pairs(source.removeprefix("tfds:"), data.source_lang, data.target_lang)
+        return tfds_pairs(source.removeprefix("tfds:"), options.source_lang, options.target_lang)
     if "," in source and not Path(source).exists():
         first, second = (Path(p.strip()).expanduser() for p in source.split(",", 1))
         for path in (first, second):
@@ -182,11 +183,11 @@ def gather(source: str, data) -> dict[str, Pairs]:
         jsonl = {split: path / f"{name}.jsonl" for split, names in {**SPLITS, "test": ("test",)}.items() for name in names
                  if (path / f"{name}.jsonl").is_file()}
         if "train" in jsonl:
-            return {split: read_jsonl(file, data.source_field, data.target_field) for split, file in jsonl.items()}
-        return language_folder(path, data.source_lang, data.target_lang)
+            return {split: read_jsonl(file, options.source_field, options.target_field) for split, file in jsonl.items()}
+        return language_folder(path, options.source_lang, options.target_lang)
     if path.is_file():
         if path.suffix == ".jsonl":
-            return {"train": read_jsonl(path, data.source_field, data.target_field)}
+            return {"train": read_jsonl(path, options.source_field, options.target_field)}
         if path.suffix == ".tsv":
             return {"train": read_tsv(path)}
         raise UserError(f"{path} is one file; pass two line-aligned files (--data a.en,a.de), a .tsv or .jsonl file, or a folder")
@@ -202,9 +203,9 @@ def digest(*parts: Pairs | None) -> str:
     return hasher.hexdigest()
 
 
-def load_pairs(source: str, data, validation_fraction: float = 0.1) -> PairSplit:
+def load_pairs(source: str, options, validation_fraction: float = 0.1) -> PairSplit:
     """Training, validation (the source's, else a seeded random fraction) and test pairs, with a record."""
-    splits = gather(source, data)
+    splits = gather(source, options)
     train, validation, test = splits.get("train"), splits.get("validation"), splits.get("test")
     if train is None or not len(train):
         raise UserError(f"{source} has no training pairs")
@@ -219,7 +220,7 @@ def load_pairs(source: str, data, validation_fraction: float = 0.1) -> PairSplit
     if not len(validation):
         raise UserError(f"the validation split of {source} is empty; use more pairs or a larger data.validation_fraction")
     record = {"source": source, "sha256": digest(train, validation, test), "split": how, "validation_fraction": validation_fraction,
-              "source_lang": data.source_lang, "target_lang": data.target_lang, "train_pairs": len(train),
+              "source_lang": options.source_lang, "target_lang": options.target_lang, "train_pairs": len(train),
               "validation_pairs": len(validation), "test_pairs": len(test) if test else 0,
               "references_per_source": round(float(np.mean([len(r) for r in train.references])), 3)}
     return PairSplit(train, validation, test, record)

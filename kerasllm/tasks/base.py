@@ -79,6 +79,9 @@ class Task:
         can_generate: `kerasllm generate` works for its models.
         can_predict: `kerasllm predict` works for its models.
         weighted_metrics: the metrics are weighted by the data's sample weights.
+        config_sections: the task's own config sections, name → dataclass type (e.g. `{"seq2seq": Seq2SeqConfig}`):
+            its models' configs get them (`config.seq2seq.source_lang`, `--set seq2seq.source_lang=de`), `kerasllm info`
+            lists them, and a dataclass with a `validate()` method checks itself. A plugin task declares its options here.
     """
 
     name: str = ""
@@ -88,6 +91,7 @@ class Task:
     weighted_metrics: bool = False  # metrics use the data's sample weights (masked-LM positions)
     evaluate_options: tuple = ()  # extra `evaluate` options the task takes (`beam`)
     continues_prompt: bool = True  # `generate` continues the prompt (language models) rather than transforming it (seq2seq)
+    config_sections: dict = {}
 
     # --- training -------------------------------------------------------------------
     def loss(self, spec, config=None):

@@ -2,7 +2,7 @@
 
 Rows have static shapes (for XLA and TPUs): the source is `ids [EOS] [PAD]…` of
 `data.sequence_length`; the decoder reads `[BOS] ids` and predicts `ids [EOS]`, both of
-`data.target_length`. Longer pairs are truncated or dropped (`data.long_pairs`), with
+`seq2seq.target_length`. Longer pairs are truncated or dropped (`seq2seq.long_pairs`), with
 counts in data.json. The loss is masked on padding (weights 0) with optional label
 smoothing; metrics: loss, perplexity and token accuracy over real target tokens.
 `evaluate` decodes (greedy, or beam search with `--beam N`) and scores the detokenized
@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from kerasllm import files
-from kerasllm.config import absolute_source
+from kerasllm.config import absolute_source, doc
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.parallel import Pairs, gather, load_pairs
 from kerasllm.data.splits import check_unchanged
@@ -37,13 +37,41 @@ _TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward function (R
 
 
 class TargetTokenizer:
-    """The target side's own tokenizer (`data.shared_vocab=false`), saved as target_tokenizer.json."""
+    """The target side's own tokenizer (`seq2seq.shared_vocab=false`), saved as target_tokenizer.json."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
     def save(self, folder: Path) -> Path:
         return self.tokenizer.save(folder, files.TARGET_TOKENIZER_FILE)
+
+
+@dataclass
+class Seq2SeqConfig:
+    """The seq2seq task's own config section, `seq2seq.*` (these keys were `data.*` and `train.label_smoothing` before)."""
+
+    source_lang: str = field(default="", metadata=doc("The source language of a folder of <split>.<lang> files (or a tfds feature)."))
+    target_lang: str = field(default="", metadata=doc("The target language."))
+    source_field: str = field(default="source", metadata=doc("JSONL: the source field (a list of strings is joined)."))
+    target_field: str = field(default="target", metadata=doc("JSONL: the target field (a list is several references)."))
+    target_lists: str = field(default="expand", metadata=doc(
+        "Train on every reference of a source (`expand`) or the first only (`first`); evaluation uses all."))
+    shared_vocab: bool = field(default=True, metadata=doc("One tokenizer for source and target (else one each)."))
+    target_length: int = field(default=0, metadata=doc("Target tokens per row ([BOS]/[EOS] included); 0 means data.sequence_length."))
+    long_pairs: str = field(default="truncate", metadata=doc(
+        "Pairs longer than the rows are `truncate`d or `drop`ped (the counts are recorded)."))
+    label_smoothing: float = field(default=0.0, metadata=doc("Label smoothing of the target distribution (0.1 in the Transformer paper)."))
+
+    def validate(self) -> None:
+        checks = [
+            (self.target_lists in ("expand", "first"), "seq2seq.target_lists must be expand or first"),
+            (self.long_pairs in ("truncate", "drop"), "seq2seq.long_pairs must be truncate or drop"),
+            (self.target_length == 0 or self.target_length >= 3, "seq2seq.target_length must be 0 (= data.sequence_length) or at least 3"),
+            (0 <= self.label_smoothing < 1, "seq2seq.label_smoothing must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
 
 
 @dataclass
@@ -255,28 +283,29 @@ class Seq2Seq(Task):
     """Source text → target text with an encoder–decoder model."""
 
     name = "seq2seq"
+    config_sections = {"seq2seq": Seq2SeqConfig}
     can_generate = True
     weighted_metrics = True  # padding positions weigh 0
     evaluate_options = ("beam",)
     continues_prompt = False
 
     def loss(self, spec, config=None):
-        return make_loss(config.train.label_smoothing if config is not None else 0.0)
+        return make_loss(config.seq2seq.label_smoothing if config is not None else 0.0)
 
     def tokenizers(self, artifacts: dict) -> tuple:
         source = artifacts["tokenizer"]
         return source, artifacts.get("target_tokenizer") or source
 
     def lengths(self, config) -> tuple[int, int]:
-        return config.data.sequence_length, config.data.target_length or config.data.sequence_length
+        return config.data.sequence_length, config.seq2seq.target_length or config.data.sequence_length
 
     def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
-        data, train = config.data, config.train
-        split = load_pairs(data.source, data, data.validation_fraction)
-        train_sources, train_targets = split.train.training_pairs(data.target_lists)
+        data, train, options = config.data, config.train, config.seq2seq
+        split = load_pairs(data.source, options, data.validation_fraction)
+        train_sources, train_targets = split.train.training_pairs(options.target_lists)
         artifacts = dict(artifacts or {})
         if "tokenizer" not in artifacts:
-            if data.shared_vocab:
+            if options.shared_vocab:
                 artifacts["tokenizer"] = Tokenizer.fit("\n".join(train_sources + train_targets), data.tokenizer, data.vocab_size)
             else:
                 artifacts["tokenizer"] = Tokenizer.fit("\n".join(train_sources), data.tokenizer, data.vocab_size)
@@ -284,7 +313,7 @@ class Seq2Seq(Task):
         source_tokenizer, target_tokenizer = self.tokenizers(artifacts)
         source_length, target_length = self.lengths(config)
         rows = pack_pairs(source_tokenizer, target_tokenizer, train_sources, train_targets, source_length, target_length,
-                          data.long_pairs)
+                          options.long_pairs)
         validation_sources, validation_targets = split.validation.training_pairs("first")
         held = pack_pairs(source_tokenizer, target_tokenizer, validation_sources, validation_targets, source_length, target_length,
                           "truncate")
@@ -302,10 +331,10 @@ class Seq2Seq(Task):
             return f"source: {shown[0]}\nreference: {shown[1]}\nhypothesis: {target_tokenizer.decode(ids)}"
 
         record = dict(split.record, tokenizer=source_tokenizer.kind, vocab_size=source_tokenizer.vocab_size,
-                      target_vocab_size=target_tokenizer.vocab_size, shared_vocab=data.shared_vocab,
+                      target_vocab_size=target_tokenizer.vocab_size, shared_vocab=options.shared_vocab,
                       sequence_length=source_length, target_length=target_length, input_length=source_length,
                       train_rows=len(rows.sources), truncated_train_pairs=rows.truncated, dropped_train_pairs=rows.dropped,
-                      long_pairs=data.long_pairs)
+                      long_pairs=options.long_pairs)
         saved = [source_tokenizer] + ([TargetTokenizer(target_tokenizer)] if target_tokenizer is not source_tokenizer else [])
         return PreparedData(
             info=DataInfo(vocab_size=source_tokenizer.vocab_size, sequence_length=source_length,
@@ -330,7 +359,7 @@ class Seq2Seq(Task):
         if record.get("truncated_train_pairs"):
             notes.append(f"{record['truncated_train_pairs']:,} training pairs were longer than the rows "
                          f"({record.get('sequence_length')} source / {record.get('target_length')} target tokens) and were truncated; "
-                         "--set data.long_pairs=drop drops them instead")
+                         "--set seq2seq.long_pairs=drop drops them instead")
         if record.get("dropped_train_pairs"):
             notes.append(f"{record['dropped_train_pairs']:,} training pairs longer than the rows were dropped")
         return notes
@@ -345,13 +374,13 @@ class Seq2Seq(Task):
         return [target_tokenizer.decode(row) for row in ids]
 
     def held_out(self, run, data: str | None) -> tuple[Pairs, str]:
-        config = run.config.data
+        config, options = run.config.data, run.config.seq2seq
         if not data:
-            split = load_pairs(config.source, config, config.validation_fraction)
+            split = load_pairs(config.source, options, config.validation_fraction)
             check_unchanged(split.record, run.data_record)
             return split.validation, f"validation split of {config.source}"
 
-        splits = gather(absolute_source(data) if "," not in data else data, config)
+        splits = gather(absolute_source(data) if "," not in data else data, options)
         if "test" in splits:
             return splits["test"], f"test split of {data}"
         parts = list(splits.values())

@@ -4,19 +4,20 @@ Training metrics: loss and accuracy. `evaluate` gives the shared classification 
 (`kerasllm.evaluation`: per-class precision/recall/F1, macro and weighted averages,
 confusion matrix table and PNG, most confused pairs); `predict` gives the top-k classes
 of texts. Labels are mapped to ids with the training split's classes and saved as
-labels.json; class imbalance is reported, and `train.class_weight=balanced` weights
+labels.json; class imbalance is reported, and `classification.class_weight=balanced` weights
 each example inversely to its class frequency.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from kerasllm import evaluation, files
-from kerasllm.config import absolute_source
+from kerasllm.config import absolute_source, doc
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.labelled import Examples, gather_splits, load_labelled
 from kerasllm.data.packing import Packer
@@ -24,6 +25,18 @@ from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables
 from kerasllm.tokenizers import Tokenizer
+
+
+@dataclass
+class ClassificationConfig:
+    """The text-classification task's own config section, `classification.*` (`train.class_weight` before)."""
+
+    class_weight: str = field(default="none", metadata=doc(
+        "`none`, or `balanced` (weights inversely proportional to class frequency, for imbalanced data)."))
+
+    def validate(self) -> None:
+        if self.class_weight not in ("none", "balanced"):
+            raise UserError("classification.class_weight must be none or balanced")
 
 
 class ClassLabels:
@@ -113,6 +126,7 @@ class TextClassification(Task):
     """Labelled text in, one class out (sentiment, topics, sentence-pair relations)."""
 
     name = "text-classification"
+    config_sections = {"classification": ClassificationConfig}
     can_predict = True
 
     def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:
@@ -130,7 +144,7 @@ class TextClassification(Task):
         train_y = labels.ids(split.train.labels, f"the training split of {data.source}")
         validation_y = labels.ids(split.validation.labels, f"the validation split of {data.source}")
         counts = class_counts(train_y, labels)
-        weights = balanced_weights(train_y, len(labels.class_names)) if train.class_weight == "balanced" else None
+        weights = balanced_weights(train_y, len(labels.class_names)) if config.classification.class_weight == "balanced" else None
         steps = pipeline.steps_in(len(train_y), train.batch_size, train.steps_per_epoch, "training")
 
         def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
@@ -244,7 +258,7 @@ class TextClassification(Task):
         notes = []
         if ratio >= 1.5 and not record.get("class_weights"):
             notes.append(f"the classes are imbalanced (largest/smallest {ratio:.1f}×: {record.get('class_counts')}); "
-                         "--set train.class_weight=balanced weights the rare classes up")
+                         "--set classification.class_weight=balanced weights the rare classes up")
         if record.get("truncated_train_examples"):
             notes.append(f"{record['truncated_train_examples']:,} training examples were longer than data.sequence_length="
                          f"{record.get('sequence_length')} tokens and were truncated")

@@ -123,18 +123,18 @@ class TextGeneration(Task):
         return dict(self.report(results, record), data=where, tokens=int(len(ids)),
                     unknown_token_fraction=float((ids == tokenizer.unk_id).mean()))
 
-    def generate(self, model, run, prompts: list[str], *, max_length: int = 300, temperature: float = 0.8, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, stop: list[str] = (), beam: int = 0, on_text=None,
-                 on_note=None) -> list[str]:
-        """Continuations of the prompts (streamed through `on_text`); a prompt longer than the context is cut from the left."""
+    def generate(self, model, run, prompts: list[str], *, max_length: int = 300, beam: int = 0, on_text=None, on_note=None,
+                 **sampling) -> list[str]:
+        """Continuations of the prompts (streamed through `on_text`); a prompt longer than the context is cut from the left.
+        `sampling`: `kerasllm.generation.Sampling`'s temperature, top_k, top_p, seed and stop."""
         tokenizer = run.artifacts["tokenizer"]
         context = getattr(run.config.model_args, "max_sequence_length", 0)
         for text in prompts:
             length = len(tokenizer.encode(text))
             if context and length > context and on_note:
                 on_note(f"the prompt has {length} tokens, more than the model's context of {context}; only its last {context} are used")
-        return generation.generate(model, tokenizer, prompts, max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                        stop=stop, window=run.config.data.sequence_length, spec=run.spec, beam_width=beam, on_text=on_text)
+        return generation.generate(model, tokenizer, prompts, max_length, window=run.config.data.sequence_length, spec=run.spec,
+                                   on_text=on_text, beam_width=beam, **{"temperature": 0.8, **sampling})
 
     def export_sample(self, model, run, batch: int = 2) -> np.ndarray:
         length = run.data_record.get("input_length", 16) if run else 16
