@@ -48,6 +48,10 @@ StrategyOption = Annotated[Optional[str], typer.Option(
 PrecisionOption = Annotated[Optional[str], typer.Option(help="Sets runtime.precision: float32, mixed_bfloat16 or mixed_float16.")]
 BackendOption = Annotated[Optional[str], typer.Option(
     help="Keras backend for this process: tensorflow or jax (sets KERAS_BACKEND before Keras is imported).")]
+EpochsOption = Annotated[Optional[int], typer.Option(help="Sets train.epochs.")]
+SetOption = Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key: --set train.learning_rate=1e-3 (repeatable).")]
+RunOutOption = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/NAME-UTCTIME).")]
+RunOverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out run folder (only one made by kerasllm).")]
 DataOption = Annotated[Optional[str], typer.Option("--data", help="Text: a file, a folder of .txt files, tfds:NAME or builtin:python-docs. "
                                                    "Images: a folder of class sub-folders, an MNIST IDX folder, a .npz, tfds:NAME or builtin:digits.")]
 
@@ -66,7 +70,7 @@ def handle_errors(command):
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             run_dir = STATE["run_dir"]
-            if run_dir is not None and Path(run_dir, "checkpoints").is_dir():
+            if run_dir is not None and Path(run_dir, files.CHECKPOINTS_DIR).is_dir():
                 errors.print(f"interrupted; continue with `kerasllm train --resume {run_dir}`", highlight=False)
             else:
                 errors.print("interrupted before the first checkpoint; nothing was kept, start the run again", highlight=False)
@@ -94,6 +98,7 @@ def main_options(
 
 def load_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up lines hidden (shown with --debug)."""
+    distribute.set_xla_defaults(quiet.keras_backend())
     quiet.load_tensorflow(debug=STATE["debug"])
 
 
@@ -158,12 +163,12 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
 def train(
     name: Annotated[Optional[str], typer.Argument(help="Model to train (see `kerasllm list`); optional with --config or --resume.")] = None,
     data: DataOption = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Sets train.epochs.")] = None,
+    epochs: EpochsOption = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sets train.batch_size.")] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="A .yaml or .json config (a run's config.yaml reproduces it).")] = None,
-    overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key: --set train.learning_rate=1e-3 (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/NAME-UTCTIME).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out run folder (only one made by kerasllm).")] = False,
+    overrides: SetOption = None,
+    out: RunOutOption = None,
+    overwrite: RunOverwriteFlag = False,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its newest checkpoint.")] = None,
     seed: SeedOption = None,
     preset: Annotated[Optional[str], typer.Option(help="Start from one of the model's presets (see `kerasllm info NAME`), e.g. mnist.")] = None,
@@ -341,18 +346,7 @@ def generate(
         raise UserError(f"{run.spec.name} is a {run.task.name} model; generate needs a text-generation or seq2seq model")
     options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam,
                    on_note=lambda line: errors.print(f"note: {line}", highlight=False))
-    continues = run.task.continues_prompt
-    if len(prompts) == 1:
-        if continues:
-            sys.stdout.write(prompts[0])
-            sys.stdout.flush()
-        run.task.generate(model, run, prompts, **options, on_text=lambda row, text: (sys.stdout.write(text), sys.stdout.flush()))
-        sys.stdout.write("\n")
-        return
-    for text, output in zip(prompts, run.task.generate(model, run, prompts, **options)):
-        print(text + output if continues else output)
-        if continues:
-            print()
+    run.task.write_generations(model, run, prompts, write=lambda text: (sys.stdout.write(text), sys.stdout.flush()), **options)
 
 
 @app.command()
@@ -405,10 +399,10 @@ def finetune(
     lora_rank: Annotated[int, typer.Option(help="Rank of the LoRA adapters (--method lora).")] = 8,
     unfreeze_after: Annotated[int, typer.Option(help="With --method freeze: train the whole model after this many epochs "
                                                       "(at finetune.unfreeze_learning_rate_ratio × the learning rate).")] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="Sets train.epochs.")] = None,
-    overrides: Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key (repeatable).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run folder (default runs/NAME-UTCTIME).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out run folder (only one made by kerasllm).")] = False,
+    epochs: EpochsOption = None,
+    overrides: SetOption = None,
+    out: RunOutOption = None,
+    overwrite: RunOverwriteFlag = False,
     seed: SeedOption = None,
     strategy: StrategyOption = None,
     backend: BackendOption = None,
@@ -479,9 +473,7 @@ def export(
     export_lib.check_out(out, fmt, path, overwrite)
     load_tensorflow()
     run = runs.load_run(path.parent) if files.is_run_dir(path.parent) else None
-    model = load_model(path, unsafe=unsafe)
-    for dropped in getattr(model, "legacy_dropped", []):
-        console.print(f"migrated tf.keras {model.legacy_keras_version} file: dropped {dropped} (not used by Keras 3)")
+    model = load_model(path, unsafe=unsafe, on_note=console.print)
     sample = run.task.export_sample(model, run) if run is not None else None
     endpoints = run.task.savedmodel_endpoints(model, run) if run is not None and fmt == "savedmodel" else []
     result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints)

@@ -36,6 +36,19 @@ BACKENDS = ("tensorflow", "jax")
 CUSTOM_LOOP_ONLY = ("multi-worker", "tpu")
 
 
+# XLA's older CPU runtime ran transformer-lm's compiled train step 15 % faster on 2 cores
+# (28.9 vs 33.8 ms per step, nanoGPT's CPU config); a user's own XLA_FLAGS come first.
+XLA_CPU_DEFAULT = "--xla_cpu_use_thunk_runtime=false"
+
+
+def set_xla_defaults(backend: str) -> None:
+    """Before TensorFlow loads: XLA_FLAGS gets kerasllm's CPU default unless the user set that flag. TensorFlow only:
+    the XLA inside jaxlib no longer has the old runtime and rejects the flag."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if backend == "tensorflow" and "xla_cpu_use_thunk_runtime" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_DEFAULT}".strip()
+
+
 def tf_config(env: dict | None = None) -> dict | None:
     """The parsed `TF_CONFIG` (the cluster of a multi-worker job), or None when it is not set."""
     env = os.environ if env is None else env
@@ -221,7 +234,7 @@ class JaxDataParallel:
         return self.distribution.scope() if self.distribution else contextlib.nullcontext()
 
 
-def _jax_kind(name: str) -> str:
+def jax_kind(name: str) -> str:
     import jax
 
     devices = jax.devices()
@@ -236,7 +249,7 @@ def _jax_kind(name: str) -> str:
 def get_strategy(name: str = "auto", worker_timeout: float = 0.0):
     """A tf.distribute strategy (TensorFlow backend) or a `JaxDataParallel` (JAX backend) for `name`."""
     if backend() == "jax":
-        return JaxDataParallel(_jax_kind(name))
+        return JaxDataParallel(jax_kind(name))
     import tensorflow as tf
 
     kind = choose(name, tpu=tpu_present(), workers=workers_in(tf_config()), gpus=len(tf.config.list_physical_devices("GPU")))

@@ -77,7 +77,7 @@ def environment() -> dict:
         import jax
 
         devices = [{"name": str(d), "type": d.platform.upper()} for d in jax.devices()]
-        kind = distribute._jax_kind("auto")
+        kind = distribute.jax_kind("auto")
     else:
         import tensorflow as tf
 

@@ -42,17 +42,6 @@ def captured_stderr(enabled: bool = True):
                 sys.stderr.flush()
 
 
-# XLA's older CPU runtime ran transformer-lm's compiled train step 15 % faster on 2 cores
-# (28.9 vs 33.8 ms per step, nanoGPT's CPU config); a user's own XLA_FLAGS come first.
-XLA_CPU_DEFAULT = "--xla_cpu_use_thunk_runtime=false"
-
-
-def set_xla_defaults() -> None:
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_use_thunk_runtime" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_DEFAULT}".strip()
-
-
 # Packages TensorFlow and Keras import at start-up when installed, for features kerasllm never uses: JAX for
 # TFLite's `experimental_from_jax` (~110 MB), scikit-learn for Keras' sklearn wrappers (~60 MB), matplotlib for
 # `keras.visualization` (~25 MB), SciPy for tf.keras-1 sparse inputs. All are optional imports there.
@@ -94,7 +83,6 @@ def unused_imports_hidden():
 def load_tensorflow(debug: bool = False) -> None:
     """Import TensorFlow and Keras and discover devices with start-up noise hidden (shown with `debug`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
-    set_xla_defaults()
     with captured_stderr(not debug), unused_imports_hidden():
         import keras  # noqa: F401
         import tensorflow as tf

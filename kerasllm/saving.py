@@ -49,10 +49,11 @@ def _safety_error(error: Exception, path: Path) -> UserError | None:
     return None
 
 
-def load_model(path: Path, *, unsafe: bool = False):
+def load_model(path: Path, *, unsafe: bool = False, on_note=None):
     """An uncompiled Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s.
 
-    Commands compile with the task's loss and metrics themselves.
+    Commands compile with the task's loss and metrics themselves. A tf.keras 2.x `.h5` is migrated; `on_note(line)`
+    hears each argument that was dropped.
     """
     import keras
     import keras_hub  # noqa: F401  registers keras-hub's layers and backbones for deserialization
@@ -63,7 +64,10 @@ def load_model(path: Path, *, unsafe: bool = False):
     try:
         if path.suffix == ".keras":
             return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
-        return load_h5(path, unsafe=unsafe)
+        model, dropped, version = load_h5(path, unsafe=unsafe)
+        for name in dropped if on_note else ():
+            on_note(f"migrated tf.keras {version} file: dropped {name} (not used by Keras 3)")
+        return model
     except UserError:
         raise
     except Exception as error:  # Keras raises many types for a bad file
@@ -119,10 +123,10 @@ def _drop_arguments(config, class_name: str, names: set[str]) -> int:
     return dropped
 
 
-def load_h5(path: Path, *, unsafe: bool = False):
+def load_h5(path: Path, *, unsafe: bool = False) -> tuple:
     """Load a whole-model `.h5`, migrating tf.keras 2.x configs that Keras 3 rejects.
 
-    The model is returned uncompiled; `model.legacy_dropped` lists what was dropped.
+    Returns (the uncompiled model, the `Class.argument`s that were dropped, the Keras version that wrote the file).
     """
     model_from_config, load_weights = compat.legacy_h5()
     config, version = _read_h5_config(path)
@@ -143,6 +147,4 @@ def load_h5(path: Path, *, unsafe: bool = False):
 
     with h5py.File(path, "r") as f:
         load_weights(f["model_weights"] if "model_weights" in f else f, model)
-    model.legacy_dropped = dropped
-    model.legacy_keras_version = version
-    return model
+    return model, dropped, version

@@ -316,3 +316,20 @@ def test_in_memory_pipelines_shard_by_data_across_workers():
     dataset = pipeline.array_dataset(np.arange(8), np.zeros(8, np.int32), 4, shuffle_seed=0, steps_per_epoch=2)
     assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
     assert distribute.shard_policy(file_backed=True) == tf.data.experimental.AutoShardPolicy.FILE
+
+
+def test_the_xla_cpu_default_is_for_tensorflow_only(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    distribute.set_xla_defaults("jax")  # jaxlib's XLA rejects the old-runtime flag
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+    distribute.set_xla_defaults("tensorflow")
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=false {distribute.XLA_CPU_DEFAULT}"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
+    distribute.set_xla_defaults("tensorflow")  # the user's own setting wins
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true"
+
+
+def test_the_strategy_is_named_in_words():
+    import tensorflow as tf
+
+    assert distribute.describe(tf.distribute.get_strategy()) == "1 device (CPU)"

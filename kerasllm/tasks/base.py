@@ -126,6 +126,17 @@ class Task:
         """Text for each prompt (`kerasllm generate`); `options` are the command's decoding options and `on_text(row, text)`."""
         raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm generate` needs a text-generation or seq2seq model")
 
+    def write_generations(self, model, run, prompts: list[str], write, **options) -> None:
+        """`kerasllm generate`'s output through `write(text)`: one prompt streams as it is produced (after the prompt
+        itself, for a model that continues it); several print one after another, a blank line between continuations."""
+        if len(prompts) == 1:
+            write(prompts[0] if self.continues_prompt else "")
+            self.generate(model, run, prompts, **options, on_text=lambda row, text: write(text))
+            write("\n")
+            return
+        for text, output in zip(prompts, self.generate(model, run, prompts, **options)):
+            write((text + output + "\n\n") if self.continues_prompt else output + "\n")
+
     def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
         raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm predict` does not apply to it")
 
