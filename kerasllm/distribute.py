@@ -30,6 +30,9 @@ from pathlib import Path
 from kerasllm.config import PRECISIONS, STRATEGIES
 from kerasllm.errors import UserError
 
+# Lazy imports: TensorFlow, Keras and JAX are imported inside functions: `kerasllm --help` and `kerasllm list` load
+# this module and must not load them, and the backend must be set before Keras loads.
+
 __all__ = ["PRECISIONS", "STRATEGIES"]  # the names live in config; here is what they mean
 BACKENDS = ("tensorflow", "jax")
 # Where Keras `fit` cannot run the step (keras#20585 for MultiWorkerMirroredStrategy, keras#19448 on TPU VMs).

@@ -15,6 +15,8 @@ from pathlib import Path
 from kerasllm import distribute
 from kerasllm.distribute import tpu_present
 
+# Lazy imports: TensorFlow, Keras and JAX are imported inside functions: the backend must be set before Keras loads.
+
 PACKAGES = ("tensorflow", "keras", "tensorflow-text", "tensorflow-datasets", "keras-hub", "jax", "tensorflow-tpu", "libtpu")
 
 

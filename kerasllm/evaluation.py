@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Lazy imports: sacreBLEU, rouge-score and matplotlib are imported inside the functions that use them: `kerasllm
+# --help` and `kerasllm list` load this module and must not load them.
+
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

@@ -23,6 +23,9 @@ from kerasllm.errors import UserError
 from kerasllm.files import EXPORT_DIR, check_replaceable, is_run_dir
 from kerasllm.saving import load_model
 
+# Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
+# module and must not load them.
+
 FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite"}
 
 

@@ -35,6 +35,9 @@ from kerasllm.files import file_sha256, is_run_dir
 from kerasllm.hooks import BuildContext, Hook
 from kerasllm.saving import load_model, model_path
 
+# Lazy imports: Keras is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and must
+# not load them.
+
 # keras MultiHeadAttention's projections, as the LoRA paper adapts Wq and Wv; zoo/layers.py's DecoderBlock projects
 # queries, keys and values with one Dense, `qkv`, adapted whole (as PEFT adapts GPT-2's fused c_attn)
 LORA_TARGETS = ("query", "value", "qkv")

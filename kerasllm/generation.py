@@ -20,6 +20,9 @@ import numpy as np
 
 from kerasllm.errors import UserError
 
+# Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
+# module and must not load them.
+
 
 class Decoder(Protocol):
     """What a model family supplies to generate at its own speed."""

@@ -17,6 +17,9 @@ import numpy as np
 from kerasllm import compat, files
 from kerasllm.errors import UserError
 
+# Lazy imports: keras-hub is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
+# must not load them.
+
 SCHEMES = ("kaggle://", "hf://", "modelscope://")
 TOKENIZER_PRESET_DIR = "hub_tokenizer"
 

@@ -11,6 +11,9 @@ import time
 
 import keras
 
+# Lazy imports: TensorFlow is imported inside the custom loop, which only runs on the TensorFlow backend (JAX runs
+# `fit`).
+
 
 class TimeBudget(keras.callbacks.Callback):
     """Stops training once `max_seconds` of training time (all sessions) have passed."""

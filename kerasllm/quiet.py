@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 
+# Lazy imports: TensorFlow and Keras are imported inside `load_tensorflow`, whose job is to import them quietly.
+
 
 @contextlib.contextmanager
 def captured_stderr(enabled: bool = True):

@@ -22,6 +22,9 @@ from kerasllm import compat
 from kerasllm.errors import UserError
 from kerasllm.files import MODEL_FILE, is_run_dir
 
+# Lazy imports: Keras, keras-hub and h5py are imported inside functions: `kerasllm --help` and `kerasllm list` load
+# this module and must not load them.
+
 UNRECOGNIZED = re.compile(r"Unrecognized keyword arguments passed to (\w+): (\{.*\})")
 SUFFIXES = (".keras", ".h5", ".hdf5")
 

@@ -42,6 +42,9 @@ from kerasllm.errors import UserError
 from kerasllm.hub import HubTokenizer
 from kerasllm.quiet import captured_stderr
 
+# Lazy imports: TensorFlow, tensorflow-text and sentencepiece are imported inside methods: `kerasllm --help` and
+# `kerasllm list` load this module and must not load them.
+
 FORMAT_VERSION = 2
 KINDS = TOKENIZERS  # what `fit` makes
 PAD, UNK, BOS, EOS, CLS, SEP, MASK = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[CLS]", "[SEP]", "[MASK]"

@@ -49,6 +49,8 @@ from kerasllm.loops import LOOPS, StepClock, TimeBudget, spread_subset
 from kerasllm.optimizers import make_optimizer
 from kerasllm.progress import Reporter
 
+# Lazy imports: TensorFlow is imported inside the function that needs it: on the JAX backend it is not used.
+
 
 def seed_everything(config: RunConfig) -> None:
     keras.utils.set_random_seed(config.train.seed)

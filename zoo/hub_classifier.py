@@ -16,6 +16,9 @@ from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
 
+# Lazy imports: zoo.layers (which imports Keras) is imported inside `build`: `kerasllm --help` and `kerasllm list`
+# load this module and must not load them.
+
 
 @dataclass
 class HubClassifierConfig:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import keras
 
+# Lazy imports: keras-hub is imported inside `build` only for rotary positions (RotaryEmbedding): a learned-position
+# model never loads it.
+
 
 @keras.saving.register_keras_serializable(package="kerasllm")
 class ResizeImages(keras.layers.Layer):

@@ -15,6 +15,9 @@ from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
 
+# Lazy imports: Keras is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and must
+# not load them.
+
 
 @dataclass
 class LSTMSeq2SeqConfig:

@@ -17,6 +17,9 @@ from kerasllm.data.text import builtin_vocab_size
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
 
+# Lazy imports: Keras is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and must
+# not load them.
+
 
 @dataclass
 class LSTMTextGeneratorConfig:

@@ -21,6 +21,9 @@ from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
 
+# Lazy imports: keras-hub (and zoo.layers, which imports Keras) is imported inside functions: `kerasllm --help` and
+# `kerasllm list` load this module and must not load them.
+
 PRESETS = {
     "tiny": {"num_layers": 2, "num_heads": 2, "hidden_dim": 128, "intermediate_dim": 512, "max_sequence_length": 128},
     "small": {"num_layers": 4, "num_heads": 4, "hidden_dim": 256, "intermediate_dim": 1024, "max_sequence_length": 128},

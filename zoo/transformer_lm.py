@@ -30,6 +30,9 @@ from kerasllm.data.text import builtin_vocab_size
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
 
+# Lazy imports: Keras and TensorFlow (and zoo.layers, which imports Keras) are imported inside functions: `kerasllm
+# --help` and `kerasllm list` load this module and must not load them.
+
 PRESETS = {
     # nanoGPT's CPU config (and its shakespeare-char config for `small`)
     "tiny": {"num_layers": 4, "num_heads": 4, "hidden_dim": 128, "max_sequence_length": 64, "data.sequence_length": 64},

@@ -23,6 +23,9 @@ from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
 
+# Lazy imports: Keras, keras-hub and TensorFlow (and zoo.layers, which imports Keras) are imported inside functions:
+# `kerasllm --help` and `kerasllm list` load this module and must not load them.
+
 PRESETS = {
     "tiny": {"num_layers": 2, "num_heads": 4, "hidden_dim": 128, "intermediate_dim": 512},
     "small": {"num_layers": 3, "num_heads": 8, "hidden_dim": 256, "intermediate_dim": 1024},  # Multi30k size

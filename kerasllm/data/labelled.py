@@ -33,6 +33,9 @@ from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import read_text_file, text_files
 from kerasllm.errors import UserError
 
+# Lazy imports: TensorFlow is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
+# must not load them.
+
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 SPLIT_NAMES = {"train": ("train",), "validation": ("dev", "validation", "valid", "val"), "test": ("test",)}
 LOCAL_FORMATS = ("a .csv/.tsv/.jsonl file (--set data.text_column=… data.label_column=…), an SST-style file of "

@@ -13,6 +13,9 @@ import numpy as np
 from kerasllm.distribute import shard_policy
 from kerasllm.errors import UserError
 
+# Lazy imports: TensorFlow is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
+# must not load them.
+
 
 def language_model_windows(ids: np.ndarray, sequence_length: int) -> np.ndarray:
     """Non-overlapping windows of `sequence_length + 1` ids: (windows, sequence_length + 1)."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 from kerasllm.data.splits import text_split
 from kerasllm.errors import UserError
 
+# Lazy imports: TensorFlow and tensorflow-datasets are imported inside functions: `kerasllm --help` and `kerasllm
+# list` load this module and must not load them.
+
 HELD_OUT_SPLITS = ("validation", "test")
 
 

@@ -10,6 +10,9 @@ import numpy as np
 
 from kerasllm.errors import UserError
 
+# Lazy imports: Keras is imported inside methods: `kerasllm --help` and `kerasllm list` load this module and must not
+# load them.
+
 
 @dataclass
 class PreparedData:

@@ -21,6 +21,9 @@ from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
 
+# Lazy imports: Keras, keras-hub and TensorFlow are imported inside methods: `kerasllm --help` and `kerasllm list`
+# load this module and must not load them.
+
 MASK_RATE = 0.15
 
 

@@ -31,6 +31,9 @@ from kerasllm.generation import beam_search_batch
 from kerasllm.tasks.base import Endpoint, PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
 
+# Lazy imports: Keras and TensorFlow are imported inside methods: `kerasllm --help` and `kerasllm list` load this
+# module and must not load them.
+
 SAMPLES = 3
 CHECKED_SOURCES = 16  # validation sources the SavedModel's translate signature is checked on
 _TRACED = weakref.WeakKeyDictionary()  # model -> its traced forward function (RecomputeDecoder)
