@@ -159,7 +159,10 @@ class Checkpointing(keras.callbacks.Callback):
             self.state.history.setdefault(key, []).append(float(value))
         state = self.state
         state.epoch, state.step_in_epoch, state.global_step = epoch + 1, 0, self.step_offset + optimizer_step(self.model.optimizer)
-        value = logs.get(self.monitor, logs.get(self.monitor.removeprefix("val_"), logs["loss"]))
+        value = next((logs[key] for key in (self.monitor, self.monitor.removeprefix("val_"), "loss") if key in logs), None)
+        if value is None:
+            raise UserError(f"epoch {epoch + 1} ran no training step, so it has no {self.monitor} (the data ran out); "
+                            f"continue with `kerasllm train --resume {self.run_dir}`")
         score = float(value) if "loss" in self.monitor else -float(value)  # lower is better
         if score < state.best_val_loss:
             state.best_val_loss, state.epochs_without_improvement = score, 0

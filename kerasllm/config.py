@@ -361,6 +361,17 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
 SEED_MAX = 2**32 - 1
 
 
+def check_whole_calls(steps_per_epoch: int, steps_per_execution: int) -> None:
+    """An epoch must be whole calls into the graph: Keras runs `steps_per_execution` steps a call and would run past a
+    `steps_per_epoch` that is no multiple of it (and out of data), while the progress bar shows the count asked for."""
+    if steps_per_epoch and steps_per_epoch % steps_per_execution:
+        lower = steps_per_epoch - steps_per_epoch % steps_per_execution
+        choices = f"{lower} or {lower + steps_per_execution}" if lower else f"{steps_per_execution}"
+        raise UserError(f"train.steps_per_epoch={steps_per_epoch} is not a multiple of runtime.steps_per_execution="
+                        f"{steps_per_execution} (steps run per call into the graph); use {choices}, or "
+                        "runtime.steps_per_execution=1")
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Every value in range and every name known; the model's own `validate()` on its hyperparameters. (Whether the
     model has `train.objective` is the catalog's to say: `kerasllm.catalog.task_for`.)"""
@@ -405,6 +416,7 @@ def validate(config: RunConfig) -> RunConfig:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    check_whole_calls(train.steps_per_epoch, runtime.steps_per_execution)
     for section in config.sections.values():  # a task's own section checks itself
         getattr(section, "validate", lambda: None)()
     validate_hparams = getattr(config.model_args, "validate", None)

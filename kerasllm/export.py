@@ -61,6 +61,9 @@ def check_out(out: Path, fmt: str, source: Path, overwrite: bool) -> None:
         raise UserError(f"--format {fmt} needs an output path ending in {FORMATS[fmt]}, got {out}")
     if out.resolve() == source.resolve():
         raise UserError(f"--out {out} is the source model itself; choose another path")
+    if is_run_dir(out.parent):  # a run's own files (model.keras, config.yaml, ...) are never replaced by an export
+        raise UserError(f"--out {out} would write into the run folder {out.parent}, whose files are the run's own; "
+                        f"export into {out.parent / EXPORT_DIR}/ (the default) or outside any run")
     if not out.exists() and not out.is_symlink():
         return
     if not overwrite:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,18 @@ def model_path(path: Path) -> Path:
     if path.suffix not in SUFFIXES:
         raise UserError(f"{path} is not a model file; pass a run folder, a .keras or a .h5 file")
     return path
+
+
+def is_complete(path: Path) -> bool:
+    """Whether a `.keras` file is there and whole (a zip archive whose central directory reads), without loading it."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _safety_error(error: Exception, path: Path) -> UserError | None:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import keras
 
-from kerasllm import catalog, diagnostics, distribute, files, reports
+from kerasllm import catalog, diagnostics, distribute, files, reports, saving
 from kerasllm.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.data.splits import check_unchanged
@@ -218,13 +218,11 @@ class Trainer:
         self.saved_data_record = files.read_json(run_dir / files.DATA_FILE)
         planned = self.summary.get("epochs_planned", state.epoch)
         finished = state.epoch >= config.train.epochs or (state.stopped_early and config.train.epochs <= planned)
-        if finished and (run_dir / files.MODEL_FILE).is_file() and "after_training" in self.summary:
-            return dict(self.summary, nothing_to_do=True)
+        if finished and saving.is_complete(run_dir / files.MODEL_FILE) and "after_training" in self.summary:
+            return dict(self.summary, nothing_to_do=True)  # (a missing or broken model.keras is written again below)
         if state.stopped_early and not finished:  # asked for more epochs than the early stop left
             state.stopped_early, state.epochs_without_improvement = False, 0
-        if self.chief:
-            files.write_text_atomic(run_dir / files.CONFIG_FILE, config.to_yaml())  # e.g. the new epoch count
-        return None
+        return None  # config.yaml (e.g. the new epoch count) is written once every check has passed: `build`
 
     # 2. build ----------------------------------------------------------------------------------
     def _recompile(self, schedule_steps: int, train: TrainConfig) -> None:
@@ -245,6 +243,8 @@ class Trainer:
         if self.checkpoint:
             with self.strategy.scope():
                 restore_checkpoint(self.checkpoint, self.model, with_optimizer=self.hooks.restores_optimizer(state), hooks=self.hooks)
+            if self.chief:  # every check has passed: the run's "reproduce me" file may change now
+                files.write_text_atomic(self.run_dir / files.CONFIG_FILE, config.to_yaml())
         else:
             if self.chief:
                 self.run_dir = write_run_files(self.run_dir, config, self.data, self.overwrite)

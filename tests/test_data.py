@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from kerasllm import network
 from kerasllm.data import pipeline
 from kerasllm.data.text import load_text, reload_validation
 from kerasllm.errors import UserError
@@ -122,9 +123,26 @@ def test_a_tfds_download_failure_is_not_taken_for_a_missing_split(tmp_path, monk
         raise ConnectionError("Failed to establish a new connection: network is unreachable")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    monkeypatch.setattr(network, "reachable", lambda host, **_: True)  # the host answers, the download then fails
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
     with pytest.raises(UserError, match="could not download tfds:tiny_shakespeare: Failed to establish"):
         load_text("tfds:tiny_shakespeare", 0.1)
+
+
+def test_offline_a_tfds_download_is_one_line_before_any_retry(tmp_path, monkeypatch):
+    """No network: one whole line up front, and tfds' download (minutes of urllib3 retries offline) never starts."""
+    import tensorflow_datasets as tfds
+
+    started = []
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", lambda self, *a, **k: started.append(self))
+    monkeypatch.setattr(network, "_reachable", {network.TFDS_HOST: False})
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(UserError) as error:
+        load_text("tfds:tiny_shakespeare", 0.1)
+    assert str(error.value) == ("cannot reach storage.googleapis.com to download tfds:tiny_shakespeare (no network?); download it "
+                                "once on a machine with a network (tfds.load) and copy ~/tensorflow_datasets here, or pass "
+                                "--data with a local copy")
+    assert started == []
 
 
 def test_unknown_tfds_name_is_a_user_error():

@@ -57,3 +57,19 @@ def test_a_preset_that_fails_to_load_is_one_line_with_a_fix():
                            "and pass the local preset folder (keras-hub `save_to_preset`)")
     local = hub._failed("tokenizer", str(Path("/tmp/p")), ValueError("no vocabulary"))
     assert "check that the folder is a complete keras-hub preset" in str(local)
+
+
+def test_an_export_never_writes_into_a_runs_own_files(tmp_path):
+    """`export … --out OTHER_RUN/model.keras --overwrite` once replaced another run's trained model."""
+    source = tmp_path / "model.keras"
+    source.write_text("model")
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / files.CONFIG_FILE).write_text("model: lstm-textgen\n")
+    (other / files.MODEL_FILE).write_text("trained")
+    for out, fmt in ((other / files.MODEL_FILE, "keras"), (other / "new.h5", "h5"), (other / "m.savedmodel", "savedmodel")):
+        with pytest.raises(UserError, match=f"would write into the run folder {other}, whose files are the run's own; export into "
+                                            f"{other / files.EXPORT_DIR}/"):
+            export.check_out(out, fmt, source, True)
+    export.check_out(other / files.EXPORT_DIR / "model.keras", "keras", source, True)  # its export folder is for exports
+    assert (other / files.MODEL_FILE).read_text() == "trained"

@@ -15,7 +15,8 @@ from tests.conftest import need
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TINY_LM = "--set model_args.num_layers=1 --set model_args.num_heads=2 --set model_args.hidden_dim=16 " \
-          "--set data.sequence_length=16 --set train.batch_size=8 --set train.steps_per_epoch=3 --set train.sample_length=20"
+          "--set data.sequence_length=16 --set train.batch_size=8 --set train.steps_per_epoch=3 --set train.sample_length=20 " \
+          "--set runtime.steps_per_execution=1"
 
 
 def tiny_parameters(name: str, data: Path) -> dict:

@@ -135,13 +135,53 @@ def test_a_model_of_another_type_inside_a_run(runner, trained_run, tmp_path):
     assert_user_error(invoke(runner, "evaluate", run), "restore the run's own config.yaml")
 
 
-def test_a_run_without_a_complete_model_points_to_resume(runner, trained_run, tmp_path):
+@pytest.mark.parametrize("damage", ["half a zip", "missing"])
+def test_a_run_without_a_complete_model_points_to_resume_and_resume_rebuilds_it(runner, trained_run, tmp_path, damage):
+    """The advice leads somewhere that works: `train --resume` writes model.keras again from the best checkpoint."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    (run / "model.keras").write_bytes(b"PK\x03\x04 half a zip")
+    if damage == "missing":
+        (run / "model.keras").unlink()
+    else:
+        (run / "model.keras").write_bytes(b"PK\x03\x04 half a zip")
     assert_user_error(invoke(runner, "evaluate", run), f"kerasllm train --resume {run}")
-    (run / "model.keras").unlink()
     assert_user_error(invoke(runner, "generate", run), f"kerasllm train --resume {run}")
+    resumed = invoke(runner, "train", "--resume", run, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert invoke(runner, "evaluate", run).exit_code == 0
+    assert json.loads((run / "history.json").read_text()) == json.loads((trained_run / "history.json").read_text())  # no new epoch
+
+
+def checksums(folder: Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_resume_writes_nothing_into_the_run(runner, trained_run, corpus_file, tmp_path):
+    """Every check runs before the first write: changed data, a truncated checkpoint, a missing tokenizer."""
+    data = tmp_path / "corpus.txt"
+    shutil.copy(corpus_file, data)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for name in ("config.yaml", "data.json", "README.md"):
+        (run / name).write_text((run / name).read_text(encoding="utf-8").replace(str(corpus_file), str(data)), encoding="utf-8")
+    before = checksums(run)
+    data.write_text(corpus_file.read_text() + " more text", encoding="utf-8")
+    assert_user_error(invoke(runner, "train", "--resume", run, "--epochs", "3"), "changed since")
+    assert checksums(run) == before
+    data.write_text(corpus_file.read_text(), encoding="utf-8")
+    newest = sorted((run / "checkpoints").iterdir())[-1] / "model.weights.h5"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    before = checksums(run)
+    assert_user_error(invoke(runner, "train", "--resume", run, "--epochs", "3"), "is unreadable or does not fit this model")
+    assert checksums(run) == before
+    shutil.rmtree(run)
+    shutil.copytree(trained_run, run)
+    (run / "tokenizer.json").unlink()
+    before = checksums(run)
+    assert_user_error(invoke(runner, "train", "--resume", run, "--epochs", "3"), "tokenizer.json")
+    assert checksums(run) == before
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(runner, trained_run, tmp_path):

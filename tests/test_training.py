@@ -303,3 +303,34 @@ def test_adamw_can_exempt_biases_and_norms_from_weight_decay():
         optimizer = optimizers.make_optimizer(TrainConfig(decay_all_weights=decay_all), total_steps=10)
         optimizer.build(model.trainable_variables)
         assert [optimizer._use_weight_decay(v) for v in model.trainable_variables] == expected
+
+
+def test_an_epoch_is_whole_calls_into_the_graph():
+    """With several steps per call, Keras ran 30, 30 and 9 steps for `steps_per_epoch=23` while the bar showed 23/23."""
+    from kerasllm.data import pipeline
+
+    with pytest.raises(UserError, match=r"train.steps_per_epoch=23 is not a multiple of runtime.steps_per_execution=10 "
+                                        r"\(steps run per call into the graph\); use 20 or 30, or runtime.steps_per_execution=1"):
+        config_lib.resolve(catalog.model("transformer-lm"), None, ["train.steps_per_epoch=23"])
+    assert pipeline.steps_in(1000, 8, 0, "training", multiple=10) == 120  # a full pass of 125 batches, in whole calls
+    assert pipeline.steps_in(1000, 8, 30, "training", multiple=10) == 30
+    with pytest.raises(UserError, match="has 5 batches, fewer than runtime.steps_per_execution=10"):
+        pipeline.steps_in(40, 8, 0, "training", multiple=10)
+
+
+@pytest.mark.parametrize("loop", ["fit", "custom"])
+def test_resume_with_several_steps_per_call_matches_the_straight_run(corpus_file, tmp_path, loop):
+    extra = ["runtime.steps_per_execution=2", "train.steps_per_epoch=4", f"runtime.loop={loop}"]
+    straight = tmp_path / "straight"
+    training.train(make_config(corpus_file, *extra), straight, progress="quiet")
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    (resumed / "model.keras").unlink()
+    for folder in (resumed / "checkpoints").iterdir():
+        if folder.name > "step-00000006":  # killed after a step checkpoint in the middle of epoch 2
+            shutil.rmtree(folder)
+    assert files.read_json(resumed / "checkpoints" / "step-00000006" / "state.json")["step_in_epoch"] == 2
+    summary = training.train(make_config(corpus_file, *extra), resumed, resume=True, progress="quiet")
+    assert summary["steps"] == 8 and summary["epochs_completed"] == 2
+    for a, b in zip(weights(straight), weights(resumed)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

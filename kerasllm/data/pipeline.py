@@ -127,7 +127,11 @@ def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, weights: np.nda
     return index_batches(len(x), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
 
 
-def steps_in(num_examples: int, batch_size: int, requested: int, what: str) -> int:
+def steps_in(num_examples: int, batch_size: int, requested: int, what: str, multiple: int = 1) -> int:
+    """Training steps per epoch: `requested`, or a full pass (0). With `multiple` steps per call into the graph
+    (`runtime.steps_per_execution`) a full pass is rounded down to a multiple of it, so that every epoch is whole calls
+    (Keras would otherwise run past the epoch and out of data); a `requested` count that is no multiple was refused
+    by the config already."""
     available = num_examples // batch_size
     if available == 0:
         raise UserError(
@@ -136,4 +140,9 @@ def steps_in(num_examples: int, batch_size: int, requested: int, what: str) -> i
         )
     if requested > available:
         raise UserError(f"train.steps_per_epoch={requested} exceeds the {available} batches in the {what} data; lower it")
-    return requested or available
+    if requested:
+        return requested
+    if available < multiple:
+        raise UserError(f"the {what} data has {available} batches, fewer than runtime.steps_per_execution={multiple}; "
+                        "lower runtime.steps_per_execution or --batch-size")
+    return available - available % multiple

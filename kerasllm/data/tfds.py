@@ -7,6 +7,7 @@ that exists (no network, a broken download) is an error, never taken for
 
 from __future__ import annotations
 
+from kerasllm import network
 from kerasllm.data.splits import text_split
 from kerasllm.errors import UserError
 
@@ -30,6 +31,9 @@ def prepared_info(name: str):
     (its split names are known only then). Errors are one-line `UserError`s naming the cause."""
     dataset = builder(name)
     if not dataset.info.splits:
+        network.require(network.TFDS_HOST, f"download tfds:{name}",
+                        "download it once on a machine with a network (tfds.load) and copy ~/tensorflow_datasets here, "
+                        "or pass --data with a local copy")
         try:
             dataset.download_and_prepare()
         except Exception as error:

@@ -59,7 +59,7 @@ class ImageClassification(Task):
         split, train = load_split(config), config.train
         if labels is not None and labels.class_names != split.class_names:
             raise UserError("the data's classes differ from the run's labels.json; resume with the data the run was trained on")
-        steps = pipeline.steps_in(len(split.x_train), train.batch_size, train.steps_per_epoch, "training")
+        steps = pipeline.steps_in(len(split.x_train), train.batch_size, train.steps_per_epoch, "training", config.runtime.steps_per_execution)
         if len(split.x_validation) == 0:
             raise UserError("the validation split is empty; use more images or a larger data.validation_fraction")
         augment = spec.augment(config.model_args) if spec.augment else None

@@ -80,7 +80,7 @@ class MaskedLM(Task):
         train_rows, validation_rows = packer.chunks(split.train.split("\n")), packer.chunks(split.validation.split("\n"))
         if len(validation_rows) == 0:
             raise UserError("the validation text has no line of two tokens or more; use more data or a larger data.validation_fraction")
-        steps = pipeline.steps_in(len(train_rows), train.batch_size, train.steps_per_epoch, "training")
+        steps = pipeline.steps_in(len(train_rows), train.batch_size, train.steps_per_epoch, "training", config.runtime.steps_per_execution)
 
         def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
             return self.dataset(train_rows, tokenizer, train.batch_size, shuffle_seed=train.seed, steps_per_epoch=steps,

@@ -320,7 +320,7 @@ class Seq2Seq(Task):
         validation_sources, validation_targets = split.validation.training_pairs("first")
         held = pack_pairs(source_tokenizer, target_tokenizer, validation_sources, validation_targets, source_length, target_length,
                           "truncate")
-        steps = pipeline.steps_in(len(rows.sources), train.batch_size, train.steps_per_epoch, "training")
+        steps = pipeline.steps_in(len(rows.sources), train.batch_size, train.steps_per_epoch, "training", config.runtime.steps_per_execution)
         shown = split.validation.sources[0], split.validation.references[0][0]
 
         def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):

@@ -145,7 +145,7 @@ class TextClassification(Task):
         validation_y = labels.ids(split.validation.labels, f"the validation split of {data.source}")
         counts = class_counts(train_y, labels)
         weights = balanced_weights(train_y, len(labels.class_names)) if config.classification.class_weight == "balanced" else None
-        steps = pipeline.steps_in(len(train_y), train.batch_size, train.steps_per_epoch, "training")
+        steps = pipeline.steps_in(len(train_y), train.batch_size, train.steps_per_epoch, "training", config.runtime.steps_per_execution)
 
         def train_dataset(first_epoch: int, epochs: int, skip_steps: int = 0):
             return pipeline.array_dataset(train_x.ids, train_y, train.batch_size, None if weights is None else weights[train_y],

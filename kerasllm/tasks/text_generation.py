@@ -75,7 +75,7 @@ class TextGeneration(Task):
         if len(windows) == 0:
             raise UserError(f"the training text has {len(train_ids)} tokens, too few for one window of "
                             f"{data.sequence_length + 1}; use more data or a smaller data.sequence_length")
-        steps = pipeline.steps_in(len(windows), train.batch_size, train.steps_per_epoch, "training")
+        steps = pipeline.steps_in(len(windows), train.batch_size, train.steps_per_epoch, "training", config.runtime.steps_per_execution)
         held_out = validation_windows(tokenizer.encode(split.validation), data.sequence_length)
         prompt = sample_prompt(split.validation, data.sequence_length)
 
