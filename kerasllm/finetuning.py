@@ -182,8 +182,24 @@ def unfreeze(model) -> None:
         layer.trainable = True
 
 
+def lora_targets(model, spec) -> list:
+    """The layers LoRA adapts: the base's attention query/value (or fused qkv) projections."""
+    return [sub for layer in base_layers(model, spec) for sub in leaf_layers(layer)
+            if sub.name in LORA_TARGETS and hasattr(sub, "enable_lora")]
+
+
+def check_lora_rank(targets: list, rank: int) -> None:
+    """A rank above the adapted matrices' smaller side adds parameters and no expressiveness (the update is full rank
+    already); `--lora-rank 100000` on a 16-wide model once made 99.93 % of the weights trainable."""
+    widths = [min(int(np.prod(sub.kernel.shape[:-1])), int(sub.kernel.shape[-1])) for sub in targets]
+    if widths and rank > min(widths):
+        raise UserError(f"--lora-rank {rank} is more than the adapted projections' width ({min(widths)}); use a rank of at "
+                        f"most {min(widths)} (4-16 is usual)")
+
+
 def enable_lora(model, spec, rank: int, alpha: float = 0.0) -> int:
     """Adapters on the base's attention query/value projections; everything else in the base frozen. Returns how many."""
+    check_lora_rank(lora_targets(model, spec), rank)
     adapted = 0
     for layer in base_layers(model, spec):
         for sub in leaf_layers(layer):

@@ -87,9 +87,20 @@ def forward_function(model) -> Callable[[np.ndarray], np.ndarray]:
 
 # --- sampling ---------------------------------------------------------------------------
 
+# Ceilings checked before any work: beam search gains nothing past a few dozen beams while its memory grows with
+# beams × length (--beam 100000 grew to 3.9 GB), and the text and its decoding history grow with every new token.
+MAX_BEAM = 256
+MAX_NEW_TOKENS = 100_000
+
+
 def check_options(temperature: float, top_k: int, top_p: float, max_length: int, beam_width: int = 0) -> None:
     if beam_width < 0:
         raise UserError("--beam must be 0 (sampling) or a beam width of 1 or more")
+    if beam_width > MAX_BEAM:
+        raise UserError(f"--beam {beam_width} is more than {MAX_BEAM} beams, past which beam search finds nothing better "
+                        "and its memory grows with every beam; use a width of 4 to 16")
+    if max_length > MAX_NEW_TOKENS:
+        raise UserError(f"--max-length {max_length} is more than {MAX_NEW_TOKENS:,} new tokens; generate in parts")
     if not math.isfinite(temperature) or temperature < 0:
         raise UserError("--temperature must be 0 (greedy) or a positive number")
     if top_k < 0:
@@ -98,6 +109,12 @@ def check_options(temperature: float, top_k: int, top_p: float, max_length: int,
         raise UserError("--top-p must be in (0, 1]; 1 means off")
     if max_length < 0:
         raise UserError("--max-length must be 0 or more")
+
+
+def check_beam_fits(beam_width: int, vocab_size: int) -> None:
+    """More beams than the model has tokens cannot be filled at the first step."""
+    if beam_width > vocab_size:
+        raise UserError(f"--beam {beam_width} is more beams than the model has tokens ({vocab_size}); use at most {vocab_size}")
 
 
 def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:

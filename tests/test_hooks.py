@@ -3,6 +3,7 @@
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from kerasllm import catalog, hooks
 from kerasllm import config as config_lib
@@ -81,3 +82,23 @@ def test_hooks_for_adds_the_finetune_hook_only_to_finetuning_runs():
     assert hooks_for(plain).hooks == []
     (hook,) = hooks_for(finetune_config(), parent=SimpleNamespace()).hooks
     assert isinstance(hook, FinetuneHook)
+
+
+def test_bounds_are_checked_against_the_model_before_any_work():
+    import keras
+
+    from kerasllm import generation
+    from kerasllm.errors import UserError
+    from kerasllm.finetuning import check_lora_rank
+
+    query = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 8), name="query")  # 16 wide, 2 heads of 8
+    query.build((None, 5, 16))
+    check_lora_rank([query], 8)
+    with pytest.raises(UserError, match=r"--lora-rank 100000 is more than the adapted projections' width \(8\); use a rank of at most 8"):
+        check_lora_rank([query], 100000)
+    with pytest.raises(UserError, match="--beam 100000 is more than 256 beams"):
+        generation.check_options(0.8, 0, 1.0, 10, beam_width=100000)
+    with pytest.raises(UserError, match="--max-length 1000000 is more than 100,000 new tokens"):
+        generation.check_options(0.8, 0, 1.0, 1_000_000)
+    with pytest.raises(UserError, match=r"--beam 70 is more beams than the model has tokens \(65\); use at most 65"):
+        generation.check_beam_fits(70, 65)

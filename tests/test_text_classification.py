@@ -139,6 +139,22 @@ def test_label_mapping_round_trips_named_and_integer_labels(tmp_path):
         named.ids(["pos", "meh"], "the test split")
 
 
+def test_labels_are_values_not_spellings():
+    """`1` and `1.0`, or `1` and `01`, once made a 3-way classifier of a binary task."""
+    labels = ClassLabels.from_labels(["1", "1.0", "01", " 0", "0.0", "1"])
+    assert labels.class_names == ["0", "1"] and labels.integer_labels
+    assert list(labels.ids(["1.00", "00", "1"], "x")) == [1, 0, 1]
+    assert ClassLabels.from_labels(["0.50", "0.5", "1.5"]).class_names == ["0.5", "1.5"]
+    assert ClassLabels.from_labels(["pos", " pos ", "neg"]).class_names == ["neg", "pos"]
+
+
+def test_the_label_column_is_never_read_as_text(tmp_path):
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\na fine film,1\na dull film,0\ngreat,1\nbad,0\n")
+    with pytest.raises(UserError, match="data.text_column names 'label', the label column .*: the model would read the answer"):
+        load_labelled(str(table), text_column="text,label")
+
+
 # --- models ----------------------------------------------------------------------------------
 
 def test_classifier_parameter_counts_match_the_built_models():

@@ -64,12 +64,17 @@ class LabelledSplit:
 
 # --- one file --------------------------------------------------------------------------------
 
-def _columns(text_column: str) -> list[str]:
-    return [name.strip() for name in text_column.split(",") if name.strip()]
+def _columns(text_column: str, label_column: str = "") -> list[str]:
+    """The text columns `data.text_column` names; the label column among them would show the model its answer."""
+    names = [name.strip() for name in text_column.split(",") if name.strip()]
+    if label_column and label_column in names:
+        raise UserError(f"data.text_column names {label_column!r}, the label column (data.label_column): the model would "
+                        "read the answer; name only text columns")
+    return names
 
 
 def _pick_text_columns(header: list[str], text_column: str, label_column: str, where: str) -> list[str]:
-    wanted = _columns(text_column)
+    wanted = _columns(text_column, label_column)
     if not wanted:
         for candidate in ("text", "sentence", "review", "content"):
             if candidate in header:
@@ -219,7 +224,7 @@ def tfds_examples(name: str, text_column: str, label_column: str):
         raise UserError(f"{error} — offline, use local labelled text instead: {LOCAL_FORMATS}") from error
     features = info.features
     label_key = label_column if label_column in features else tfds_source.feature_of(info, name, "label")
-    text_keys = _columns(text_column) or [k for k, f in features.items() if k != label_key and _is_text(f)]
+    text_keys = _columns(text_column, label_column) or [k for k, f in features.items() if k != label_key and _is_text(f)]
     if not text_keys or len(text_keys) > 2:
         raise UserError(f"tfds:{name} has features {', '.join(features)}; name the text with --set data.text_column=NAME")
     names = list(features[label_key].names)

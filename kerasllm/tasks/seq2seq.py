@@ -27,7 +27,7 @@ from kerasllm.data.parallel import Pairs, gather, load_pairs
 from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
 from kerasllm.evaluation import text_scores
-from kerasllm.generation import beam_search_batch
+from kerasllm.generation import beam_search_batch, check_beam_fits
 from kerasllm.tasks.base import Endpoint, PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
 
@@ -370,6 +370,7 @@ class Seq2Seq(Task):
     # --- using a trained model ----------------------------------------------------------------
     def translate(self, model, run, texts: list[str], beam: int = 0, max_length: int = 0, batch_size: int = 64) -> list[str]:
         source_tokenizer, target_tokenizer = self.tokenizers(run.artifacts)
+        check_beam_fits(beam, target_tokenizer.vocab_size)
         source_length, target_length = self.lengths(run.config)
         rows, _ = pack_sources(source_tokenizer, texts, source_length)
         decoder = seq2seq_decoder(model, run.spec, target_length)

@@ -11,6 +11,7 @@ each example inversely to its class frequency.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,19 +40,33 @@ class ClassificationConfig:
             raise UserError("classification.class_weight must be none or balanced")
 
 
+def label_value(label) -> str:
+    """A label as a value, not as the characters it was written with: numbers by their value (`1`, `1.0`, `01` and
+    ` 1 ` are all `1`; `0.50` is `0.5`), anything else stripped of surrounding space."""
+    text = str(label).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
 class ClassLabels:
-    """Class names in id order, and whether the data wrote them as integers (saved as labels.json)."""
+    """Class names in id order, and whether the data wrote them as integers (saved as labels.json). Labels are read as
+    values (`label_value`), so `1` and `1.0` are one class."""
 
     def __init__(self, class_names: list[str], integer_labels: bool = False):
         self.class_names, self.integer_labels = [str(name) for name in class_names], integer_labels
-        self._ids = {name: i for i, name in enumerate(self.class_names)}
+        self._ids = {label_value(name): i for i, name in enumerate(self.class_names)}
 
     @classmethod
     def from_labels(cls, labels: list[str], source_names: list[str] | None = None) -> "ClassLabels":
         """Names the source gives (tfds, class folders), else the labels seen: integers in numeric order, names sorted."""
         if source_names:
             return cls(source_names)
-        seen = set(labels)
+        seen = {label_value(label) for label in labels}
         if len(seen) < 2:
             raise UserError(f"the training data has only one label ({next(iter(seen), 'none')}); classification needs two or more")
         try:
@@ -61,11 +76,12 @@ class ClassLabels:
             return cls(sorted(seen))
 
     def ids(self, labels: list[str], where: str) -> np.ndarray:
-        unknown = sorted(set(labels) - set(self._ids))
+        values = [label_value(label) for label in labels]
+        unknown = sorted(set(values) - set(self._ids))
         if unknown:
             raise UserError(f"label {unknown[0]!r} in {where} was not among the training labels "
                             f"({', '.join(self.class_names)}); remove those rows or train on data that has it")
-        return np.asarray([self._ids[label] for label in labels], np.int32)
+        return np.asarray([self._ids[value] for value in values], np.int32)
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / files.LABELS_FILE
