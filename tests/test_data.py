@@ -148,3 +148,11 @@ def test_offline_a_tfds_download_is_one_line_before_any_retry(tmp_path, monkeypa
 def test_unknown_tfds_name_is_a_user_error():
     with pytest.raises(UserError, match="unknown TFDS dataset 'no_such_set'"):
         load_text("tfds:no_such_set")
+
+
+def test_a_table_is_not_read_as_prose(tmp_path):
+    """A language model fine-tuned on a labelled CSV once trained on `film story,pos` lines."""
+    table = tmp_path / "reviews.csv"
+    table.write_text("text,label\nfilm story,pos\n")
+    with pytest.raises(UserError, match=r"reviews.csv is a table \(.csv\), and this model trains on plain text"):
+        load_text(str(table))

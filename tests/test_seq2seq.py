@@ -70,8 +70,27 @@ def test_pair_files_language_folders_tsv_and_jsonl(tmp_path):
     assert split.train.references[0] == [pairs[0][1]]
     files = load_pairs(f"{tmp_path / 'train.en.gz'},{tmp_path / 'train.de'}", Data(), 0.25)
     assert len(files.train) + len(files.validation) == 12
-    with pytest.raises(UserError, match="has the languages de, en; set the direction"):
+    with pytest.raises(UserError, match="has the languages de, en; set the direction with --set seq2seq.source_lang=de "
+                                        "--set seq2seq.target_lang=en"):
         load_pairs(str(tmp_path), Data(source_lang="fr", target_lang="de"))
+
+
+def test_pair_sources_that_would_mislead_are_one_line(tmp_path):
+    (tmp_path / "a.en").write_text("one\ntwo\n")
+    with pytest.raises(UserError, match=r"--data .*a.en, names one file; pass two line-aligned files"):
+        load_pairs(f"{tmp_path / 'a.en'},", Data())
+    with pytest.raises(UserError, match="as both the source and the target, so the model would learn to copy"):
+        load_pairs(f"{tmp_path / 'a.en'},{tmp_path / 'a.en'}", Data())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.md").write_text("x")
+    with pytest.raises(UserError) as error:
+        load_pairs(str(empty), Data())
+    assert "no pair of <split>.<lang> files (such as train.en and train.de)" in str(error.value) and "e.g. )" not in str(error.value)
+    (tmp_path / "train.de").write_text("eins\nzwei\n")
+    (tmp_path / "train.en").write_text("one\ntwo\n")
+    with pytest.raises(UserError, match="are both en, so the model would learn to copy"):
+        load_pairs(str(tmp_path), Data(source_lang="en", target_lang="en"))
 
 
 def test_jsonl_lists_are_joined_and_references_expanded(tmp_path):

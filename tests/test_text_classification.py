@@ -13,6 +13,7 @@ import cli
 from kerasllm.data.labelled import LOCAL_FORMATS, load_labelled
 from kerasllm.errors import UserError
 from kerasllm.tasks.text_classification import ClassLabels
+from tests.test_cli import assert_user_error
 
 GOOD = ["great", "wonderful", "funny", "moving", "brilliant", "charming"]
 BAD = ["dull", "boring", "awful", "tedious", "clumsy", "flat"]
@@ -202,6 +203,12 @@ def test_lstm_classifier_trains_evaluates_on_test_and_predicts(runner, lstm_run,
     assert all(len(row["predictions"]) == 1 and row["predictions"][0]["class"] in ("0", "1") for row in rows)
     card = (lstm_run / "README.md").read_text()
     assert "Classes (2): 0 80, 1 80" in card and "kerasllm predict" in card
+
+
+def test_an_image_file_is_not_classified_as_text(runner, lstm_run, tmp_path):
+    image = tmp_path / "digit.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    assert_user_error(invoke(runner, "predict", lstm_run, image), f"{image} is an image file, and lstm-classifier classifies text")
 
 
 def test_a_label_first_seen_at_evaluation_is_one_line(runner, lstm_run, tmp_path):

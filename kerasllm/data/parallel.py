@@ -106,9 +106,15 @@ def language_files(folder: Path) -> dict[str, dict[str, Path]]:
 def language_folder(folder: Path, source_lang: str, target_lang: str) -> dict[str, Pairs]:
     files = language_files(folder)
     languages = sorted({lang for langs in files.values() for lang in langs})
+    if len(languages) < 2:
+        raise UserError(f"{folder} has no pair of <split>.<lang> files (such as train.en and train.de); name the files that "
+                        "way, or pass SOURCE_FILE,TARGET_FILE, a .tsv or a .jsonl file")
     if not source_lang or not target_lang or source_lang not in languages or target_lang not in languages:
-        raise UserError(f"{folder} has the languages {', '.join(languages) or 'none'}; set the direction with "
-                        f"--set seq2seq.source_lang=… --set seq2seq.target_lang=… (e.g. {'/'.join(languages[:2])})")
+        raise UserError(f"{folder} has the languages {', '.join(languages)}; set the direction with "
+                        f"--set seq2seq.source_lang={languages[0]} --set seq2seq.target_lang={languages[1]} (or the other way)")
+    if source_lang == target_lang:
+        raise UserError(f"seq2seq.source_lang and seq2seq.target_lang are both {source_lang}, so the model would learn to "
+                        "copy; set two languages")
     splits = {}
     tests = sorted(name for name in files if name.startswith("test"))
     for split, names in {**SPLITS, "test": tuple(tests[:1])}.items():
@@ -173,10 +179,16 @@ def gather(source: str, options) -> dict[str, Pairs]:
     if source.startswith("tfds:"):
         return tfds_pairs(source.removeprefix("tfds:"), options.source_lang, options.target_lang)
     if "," in source and not Path(source).exists():
-        first, second = (Path(p.strip()).expanduser() for p in source.split(",", 1))
+        names = [part.strip() for part in source.split(",", 1)]
+        if not all(names):
+            raise UserError(f"--data {source} names one file; pass two line-aligned files as --data SOURCE_FILE,TARGET_FILE")
+        first, second = (Path(name).expanduser() for name in names)
         for path in (first, second):
             if not path.is_file():
                 raise UserError(f"{path} does not exist; pass two line-aligned files as --data SOURCE_FILE,TARGET_FILE")
+        if first.resolve() == second.resolve():
+            raise UserError(f"--data names {first} as both the source and the target, so the model would learn to copy; "
+                            "pass the source file and its translation")
         return {"train": aligned(first, second)}
     path = Path(source).expanduser()
     if path.is_dir():

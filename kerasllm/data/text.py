@@ -66,9 +66,16 @@ def text_files(folder: Path) -> list[Path]:
                   if p.is_file() and not any(part.startswith(HIDDEN) for part in p.relative_to(folder).parts))
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
 def read_path(path: Path) -> str:
     if not path.exists():
         raise UserError(f"data path {path} does not exist; pass a text file, a folder of .txt files, tfds:NAME or builtin:NAME")
+    if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:  # a labelled table's rows would be read as prose
+        raise UserError(f"{path} is a table ({path.suffix}), and this model trains on plain text: its separators and labels "
+                        "would be read as text; pass a .txt file or a folder of them (classifiers such as lstm-classifier "
+                        "train on labelled tables)")
     if path.is_dir():
         files = text_files(path)
         if not files:

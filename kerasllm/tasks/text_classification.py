@@ -20,6 +20,7 @@ import numpy as np
 from kerasllm import evaluation, files
 from kerasllm.config import absolute_source, doc
 from kerasllm.data import DataInfo, pipeline
+from kerasllm.data.images import IMAGE_SUFFIXES
 from kerasllm.data.labelled import Examples, gather_splits, load_labelled
 from kerasllm.data.packing import Packer
 from kerasllm.data.splits import check_unchanged
@@ -133,6 +134,12 @@ def check_tokenizer_fits(tokenizer, packed_ids: np.ndarray, where: str) -> None:
                         "not fit the base (another language or alphabet?); fine-tune a base trained on similar text")
 
 
+def looks_like_an_image(text: str) -> bool:
+    """An existing file with an image suffix (a path given to a text model is otherwise classified as text)."""
+    path = Path(text.strip()).expanduser()
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
@@ -228,6 +235,9 @@ class TextClassification(Task):
         for text in inputs:
             if not text.strip():
                 raise UserError("an input text is empty; pass some text to classify")
+            if looks_like_an_image(text):
+                raise UserError(f"{text} is an image file, and {run.spec.name} classifies text; pass text (or an image "
+                                "model's run)")
             if pairs:
                 first, tab, second = text.partition("\t")
                 if not tab:
