@@ -91,22 +91,46 @@ def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.n
     return rng.uniform(0, 255, size=shape).astype(str(spec.dtype))
 
 
-def _input_signature(model, batch: np.ndarray):
+def check_fits(model, fmt: str) -> None:
+    """Refuse, before anything is written, a format that cannot hold the model: the legacy h5 format stores layers
+    only, so a functional model with Keras operations as graph steps (`keras.ops.not_equal` building a mask) cannot
+    be read back from it."""
+    import keras
+
+    if fmt != "h5":
+        return
+    steps = sorted({type(op).__name__ for op in getattr(model, "operations", []) if not isinstance(op, keras.layers.Layer)})
+    if steps:
+        raise UserError(f"the h5 format cannot hold this model's Keras operations ({', '.join(steps)}: h5 stores layers only); "
+                        "export it as keras, savedmodel or tflite")
+
+
+def _input_signature(model, batch):
+    """Fixed-shape specs of the model's input(s): one tensor, or a dict of named tensors (encoder–decoders)."""
     import tensorflow as tf
 
+    if isinstance(batch, dict):
+        return [{name: tf.TensorSpec(value.shape, value.dtype, name=name) for name, value in batch.items()}]
     return [tf.TensorSpec(batch.shape, batch.dtype, name=model.inputs[0].name)]
 
 
-def _run_tflite(path: Path, batch: np.ndarray) -> np.ndarray:
+def _run_tflite(path: Path, batch) -> np.ndarray:
+    """The TFLite file's output on `batch`, fed by input name through the interpreter's serving signature."""
     import tensorflow as tf
 
     with warnings.catch_warnings():  # tf.lite.Interpreter warns that LiteRT will replace it; it still works in TF 2.21
         warnings.simplefilter("ignore", UserWarning)
         interpreter = tf.lite.Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    runner = interpreter.get_signature_runner()
+    names = list(runner.get_input_details())
+    if isinstance(batch, dict):  # the converter may prefix the names: match each to the one input it ends with
+        feeds = {name: next(batch[key] for key in sorted(batch, key=len, reverse=True) if name.endswith(key)) for name in names}
+    else:
+        (name,) = names
+        feeds = {name: batch}
+    outputs = runner(**feeds)
+    (value,) = outputs.values()
+    return value
 
 
 def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None = None) -> np.ndarray:
@@ -152,6 +176,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bo
     export never replaces an earlier one.
     """
     check_format(fmt)
+    check_fits(model, fmt)
     out = Path(out)
     if not tolerance >= 0:
         raise UserError("--tolerance must be 0 or more")
