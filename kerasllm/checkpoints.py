@@ -136,6 +136,12 @@ class Checkpointing(keras.callbacks.Callback):
         self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
         self.step_offset = 0  # steps before the optimizer was replaced (unfreezing restarts its count)
         self.seconds_at_start, self.started = state.train_seconds, time.perf_counter()
+        self.steps_per_epoch = 0  # set by the trainer: an interrupt at an epoch's last step lets the epoch end first
+        self.stop_requested = False  # a signal asked to stop (`kerasllm.interrupts`): checkpoint at the next step's end
+        self.interrupted = False  # that checkpoint is written and the loop told to stop
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.offset, self.steps_done_at_start = self.steps_done_at_start, 0
@@ -147,6 +153,12 @@ class Checkpointing(keras.callbacks.Callback):
             prune_checkpoints(self.run_dir, self.keep, self.state.best_checkpoint)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.stop_requested and not self.interrupted and self.offset + batch + 1 < self.steps_per_epoch:
+            self.state.global_step = self.step_offset + optimizer_step(self.model.optimizer)
+            self.state.step_in_epoch = self.offset + batch + 1
+            self.save()
+            self.interrupted = self.model.stop_training = True
+            return
         if self.every_steps:
             step = self.step_offset + optimizer_step(self.model.optimizer)
             if step // self.every_steps > self.state.global_step // self.every_steps:
@@ -154,6 +166,13 @@ class Checkpointing(keras.callbacks.Callback):
                 self.save()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.interrupted:  # the epoch did not end: the step checkpoint holds where it stopped
+            return
+        self._end_epoch(epoch, logs)
+        if self.stop_requested:  # asked at the epoch's last step: the epoch's checkpoint is written, now stop
+            self.interrupted = self.model.stop_training = True
+
+    def _end_epoch(self, epoch, logs=None):
         logs = dict(logs or {}, learning_rate=current_learning_rate(self.model.optimizer))
         for key, value in logs.items():
             self.state.history.setdefault(key, []).append(float(value))

@@ -66,7 +66,20 @@ def tf_config(env: dict | None = None) -> dict | None:
     if not isinstance(value, dict) or not isinstance(value.get("cluster"), dict) or not isinstance(value.get("task"), dict):
         raise UserError('TF_CONFIG needs "cluster" and "task"; e.g. '
                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}')
+    check_task(value["cluster"], value["task"])
     return value
+
+
+def check_task(cluster: dict, task: dict) -> None:
+    """TF_CONFIG's task must be one of its cluster's: a type the cluster lists, an index below that job's count."""
+    kind, index = task.get("type", "worker"), task.get("index", 0)
+    jobs = {name: hosts for name, hosts in cluster.items() if isinstance(hosts, list)}
+    if kind not in jobs:
+        raise UserError(f"TF_CONFIG's task type {kind!r} is not in its cluster (jobs: {', '.join(jobs) or 'none'}); "
+                        "set task.type to one of them")
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(jobs[kind]):
+        raise UserError(f"TF_CONFIG's task index {index!r} is not one of the cluster's {len(jobs[kind])} {kind} task(s) "
+                        f"(0 to {len(jobs[kind]) - 1}); give each process its own index")
 
 
 def tpu_present(env: dict | None = None) -> bool:

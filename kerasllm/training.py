@@ -45,6 +45,7 @@ from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
 from kerasllm.finetuning import FinetuneHook, parameter_counts
 from kerasllm.hooks import BuildContext, Hook, Hooks
+from kerasllm.interrupts import graceful_stop
 from kerasllm.loops import LOOPS, StepClock, TimeBudget, spread_subset
 from kerasllm.optimizers import make_optimizer
 from kerasllm.progress import Reporter
@@ -264,6 +265,7 @@ class Trainer:
         config, state = self.config, self.state
         self.checkpointing = Checkpointing(self.run_dir, state, config.train, self.chief, self.hooks)
         self.checkpointing.step_offset = self.hooks.step_offset(state)
+        self.checkpointing.steps_per_epoch = self.data.steps_per_epoch
         self.clock = StepClock()
         self.reporter = Reporter(self.progress, config.train.epochs, self.data.steps_per_epoch, self.data.items_per_step,
                                  self.data.unit, self.data.sample, self.console)
@@ -292,16 +294,8 @@ class Trainer:
         epoch_validation = spread_subset(self.validation, self.config.train.validation_steps)
         self.first_step, started, self.idle_after_last_step = self.state.global_step, time.perf_counter(), 0.0
         try:
-            for first, last, steps, skip in self._phases():
-                if first >= last or self.state.stopped_early or (self.budget and self.budget.expired):
-                    continue
-                if self.hooks.start_phase(self.model, first, self.context):  # recompiled: a new optimizer, a new loop
-                    self.training_loop = LOOPS[self.loop_name](self.model, self.task, self.spec, self.strategy, self.config)
-                    self.checkpointing.step_offset = self.hooks.step_offset(self.state)
-                self.training_loop.fit(self.data.train(first, last, skip), epoch_validation, initial_epoch=first, epochs=last,
-                                       steps_per_epoch=steps, callbacks=callbacks)
-                if self.clock.last_step is not None:
-                    self.idle_after_last_step = max(self.idle_after_last_step, time.perf_counter() - self.clock.last_step)
+            with graceful_stop(self.checkpointing.request_stop, where=str(self.run_dir)):
+                self._run_phases(callbacks, epoch_validation)
         except BaseException:
             if self.created and not checkpoints(self.run_dir):
                 shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing worth keeping: no circle of advice
@@ -309,6 +303,20 @@ class Trainer:
         finally:
             self.reporter.close()
         self.session_seconds = time.perf_counter() - started
+
+    def _run_phases(self, callbacks: list, epoch_validation) -> None:
+        for first, last, steps, skip in self._phases():
+            if first >= last or self.state.stopped_early or (self.budget and self.budget.expired):
+                continue
+            if self.hooks.start_phase(self.model, first, self.context):  # recompiled: a new optimizer, a new loop
+                self.training_loop = LOOPS[self.loop_name](self.model, self.task, self.spec, self.strategy, self.config)
+                self.checkpointing.step_offset = self.hooks.step_offset(self.state)
+            self.training_loop.fit(self.data.train(first, last, skip), epoch_validation, initial_epoch=first, epochs=last,
+                                   steps_per_epoch=steps, callbacks=callbacks)
+            if self.clock.last_step is not None:
+                self.idle_after_last_step = max(self.idle_after_last_step, time.perf_counter() - self.clock.last_step)
+            if self.checkpointing.interrupted:  # Ctrl-C / SIGTERM: the checkpoint is written; the CLI says how to resume
+                raise KeyboardInterrupt
 
     # 4. finalize -------------------------------------------------------------------------------
     def finalize(self) -> dict:

@@ -47,6 +47,11 @@ def test_unknown_strategy_and_bad_tf_config_are_one_line():
     with pytest.raises(UserError, match='TF_CONFIG needs "cluster" and "task"'):
         distribute.tf_config({"TF_CONFIG": '{"cluster": {}}'})
     assert distribute.tf_config({}) is None
+    cluster = {"worker": ["a:1", "b:2"]}
+    with pytest.raises(UserError, match=r"TF_CONFIG's task index 7 is not one of the cluster's 2 worker task\(s\) \(0 to 1\)"):
+        distribute.tf_config({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 7}})})
+    with pytest.raises(UserError, match="TF_CONFIG's task type 'chief' is not in its cluster"):
+        distribute.tf_config({"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}})})
 
 
 def test_the_chief_is_the_chief_task_or_worker_zero():

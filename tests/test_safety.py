@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import tiny_args
 from tests.test_cli import assert_user_error, invoke
 
+ROOT = Path(__file__).parent.parent
+
 # --- --overwrite --------------------------------------------------------------------------
 
 def test_overwrite_never_deletes_the_current_folder_or_a_parent(runner, tmp_path, corpus_file, monkeypatch):
@@ -316,3 +318,57 @@ def test_a_user_error_after_tensorflow_loads_is_one_line_on_stderr(trained_run, 
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "cannot load" in result.stderr
     ok = subprocess.run([str(script), "generate", str(trained_run), "--max-length", "5"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and ok.stderr == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_checkpoints_then_says_how_to_resume_and_resume_is_exact(corpus_file, tmp_path, signal_name):
+    """SIGTERM is handled as Ctrl-C is: a checkpoint at the next step's end, one line, exit 130; the resumed run ends
+    with the same weights as a run that was never stopped."""
+    import signal
+    import time
+
+    import keras
+
+    settings = [*tiny_args(), "--set", "train.steps_per_epoch=120", "--set", "train.epochs=4", "--set", "runtime.deterministic=true",
+                "--set", "train.sample_length=0", "--set", "model_args.dropout=0.2"]
+    base = [sys.executable, "-m", "cli", "train", "lstm-textgen", "--data", str(corpus_file), "--quiet", *settings]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    first = subprocess.run([*base, "--out", str(straight)], capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-2000:]
+    process = subprocess.Popen([*base, "--out", str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not (stopped / "metrics.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # training has started
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == f"interrupted; continue with `kerasllm train --resume {stopped}`"
+    newest = sorted((stopped / "checkpoints").iterdir())[-1]
+    state = json.loads((newest / "state.json").read_text())
+    assert state["epoch"] < 4 and not (stopped / "model.keras").exists()  # stopped part-way, at a step's end
+    resumed = subprocess.run([sys.executable, "-m", "cli", "train", "--resume", str(stopped), "--quiet"], capture_output=True,
+                             text=True, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    one = keras.saving.load_model(straight / "model.keras", compile=False).get_weights()
+    two = keras.saving.load_model(stopped / "model.keras", compile=False).get_weights()
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_a_process_that_cannot_reach_a_steps_end_still_ends_on_sigterm(tmp_path):
+    """A worker blocked on a dead peer runs no Python handler; the watcher thread ends it `grace_seconds` after SIGTERM."""
+    import signal
+    import time
+
+    script = ("import time\nfrom kerasllm.interrupts import graceful_stop\nprint('ready', flush=True)\n"
+              "with graceful_stop(lambda: None, grace_seconds=1.0, where='RUN'):\n    time.sleep(120)  # never checks the request\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.strip() == ("stopped: training did not reach a step's end within 1 s of the signal (waiting on another "
+                              "worker?); continue with `kerasllm train --resume RUN`")

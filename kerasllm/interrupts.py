@@ -1,0 +1,70 @@
+"""Ctrl-C and SIGTERM during training: a checkpoint at the next step's end, then one line; a second signal stops at once.
+
+A process blocked inside TensorFlow (a worker waiting on a collective for a peer that is gone) runs no Python signal
+handler until the call returns, which is why such a worker once ignored SIGTERM. So the signal is also written to a
+wakeup pipe that a watcher thread reads: if the training loop has not stopped `grace_seconds` after the first
+signal, the watcher prints one line and ends the process (exit code 128 + the signal's number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+GRACE_SECONDS = 30.0
+
+
+@contextlib.contextmanager
+def graceful_stop(request_stop: Callable[[], None], grace_seconds: float = GRACE_SECONDS, where: str = "") -> Iterator[None]:
+    """Inside the block, the first SIGINT/SIGTERM calls `request_stop()` (the loop checkpoints and stops); a second
+    raises KeyboardInterrupt. Outside the main thread (where Python cannot set handlers) the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt
+        request_stop()
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous = {number: signal.signal(number, handler) for number in SIGNALS}
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(read_fd, done, grace_seconds, where), daemon=True, name="kerasllm-signals")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        signal.set_wakeup_fd(previous_fd)
+        for number, old in previous.items():
+            signal.signal(number, old)
+        os.close(write_fd)  # the watcher's read returns: it ends
+        watcher.join(timeout=5)
+        os.close(read_fd)
+
+
+def _watch(read_fd: int, done: threading.Event, grace_seconds: float, where: str) -> None:
+    """Wait for a signal byte; if the loop is still running `grace_seconds` later, end the process with one line."""
+    try:
+        data = os.read(read_fd, 1)
+    except OSError:
+        return
+    if not data or done.is_set():
+        return
+    if done.wait(grace_seconds):
+        return
+    resume = f"; continue with `kerasllm train --resume {where}`" if where else ""
+    sys.stderr.write(f"stopped: training did not reach a step's end within {grace_seconds:g} s of the signal "
+                     f"(waiting on another worker?){resume}\n")
+    sys.stderr.flush()
+    os._exit(128 + data[0])
