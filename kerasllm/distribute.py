@@ -27,6 +27,7 @@ import re
 import sys
 from pathlib import Path
 
+from kerasllm import interrupts
 from kerasllm.config import PRECISIONS, STRATEGIES
 from kerasllm.errors import UserError
 
@@ -80,6 +81,16 @@ def check_task(cluster: dict, task: dict) -> None:
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(jobs[kind]):
         raise UserError(f"TF_CONFIG's task index {index!r} is not one of the cluster's {len(jobs[kind])} {kind} task(s) "
                         f"(0 to {len(jobs[kind]) - 1}); give each process its own index")
+
+
+def join_timeout_message(config: dict, timeout: float) -> str:
+    """What a worker says when the cluster has not come together within runtime.worker_timeout."""
+    me = (config["task"].get("type", "worker"), config["task"].get("index", 0))
+    others = [f"{job} {index} ({address})" for job, hosts in config["cluster"].items() if isinstance(hosts, list)
+              for index, address in enumerate(hosts) if (job, index) != me]
+    return (f"the multi-worker job did not start: {', '.join(others)} did not join within runtime.worker_timeout="
+            f"{timeout:g} s; start every worker with the same TF_CONFIG cluster (each with its own task index), or raise "
+            "runtime.worker_timeout")
 
 
 def tpu_present(env: dict | None = None) -> bool:
@@ -204,7 +215,9 @@ def _new_tf_strategy(kind: str, worker_timeout: float):
                             "see the README's 'Several machines' section")
         # a collective that waits longer than this for a peer fails: a dead worker ends the job instead of hanging it
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=worker_timeout or None)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        # joining the cluster waits for every worker with no timeout of its own (392 s were seen with a 20 s timeout)
+        with interrupts.deadline(worker_timeout, join_timeout_message(tf_config(), worker_timeout)):
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     if kind == "cpu" and gpus:

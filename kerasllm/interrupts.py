@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 from typing import Callable, Iterator
@@ -68,3 +69,22 @@ def _watch(read_fd: int, done: threading.Event, grace_seconds: float, where: str
                      f"(waiting on another worker?){resume}\n")
     sys.stderr.flush()
     os._exit(128 + data[0])
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, message: str) -> Iterator[None]:
+    """If the block has not finished `seconds` after it began, `message` is written as one line and the process is
+    killed: for a call that blocks inside TensorFlow with no timeout of its own (joining workers that never started)
+    and holds the GIL while it waits, so no Python thread or handler of this process could act. The watcher is a small
+    separate process, stopped when the block ends. 0: no limit."""
+    if not seconds:
+        yield
+        return
+    code = (f"import os, signal, sys, time\ntime.sleep({float(seconds)!r})\n"
+            f"sys.stderr.write({('error: ' + message + chr(10))!r})\nsys.stderr.flush()\nos.kill({os.getpid()}, signal.SIGKILL)\n")
+    watcher = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        watcher.kill()
+        watcher.wait()

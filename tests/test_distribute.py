@@ -280,6 +280,25 @@ def test_a_worker_that_dies_fails_the_job_with_one_line_in_bounded_time(zoo_data
     assert "the multi-worker job failed: worker 1 stopped responding" in last and "Traceback" not in chief.stderr
 
 
+@pytest.mark.slow
+def test_a_worker_that_never_starts_ends_the_others_with_one_line(zoo_data, tmp_path):
+    """Joining the cluster has no timeout of its own (a worker once waited 392 s with runtime.worker_timeout=20)."""
+    ports = free_ports(2)
+    env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                                                 "task": {"type": "worker", "index": 0}}))
+    from tests.zoo_cases import cases
+
+    sets = [arg for item in cases(zoo_data)["lstm-textgen"] for arg in ("--set", item)]
+    alone = subprocess.run([sys.executable, "-m", "cli", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
+                            "--set", "runtime.worker_timeout=5", "--quiet"],
+                           capture_output=True, text=True, timeout=5 + 60, cwd=str(ROOT), env=env)  # hangs: the test fails
+    assert alone.returncode != 0
+    assert alone.stderr.strip().splitlines()[-1] == (
+        f"error: the multi-worker job did not start: worker 1 (127.0.0.1:{ports[1]}) did not join within runtime.worker_timeout=5 s; "
+        "start every worker with the same TF_CONFIG cluster (each with its own task index), or raise runtime.worker_timeout")
+    assert not (tmp_path / "run").exists()
+
+
 # --- precision -------------------------------------------------------------------------------------
 
 @pytest.mark.slow
