@@ -159,7 +159,8 @@ class Checkpointing(keras.callbacks.Callback):
             self.save()
             self.interrupted = self.model.stop_training = True
             return
-        if self.every_steps:
+        at_epoch_end = self.steps_per_epoch and self.offset + batch + 1 >= self.steps_per_epoch
+        if self.every_steps and not at_epoch_end:  # the epoch's own checkpoint follows its last step (with validation)
             step = self.step_offset + optimizer_step(self.model.optimizer)
             if step // self.every_steps > self.state.global_step // self.every_steps:
                 self.state.global_step, self.state.step_in_epoch = step, self.offset + batch + 1

@@ -1,0 +1,65 @@
+"""kill -9 at a random moment, then `--resume`: every zoo model ends where an uninterrupted run ends.
+
+Each model trains at its own defaults (steps per call, loop, dropout) with tiny sizes, `runtime.deterministic=true`
+and a step checkpoint every 2 steps; the kill lands after the first checkpoint, at a random moment (during a step,
+validation or a checkpoint write). hub-classifier runs through `kerasllm finetune` (a fine-tuning run).
+"""
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerasllm import catalog
+from tests.zoo_cases import cli_args, write_cases
+
+ROOT = Path(__file__).parent.parent
+STEPS = 10  # per epoch: a multiple of every model's steps per call (transformer-lm: 10)
+
+
+@pytest.fixture(scope="module")
+def zoo_settings(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo")
+    return {name: [item for item in settings if item not in ("model_args.dropout=0.0", "train.steps_per_epoch=1",
+                                                              "train.epochs=1", "runtime.steps_per_execution=1")]
+            for name, settings in write_cases(folder / "data").items()}
+
+
+def run(args: list[str], **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(ROOT), **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", catalog.names())
+def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, name):
+    from kerasllm.saving import load_model
+
+    settings = [*zoo_settings[name], "train.epochs=2", f"train.steps_per_epoch={STEPS}", "train.checkpoint_every_steps=2",
+                "train.keep_checkpoints=0", "runtime.deterministic=true", "train.validation_steps=2"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    started = time.monotonic()
+    _, stderr = (process := run(cli_args(name, settings, straight))).communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    duration = time.monotonic() - started
+    victim = run(cli_args(name, settings, killed))
+    started = time.monotonic()
+    while not list((killed / "checkpoints").glob("step-*")) and victim.poll() is None and time.monotonic() < started + 300:
+        time.sleep(0.05)
+    # a random moment between the first checkpoint and the end of training (a straight run's last ~15 % is saving)
+    time.sleep(random.Random(name).uniform(0.0, max(0.0, 0.85 * duration - (time.monotonic() - started))))
+    victim.kill()  # SIGKILL: no handler runs
+    victim.communicate(timeout=60)
+    assert victim.returncode == -9, "the run ended before the kill; nothing was interrupted"
+    landed = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    _, stderr = (resumed := run(["train", "--resume", str(killed), "--quiet"])).communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    one, two = load_model(straight).get_weights(), load_model(killed).get_weights()
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))
+    print(json.dumps({name: {"killed_after": landed[-1] if landed else None, "max_abs_diff": diff}}))
+    assert diff <= 1e-6
