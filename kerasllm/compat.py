@@ -38,6 +38,16 @@ def seed_states(model) -> list:
     return [generator.state for layer in nested_layers(model) for generator in getattr(layer, "_seed_generators", [])]
 
 
+def reseed(layer, seed, counter) -> None:
+    """Set a random preprocessing layer's generator to the state (seed, counter) before it draws (inside tf.data on the
+    TensorFlow backend): its draws then depend on them alone. Keras keeps the layer's `SeedGenerator` in the
+    undocumented attribute `generator`, and its random ops take no tensor seed. Checked on Keras 3.15.1."""
+    import tensorflow as tf
+
+    state = layer.generator.state
+    state.assign(tf.cast(tf.stack([tf.cast(seed, tf.int64), tf.cast(counter, tf.int64)]), state.dtype))
+
+
 def lora_base_kernel(layer):
     """The frozen kernel under a LoRA-enabled Dense/EinsumDense (`layer.kernel` returns base + adapters merged;
     `_kernel` is the base alone, which un-merging a checkpoint's kernels must assign). Checked on Keras 3.15.1."""

@@ -77,3 +77,14 @@ def test_clip_across_replicas_replaces_the_optimizers_clipping():
     # outside a replica context it clips as Keras does: to the global norm
     clipped = optimizer._clip_gradients([keras.ops.convert_to_tensor(np.full((4,), 3.0, "float32"))])
     assert np.isclose(np.linalg.norm(keras.ops.convert_to_numpy(clipped[0])), 1.0, atol=1e-5)
+
+
+def test_reseed_makes_a_random_layers_draws_depend_on_the_seed_alone():
+    layer = keras.layers.RandomTranslation(0.2, 0.2, fill_mode="constant")
+    images = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
+    compat.reseed(layer, 7, 3)
+    first = keras.ops.convert_to_numpy(layer(images, training=True))
+    layer(images, training=True)  # the generator moves on
+    compat.reseed(layer, 7, 3)
+    again = keras.ops.convert_to_numpy(layer(images, training=True))
+    np.testing.assert_array_equal(first, again)

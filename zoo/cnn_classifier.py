@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kerasllm import compat
 from kerasllm.config import doc
 from kerasllm.data import DataInfo
 from kerasllm.errors import UserError
@@ -90,6 +91,7 @@ def augmentation(hparams: CNNClassifierConfig):
     Applied in the input pipeline (not inside the model), so the saved and exported
     models hold no random ops: TFLite cannot convert Keras's random layers.
     """
+    import keras
     from keras import layers
 
     steps = []
@@ -104,10 +106,14 @@ def augmentation(hparams: CNNClassifierConfig):
     if not steps:
         return None
 
-    def augment(images, training=True):
+    def augment(images, training=True, seed=None):
+        """`seed=(train seed, global step)` makes the batch's draws a function of them alone (TensorFlow backend): each
+        random layer's generator starts from them, so a resumed run draws what a straight run drew."""
         # layer by layer: each random layer switches to TensorFlow ops inside tf.data on any Keras backend, a Sequential
         # around them does not (it failed on JAX)
-        for step in steps:
+        for number, step in enumerate(steps):
+            if seed is not None and keras.backend.backend() == "tensorflow":
+                compat.reseed(step, seed[0], seed[1] * len(steps) + number)
             images = step(images, training=training)
         return images
 

@@ -108,11 +108,15 @@ def image_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augme
 
     image_table, label_table = tf.constant(images), tf.constant(labels, dtype=tf.int32)
 
-    def gather(index):
+    def gather(step, index):
         batch = tf.cast(tf.gather(image_table, index), tf.float32)  # (batch, H, W, C)
-        return (augment(batch, training=True) if augment else batch), tf.gather(label_table, index)
+        if augment:  # the draws of batch `step` come from (seed, step): a resumed run augments as a straight one
+            batch = augment(batch, training=True, seed=(batching.get("shuffle_seed") or 0, step))
+        return batch, tf.gather(label_table, index)
 
-    return index_batches(len(images), batch_size, **batching).map(gather).prefetch(2).with_options(_options())
+    first = batching.get("first_epoch", 0) * batching.get("steps_per_epoch", 0) + batching.get("skip_steps", 0)
+    steps = tf.data.Dataset.range(first, 2**62)  # the global step of each batch (zip stops with the batches)
+    return tf.data.Dataset.zip((steps, index_batches(len(images), batch_size, **batching))).map(gather).prefetch(2).with_options(_options())
 
 
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, weights: np.ndarray | None = None, **batching):
