@@ -186,6 +186,31 @@ def test_a_refused_resume_writes_nothing_into_the_run(runner, trained_run, corpu
     assert checksums(run) == before
 
 
+def test_no_refused_command_writes_into_a_run(runner, trained_run, corpus_file, tmp_path):
+    """Each command refused against an existing run leaves every file of it as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = checksums(run)
+    missing = tmp_path / "missing.txt"
+    refused = [
+        (["train", "lstm-textgen", "--data", corpus_file, "--out", run, *tiny_args()], "already exists"),
+        (["train", "lstm-textgen", "--data", missing, "--out", run, "--overwrite", *tiny_args()], "does not exist"),
+        (["train", "--resume", run, "--set", "model_args.units=8"], "--resume cannot change model_args"),
+        (["train", "--resume", run, "--set", "train.steps_per_epoch=-1"], "train.steps_per_epoch must be 0"),
+        (["finetune", run, "--data", corpus_file, "--out", run], "already exists"),
+        (["finetune", run, "--data", corpus_file, "--method", "lora", "--out", tmp_path / "ft"], "no attention layers for LoRA"),
+        (["evaluate", run, "--data", missing], "does not exist"),
+        (["evaluate", run, "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["generate", run, "--beam", "100000"], "more than 256 beams"),
+        (["export", run, "--format", "onnx2"], "unknown export format"),
+        (["export", run, "--out", run / "model.keras", "--overwrite"], "is the source model itself"),
+        (["export", run, "--format", "h5", "--out", run / "model.h5"], "would write into the run folder"),
+    ]
+    for args, message in refused:
+        assert_user_error(invoke(runner, *args), message)
+        assert checksums(run) == before, args
+
+
 def test_resuming_a_finished_run_says_there_is_nothing_to_do(runner, trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
