@@ -446,8 +446,11 @@ def absolute_source(source: str, base: Path | None = None) -> str:
     return str(path.resolve()) if path.exists() else source  # a missing path is reported as given
 
 
-def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), preset: str | None = None) -> RunConfig:
-    """Builder defaults ← preset ← config file ← overrides, validated; local data paths made absolute."""
+def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), preset: str | None = None,
+            inherited: dict | None = None) -> RunConfig:
+    """The one config pipeline, for `train`, `finetune` and everything after them: builder defaults ← preset ← what a
+    fine-tuning run inherits from its base (`inherited`, a config mapping) ← config file ← overrides (`--set`, then the
+    flags named after keys), validated; local data paths made absolute."""
     config = default_config(spec)
     if preset is not None:
         if preset not in spec.presets:
@@ -459,6 +462,8 @@ def resolve(spec, config_file: Path | None = None, overrides: list[str] = (), pr
             if "." in key:
                 section, _, name = key.partition(".")
                 _update(getattr(config, section), {name: value}, section)
+    if inherited:
+        apply_file(config, inherited)
     if config_file is not None:
         apply_file(config, read_config_file(config_file))
     apply_overrides(config, list(overrides))

@@ -104,11 +104,7 @@ def finetune_config(base: Base, data: str | None, overrides: list[str], method: 
              f"finetune.base={base.source}", f"finetune.base_sha256={base.sha256}"]
     if data is not None:
         flags.append(f"data.source={data}")
-    config = config_lib.default_config(spec)
-    config_lib.apply_file(config, saved)
-    config_lib.apply_overrides(config, [*overrides, *flags])
-    config.data.source = config_lib.absolute_source(config.data.source)
-    config_lib.validate(config)
+    config = config_lib.resolve(spec, overrides=[*overrides, *flags], inherited=saved)
     if method == "freeze" and not spec.head_layers:
         raise UserError(f"{spec.name} has no head to train alone (its output layer is tied to its embedding); use --method full or lora")
     if unfreeze_after and method != "freeze":

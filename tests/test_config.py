@@ -172,3 +172,10 @@ def test_a_plugin_task_declares_its_own_section():
         spec = catalog.with_sections(dataclasses.replace(SPEC, name="dancer", task="dance"))
         config = config_lib.resolve(spec, None, ["dance.tempo=90", "tempo=100"])
     assert config.dance.tempo == 100 and config.to_dict()["dance"] == {"tempo": 100}
+
+
+def test_finetune_resolves_through_the_one_pipeline():
+    """What a base hands on comes after the preset and before --set: the user's settings win."""
+    inherited = {"model_args": {"units": 24}, "data": {"sequence_length": 20, "tokenizer": "word"}}
+    config = config_lib.resolve(SPEC, None, ["data.sequence_length=30", "train.epochs=1"], inherited=inherited)
+    assert (config.model_args.units, config.data.sequence_length, config.data.tokenizer, config.train.epochs) == (24, 30, "word", 1)

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -263,7 +262,6 @@ def test_two_workers_resume_from_the_chiefs_checkpoint(zoo_data, tmp_path):
 @pytest.mark.slow
 def test_a_worker_that_dies_fails_the_job_with_one_line_in_bounded_time(zoo_data, tmp_path):
     ports = free_ports(2)
-    started = time.monotonic()
     dying = start_worker(1, ports, tmp_path / "run", "lstm-textgen", zoo_data, 1, "die")
     env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                                  "task": {"type": "worker", "index": 0}}))
@@ -272,10 +270,10 @@ def test_a_worker_that_dies_fails_the_job_with_one_line_in_bounded_time(zoo_data
     sets = [arg for item in cases(zoo_data)["lstm-textgen"] for arg in ("--set", item)]
     chief = subprocess.run([sys.executable, "-m", "cli", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
                             "--set", "train.steps_per_epoch=3", "--set", "runtime.worker_timeout=20", "--quiet"],
-                           capture_output=True, text=True, timeout=240, cwd=str(ROOT), env=env)
+                           capture_output=True, text=True, timeout=20 + 100, cwd=str(ROOT), env=env)
     dying.communicate(timeout=60)
     assert dying.returncode == 3
-    assert chief.returncode == 2 and time.monotonic() - started < 120
+    assert chief.returncode == 2  # within subprocess.run's timeout: a hang fails the test
     last = chief.stderr.strip().splitlines()[-1]
     assert "the multi-worker job failed: worker 1 stopped responding" in last and "Traceback" not in chief.stderr
 
