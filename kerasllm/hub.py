@@ -14,13 +14,23 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import compat, files
+from kerasllm import compat, files, network
 from kerasllm.errors import UserError
 
 # Lazy imports: keras-hub is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.
 
 SCHEMES = ("kaggle://", "hf://", "modelscope://")
+HOSTS = {"kaggle://": "www.kaggle.com", "hf://": "huggingface.co", "modelscope://": "www.modelscope.cn"}
+
+
+def check_reachable(preset: str, what: str) -> None:
+    """A handle's host is asked first, in about two seconds: offline, the libraries retried for half a minute and then
+    blamed a missing config.json."""
+    host = next((host for scheme, host in HOSTS.items() if preset.startswith(scheme)), None)
+    if host is not None:
+        network.require(host, f"load the {what} of preset {preset}",
+                        "download it on a machine with a network (keras-hub `save_to_preset`) and pass the local preset folder")
 TOKENIZER_PRESET_DIR = "hub_tokenizer"
 
 
@@ -40,6 +50,7 @@ def _failed(what: str, preset: str, error: Exception) -> UserError:
 
 
 def load_backbone(preset: str):
+    check_reachable(preset, "backbone")
     import keras_hub
 
     try:
@@ -49,6 +60,7 @@ def load_backbone(preset: str):
 
 
 def load_tokenizer(preset: str) -> "HubTokenizer":
+    check_reachable(preset, "tokenizer")
     import keras_hub
 
     try:

@@ -73,3 +73,14 @@ def test_an_export_never_writes_into_a_runs_own_files(tmp_path):
             export.check_out(out, fmt, source, True)
     export.check_out(other / files.EXPORT_DIR / "model.keras", "keras", source, True)  # its export folder is for exports
     assert (other / files.MODEL_FILE).read_text() == "trained"
+
+
+def test_offline_a_preset_handle_is_one_line_before_any_retry(monkeypatch):
+    from kerasllm import network
+
+    monkeypatch.setattr(network, "_reachable", {"huggingface.co": False})
+    with pytest.raises(UserError) as error:
+        hub.load_backbone("hf://keras/bert_tiny_en_uncased")
+    assert str(error.value) == ("cannot reach huggingface.co to load the backbone of preset hf://keras/bert_tiny_en_uncased "
+                                "(no network?); download it on a machine with a network (keras-hub `save_to_preset`) and "
+                                "pass the local preset folder")

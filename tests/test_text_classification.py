@@ -149,6 +149,13 @@ def test_labels_are_values_not_spellings():
     assert ClassLabels.from_labels(["pos", " pos ", "neg"]).class_names == ["neg", "pos"]
 
 
+def test_plain_text_is_not_taken_for_label_lines(tmp_path):
+    prose = tmp_path / "story.txt"
+    prose.write_text("\n".join(f"Word{i} went to the market and came back." for i in range(40)))
+    with pytest.raises(UserError, match=r"does not look like '<label> <text>' lines: their first words give 40 labels"):
+        load_labelled(str(prose))
+
+
 def test_the_label_column_is_never_read_as_text(tmp_path):
     table = tmp_path / "reviews.csv"
     table.write_text("text,label\na fine film,1\na dull film,0\ngreat,1\nbad,0\n")
@@ -397,9 +404,13 @@ def test_finetune_a_local_keras_hub_preset(runner, presets, sst, tmp_path, which
     assert json.loads((out / "metrics.json").read_text())["parent"]["kind"] == "preset"
 
 
-def test_an_unreachable_preset_handle_is_one_line(runner, sst, tmp_path):
+def test_an_unreachable_preset_handle_is_one_line(runner, sst, tmp_path, monkeypatch):
+    from kerasllm import network
+
+    monkeypatch.setattr(network, "_reachable", {"www.kaggle.com": False})  # offline, whatever this machine has
     result = invoke(runner, "finetune", "kaggle://keras/bert/keras/bert_tiny_en_uncased/2", "--data", sst, "--out", tmp_path / "x")
-    assert result.exit_code == 2 and "cannot load the" in result.output and "local preset folder" in result.output
+    assert_user_error(result, "cannot reach www.kaggle.com to load the tokenizer of preset kaggle://keras/bert/keras/bert_tiny_en_uncased/2")
+    assert "local preset folder" in result.stderr and not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

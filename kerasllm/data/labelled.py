@@ -165,7 +165,21 @@ def read_label_lines(path: Path) -> Examples:
         labels.append(label)
     if not texts:
         raise UserError(f"{path} holds no examples; each line must be '<label> <text>'")
+    check_label_lines(path, labels)
     return Examples(texts, labels)
+
+
+MAX_LINE_LABELS = 50  # SST-style files hold a few classes; prose read that way gives one "class" per first word
+
+
+def check_label_lines(path: Path, labels: list[str]) -> None:
+    """Refuse plain text taken for `<label> <text>` lines: its first words would become hundreds of classes."""
+    distinct = sorted(set(labels))
+    if len(distinct) > MAX_LINE_LABELS or (len(labels) >= 20 and len(distinct) > len(labels) / 2):
+        shown = ", ".join(repr(label) for label in distinct[:4])
+        raise UserError(f"{path} does not look like '<label> <text>' lines: their first words give {len(distinct)} labels "
+                        f"({shown}, ...); label the lines, or use a .csv/.tsv/.jsonl file with a label column "
+                        "(plain text trains a language model)")
 
 
 def read_file(path: Path, text_column: str, label_column: str) -> Examples:
