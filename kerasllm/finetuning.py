@@ -187,10 +187,10 @@ def lora_targets(model, spec) -> list:
 def check_lora_rank(targets: list, rank: int) -> None:
     """A rank above the adapted matrices' smaller side adds parameters and no expressiveness (the update is full rank
     already); `--lora-rank 100000` on a 16-wide model once made 99.93 % of the weights trainable."""
-    widths = [min(int(np.prod(sub.kernel.shape[:-1])), int(sub.kernel.shape[-1])) for sub in targets]
+    widths = [min(int(sub.kernel.shape[0]), int(np.prod(sub.kernel.shape[1:]))) for sub in targets]  # in, all outputs
     if widths and rank > min(widths):
-        raise UserError(f"--lora-rank {rank} is more than the adapted projections' width ({min(widths)}); use a rank of at "
-                        f"most {min(widths)} (4-16 is usual)")
+        raise UserError(f"--lora-rank {rank} is more than the model's width at the adapted projections ({min(widths)}); use a "
+                        f"rank of at most {min(widths)} (4-16 is usual)")
 
 
 def enable_lora(model, spec, rank: int, alpha: float = 0.0) -> int:

@@ -31,6 +31,12 @@ def zoo_settings(tmp_path_factory):
             for name, settings in write_cases(folder / "data").items()}
 
 
+def complete_checkpoints(run_dir: Path) -> list:
+    """Checkpoints renamed into place (a `.partial` one is still being written)."""
+    folder = run_dir / "checkpoints"
+    return [p for p in folder.glob("step-*") if not p.name.endswith(".partial")] if folder.is_dir() else []
+
+
 def run(args: list[str], **kwargs):
     return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=str(ROOT), **kwargs)
@@ -53,9 +59,9 @@ def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, n
         shutil.rmtree(killed, ignore_errors=True)
         victim = run(cli_args(name, settings, killed))
         started = time.monotonic()
-        while not list((killed / "checkpoints").glob("step-*")) and victim.poll() is None and time.monotonic() < started + 300:
+        while not complete_checkpoints(killed) and victim.poll() is None and time.monotonic() < started + 300:
             time.sleep(0.05)
-        # a random moment between the first checkpoint and the end of training (a straight run's last part is saving)
+        # a random moment between the first complete checkpoint and the end of training (a straight run's last part is saving)
         time.sleep(rng.uniform(0.0, max(0.0, 0.6 * duration / (attempt + 1) - (time.monotonic() - started))))
         victim.kill()  # SIGKILL: no handler runs
         victim.communicate(timeout=60)
