@@ -153,18 +153,18 @@ class Checkpointing(keras.callbacks.Callback):
             prune_checkpoints(self.run_dir, self.keep, self.state.best_checkpoint)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.stop_requested and not self.interrupted and self.offset + batch + 1 < self.steps_per_epoch:
-            self.state.global_step = self.step_offset + optimizer_step(self.model.optimizer)
-            self.state.step_in_epoch = self.offset + batch + 1
-            self.save()
-            self.interrupted = self.model.stop_training = True
+        done = self.offset + batch + 1  # steps done in this epoch
+        if self.steps_per_epoch and done >= self.steps_per_epoch:
+            return  # the epoch's own checkpoint follows its last step (with validation); a stop asked now waits for it
+        stop = self.stop_requested and not self.interrupted
+        if not (stop or self.every_steps):
             return
-        at_epoch_end = self.steps_per_epoch and self.offset + batch + 1 >= self.steps_per_epoch
-        if self.every_steps and not at_epoch_end:  # the epoch's own checkpoint follows its last step (with validation)
-            step = self.step_offset + optimizer_step(self.model.optimizer)
-            if step // self.every_steps > self.state.global_step // self.every_steps:
-                self.state.global_step, self.state.step_in_epoch = step, self.offset + batch + 1
-                self.save()
+        step = self.step_offset + optimizer_step(self.model.optimizer)
+        if stop or step // self.every_steps > self.state.global_step // self.every_steps:
+            self.state.global_step, self.state.step_in_epoch = step, done
+            self.save()
+            if stop:
+                self.interrupted = self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if self.interrupted:  # the epoch did not end: the step checkpoint holds where it stopped

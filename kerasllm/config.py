@@ -221,6 +221,10 @@ MOVED = {
 }
 
 
+def _no_section(config: RunConfig, section: str, key: str, target: str) -> UserError:
+    return UserError(f"{section}.{key} is now {target}.{key}, and {config.model} has no {target} section; drop it")
+
+
 def _moved(config: RunConfig, section: str, values: dict) -> dict:
     """`values` for `section` less the keys that moved, which go to their new section (see `MOVED`)."""
     kept, notes = {}, []
@@ -234,7 +238,7 @@ def _moved(config: RunConfig, section: str, values: dict) -> dict:
             if value != old_default:
                 notes.append(f"{section}.{key} is now {target}.{key}")
         elif value != old_default:
-            raise UserError(f"{section}.{key} is now {target}.{key}, and {config.model} has no {target} section; drop it")
+            raise _no_section(config, section, key, target)
     if notes:
         config.notes.append("; ".join(notes) + " (the old key still works)")
     return kept
@@ -350,7 +354,7 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
         if name in MOVED.get(section, {}):
             target = MOVED[section][name][0]
             if target not in config.sections:
-                raise UserError(f"{section}.{name} is now {target}.{name}, and {config.model} has no {target} section; drop it")
+                raise _no_section(config, section, name, target)
             config.notes.append(f"{section}.{name} is now {target}.{name} (the old key still works)")
             section = target
         value = _parse_value(key, raw, typing.get_type_hints(type(sections[section])).get(name))

@@ -309,20 +309,17 @@ def describe(strategy, replicas: int | None = None) -> str:
 
         kind = jax.devices()[0].platform.upper()
         return f"DataParallel (JAX): {_devices(replicas, kind)}" if strategy.distribution else f"1 device ({kind}, JAX)"
-    import tensorflow as tf
-
     kind = kind_of(strategy)
-    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-    if kind == "mirrored":  # a mirrored strategy may span the CPUs even where there is a GPU (tests: 2 logical CPUs)
-        devices = [str(name).upper() for name in strategy.extended.worker_devices]
-        device = "GPU" if all("GPU" in name for name in devices) else "CPU"
     if kind == "multi-worker":
         return f"MultiWorkerMirroredStrategy: {_devices(replicas, 'replica')} over the workers"
     if kind == "tpu":
         return f"TPUStrategy: {_devices(replicas, 'TPU core')}"
-    if kind == "mirrored":
-        return f"MirroredStrategy: {_devices(replicas, device)}"
-    return f"1 device ({device})"
+    if kind == "mirrored":  # it may span the CPUs even where there is a GPU (tests: 2 logical CPUs)
+        gpus = all("GPU" in str(name).upper() for name in strategy.extended.worker_devices)
+        return f"MirroredStrategy: {_devices(replicas, 'GPU' if gpus else 'CPU')}"
+    import tensorflow as tf
+
+    return f"1 device ({'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'})"
 
 
 def needs_full_batches(strategy) -> bool:

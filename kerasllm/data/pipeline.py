@@ -115,8 +115,8 @@ def image_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augme
         return batch, tf.gather(label_table, index)
 
     first = batching.get("first_epoch", 0) * batching.get("steps_per_epoch", 0) + batching.get("skip_steps", 0)
-    steps = tf.data.Dataset.range(first, 2**62)  # the global step of each batch (zip stops with the batches)
-    return tf.data.Dataset.zip((steps, index_batches(len(images), batch_size, **batching))).map(gather).prefetch(2).with_options(_options())
+    batches = index_batches(len(images), batch_size, **batching).enumerate(start=first)  # (global step, indices)
+    return batches.map(gather).prefetch(2).with_options(_options())
 
 
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, weights: np.ndarray | None = None, **batching):
