@@ -105,6 +105,33 @@ def test_jsonl_lists_are_joined_and_references_expanded(tmp_path):
     assert len(split.train.training_pairs("first")[1]) == len(split.train)
 
 
+def test_pair_files_say_their_languages_and_a_config_may_not_contradict_them(tmp_path):
+    (tmp_path / "a.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "a.de").write_text("eins\nzwei\ndrei\n")
+    (tmp_path / "b.de").write_text("x\ny\nz\n")
+    (tmp_path / "plain.src").write_text("one\ntwo\nthree\n")
+    (tmp_path / "plain.tgt").write_text("eins\nzwei\ndrei\n")
+    pair = f"{tmp_path / 'a.en'},{tmp_path / 'a.de'}"
+    record = load_pairs(pair, Data(), 0.34).record
+    assert (record["source_lang"], record["target_lang"]) == ("en", "de") and "languages_note" not in record
+    assert load_pairs(pair, Data(source_lang="en"), 0.34).record["target_lang"] == "de"
+    with pytest.raises(UserError, match="seq2seq.source_lang is xx but the source file a.en is en; drop the setting"):
+        load_pairs(pair, Data(source_lang="xx"), 0.34)
+    with pytest.raises(UserError, match="seq2seq.target_lang is fr but the target file a.de is de"):
+        load_pairs(pair, Data(source_lang="en", target_lang="fr"), 0.34)
+    with pytest.raises(UserError, match="names two de files .* so the model would learn to copy"):
+        load_pairs(f"{tmp_path / 'a.de'},{tmp_path / 'b.de'}", Data(), 0.34)
+    # older runs' configs hold the recipes' old default pt → en for every local pair file: the files win, with a note
+    legacy = load_pairs(pair, Data(source_lang="pt", target_lang="en"), 0.34).record
+    assert (legacy["source_lang"], legacy["target_lang"]) == ("en", "de") and "old default" in legacy["languages_note"]
+    from kerasllm.tasks.seq2seq import Seq2Seq
+
+    assert legacy["languages_note"] in Seq2Seq().notes(legacy)
+    # suffixes that name sides, not languages: the config's languages (here none) are recorded
+    plain = load_pairs(f"{tmp_path / 'plain.src'},{tmp_path / 'plain.tgt'}", Data(), 0.34).record
+    assert (plain["source_lang"], plain["target_lang"]) == ("", "")
+
+
 @pytest.mark.parametrize(("files", "message"), [
     ({"a.en": "one\ntwo\n", "a.de": "eins\n"}, "has 2 lines but"),
     ({"a.en": "one\n\n", "a.de": "eins\nzwei\n"}, "pair 2 has an empty source"),
@@ -128,7 +155,11 @@ def test_tfds_translation_set_with_mock_data(tmp_path):
 
     with mock_tfds("ted_hrlr_translate/pt_to_en", {"train": 8, "validation": 8, "test": 8}, tmp_path):
         split = load_pairs("tfds:ted_hrlr_translate/pt_to_en", Data(source_lang="pt", target_lang="en"))
+        inferred = load_pairs("tfds:ted_hrlr_translate/pt_to_en", Data())  # the config name says pt → en
+        with pytest.raises(UserError, match="are both en, so the model would learn to copy"):
+            load_pairs("tfds:ted_hrlr_translate/pt_to_en", Data(source_lang="en", target_lang="en"))
     assert (len(split.train), len(split.validation), len(split.test)) == (8, 8, 8)
+    assert (inferred.record["source_lang"], inferred.record["target_lang"]) == ("pt", "en")
 
 
 # --- metrics ---------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ SPEC = ModelSpec(
     output="logits",
     defaults={
         "data": {"tokenizer": "sentencepiece", "vocab_size": 8000, "sequence_length": 64},
-        "seq2seq": {"target_length": 64, "source_lang": "pt", "target_lang": "en"},
+        "seq2seq": {"target_length": 64},
         "train": {"epochs": 10, "batch_size": 64, "learning_rate": 2e-3, "warmup_steps": 100, "sample_length": 1},
     },
     overfitting_fixes=(

@@ -242,7 +242,7 @@ SPEC = ModelSpec(
     output="logits",
     defaults={
         "data": {"tokenizer": "sentencepiece", "vocab_size": 8000, "sequence_length": 64},
-        "seq2seq": {"target_length": 64, "source_lang": "pt", "target_lang": "en", "label_smoothing": 0.1},
+        "seq2seq": {"target_length": 64, "label_smoothing": 0.1},
         "train": {"epochs": 10, "batch_size": 64, "learning_rate": 1e-3, "warmup_steps": 400, "weight_decay": 0.01,
                   "sample_length": 1},
         "runtime": {"jit_compile": True},

@@ -30,7 +30,25 @@ from kerasllm.data.text import read_text_file
 from kerasllm.errors import UserError
 
 SPLITS = {"train": ("train",), "validation": ("val", "valid", "dev", "validation")}
-NOT_LANGUAGES = {"md", "txt", "csv", "tsv", "py", "zip", "tar"}  # SOURCE.md, README.txt, … beside the data
+NOT_LANGUAGES = {"md", "txt", "csv", "tsv", "py", "zip", "tar", "src", "tgt", "trg", "out", "raw", "tok", "bpe"}
+# SOURCE.md, README.txt, … beside the data; train.src / train.tgt name sides, not languages
+LEGACY_LANGUAGES = ("pt", "en")  # the recipes' languages before local files named their own; older runs' configs hold them
+
+
+def file_language(path: Path) -> str:
+    """The language a file's suffix names (`train.de`, `a.en.gz`), or "" where the suffix is not a language code."""
+    name = path.name.removesuffix(".gz")
+    split, dot, lang = name.rpartition(".")
+    return lang.lower() if dot and split and lang.isalpha() and len(lang) <= 3 and lang.lower() not in NOT_LANGUAGES else ""
+
+
+@dataclass
+class Languages:
+    """The direction the data has: what the files or the tfds config name say, else what the config set."""
+
+    source: str = ""
+    target: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -96,10 +114,9 @@ def language_files(folder: Path) -> dict[str, dict[str, Path]]:
     """`{split: {lang: path}}` for `<split>.<lang>[.gz]` files."""
     found: dict[str, dict[str, Path]] = {}
     for path in sorted(folder.iterdir()):
-        name = path.name.removesuffix(".gz")
-        split, dot, lang = name.rpartition(".")
-        if path.is_file() and dot and split and lang.isalpha() and len(lang) <= 3 and lang not in NOT_LANGUAGES:
-            found.setdefault(split, {})[lang] = path
+        lang = file_language(path)
+        if path.is_file() and lang:
+            found.setdefault(path.name.removesuffix(".gz").rpartition(".")[0], {})[lang] = path
     return found
 
 
@@ -161,11 +178,24 @@ def read_jsonl(path: Path, source_field: str, target_field: str) -> Pairs:
     return checked(Pairs(sources, references), str(path))
 
 
+def tfds_languages(name: str, source_lang: str, target_lang: str) -> tuple[str, str]:
+    """The direction of a tfds translation set: the config's, else what a config name like `pt_to_en` says."""
+    if not source_lang and not target_lang:
+        config_name = name.partition("/")[2]
+        source, to, target = config_name.partition("_to_")
+        if to and source and target:
+            return source, target
+    return source_lang, target_lang
+
+
 def tfds_pairs(name: str, source_lang: str, target_lang: str) -> dict[str, Pairs]:
     info = tfds_source.prepared_info(name)
     features = list(info.features.keys()) if hasattr(info.features, "keys") else []
     if source_lang not in features or target_lang not in features:
         raise UserError(f"tfds:{name} has the features {', '.join(features)}; set seq2seq.source_lang and seq2seq.target_lang to two of them")
+    if source_lang == target_lang:
+        raise UserError(f"seq2seq.source_lang and seq2seq.target_lang are both {source_lang}, so the model would learn to "
+                        "copy; set two languages")
     splits = {}
     for split in tfds_source.split_names(info):
         rows = list(tfds_source.load_split(name, split).as_numpy_iterator())
@@ -174,10 +204,34 @@ def tfds_pairs(name: str, source_lang: str, target_lang: str) -> dict[str, Pairs
     return splits
 
 
-def gather(source: str, options) -> dict[str, Pairs]:
-    """The splits of a parallel-text source; `options` is the seq2seq config section (languages, JSONL fields)."""
+def pair_file_languages(first: Path, second: Path, source_lang: str, target_lang: str) -> Languages:
+    """The direction of SOURCE_FILE,TARGET_FILE: the files' language suffixes (`a.en,a.de`), which a config may repeat
+    but not contradict; without suffixes, what the config set."""
+    named = file_language(first), file_language(second)
+    if not all(named):
+        return Languages(source_lang, target_lang)
+    if named[0] == named[1]:
+        raise UserError(f"--data names two {named[0]} files ({first.name}, {second.name}), so the model would learn to "
+                        "copy; pass the source file and its translation")
+    asked = (source_lang, target_lang)
+    if asked == LEGACY_LANGUAGES and named != asked:
+        return Languages(*named, note=f"the config's languages pt → en were the recipe's old default; the files say "
+                                      f"{named[0]} → {named[1]}, and the run takes that")
+    for side, said, name, path in (("source", source_lang, named[0], first), ("target", target_lang, named[1], second)):
+        if said and said != name:
+            raise UserError(f"seq2seq.{side}_lang is {said} but the {side} file {path.name} is {name}; drop the setting, or "
+                            "pass the files as --data SOURCE_FILE,TARGET_FILE")
+    return Languages(*named)
+
+
+def gather(source: str, options) -> tuple[dict[str, Pairs], Languages]:
+    """The splits of a parallel-text source and their direction; `options` is the seq2seq config section (languages,
+    JSONL fields)."""
+    given = Languages(options.source_lang, options.target_lang)
     if source.startswith("tfds:"):
-        return tfds_pairs(source.removeprefix("tfds:"), options.source_lang, options.target_lang)
+        name = source.removeprefix("tfds:")
+        languages = Languages(*tfds_languages(name, options.source_lang, options.target_lang))
+        return tfds_pairs(name, languages.source, languages.target), languages
     if "," in source and not Path(source).exists():
         names = [part.strip() for part in source.split(",", 1)]
         if not all(names):
@@ -189,19 +243,20 @@ def gather(source: str, options) -> dict[str, Pairs]:
         if first.resolve() == second.resolve():
             raise UserError(f"--data names {first} as both the source and the target, so the model would learn to copy; "
                             "pass the source file and its translation")
-        return {"train": aligned(first, second)}
+        languages = pair_file_languages(first, second, options.source_lang, options.target_lang)
+        return {"train": aligned(first, second)}, languages
     path = Path(source).expanduser()
     if path.is_dir():
         jsonl = {split: path / f"{name}.jsonl" for split, names in {**SPLITS, "test": ("test",)}.items() for name in names
                  if (path / f"{name}.jsonl").is_file()}
         if "train" in jsonl:
-            return {split: read_jsonl(file, options.source_field, options.target_field) for split, file in jsonl.items()}
-        return language_folder(path, options.source_lang, options.target_lang)
+            return {split: read_jsonl(file, options.source_field, options.target_field) for split, file in jsonl.items()}, given
+        return language_folder(path, options.source_lang, options.target_lang), given
     if path.is_file():
         if path.suffix == ".jsonl":
-            return {"train": read_jsonl(path, options.source_field, options.target_field)}
+            return {"train": read_jsonl(path, options.source_field, options.target_field)}, given
         if path.suffix == ".tsv":
-            return {"train": read_tsv(path)}
+            return {"train": read_tsv(path)}, given
         raise UserError(f"{path} is one file; pass two line-aligned files (--data a.en,a.de), a .tsv or .jsonl file, or a folder")
     raise UserError(f"data path {path} does not exist; pass SOURCE_FILE,TARGET_FILE, a folder of <split>.<lang> files, "
                     "a .tsv or .jsonl file, or tfds:NAME")
@@ -217,7 +272,7 @@ def digest(*parts: Pairs | None) -> str:
 
 def load_pairs(source: str, options, validation_fraction: float = 0.1) -> PairSplit:
     """Training, validation (the source's, else a seeded random fraction) and test pairs, with a record."""
-    splits = gather(source, options)
+    splits, languages = gather(source, options)
     train, validation, test = splits.get("train"), splits.get("validation"), splits.get("test")
     if train is None or not len(train):
         raise UserError(f"{source} has no training pairs")
@@ -232,7 +287,9 @@ def load_pairs(source: str, options, validation_fraction: float = 0.1) -> PairSp
     if not len(validation):
         raise UserError(f"the validation split of {source} is empty; use more pairs or a larger data.validation_fraction")
     record = {"source": source, "sha256": digest(train, validation, test), "split": how, "validation_fraction": validation_fraction,
-              "source_lang": options.source_lang, "target_lang": options.target_lang, "train_pairs": len(train),
+              "source_lang": languages.source, "target_lang": languages.target, "train_pairs": len(train),
               "validation_pairs": len(validation), "test_pairs": len(test) if test else 0,
               "references_per_source": round(float(np.mean([len(r) for r in train.references])), 3)}
+    if languages.note:
+        record["languages_note"] = languages.note
     return PairSplit(train, validation, test, record)

@@ -53,7 +53,9 @@ class TargetTokenizer:
 class Seq2SeqConfig:
     """The seq2seq task's own config section, `seq2seq.*` (these keys were `data.*` and `train.label_smoothing` before)."""
 
-    source_lang: str = field(default="", metadata=doc("The source language of a folder of <split>.<lang> files (or a tfds feature)."))
+    source_lang: str = field(default="", metadata=doc(
+        "The source language: a tfds feature, or the <lang> of a folder of <split>.<lang> files. Files named a.en,a.de "
+        "and tfds configs named pt_to_en say it themselves."))
     target_lang: str = field(default="", metadata=doc("The target language."))
     source_field: str = field(default="source", metadata=doc("JSONL: the source field (a list of strings is joined)."))
     target_field: str = field(default="target", metadata=doc("JSONL: the target field (a list is several references)."))
@@ -358,7 +360,7 @@ class Seq2Seq(Task):
         return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "accuracy": float(results["accuracy"])}
 
     def notes(self, record: dict) -> list[str]:
-        notes = []
+        notes = [record["languages_note"]] if record.get("languages_note") else []
         if record.get("truncated_train_pairs"):
             notes.append(f"{record['truncated_train_pairs']:,} training pairs were longer than the rows "
                          f"({record.get('sequence_length')} source / {record.get('target_length')} target tokens) and were truncated; "
@@ -384,7 +386,7 @@ class Seq2Seq(Task):
             check_unchanged(split.record, run.data_record)
             return split.validation, f"validation split of {config.source}"
 
-        splits = gather(absolute_source(data) if "," not in data else data, options)
+        splits, _ = gather(absolute_source(data) if "," not in data else data, options)
         if "test" in splits:
             return splits["test"], f"test split of {data}"
         parts = list(splits.values())
