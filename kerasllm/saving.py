@@ -59,6 +59,15 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def _is_hdf5(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
 def _safety_error(error: Exception, path: Path) -> UserError | None:
     if "safe_mode" in str(error) or "unsafe" in str(error).lower():
         return UserError(f"{path} contains code (e.g. a Lambda layer) that safe mode will not run; pass --unsafe if you trust the file")
@@ -77,6 +86,13 @@ def load_model(path: Path, *, unsafe: bool = False, on_note=None):
     import zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization (imported here: it loads Keras)
 
     path = model_path(path)
+    hint = (f"if training was interrupted, `kerasllm train --resume {path.parent}` rebuilds it"
+            if is_run_dir(path.parent) else "check that the file is a complete Keras model")
+    whole = is_complete(path) if path.suffix == ".keras" else _is_hdf5(path)
+    if not whole:  # Keras says "File not found" for a file that is there but cut short
+        kind = "a .keras file (a zip archive)" if path.suffix == ".keras" else "an HDF5 file"
+        raise UserError(f"{path} is not a complete model file: its {path.stat().st_size:,} bytes do not read as {kind}, "
+                        f"so it was cut short or is another kind of file; {hint}")
     try:
         if path.suffix == ".keras":
             return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
@@ -87,8 +103,6 @@ def load_model(path: Path, *, unsafe: bool = False, on_note=None):
     except UserError:
         raise
     except Exception as error:  # Keras raises many types for a bad file
-        hint = (f"if training was interrupted, `kerasllm train --resume {path.parent}` rebuilds it"
-                if is_run_dir(path.parent) else "check that the file is a complete Keras model")
         raise _safety_error(error, path) or UserError(
             f"cannot load {path}: {(str(error).splitlines() or [type(error).__name__])[0][:200]}; {hint}"
         ) from error

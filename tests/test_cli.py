@@ -141,7 +141,7 @@ def test_evaluate_errors(runner, tmp_path, trained_run):
     copy = tmp_path / "corrupt"
     shutil.copytree(trained_run, copy)
     (copy / "model.keras").write_bytes(b"not a zip file")
-    assert_user_error(invoke(runner, "evaluate", copy), "cannot load")
+    assert_user_error(invoke(runner, "evaluate", copy), "is not a complete model file: its 14 bytes do not read as a .keras file")
     loose = tmp_path / "loose.keras"
     shutil.copy(trained_run / "model.keras", loose)
     assert_user_error(invoke(runner, "evaluate", loose), "is not inside a run folder, so its config.yaml, data.json and tokenizer")
@@ -181,7 +181,7 @@ def test_export_errors(runner, trained_run, tmp_path):
                       "is the source model itself")
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"\x89HDF\r\n garbage")
-    assert_user_error(invoke(runner, "export", bad), "not a readable HDF5 file")
+    assert_user_error(invoke(runner, "export", bad), "is not a complete model file: its 14 bytes do not read as an HDF5 file")
     text = tmp_path / "notes.txt"
     text.write_text("hi")
     assert_user_error(invoke(runner, "export", text), "is not a model file")

@@ -53,6 +53,10 @@ def test_idx_reader(tmp_path, compress):
 
 
 def test_idx_errors(tmp_path):
+    write_idx(tmp_path / "z", np.zeros((2, 3, 4)), True)
+    (tmp_path / "cut").write_bytes((tmp_path / "z").read_bytes()[:-6])
+    with pytest.raises(UserError, match="is a gzip file cut short .* copy or download it again"):
+        read_idx(tmp_path / "cut")
     write_idx(tmp_path / "x", np.zeros((2, 3, 4)))
     (tmp_path / "short").write_bytes((tmp_path / "x").read_bytes()[:-5])
     with pytest.raises(UserError, match="is truncated"):

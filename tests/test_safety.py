@@ -340,7 +340,7 @@ def test_a_user_error_after_tensorflow_loads_is_one_line_on_stderr(trained_run, 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run([str(script), "evaluate", str(run)], capture_output=True, text=True, env=env)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "cannot load" in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "not a complete model file" in result.stderr
     ok = subprocess.run([str(script), "generate", str(trained_run), "--max-length", "5"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and ok.stderr == ""
 

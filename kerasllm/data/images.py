@@ -26,7 +26,6 @@ Sources:
 from __future__ import annotations
 
 import collections
-import gzip
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm.data import tfds as tfds_source
+from kerasllm.data.text import GZIP_MAGIC, gunzip
 from kerasllm.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
@@ -144,12 +144,7 @@ def builtin_images(name: str):
 
 def _open_maybe_gzip(path: Path) -> bytes:
     data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as error:
-            raise UserError(f"{path} is a damaged gzip file ({error}); re-download it") from error
-    return data
+    return gunzip(path, data) if data[:2] == GZIP_MAGIC else data
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -17,7 +17,6 @@ Sources (`--data`):
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from dataclasses import dataclass
@@ -80,13 +79,7 @@ class PairSplit:
 
 
 def read_lines(path: Path) -> list[str]:
-    if path.suffix == ".gz":
-        try:
-            text = gzip.decompress(path.read_bytes()).decode("utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"{path} is not gzip-compressed UTF-8 text ({error}); pass plain or .gz UTF-8 files") from error
-    else:
-        text = read_text_file(path)
+    text = read_text_file(path)
     lines = text.split("\n")
     return lines[:-1] if lines and lines[-1] == "" else lines
 

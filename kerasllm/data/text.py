@@ -14,6 +14,8 @@ Built-in corpora (need no network):
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
 from kerasllm.data.splits import TextSplit, check_unchanged, python_version, split_by_fraction, text_split
@@ -44,11 +46,28 @@ def builtin_vocab_size(source: str) -> int:
     return len(set(split_by_fraction(builtin_text(source.removeprefix("builtin:")), 0.1)[0])) + len(BASE_SPECIALS)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gunzip(path: Path, data: bytes) -> bytes:
+    """A gzip file's contents, or one line saying it was cut short or is damaged."""
+    try:
+        return gzip.decompress(data)
+    except EOFError as error:
+        raise UserError(f"{path} is a gzip file cut short ({len(data):,} bytes, the end is missing); copy or download "
+                        "it again") from error
+    except (OSError, zlib.error) as error:
+        raise UserError(f"{path} is a damaged gzip file ({error}); copy or download it again") from error
+
+
 def read_text_file(path: Path) -> str:
+    """A UTF-8 text file (gzipped too: `.gz`, or gzip's magic bytes), checked to be text."""
     try:
         data = path.read_bytes()
     except OSError as error:
         raise UserError(f"cannot read {path} ({error.strerror}); check its permissions") from error
+    if data[:2] == GZIP_MAGIC:
+        data = gunzip(path, data)
     if b"\x00" in data[:65536]:
         raise UserError(f"{path} looks like a binary file, not text; pass a UTF-8 text file or a folder of .txt files")
     try:
