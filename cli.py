@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kerasllm import __version__, catalog, distribute, files, finetuning, generation, quiet, runs
+from kerasllm import __version__, catalog, distribute, files, finetuning, generation, memory, quiet, runs
 from kerasllm import config as config_lib
 from kerasllm import export as export_lib
 from kerasllm.data.text import read_text_file
@@ -298,6 +298,8 @@ def evaluate(
     run, model = load_run_and_model(source, unsafe)
     if beam and "beam" not in run.task.evaluate_options:
         raise UserError(f"--beam applies to seq2seq models; {run.spec.name} is a {run.task.name} model")
+    length = min([run.data_record[key] for key in ("sequence_length", "target_length") if run.data_record.get(key)] or [1])
+    memory.check_batch(model, batch_size, length, training=False, setting="--batch-size", on_cpu=distribute.device_kind() == "CPU")
     results = run.task.evaluate(model, run, data=data, batch_size=batch_size, **({"beam": beam} if beam else {}))
     if as_json:
         return print_json(results)

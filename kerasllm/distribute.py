@@ -301,25 +301,35 @@ def _devices(count: int, kind: str) -> str:
     return f"{count} {kind}{'' if count == 1 else 's'}"
 
 
+def device_kind(strategy=None) -> str:
+    """What the replicas run on (without a strategy, what the backend computes on): CPU, GPU or TPU."""
+    if isinstance(strategy, JaxDataParallel) or (strategy is None and backend() == "jax"):
+        import jax
+
+        return jax.devices()[0].platform.upper()
+    kind = kind_of(strategy)
+    if kind == "tpu":
+        return "TPU"
+    if kind in ("mirrored", "multi-worker"):  # it may span the CPUs even where there is a GPU (tests: 2 logical CPUs)
+        return "GPU" if all("GPU" in str(name).upper() for name in strategy.extended.worker_devices) else "CPU"
+    import tensorflow as tf
+
+    return "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+
+
 def describe(strategy, replicas: int | None = None) -> str:
     """The strategy in words, for people: `1 device (CPU)`, `MirroredStrategy: 2 GPUs`, `DataParallel (JAX): 8 TPUs`."""
     replicas = replicas or strategy.num_replicas_in_sync
+    kind, device = kind_of(strategy), device_kind(strategy)
     if isinstance(strategy, JaxDataParallel):
-        import jax
-
-        kind = jax.devices()[0].platform.upper()
-        return f"DataParallel (JAX): {_devices(replicas, kind)}" if strategy.distribution else f"1 device ({kind}, JAX)"
-    kind = kind_of(strategy)
+        return f"DataParallel (JAX): {_devices(replicas, device)}" if strategy.distribution else f"1 device ({device}, JAX)"
     if kind == "multi-worker":
         return f"MultiWorkerMirroredStrategy: {_devices(replicas, 'replica')} over the workers"
     if kind == "tpu":
         return f"TPUStrategy: {_devices(replicas, 'TPU core')}"
-    if kind == "mirrored":  # it may span the CPUs even where there is a GPU (tests: 2 logical CPUs)
-        gpus = all("GPU" in str(name).upper() for name in strategy.extended.worker_devices)
-        return f"MirroredStrategy: {_devices(replicas, 'GPU' if gpus else 'CPU')}"
-    import tensorflow as tf
-
-    return f"1 device ({'GPU' if tf.config.list_logical_devices('GPU') else 'CPU'})"
+    if kind == "mirrored":
+        return f"MirroredStrategy: {_devices(replicas, device)}"
+    return f"1 device ({device})"
 
 
 def needs_full_batches(strategy) -> bool:

@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import keras
 
-from kerasllm import catalog, diagnostics, distribute, files, reports, saving
+from kerasllm import catalog, diagnostics, distribute, files, memory, reports, saving
 from kerasllm.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.data.splits import check_unchanged
@@ -234,6 +234,8 @@ class Trainer:
         config, state = self.config, self.state
         state.schedule_steps = state.schedule_steps or self.data.steps_per_epoch * config.train.epochs
         self.model = build_model(self.spec, config, self.data, self.strategy)
+        memory.check_batch(self.model, self.global_batch, memory.example_length(self.validation.element_spec), training=True,
+                           setting="--batch-size", replicas=self.replicas, on_cpu=distribute.device_kind(self.strategy) == "CPU")
         self.context = BuildContext(self.spec, self.task, config, self.data, self.strategy, self._recompile)
         with self.strategy.scope():
             self.hooks.before_compile(self.model, self.context)
