@@ -2,7 +2,8 @@
 
 Each model trains at its own defaults (steps per call, loop, dropout) with tiny sizes, `runtime.deterministic=true`
 and a step checkpoint every 2 steps; the kill lands after the first checkpoint, at a random moment (during a step,
-validation or a checkpoint write). hub-classifier runs through `kerasllm finetune` (a fine-tuning run).
+validation or a checkpoint write). hub-classifier runs through `kerasllm finetune` (a fine-tuning run); two more cases
+take the custom training loop (`runtime.loop=custom`, the multi-worker and TPU loop) and a LoRA fine-tuning run.
 """
 
 import json
@@ -42,12 +43,31 @@ def run(args: list[str], **kwargs):
                             cwd=str(ROOT), **kwargs)
 
 
+CASES = {**{name: (name, []) for name in catalog.names()},
+         "transformer-lm, custom loop": ("transformer-lm", ["runtime.loop=custom"]),
+         "transformer-lm, LoRA fine-tuning": ("transformer-lm", ["finetune.base=BASE", "finetune.method=lora", "finetune.lora_rank=2"])}
+
+
+@pytest.fixture(scope="module")
+def lm_base(zoo_settings, tmp_path_factory):
+    """A transformer-lm run for the LoRA case to fine-tune."""
+    base = tmp_path_factory.mktemp("base") / "run"
+    _, stderr = (process := run(cli_args("transformer-lm", [*zoo_settings["transformer-lm"], "train.epochs=1"], base))).communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return base
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", catalog.names())
-def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, name):
+@pytest.mark.parametrize("case", CASES)
+def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, request, case):
     from kerasllm.saving import load_model
 
-    settings = [*zoo_settings[name], "train.epochs=2", f"train.steps_per_epoch={STEPS}", "train.checkpoint_every_steps=2",
+    name, extra = CASES[case]
+    own = zoo_settings[name]
+    if "finetune.base=BASE" in extra:  # the base's architecture is inherited
+        extra = [item.replace("BASE", str(request.getfixturevalue("lm_base"))) for item in extra]
+        own = [item for item in own if not item.startswith("model_args.")]
+    settings = [*own, *extra, "train.epochs=2", f"train.steps_per_epoch={STEPS}", "train.checkpoint_every_steps=2",
                 "train.keep_checkpoints=0", "runtime.deterministic=true", "train.validation_steps=2"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     started = time.monotonic()
@@ -73,5 +93,5 @@ def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, n
     assert resumed.returncode == 0, stderr[-3000:]
     one, two = load_model(straight).get_weights(), load_model(killed).get_weights()
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two))
-    print(json.dumps({name: {"killed_after": landed[-1] if landed else None, "max_abs_diff": diff}}))
+    print(json.dumps({case: {"killed_after": landed[-1] if landed else None, "max_abs_diff": diff}}))
     assert diff <= 1e-6
