@@ -340,7 +340,7 @@ def generate(
     prompts = list(prompt or [])
     if file is not None:
         if not file.is_file():
-            raise UserError(f"--file {file} does not exist; pass a text file with one prompt per line")
+            raise UserError(f"--file {file} {files.absent(file)}; pass a text file with one prompt per line")
         prompts += [line for line in read_text_file(file).splitlines() if line.strip()]
     prompts = prompts or [""]
     run, model = load_run_and_model(source, unsafe)
@@ -372,7 +372,7 @@ def predict(
     inputs = list(inputs or [])
     if file is not None:
         if not file.is_file():
-            raise UserError(f"--file {file} does not exist; pass a text file with one input per line")
+            raise UserError(f"--file {file} {files.absent(file)}; pass a text file with one input per line")
         inputs += [line for line in read_text_file(file).splitlines() if line.strip()]
     if not inputs:
         raise UserError("nothing to classify; pass inputs as arguments or --file FILE")

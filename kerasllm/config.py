@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from kerasllm.errors import UserError
+from kerasllm.files import absent
 
 # The names a config may hold, in one place: the modules that act on them import these.
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -270,7 +271,7 @@ def default_config(spec) -> RunConfig:
 def read_config_file(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; pass an existing .yaml or .json file")
+        raise UserError(f"config file {path} {absent(path)}; pass an existing .yaml or .json file")
     try:
         text = path.read_text(encoding="utf-8")
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

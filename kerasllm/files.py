@@ -54,6 +54,15 @@ LOGS_DIR = "logs"
 EXPORT_DIR = "export"
 
 
+def absent(path: Path) -> str:
+    """Why `path` cannot be read as the file or folder asked for: "does not exist", or what it is instead (a device such
+    as /dev/null, a socket); for messages like f"data path {path} {absent(path)}; pass …"."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    return "is a folder" if path.is_dir() else "is a file" if path.is_file() else "is not a regular file or folder"
+
+
 def default_run_dir(model_name: str, root: Path = Path("runs")) -> Path:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return root / f"{model_name}-{stamp}"

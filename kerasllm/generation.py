@@ -111,10 +111,13 @@ def check_options(temperature: float, top_k: int, top_p: float, max_length: int,
         raise UserError("--max-length must be 0 or more")
 
 
-def check_beam_fits(beam_width: int, vocab_size: int) -> None:
-    """More beams than the model has tokens cannot be filled at the first step."""
+def check_beam_fits(beam_width: int, vocab_size: int, top_k: int = 0) -> None:
+    """More beams than the model has tokens cannot be filled at the first step; a top-k past them keeps nothing out."""
     if beam_width > vocab_size:
         raise UserError(f"--beam {beam_width} is more beams than the model has tokens ({vocab_size}); use at most {vocab_size}")
+    if top_k > vocab_size:
+        raise UserError(f"--top-k {top_k} is more than the model's {vocab_size} tokens, so it would keep them all; use at most "
+                        f"{vocab_size}, or 0 for no top-k")
 
 
 def filter_logits(logits: np.ndarray, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:

@@ -397,3 +397,20 @@ def test_a_process_that_cannot_reach_a_steps_end_still_ends_on_sigterm(tmp_path)
     assert process.returncode == 128 + signal.SIGTERM
     assert stderr.strip() == ("stopped: training did not reach a step's end within 1 s of the signal (waiting on another "
                               "worker?); continue with `kerasllm train --resume RUN`")
+
+
+# --- a path that is there but is not what was asked for -------------------------------------
+
+@pytest.mark.parametrize("model", ["lstm-textgen", "cnn-classifier", "lstm-classifier", "lstm-seq2seq"])
+def test_a_device_given_as_data_is_named_for_what_it_is(runner, tmp_path, model):
+    """/dev/null exists: "does not exist" would not be true, and Python's NotADirectoryError is no message."""
+    assert_user_error(invoke(runner, "train", model, "--data", "/dev/null", "--out", tmp_path / "run"), "/dev/null is not a regular file or folder")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_given_as_a_file_is_named_and_a_refused_option_prints_no_text(runner, tmp_path, trained_run):
+    assert_user_error(invoke(runner, "train", "--config", tmp_path), f"config file {tmp_path} is a folder")
+    assert_user_error(invoke(runner, "generate", trained_run, "--file", tmp_path), f"--file {tmp_path} is a folder")
+    result = invoke(runner, "generate", trained_run, "--prompt", "The", "--top-k", "100000")
+    assert_user_error(result, "--top-k 100000 is more than the model's")
+    assert result.stdout == ""  # the prompt is written with the first new text, not before a refusal

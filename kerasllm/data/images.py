@@ -36,6 +36,7 @@ import numpy as np
 from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import GZIP_MAGIC, gunzip
 from kerasllm.errors import UserError
+from kerasllm.files import absent
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 IDX_NAMES = {
@@ -291,8 +292,8 @@ def load_images(source: str, validation_fraction: float = 0.1, image_size: int =
         x, y, names, held = tfds_images(source.removeprefix("tfds:"))
     else:
         path = Path(source).expanduser()
-        if not path.exists():
-            raise UserError(f"data path {path} does not exist; pass a class folder, MNIST IDX folder, .npz, tfds:NAME or builtin:digits")
+        if not path.is_file() and not path.is_dir():
+            raise UserError(f"data path {path} {absent(path)}; pass a class folder, MNIST IDX folder, .npz, tfds:NAME or builtin:digits")
         if path.is_file():
             if path.suffix != ".npz":
                 raise UserError(f"{path} is not an image data set; pass a class folder, an MNIST IDX folder or a .npz file")

@@ -32,6 +32,7 @@ import numpy as np
 from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import read_text_file, text_files
 from kerasllm.errors import UserError
+from kerasllm.files import absent
 
 # Lazy imports: TensorFlow is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.
@@ -300,7 +301,7 @@ def gather_splits(source: str, text_column: str, label_column: str) -> tuple[dic
         if single is not None:
             return {"train": single[0]}, single[1]
         raise UserError(f"{path} is not labelled text; pass {LOCAL_FORMATS}")
-    raise UserError(f"data path {path} does not exist; pass {LOCAL_FORMATS}, a split prefix such as "
+    raise UserError(f"data path {path} {absent(path)}; pass {LOCAL_FORMATS}, a split prefix such as "
                     "../shared/data/sst/stsa.binary, or tfds:NAME")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import read_text_file
 from kerasllm.errors import UserError
+from kerasllm.files import absent
 
 SPLITS = {"train": ("train",), "validation": ("val", "valid", "dev", "validation")}
 NOT_LANGUAGES = {"md", "txt", "csv", "tsv", "py", "zip", "tar", "src", "tgt", "trg", "out", "raw", "tok", "bpe"}
@@ -232,7 +233,7 @@ def gather(source: str, options) -> tuple[dict[str, Pairs], Languages]:
         first, second = (Path(name).expanduser() for name in names)
         for path in (first, second):
             if not path.is_file():
-                raise UserError(f"{path} does not exist; pass two line-aligned files as --data SOURCE_FILE,TARGET_FILE")
+                raise UserError(f"{path} {absent(path)}; pass two line-aligned files as --data SOURCE_FILE,TARGET_FILE")
         if first.resolve() == second.resolve():
             raise UserError(f"--data names {first} as both the source and the target, so the model would learn to copy; "
                             "pass the source file and its translation")
@@ -251,7 +252,7 @@ def gather(source: str, options) -> tuple[dict[str, Pairs], Languages]:
         if path.suffix == ".tsv":
             return {"train": read_tsv(path)}, given
         raise UserError(f"{path} is one file; pass two line-aligned files (--data a.en,a.de), a .tsv or .jsonl file, or a folder")
-    raise UserError(f"data path {path} does not exist; pass SOURCE_FILE,TARGET_FILE, a folder of <split>.<lang> files, "
+    raise UserError(f"data path {path} {absent(path)}; pass SOURCE_FILE,TARGET_FILE, a folder of <split>.<lang> files, "
                     "a .tsv or .jsonl file, or tfds:NAME")
 
 

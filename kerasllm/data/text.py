@@ -23,6 +23,7 @@ from kerasllm.data.splits import TextSplit, check_unchanged, python_version, spl
 __all__ = ["TextSplit", "check_unchanged", "evaluation_text", "load_text", "reload_validation"]
 from kerasllm.data import tfds as tfds_source
 from kerasllm.errors import UserError
+from kerasllm.files import absent
 from kerasllm.tokenizers import BASE_SPECIALS
 
 BUILTIN_CORPORA = {
@@ -89,8 +90,8 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 def read_path(path: Path) -> str:
-    if not path.exists():
-        raise UserError(f"data path {path} does not exist; pass a text file, a folder of .txt files, tfds:NAME or builtin:NAME")
+    if not path.is_file() and not path.is_dir():
+        raise UserError(f"data path {path} {absent(path)}; pass a text file, a folder of .txt files, tfds:NAME or builtin:NAME")
     if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:  # a labelled table's rows would be read as prose
         raise UserError(f"{path} is a table ({path.suffix}), and this model trains on plain text: its separators and labels "
                         "would be read as text; pass a .txt file or a folder of them (classifiers such as lstm-classifier "

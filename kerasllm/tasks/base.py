@@ -132,10 +132,16 @@ class Task:
     def write_generations(self, model, run, prompts: list[str], write, **options) -> None:
         """`kerasllm generate`'s output through `write(text)`: one prompt streams as it is produced (after the prompt
         itself, for a model that continues it); several print one after another, a blank line between continuations."""
-        if len(prompts) == 1:
-            write(prompts[0] if self.continues_prompt else "")
-            self.generate(model, run, prompts, **options, on_text=lambda row, text: write(text))
-            write("\n")
+        if len(prompts) == 1:  # the prompt is written with the first new text: a refused option prints nothing
+            started = []
+
+            def stream(row, text):
+                if not started:
+                    started.append(write(prompts[0] if self.continues_prompt else ""))
+                write(text)
+
+            self.generate(model, run, prompts, **options, on_text=stream)
+            write(("" if started or not self.continues_prompt else prompts[0]) + "\n")
             return
         for text, output in zip(prompts, self.generate(model, run, prompts, **options)):
             write((text + output + "\n\n") if self.continues_prompt else output + "\n")

@@ -128,7 +128,7 @@ class TextGeneration(Task):
         """Continuations of the prompts (streamed through `on_text`); a prompt longer than the context is cut from the left.
         `sampling`: `kerasllm.generation.Sampling`'s temperature, top_k, top_p, seed and stop."""
         tokenizer = run.artifacts["tokenizer"]
-        generation.check_beam_fits(beam, tokenizer.vocab_size)
+        generation.check_beam_fits(beam, tokenizer.vocab_size, sampling.get("top_k", 0))
         context = getattr(run.config.model_args, "max_sequence_length", 0)
         for text in prompts:
             length = len(tokenizer.encode(text))
