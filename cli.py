@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kerasllm import __version__, catalog, distribute, files, finetuning, generation, memory, quiet, runs
+from kerasllm import __version__, catalog, compression, distribute, files, finetuning, generation, memory, quiet, runs
 from kerasllm import config as config_lib
 from kerasllm import export as export_lib
 from kerasllm.data.text import read_text_file
@@ -482,6 +482,38 @@ def export(
     console.print(f"wrote {result.path} ({fmt}); max |diff| vs source on a sample batch: {result.max_abs_diff:.3g} (tolerance {tolerance:g})")
     for endpoint in endpoints:
         console.print(f"signature `{endpoint.name}`: same outputs as `kerasllm` on the check inputs", highlight=False)
+
+
+@app.command()
+@handle_errors
+def compress(
+    source: Annotated[Path, typer.Argument(help="The run folder to compress.")],
+    method: Annotated[str, typer.Option(help="int8, int4 or float8: Keras' own weight quantization.")] = "int8",
+    out: Annotated[Optional[Path], typer.Option(help="The new run folder (default: runs/MODEL-METHOD-TIME).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
+    as_json: JsonFlag = False,
+    unsafe: UnsafeFlag = False,
+):
+    """Write a compressed copy of a run as a run of its own, with a before → after table measured side by side.
+
+    The copy has the source's config, data record and tokenizer or labels, and records `compressed_from` (path and
+    sha256); evaluate, generate, predict and export work on it.
+
+    Examples: `kerasllm compress runs/transformer-lm-20261129-120000 --method int8` · `kerasllm compress RUN --method int4 --json`
+    """
+    compression.check_method(method)
+    if not files.is_run_dir(source):
+        raise UserError(f"{source} is not a run folder; compress takes a run folder made by `kerasllm train` or `finetune`")
+    load_tensorflow()
+    target, summary = compression.compress(source, method, out, overwrite=overwrite, unsafe=unsafe,
+                                           on_note=lambda line: errors.print(f"note: {line}", highlight=False))
+    if as_json:
+        return print_json({"run": str(target), **summary})
+    table = Table("", "before", "after", "after / before", title=f"{summary['model']}: {method}, {source} → {target}")
+    for row in compression.table_rows(summary):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"wrote {target}", highlight=False)
 
 
 @app.command()

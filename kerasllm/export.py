@@ -21,7 +21,7 @@ import numpy as np
 from kerasllm import compat
 from kerasllm.errors import UserError
 from kerasllm.files import EXPORT_DIR, check_replaceable, is_run_dir
-from kerasllm.saving import load_model
+from kerasllm.saving import load_model, quantized_layers, save_model
 
 # Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
 # module and must not load them.
@@ -97,8 +97,14 @@ def check_fits(model, fmt: str) -> None:
     be read back from it."""
     import keras
 
+    if fmt == "tflite" and quantized_layers(model):
+        raise UserError("the TFLite converter cannot take Keras-quantized layers (their int8 kernels feed float matmuls); "
+                        "export this copy as keras or savedmodel, or its float source as tflite")
     if fmt != "h5":
         return
+    if quantized_layers(model):
+        raise UserError("the h5 format cannot hold quantized layers (it stores float layers only); export this model as "
+                        "keras or savedmodel")
     steps = sorted({type(op).__name__ for op in getattr(model, "operations", []) if not isinstance(op, keras.layers.Layer)})
     if steps:
         raise UserError(f"the h5 format cannot hold this model's Keras operations ({', '.join(steps)}: h5 stores layers only); "
@@ -138,7 +144,7 @@ def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None 
     (checked after loading)."""
     endpoints = endpoints or []
     if fmt in ("keras", "h5"):
-        model.save(out)
+        save_model(model, out) if fmt == "keras" else model.save(out)  # a quantized model's layer map goes into .keras
         return np.asarray(load_model(out).predict(batch, verbose=0))
     if fmt == "savedmodel":
         import keras

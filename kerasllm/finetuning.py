@@ -33,7 +33,7 @@ from kerasllm import config as config_lib
 from kerasllm.errors import UserError
 from kerasllm.files import file_sha256, is_run_dir
 from kerasllm.hooks import BuildContext, Hook
-from kerasllm.saving import load_model, model_path
+from kerasllm.saving import load_model, model_path, quantization_modes
 
 # Lazy imports: Keras is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and must
 # not load them.
@@ -119,7 +119,12 @@ def load_base_model(base: Base, unsafe: bool):
     """The base's Keras model (run bases); a preset's backbone is loaded by the `hub-classifier` builder itself."""
     if base.kind != "run":
         return None
-    return load_model(Path(base.source), unsafe=unsafe)
+    model = load_model(Path(base.source), unsafe=unsafe)
+    modes = quantization_modes(model)
+    if modes:  # its int8/int4 kernels do not take gradients, and they would not fit a float model's layers
+        raise UserError(f"{base.source} holds quantized layers ({', '.join(modes)}), which fine-tuning cannot train; "
+                        "fine-tune the run it was compressed from, then compress the result")
+    return model
 
 
 def base_artifacts(base: Base) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 from kerasllm import catalog, distribute
 from kerasllm import config as config_lib
 from kerasllm.errors import UserError
-from kerasllm.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json
+from kerasllm.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, METRICS_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json
 from kerasllm.spec import ModelSpec
 from kerasllm.tasks import Task
 
@@ -68,6 +68,10 @@ def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config
         raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
     if out is not None or overwrite:
         raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
+    source = read_json(Path(resume) / METRICS_FILE).get("compressed_from") if (Path(resume) / METRICS_FILE).is_file() else None
+    if source:
+        raise UserError(f"{resume} is a compressed copy of {source.get('path')} (`kerasllm compress`), with no training to "
+                        f"continue; train or fine-tune {source.get('path')}, then compress it again")
     return config_file or Path(resume) / CONFIG_FILE
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -26,6 +27,10 @@ from kerasllm.files import MODEL_FILE, is_run_dir
 # Lazy imports: Keras, keras-hub and h5py are imported inside functions: `kerasllm --help` and `kerasllm list` load
 # this module and must not load them.
 
+# Inside a `.keras` archive: {layer path: dtype policy} of the quantized layers. Keras 3.15 saves a quantized layer's
+# policy in its own config, so a layer that another layer builds (the zoo's blocks, even Keras' MultiHeadAttention)
+# comes back in float and its quantized weights do not load; this map lets `load_model` quantize those layers first.
+QUANTIZED_LAYERS = "kerasllm-quantized-layers.json"
 UNRECOGNIZED = re.compile(r"Unrecognized keyword arguments passed to (\w+): (\{.*\})")
 SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -74,6 +79,55 @@ def _safety_error(error: Exception, path: Path) -> UserError | None:
     return None
 
 
+def quantized_layers(model) -> dict:
+    """{layer path: serialized dtype policy} for every quantized layer in `model`, nested ones included."""
+    import keras
+
+    return {layer.path: keras.dtype_policies.serialize(layer.dtype_policy) for layer in compat.nested_layers(model)[1:]
+            if getattr(layer, "quantization_mode", None)}
+
+
+def quantization_modes(model) -> list[str]:
+    """The quantization modes in `model` (`int8`, `int4`, …), in a fixed order; empty for a float model."""
+    return sorted({layer.quantization_mode for layer in compat.nested_layers(model)[1:] if getattr(layer, "quantization_mode", None)})
+
+
+def save_model(model, path: Path) -> None:
+    """A `.keras` file written beside (`.<name>.partial.keras`) and renamed: never half a file. A quantized model's
+    layer map goes into the archive (`QUANTIZED_LAYERS`)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.stem}.partial.keras")
+    try:
+        model.save(partial)
+        quantized = quantized_layers(model)
+        if quantized:
+            with zipfile.ZipFile(partial, "a") as archive:
+                archive.writestr(QUANTIZED_LAYERS, json.dumps(quantized, indent=1))
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        hint = f"then `kerasllm train --resume {path.parent}`" if is_run_dir(path.parent) else "or choose another path"
+        raise UserError(f"cannot write {path} ({error.strerror or error}); make its folder writable, {hint}") from error
+
+
+def _load_quantized(path: Path, quantized: dict, unsafe: bool):
+    """The model in float from the archive's config, its quantized layers quantized again (their variables made in the
+    saved shapes), then the saved weights."""
+    import keras
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    model = keras.saving.deserialize_keras_object(config, safe_mode=not unsafe)
+    layers = {layer.path: layer for layer in compat.nested_layers(model)}
+    for layer_path, policy in quantized.items():
+        if layer_path not in layers:
+            raise UserError(f"{path} names a quantized layer {layer_path} that its model does not have; compress the source again")
+        if not layers[layer_path].quantization_mode:  # a top-level layer comes back quantized from its own config
+            layers[layer_path].dtype_policy = keras.dtype_policies.deserialize(policy)  # builds the quantized variables
+    model.load_weights(path)
+    return model
+
+
 def load_model(path: Path, *, unsafe: bool = False, on_note=None):
     """An uncompiled Keras model from a run folder, `.keras` or `.h5` file; errors are `UserError`s.
 
@@ -95,6 +149,10 @@ def load_model(path: Path, *, unsafe: bool = False, on_note=None):
                         f"so it was cut short or is another kind of file; {hint}")
     try:
         if path.suffix == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                quantized = json.loads(archive.read(QUANTIZED_LAYERS)) if QUANTIZED_LAYERS in archive.namelist() else None
+            if quantized:
+                return _load_quantized(path, quantized, unsafe)
             return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
         model, dropped, version = load_h5(path, unsafe=unsafe)
         for name in dropped if on_note else ():

@@ -28,7 +28,6 @@ the peak rate); a resumed run's first epochs are identical to the original's.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import sys
 import time
@@ -105,19 +104,6 @@ def write_run_files(run_dir: Path, config: RunConfig, data, overwrite: bool) -> 
     for artifact in data.artifacts:
         artifact.save(run_dir)
     return run_dir
-
-
-def save_model(model, path: Path) -> None:
-    """`model.keras` written beside (`.model.partial.keras`) and renamed: never half a file."""
-    partial = path.with_name(".model.partial.keras")
-    try:
-        model.save(partial)
-        os.replace(partial, path)
-    except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror or error}); make the run folder writable, "
-                        f"then `kerasllm train --resume {path.parent}`") from error
-
-
 
 
 def hooks_for(config: RunConfig, parent=None, parent_record: dict | None = None, extra: tuple = ()) -> Hooks:
@@ -351,7 +337,7 @@ class Trainer:
 
     def _write_results(self) -> None:
         run_dir, summary, spec = self.run_dir, self.summary, self.spec
-        save_model(self.model, run_dir / files.MODEL_FILE)  # LoRA adapters are merged into the kernels as Keras saves
+        saving.save_model(self.model, run_dir / files.MODEL_FILE)  # LoRA adapters are merged into the kernels as Keras saves
         self.hooks.finalize(self.model, run_dir)
         files.write_json(run_dir / files.METRICS_FILE, summary)
         files.write_json(run_dir / files.HISTORY_FILE, self.state.history)

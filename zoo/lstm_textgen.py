@@ -123,7 +123,7 @@ class LSTMStepDecoder:
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # the logistic function, without overflow for large |x|
 
 
 def count_params(hparams: LSTMTextGeneratorConfig, vocab_size: int | None = None) -> int:

@@ -82,6 +82,7 @@ class Task:
         can_generate: `kerasllm generate` works for its models.
         can_predict: `kerasllm predict` works for its models.
         weighted_metrics: the metrics are weighted by the data's sample weights.
+        quality: the `evaluate` results that say how good a model is, for before → after tables (`kerasllm compress`).
         config_sections: the task's own config sections, name → dataclass type (e.g. `{"seq2seq": Seq2SeqConfig}`):
             its models' configs get them (`config.seq2seq.source_lang`, `--set seq2seq.source_lang=de`), `kerasllm info`
             lists them, and a dataclass with a `validate()` method checks itself. A plugin task declares its options here.
@@ -94,6 +95,7 @@ class Task:
     weighted_metrics: bool = False  # metrics use the data's sample weights (masked-LM positions)
     evaluate_options: tuple = ()  # extra `evaluate` options the task takes (`beam`)
     continues_prompt: bool = True  # `generate` continues the prompt (language models) rather than transforming it (seq2seq)
+    quality: tuple = ("loss", "accuracy")
     config_sections: dict = {}
 
     # --- training -------------------------------------------------------------------

@@ -51,6 +51,7 @@ class ImageClassification(Task):
     """Raw images in, one class out."""
 
     name = "image-classification"
+    quality = ("accuracy", "macro_f1")
     can_predict = True
 
     def prepare(self, config, spec, artifacts: dict | None = None) -> PreparedData:

@@ -36,6 +36,7 @@ class MaskedLM(Task):
     """Masked-LM pretraining of an encoder on text from any text source."""
 
     name = "masked-lm"
+    quality = ("perplexity", "accuracy")
     objective = "mlm"
     weighted_metrics = True  # padding positions among the masked ones weigh 0
 

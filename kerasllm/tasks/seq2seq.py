@@ -288,6 +288,7 @@ class Seq2Seq(Task):
     """Source text → target text with an encoder–decoder model."""
 
     name = "seq2seq"
+    quality = ("bleu", "chrf")
     config_sections = {"seq2seq": Seq2SeqConfig}
     can_generate = True
     weighted_metrics = True  # padding positions weigh 0

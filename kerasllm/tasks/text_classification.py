@@ -149,6 +149,7 @@ class TextClassification(Task):
     """Labelled text in, one class out (sentiment, topics, sentence-pair relations)."""
 
     name = "text-classification"
+    quality = ("accuracy", "macro_f1")
     config_sections = {"classification": ClassificationConfig}
     can_predict = True
 

@@ -63,6 +63,7 @@ class TextGeneration(Task):
     """Language modelling on a text source with any kerasllm tokenizer."""
 
     name = "text-generation"
+    quality = ("perplexity", "bits_per_char", "accuracy")
     objective = "causal-lm"
     can_generate = True
 

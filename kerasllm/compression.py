@@ -1,0 +1,243 @@
+"""`kerasllm compress`: a smaller copy of a run, written as a run of its own, measured against its source.
+
+Quantization is Keras 3's own `model.quantize(mode)` (int8, int4 and float8 weights of the layers that take them:
+Dense, EinsumDense, Embedding). The copy is a run folder: the source's config, data record and tokenizer or labels,
+the quantized `model.keras` (`saving.save_model`, which records the quantized layers so that `saving.load_model`
+can load them again), `metrics.json` with `compressed_from` (path and sha256) and a before → after table, and a model
+card. Every measurement runs in this one process, the source and the copy side by side on the same batch: size on
+disk and gzipped, parameters, median latency per batch, cached generation speed for language models, and the task's
+own quality metrics on the run's validation split. The copy is measured after it has been written and loaded again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kerasllm import compat, files, runs, saving
+from kerasllm.errors import UserError
+
+# Lazy imports: Keras and TensorFlow load inside functions (`kerasllm --help` and `kerasllm list` load the CLI, which
+# imports this module).
+
+QUANTIZE = ("int8", "int4", "float8")
+METHODS = QUANTIZE
+LATENCY_BATCH = 32
+LATENCY_REPEATS = 15
+GENERATED_TOKENS = 64
+# Written by training, not true of a copy: left out when the source run is copied.
+NOT_COPIED = {files.MODEL_FILE, files.METRICS_FILE, files.HISTORY_FILE, files.CARD_FILE, files.MARKER_FILE, "curves.png",
+              files.CHECKPOINTS_DIR, files.LOGS_DIR, files.EXPORT_DIR}
+
+
+@dataclass
+class Measured:
+    """One model's row of the before → after table."""
+
+    size: int
+    gzipped: int
+    parameters: int
+    quantized_parameters: int
+    latency_ms: float
+    tokens_per_second: float | None
+    quality: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"size_bytes": self.size, "gzipped_bytes": self.gzipped, "parameters": self.parameters,
+                "quantized_parameters": self.quantized_parameters, "latency_ms_per_batch": round(self.latency_ms, 3),
+                "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 1),
+                **{key: value for key, value in self.quality.items()}}
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise UserError(f"unknown compression method {method!r}; methods: {', '.join(METHODS)}")
+    return method
+
+
+def quantize(model, method: str) -> tuple[int, list[str]]:
+    """Quantize `model` in place; returns (layers quantized, "name (Kind)" of each weight layer left in float)."""
+    with warnings.catch_warnings():  # Keras warns once for every layer kind without a quantized form (InputLayer, Add, …)
+        warnings.simplefilter("ignore")
+        try:
+            model.quantize(method)
+        except (ValueError, NotImplementedError) as error:
+            raise UserError(f"Keras cannot quantize this model to {method}: {str(error).splitlines()[0]}") from error
+    quantized = saving.quantized_layers(model)
+    return len(quantized), kept_in_float(model, set(quantized))
+
+
+def kept_in_float(model, quantized: set[str]) -> list[str]:
+    """"name (Kind)" of each layer whose kernels or embeddings stayed in float: the top-level layer that holds them
+    (`lstm_0 (LSTM)`, not its cell) unless it also holds quantized layers; then the inner layer, by path."""
+    tops = [(layer, layer.path or layer.name) for layer in model.layers]
+    left = []
+    for layer in compat.nested_layers(model)[1:]:
+        if not compat.owns_variables(layer) or layer.path in quantized or not any(
+                variable.path.rsplit("/", 1)[-1] in ("kernel", "embeddings", "recurrent_kernel") for variable in layer.weights):
+            continue
+        inside = lambda path, top: path == top or path.startswith(top + "/")
+        top = next((t for t, top_path in tops if inside(layer.path, top_path)), None)
+        whole = top is not None and not any(inside(path, top.path or top.name) for path in quantized)
+        name = f"{top.name} ({type(top).__name__})" if whole else f"{layer.path} ({type(layer).__name__})"
+        if name not in left:
+            left.append(name)
+    return left
+
+
+def weight_parameters(model, paths: set[str]) -> int:
+    """Parameters held in quantized form: the kernels and embeddings of the layers at `paths` (measured in float)."""
+    return sum(int(variable.numpy().size) for layer in compat.nested_layers(model)[1:] if layer.path in paths
+               for variable in layer.weights if variable.path.rsplit("/", 1)[-1] in ("kernel", "embeddings"))
+
+
+def latency_ms(model, batch) -> float:
+    """Median wall time of one compiled forward pass over `batch` (after two warm-up calls)."""
+    for _ in range(2):
+        model.predict_on_batch(batch)
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        started = time.perf_counter()
+        model.predict_on_batch(batch)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def tokens_per_second(model, run) -> float | None:
+    """Greedy cached generation speed, for a model that continues text (after a warm-up call that compiles it)."""
+    if not (run.task.can_generate and run.task.continues_prompt):
+        return None
+    options = dict(max_length=GENERATED_TOKENS, temperature=0.0)
+    run.task.generate(model, run, ["The "], **options)
+    started = time.perf_counter()
+    run.task.generate(model, run, ["The "], **options)
+    return GENERATED_TOKENS / (time.perf_counter() - started)
+
+
+def measure(model, run, model_file: Path, quantized_parameters: int, parameters: int) -> Measured:
+    data = Path(model_file).read_bytes()
+    results = run.task.evaluate(model, run)
+    quality = {key: float(results[key]) for key in run.task.quality if isinstance(results.get(key), (int, float))}
+    batch = run.task.export_sample(model, run, batch=LATENCY_BATCH)
+    return Measured(len(data), len(gzip.compress(data, 6)), parameters, quantized_parameters, latency_ms(model, batch),
+                    tokens_per_second(model, run), quality)
+
+
+def copy_run_files(source: Path, target: Path) -> None:
+    """The source run's config, data record and preprocessing (a tokenizer file or a keras-hub tokenizer folder,
+    labels): what a copy shares with it."""
+    for path in sorted(Path(source).iterdir()):
+        if path.name in NOT_COPIED or path.name.startswith("."):
+            continue
+        if path.is_dir():
+            shutil.copytree(path, target / path.name)
+        elif path.is_file():
+            shutil.copy2(path, target / path.name)
+
+
+def compress(source: Path, method: str, out: Path | None = None, *, overwrite: bool = False, unsafe: bool = False,
+             on_note=None) -> tuple[Path, dict]:
+    """Write a compressed copy of the run at `source`; returns (its folder, the summary in its metrics.json);
+    `on_note(line)` hears about layers the method leaves in float."""
+    check_method(method)
+    run = runs.load_run(Path(source))
+    if files.read_json(run.path / files.METRICS_FILE).get("compressed_from"):
+        raise UserError(f"{run.path} is already a compressed copy; compress its source instead")
+    target = files.plan_run_dir(f"{run.spec.name}-{method}", out, overwrite, protected=[run.path])
+    float_model = saving.load_model(run.path, unsafe=unsafe)
+    quantized_model = saving.load_model(run.path, unsafe=unsafe)
+    saving.check_model_fits(float_model, run)
+    layers, left = quantize(quantized_model, method)
+    if not layers:
+        raise UserError(f"{method} quantizes Dense, EinsumDense and Embedding layers, and {run.spec.name} has none that "
+                        f"take it{' (' + ', '.join(left) + ' stay in float)' if left else ''}; try another method")
+    if left and on_note:
+        on_note(f"{method}: {len(left)} layer(s) kept in float, which {method} does not take: {', '.join(left)}")
+    parameters = int(float_model.count_params())
+    in_low_precision = weight_parameters(float_model, set(saving.quantized_layers(quantized_model)))
+    target = files.claim_run_dir(target, overwrite, run.spec.name)
+    copy_run_files(run.path, target)
+    saving.save_model(quantized_model, target / files.MODEL_FILE)
+    copy = runs.load_run(target)
+    reloaded = saving.load_model(target, unsafe=unsafe)
+    # the source's own model.keras also holds its optimizer's state: the float model is saved alone, as the copy is
+    alone = target / f".{run.spec.name}-float32.keras"
+    try:
+        saving.save_model(float_model, alone)
+        before = measure(float_model, run, alone, 0, parameters)
+    finally:
+        alone.unlink(missing_ok=True)
+    after = measure(reloaded, copy, copy.model_path, in_low_precision, parameters)
+    summary = {"model": run.spec.name, "parameters": parameters,
+               "compressed_from": {"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)},
+               "compression": {"method": method, "quantized_layers": layers, "kept_in_float": left,
+                               "source_file_bytes": run.model_path.stat().st_size},
+               "before": before.to_dict(), "after": after.to_dict(),
+               "after_training": after.quality}
+    files.write_json(target / files.METRICS_FILE, summary)
+    files.write_text_atomic(target / files.CARD_FILE, card(run, target, summary))
+    return target, summary
+
+
+ROWS = [("size on disk", "size_bytes", "bytes"), ("gzipped", "gzipped_bytes", "bytes"), ("parameters", "parameters", "count"),
+        ("of which quantized", "quantized_parameters", "count"), ("latency per batch of 32", "latency_ms_per_batch", "ms"),
+        ("cached generation", "tokens_per_second", "tokens/s")]
+
+
+def _cell(value, unit: str) -> str:
+    if value is None:
+        return "–"
+    if unit == "bytes":
+        return f"{value / 1024**2:,.2f} MB" if value >= 1024**2 else f"{value / 1024:,.1f} KB"
+    if unit == "count":
+        return f"{value:,}"
+    if unit in ("ms", "tokens/s"):
+        return f"{value:,.1f} {unit}"
+    return f"{value:.4f}"
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """[measure, before, after, after / before] for the CLI table and the card."""
+    before, after = summary["before"], summary["after"]
+    rows = []
+    for label, key, unit in ROWS + [(key, key, "") for key in before if key not in {k for _, k, _ in ROWS}]:
+        if before.get(key) is None and after.get(key) is None:
+            continue
+        ratio = (f"{after[key] / before[key]:.2f}×" if isinstance(before.get(key), (int, float)) and before[key]
+                 and isinstance(after.get(key), (int, float)) else "")
+        rows.append([label, _cell(before.get(key), unit), _cell(after.get(key), unit), ratio])
+    return rows
+
+
+def card(run, target: Path, summary: dict) -> str:
+    compression, source = summary["compression"], summary["compressed_from"]
+    table = ["| | before | after | after / before |", "|---|---|---|---|"]
+    table += [f"| {' | '.join(row)} |" for row in table_rows(summary)]
+    kept = (f"\nKept in float (the method does not take them): {', '.join(compression['kept_in_float'])}.\n"
+            if compression["kept_in_float"] else "")
+    return f"""# {run.spec.name}, {compression['method']} — a compressed copy
+
+Compressed from `{source['path']}` (model sha256 `{source['sha256'][:16]}…`) with Keras `model.quantize("{compression['method']}")`:
+{compression['quantized_layers']} layers quantized. Measured side by side in one process (`kerasllm compress`), the
+quality metrics on the source run's validation split. Sizes are of the model alone, both saved the same way (the
+source's own `model.keras`, {compression['source_file_bytes']:,} bytes, also holds its optimizer's state).
+
+{chr(10).join(table)}
+{kept}
+## Use it
+
+```
+kerasllm evaluate {target}
+{'kerasllm generate ' + str(target) + ' --prompt "The "' if run.task.can_generate else 'kerasllm predict ' + str(target) + ' INPUT'}
+kerasllm export {target} --format savedmodel
+```
+
+`model.keras` loads with kerasllm (`kerasllm.saving.load_model`). Plain `keras.saving.load_model` (Keras 3.15) does not
+restore quantized layers that another layer builds (the zoo's blocks, Keras' own MultiHeadAttention): the archive's
+`{saving.QUANTIZED_LAYERS}` names them so that kerasllm quantizes them before loading the weights.
+"""

@@ -1,0 +1,91 @@
+"""`kerasllm compress`: a quantized copy of a run is a run of its own, measured side by side with its source."""
+
+import json
+import shutil
+
+import pytest
+
+from kerasllm import files, saving
+from tests.test_cli import assert_user_error, invoke
+
+
+@pytest.fixture(scope="module")
+def int8_run(runner, trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compressed") / "int8"
+    result = invoke(runner, "compress", trained_run, "--method", "int8", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_an_int8_copy_is_a_run_with_its_source_and_a_before_after_table(int8_run, trained_run):
+    out, result = int8_run
+    for name in ("config.yaml", "data.json", "tokenizer.json", "model.keras", "metrics.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoints").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["compressed_from"] == {"path": str(trained_run.resolve()), "sha256": files.file_sha256(trained_run / "model.keras")}
+    before, after = metrics["before"], metrics["after"]
+    assert after["size_bytes"] < before["size_bytes"] and after["gzipped_bytes"] < before["gzipped_bytes"]  # the LSTM stays float
+    assert before["quantized_parameters"] == 0 < after["quantized_parameters"] <= after["parameters"] == before["parameters"]
+    for side in (before, after):
+        assert side["latency_ms_per_batch"] > 0 and side["tokens_per_second"] > 0 and side["perplexity"] > 1
+    assert abs(after["perplexity"] / before["perplexity"] - 1) < 0.05  # int8 weights barely move a language model
+    # the LSTM has no quantized form in Keras: named once, as a note
+    assert "kept in float" in result.stderr and "lstm_0 (LSTM)" in result.stderr
+    assert metrics["compression"]["kept_in_float"] == ["lstm_0 (LSTM)"]
+    for words in ("size on disk", "gzipped", "latency per batch of 32", "cached generation", "perplexity", "after / before"):
+        assert words in result.stdout
+    assert "Compressed from" in (out / "README.md").read_text()
+
+
+def test_every_command_works_on_the_copy_and_the_model_loads_again_quantized(runner, int8_run, tmp_path):
+    out, _ = int8_run
+    model = saving.load_model(out)
+    assert saving.quantization_modes(model) == ["int8"]
+    evaluated = invoke(runner, "evaluate", out, "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    after = json.loads((out / "metrics.json").read_text())["after"]
+    assert json.loads(evaluated.stdout)["perplexity"] == pytest.approx(after["perplexity"], rel=1e-4)
+    generated = invoke(runner, "generate", out, "--prompt", "The", "--max-length", "8", "--temperature", "0")
+    assert generated.exit_code == 0 and generated.stdout.startswith("The"), generated.output
+    exported = invoke(runner, "export", out, "--format", "keras", "--out", tmp_path / "copy.keras")
+    assert exported.exit_code == 0, exported.output
+    assert saving.quantization_modes(saving.load_model(tmp_path / "copy.keras")) == ["int8"]
+
+
+def test_what_a_copy_cannot_do_is_one_line(runner, int8_run, trained_run, tmp_path):
+    out, _ = int8_run
+    assert_user_error(invoke(runner, "train", "--resume", out), "is a compressed copy of")
+    assert_user_error(invoke(runner, "finetune", out, "--data", "builtin:python-docs", "--out", tmp_path / "ft"),
+                      "holds quantized layers (int8), which fine-tuning cannot train")
+    assert_user_error(invoke(runner, "export", out, "--format", "h5", "--out", tmp_path / "m.h5"), "cannot hold quantized layers")
+    assert_user_error(invoke(runner, "export", out, "--format", "tflite", "--out", tmp_path / "m.tflite"),
+                      "cannot take Keras-quantized layers")
+    assert_user_error(invoke(runner, "compress", out, "--out", tmp_path / "again"), "is already a compressed copy")
+    assert_user_error(invoke(runner, "compress", trained_run, "--method", "int3"), "unknown compression method 'int3'")
+    assert_user_error(invoke(runner, "compress", trained_run, "--out", trained_run, "--overwrite"), "--overwrite would delete")
+    assert (trained_run / "model.keras").is_file() and not (tmp_path / "ft").exists() and not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("method", ["int4", "float8"])
+def test_int4_and_float8_copies_load_and_keep_the_metric(runner, trained_run, tmp_path, method):
+    out = tmp_path / method
+    result = invoke(runner, "compress", trained_run, "--method", method, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run"] == str(out) and summary["compression"]["method"] == method
+    assert summary["after"]["perplexity"] < 2 * summary["before"]["perplexity"]
+    assert saving.quantization_modes(saving.load_model(out)) == [method]
+
+
+def test_a_model_with_code_is_refused_in_safe_mode(runner, trained_run, tmp_path):
+    import keras
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(100, 8)(tokens)
+    x = keras.layers.Lambda(lambda t: t * 2.0)(x)
+    keras.Model(tokens, keras.layers.Dense(100)(x)).save(run / "model.keras")
+    assert_user_error(invoke(runner, "compress", run, "--out", tmp_path / "c"), "--unsafe")
+    assert not (tmp_path / "c").exists()
