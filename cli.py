@@ -32,7 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-console = Console()
+console = Console(soft_wrap=True)  # whole lines at any width, piped too (tables still fit the width)
 errors = Console(stderr=True, soft_wrap=True)
 STATE = {"debug": False, "run_dir": None}
 
@@ -459,27 +459,46 @@ def export(
     source: ModelOrRun,
     fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel or tflite.")] = "keras",
     out: Annotated[Optional[Path], typer.Option(help="Output path (default: beside the source; run folders: RUN/export/).")] = None,
-    tolerance: Annotated[float, typer.Option(help="Largest |difference| allowed between source and export outputs.")] = 1e-4,
+    quantize: Annotated[str, typer.Option(
+        help="TFLite only: none, dynamic (int8 weights), float16 (float16 weights) or int8 (weights and activations, "
+             "calibrated on the run's data).")] = "none",
+    calibration_data: Annotated[Optional[str], typer.Option(
+        "--calibration-data", help="With --quantize int8: calibrate on this data (read like the run's) instead of the run's validation split.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(
+        help="Largest |difference| from the source (default 1e-4); with --quantize, the largest share of top-1 "
+             "disagreements (default 0.1).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     unsafe: UnsafeFlag = False,
 ):
-    """Export a model (run folder, .keras, or .h5 — also tf.keras 2.x .h5) and check the export matches.
+    """Export a model (run folder, .keras, or .h5 — also tf.keras 2.x .h5) and check the export matches its source.
 
-    Examples: `kerasllm export runs/lstm-textgen-20261129-120000 --format tflite` · `kerasllm export my_model.h5`
+    Prints the copy against the source: max |diff|, top-1 agreement, file size and latency per batch.
+
+    Examples: `kerasllm export runs/lstm-textgen-20261129-120000 --format tflite` · `kerasllm export my_model.h5` ·
+    `kerasllm export RUN --format tflite --quantize int8`
     """
     export_lib.check_format(fmt)  # before the (slow) model load
-    if not (tolerance >= 0):
+    export_lib.check_quantize(fmt, quantize)
+    if tolerance is not None and not (tolerance >= 0):
         raise UserError("--tolerance must be 0 or more")
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
     export_lib.check_out(out, fmt, path, overwrite)
+    if calibration_data is not None and quantize != "int8":
+        raise UserError("--calibration-data calibrates --quantize int8; add --quantize int8 or drop it")
+    if quantize == "int8" and not files.is_run_dir(path.parent):
+        raise UserError(f"--quantize int8 calibrates on a run's data, and {source} is not inside a run folder; export the run folder")
     load_tensorflow()
     run = runs.load_run(path.parent) if files.is_run_dir(path.parent) else None
     model = load_model(path, unsafe=unsafe, on_note=console.print)
+    export_lib.check_quantize_fits(model, quantize)  # before the calibration data is read
     sample = run.task.export_sample(model, run) if run is not None else None
     endpoints = run.task.savedmodel_endpoints(model, run) if run is not None and fmt == "savedmodel" else []
-    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints)
-    console.print(f"wrote {result.path} ({fmt}); max |diff| vs source on a sample batch: {result.max_abs_diff:.3g} (tolerance {tolerance:g})")
+    calibration = (export_lib.calibration_batches(run, sample, config_lib.absolute_source(calibration_data) if calibration_data else None)
+                   if quantize == "int8" else [])
+    result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints,
+                               quantize=quantize, calibration=calibration)
+    console.print(result.line(), highlight=False)
     for endpoint in endpoints:
         console.print(f"signature `{endpoint.name}`: same outputs as `kerasllm` on the check inputs", highlight=False)
 

@@ -5,6 +5,11 @@ SavedModel with a `serve` signature, plus the task's own, e.g. seq2seq's `transl
 `TFLiteConverter.from_keras_model` fails on Keras 3 models). After writing, the
 export is loaded back and run on a sample batch; `max_abs_diff` must stay under
 the tolerance or the export is reported as failed.
+
+A TFLite file may be quantized by the converter (`quantize`): `dynamic` (int8 weights), `float16` (float16
+weights) or `int8` (int8 weights and activations, calibrated on a representative dataset: batches of the run's own
+data, or of `--calibration-data`; ops without an int8 kernel stay in float). A quantized copy is judged by top-1
+agreement with its source (the share of positions whose highest output is the same), not by raw difference.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,7 @@ import numpy as np
 from kerasllm import compat
 from kerasllm.errors import UserError
 from kerasllm.files import EXPORT_DIR, check_replaceable, is_run_dir
+from kerasllm.quiet import captured_stderr
 from kerasllm.saving import load_model, quantized_layers, save_model
 
 # Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
@@ -29,16 +36,55 @@ from kerasllm.saving import load_model, quantized_layers, save_model
 FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite"}
 
 
+QUANTIZE = ("none", "dynamic", "float16", "int8")
+TOLERANCE = 1e-4  # largest |difference| for a float copy
+DISAGREEMENT = 0.1  # largest share of top-1 disagreements for a quantized copy (the default --tolerance there)
+LATENCY_REPEATS = 10
+
+
 @dataclass
 class ExportResult:
     path: Path
     format: str
     max_abs_diff: float
     tolerance: float
+    quantize: str = "none"
+    agreement: float = 1.0  # top-1 agreement with the source on the check batches
+    size_bytes: int = 0
+    source_ms: float = 0.0  # median latency per check batch, source and copy, side by side
+    copy_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
+        if self.quantize != "none":
+            return 1.0 - self.agreement <= self.tolerance
         return self.max_abs_diff <= self.tolerance
+
+    def line(self) -> str:
+        """What an export prints: the copy against its source."""
+        quantized = self.quantize != "none"
+        judged = f", at least {1 - self.tolerance:.0%} needed" if quantized else ""
+        return (f"wrote {self.path} ({self.format}{', ' + self.quantize if quantized else ''}, {_size(self.size_bytes)}); "
+                f"against the source: max |diff| {self.max_abs_diff:.3g}{'' if quantized else f' (tolerance {self.tolerance:g})'}, "
+                f"top-1 agreement {self.agreement:.2%}{judged}; latency per batch {self.source_ms:.2f} → {self.copy_ms:.2f} ms")
+
+
+def _size(size: int) -> str:
+    return f"{size / 1024**2:,.2f} MB" if size >= 1024**2 else f"{size / 1024:,.1f} KB"
+
+
+def size_of(path: Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def check_quantize(fmt: str, quantize: str) -> str:
+    if quantize not in QUANTIZE:
+        raise UserError(f"unknown --quantize {quantize!r}; use one of {', '.join(QUANTIZE)}")
+    if quantize != "none" and fmt != "tflite":
+        raise UserError(f"--quantize {quantize} is a TFLite converter option; use --format tflite (for a quantized "
+                        "keras model: `kerasllm compress RUN --method int8`)")
+    return quantize
 
 
 def check_format(fmt: str) -> str:
@@ -91,6 +137,16 @@ def sample_batch(model, length: int = 16, batch: int = 2, seed: int = 0) -> np.n
     return rng.uniform(0, 255, size=shape).astype(str(spec.dtype))
 
 
+def check_quantize_fits(model, quantize: str) -> None:
+    """TFLite's int8 calibrator ends the process (a segmentation fault, TF 2.21) on a recurrent layer: refused first."""
+    import keras
+
+    recurrent = sorted({type(layer).__name__ for layer in compat.nested_layers(model) if isinstance(layer, keras.layers.RNN)})
+    if quantize == "int8" and recurrent:
+        raise UserError(f"--quantize int8 cannot calibrate {', '.join(recurrent)} layers (TFLite's calibrator crashes on them "
+                        "in TensorFlow 2.21); use --quantize dynamic (int8 weights) or float16")
+
+
 def check_fits(model, fmt: str) -> None:
     """Refuse, before anything is written, a format that cannot hold the model: the legacy h5 format stores layers
     only, so a functional model with Keras operations as graph steps (`keras.ops.not_equal` building a mask) cannot
@@ -120,8 +176,8 @@ def _input_signature(model, batch):
     return [tf.TensorSpec(batch.shape, batch.dtype, name=model.inputs[0].name)]
 
 
-def _run_tflite(path: Path, batch) -> np.ndarray:
-    """The TFLite file's output on `batch`, fed by input name through the interpreter's serving signature."""
+def _tflite_runner(path: Path):
+    """`run(batch) -> outputs` of a TFLite file, fed by input name through the interpreter's serving signature."""
     import tensorflow as tf
 
     with warnings.catch_warnings():  # tf.lite.Interpreter warns that LiteRT will replace it; it still works in TF 2.21
@@ -129,23 +185,28 @@ def _run_tflite(path: Path, batch) -> np.ndarray:
         interpreter = tf.lite.Interpreter(model_path=str(path))
     runner = interpreter.get_signature_runner()
     names = list(runner.get_input_details())
-    if isinstance(batch, dict):  # the converter may prefix the names: match each to the one input it ends with
-        feeds = {name: next(batch[key] for key in sorted(batch, key=len, reverse=True) if name.endswith(key)) for name in names}
-    else:
-        (name,) = names
-        feeds = {name: batch}
-    outputs = runner(**feeds)
-    (value,) = outputs.values()
-    return value
+
+    def run(batch):
+        if isinstance(batch, dict):  # the converter may prefix the names: match each to the one input it ends with
+            feeds = {name: next(batch[key] for key in sorted(batch, key=len, reverse=True) if name.endswith(key)) for name in names}
+        else:
+            (name,) = names
+            feeds = {name: batch}
+        (value,) = runner(**feeds).values()
+        return np.asarray(value)
+
+    return run
 
 
-def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None = None) -> np.ndarray:
-    """Write `model` as `fmt` at `out`; return the export's outputs on `batch`. A SavedModel also gets `endpoints`
-    (checked after loading)."""
+def write(model, fmt: str, out: Path, batch, endpoints: list | None = None, quantize: str = "none", calibration=()):
+    """Write `model` as `fmt` at `out`; return `run(batch) -> outputs` of the export, loaded back. A SavedModel also
+    gets `endpoints` (checked after loading); a TFLite file is quantized as `quantize` says (`calibration`: batches
+    shaped like `batch`, for int8)."""
     endpoints = endpoints or []
     if fmt in ("keras", "h5"):
         save_model(model, out) if fmt == "keras" else model.save(out)  # a quantized model's layer map goes into .keras
-        return np.asarray(load_model(out).predict(batch, verbose=0))
+        loaded = load_model(out)
+        return lambda inputs: np.asarray(loaded.predict_on_batch(inputs))
     if fmt == "savedmodel":
         import keras
         import tensorflow as tf
@@ -163,42 +224,99 @@ def write(model, fmt: str, out: Path, batch: np.ndarray, endpoints: list | None 
             if problem:
                 raise UserError(f"the SavedModel's `{endpoint.name}` signature differs from kerasllm's: {problem}; "
                                 "nothing was written; report this model")
-        return np.asarray(loaded.serve(batch))
+        return lambda inputs: np.asarray(loaded.serve(inputs))
     # tflite: a SavedModel with a fixed input shape, then the converter.
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as folder:
         model.export(folder, format="tf_saved_model", input_signature=_input_signature(model, batch), verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-        out.write_bytes(converter.convert())
-    return _run_tflite(out, batch)
+        _set_quantization(converter, quantize, calibration)
+        try:
+            out.write_bytes(converter.convert())
+        except Exception as error:  # the converter's own error types, with MLIR locations: keep the op's words
+            raise UserError(f"the TFLite converter cannot convert this model: {_converter_reason(error)}; export it as "
+                            "keras or savedmodel") from error
+    return _tflite_runner(out)
 
 
-def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bool = False,
-           sample: np.ndarray | None = None, input_length: int = 16, endpoints: list | None = None) -> ExportResult:
-    """Export and check parity; raise `UserError` if the copy's outputs differ by more than `tolerance`.
+def _set_quantization(converter, quantize: str, calibration) -> None:
+    import tensorflow as tf
 
-    The export is written beside `out` and renamed into place once it passes, so a failed
-    export never replaces an earlier one.
-    """
+    if quantize == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        batches = list(calibration)
+        if not batches:
+            raise UserError("--quantize int8 needs calibration batches: export a run folder, or pass --calibration-data")
+        converter.representative_dataset = lambda: (list(b.values()) if isinstance(b, dict) else [b] for b in batches)
+
+
+def _converter_reason(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if "error:" in line] or str(error).splitlines() or [type(error).__name__]
+    return lines[0].split("error:", 1)[-1].strip()[:240]
+
+
+def agreement(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Share of positions whose highest output (top-1 class or next token) is the same."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if expected.ndim < 2 or expected.shape[-1] < 2:  # one output per example: the sign of a logit
+        return float(np.mean((expected > 0) == (actual > 0)))
+    return float(np.mean(np.argmax(expected, -1) == np.argmax(actual, -1)))
+
+
+def median_ms(run, batch) -> float:
+    run(batch)  # warm-up (a first call compiles or allocates)
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        started = time.perf_counter()
+        run(batch)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
+def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwrite: bool = False,  # noqa: PLR0913 (the command's options)
+           sample=None, endpoints: list | None = None, quantize: str = "none", calibration=()) -> ExportResult:
+    """Export, load back and check against the source on the sample batch and the calibration batches: max |diff|
+    within `tolerance` (float copies; 1e-4 by default), or top-1 disagreement within it (quantized; 0.1 by default).
+    Raises `UserError` otherwise. `sample` is a batch of model inputs (token ids or pixels of 16 positions when
+    None). The export is written beside `out` and renamed into place once it passes, so a
+    failed export never replaces an earlier one."""
     check_format(fmt)
+    check_quantize(fmt, quantize)
     check_fits(model, fmt)
+    check_quantize_fits(model, quantize)
     out = Path(out)
+    tolerance = (DISAGREEMENT if quantize != "none" else TOLERANCE) if tolerance is None else tolerance
     if not tolerance >= 0:
         raise UserError("--tolerance must be 0 or more")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     staging = out.with_name(f".{out.stem}.partial{out.suffix}")
+    calibration = list(calibration)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove(staging)
-        batch = sample if sample is not None else sample_batch(model, length=input_length)
-        expected = np.asarray(model.predict(batch, verbose=0))
-        actual = write(model, fmt, staging, batch, endpoints)
-        result = ExportResult(out, fmt, float(np.max(np.abs(actual - expected))), tolerance)
+        batch = sample if sample is not None else sample_batch(model)
+        # the converter and interpreter log to fd 2 from C++ ("fully_quantize: 0, …", "Created TensorFlow Lite XNNPACK
+        # delegate for CPU"); a failure shows what was caught
+        with captured_stderr():
+            run_copy = write(model, fmt, staging, batch, endpoints, quantize, calibration)
+            checks = [batch, *calibration[:8]]
+            expected = [np.asarray(model.predict_on_batch(b)) for b in checks]
+            actual = [run_copy(b) for b in checks]
+            result = ExportResult(out, fmt, max(float(np.max(np.abs(a - e))) for a, e in zip(actual, expected)), tolerance,
+                                  quantize, float(np.mean([agreement(e, a) for e, a in zip(expected, actual)])),
+                                  size_of(staging), median_ms(model.predict_on_batch, batch), median_ms(run_copy, batch))
         if not result.ok:
-            raise UserError(f"the {fmt} export differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g}); "
-                            "nothing was written; report this model and format")
+            what = (f"agrees with the source on only {result.agreement:.1%} of top-1 outputs (at least {1 - tolerance:.0%} "
+                    "needed; --tolerance sets the share of disagreements allowed)") if quantize != "none" else (
+                    f"differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g})")
+            raise UserError(f"the {fmt} export {what}; nothing was written"
+                            + ("" if quantize != "none" else "; report this model and format"))
         _remove(out)
         os.replace(staging, out)
     except OSError as error:
@@ -206,6 +324,34 @@ def export(model, fmt: str, out: Path, *, tolerance: float = 1e-4, overwrite: bo
     finally:
         _remove(staging)
     return result
+
+
+def calibration_batches(run, like, source: str | None = None, count: int = 16) -> list:
+    """Batches of real inputs shaped like `like` (the export's fixed input): the run's training data (its first
+    epoch's order), or `source` read the way the run reads its data."""
+    import dataclasses
+
+    config = run.config if source is None else dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, source=source))
+    data = run.task.prepare(config, run.spec, run.artifacts)
+    size = len(next(iter(like.values()))) if isinstance(like, dict) else len(like)
+    rows = []
+    for element in data.train(0, 1, 0).unbatch().take(count * size):
+        x = element[0] if isinstance(element, tuple) else element
+        rows.append({k: np.asarray(v) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x))
+    batches = []
+    for start in range(0, len(rows) - size + 1, size):
+        group = rows[start:start + size]
+        batch = ({k: np.stack([r[k] for r in group]).astype(like[k].dtype) for k in like} if isinstance(like, dict)
+                 else np.stack(group).astype(like.dtype))
+        shapes = {k: v.shape for k, v in batch.items()} if isinstance(batch, dict) else batch.shape
+        wanted = {k: v.shape for k, v in like.items()} if isinstance(like, dict) else like.shape
+        if shapes != wanted:
+            raise UserError(f"the calibration data gives inputs of shape {shapes}, and the export takes {wanted}; "
+                            "pass data prepared like the run's")
+        batches.append(batch)
+    if not batches:
+        raise UserError(f"the calibration data has fewer than {size} examples; pass more")
+    return batches
 
 
 def _remove(path: Path) -> None:

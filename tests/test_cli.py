@@ -170,8 +170,8 @@ def test_export_formats_match_the_source(runner, trained_run, tmp_path, fmt):
     result = invoke(runner, "export", trained_run, "--format", fmt, "--out", out)
     assert result.exit_code == 0, result.output
     assert out.exists() and "max |diff|" in result.output
-    diff = float(result.output.split("max |diff| vs source on a sample batch: ")[1].split()[0])
-    assert diff <= 1e-4
+    diff = float(result.output.split("against the source: max |diff| ")[1].split()[0].rstrip(","))
+    assert diff <= 1e-4 and "top-1 agreement 100.00%" in result.output and "latency per batch" in result.output
     assert_user_error(invoke(runner, "export", trained_run, "--format", fmt, "--out", out), "already exists")
 
 
