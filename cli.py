@@ -507,7 +507,11 @@ def export(
 @handle_errors
 def compress(
     source: Annotated[Path, typer.Argument(help="The run folder to compress.")],
-    method: Annotated[str, typer.Option(help="int8, int4 or float8: Keras' own weight quantization.")] = "int8",
+    method: Annotated[str, typer.Option(
+        help="int8, int4 or float8 (Keras' own weight quantization), or prune (magnitude pruning while fine-tuning).")] = "int8",
+    sparsity: Annotated[float, typer.Option(help="--method prune: the share of each kernel's weights set to zero.")] = 0.5,
+    epochs: Annotated[Optional[int], typer.Option(help="--method prune: epochs of fine-tuning (default: the recipe's).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="--method prune: fine-tune on this data (default: the run's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="The new run folder (default: runs/MODEL-METHOD-TIME).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
     as_json: JsonFlag = False,
@@ -515,17 +519,24 @@ def compress(
 ):
     """Write a compressed copy of a run as a run of its own, with a before → after table measured side by side.
 
-    The copy has the source's config, data record and tokenizer or labels, and records `compressed_from` (path and
-    sha256); evaluate, generate, predict and export work on it.
+    A quantized copy has the source's config, data record and tokenizer or labels; a pruned one is a fine-tuning run of
+    the source (checkpoints, `--resume`). Both record `compressed_from` (path and sha256); evaluate, generate, predict
+    and export work on them.
 
     Examples: `kerasllm compress runs/transformer-lm-20261129-120000 --method int8` · `kerasllm compress RUN --method int4 --json`
+    · `kerasllm compress RUN --method prune --sparsity 0.8 --epochs 2`
     """
     compression.check_method(method)
     if not files.is_run_dir(source):
         raise UserError(f"{source} is not a run folder; compress takes a run folder made by `kerasllm train` or `finetune`")
+    if method != "prune" and (epochs is not None or data is not None or sparsity != 0.5):
+        raise UserError("--sparsity, --epochs and --data belong to --method prune; drop them")
     load_tensorflow()
-    target, summary = compression.compress(source, method, out, overwrite=overwrite, unsafe=unsafe,
-                                           on_note=lambda line: errors.print(f"note: {line}", highlight=False))
+    if method == "prune":
+        target, summary = prune_run(source, sparsity, epochs, data, out, overwrite, unsafe, as_json)
+    else:
+        target, summary = compression.compress(source, method, out, overwrite=overwrite, unsafe=unsafe,
+                                               on_note=lambda line: errors.print(f"note: {line}", highlight=False))
     if as_json:
         return print_json({"run": str(target), **summary})
     table = Table("", "before", "after", "after / before", title=f"{summary['model']}: {method}, {source} → {target}")
@@ -533,6 +544,27 @@ def compress(
         table.add_row(*row)
     console.print(table)
     console.print(f"wrote {target}", highlight=False)
+
+
+def prune_run(source: Path, sparsity: float, epochs: int | None, data: str | None, out: Path | None, overwrite: bool,
+              unsafe: bool, as_json: bool) -> tuple[Path, dict]:
+    """`compress --method prune`: fine-tune the run with `finetune.sparsity`, then measure it against its source."""
+    if not 0 < sparsity < 1:
+        raise UserError("--sparsity must be above 0 and below 1 (0.5 zeroes half of each kernel)")
+    found = finetuning.resolve_base(str(source))
+    if files.read_json(Path(source) / files.METRICS_FILE).get("compressed_from"):
+        raise UserError(f"{source} is already a compressed copy; compress its source instead")
+    flags = config_lib.flag_overrides({"train.epochs": epochs, "finetune.sparsity": sparsity})
+    spec, config = finetuning.finetune_config(found, data or found.run.config.data.source, flags, "full", 8, 0)
+    run_dir = runs.plan_new_run(f"{spec.name}-prune", out, overwrite, config_lib.local_paths(config.data.source, found.source))
+    STATE["run_dir"] = run_dir
+    from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
+
+    parent = finetuning.load_base_model(found, unsafe)
+    train_model(config, run_dir, overwrite=overwrite, progress="quiet" if as_json else "rich", console=console,
+                command="kerasllm " + " ".join(sys.argv[1:]), parent=parent, parent_record=found.record(),
+                artifacts=finetuning.base_artifacts(found))
+    return run_dir, compression.pruned_report(source, run_dir, unsafe)
 
 
 @app.command()

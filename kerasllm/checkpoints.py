@@ -184,7 +184,7 @@ class Checkpointing(keras.callbacks.Callback):
             raise UserError(f"epoch {epoch + 1} ran no training step, so it has no {self.monitor} (the data ran out); "
                             f"continue with `kerasllm train --resume {self.run_dir}`")
         score = float(value) if "loss" in self.monitor else -float(value)  # lower is better
-        if score < state.best_val_loss:
+        if score < state.best_val_loss and self.hooks.may_be_best(state):
             state.best_val_loss, state.epochs_without_improvement = score, 0
             state.best_checkpoint = f"step-{state.global_step:08d}"
         else:

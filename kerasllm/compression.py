@@ -19,6 +19,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from kerasllm import compat, files, runs, saving
 from kerasllm.errors import UserError
 
@@ -26,7 +28,7 @@ from kerasllm.errors import UserError
 # imports this module).
 
 QUANTIZE = ("int8", "int4", "float8")
-METHODS = QUANTIZE
+METHODS = (*QUANTIZE, "prune")
 LATENCY_BATCH = 32
 LATENCY_REPEATS = 15
 GENERATED_TOKENS = 64
@@ -43,13 +45,15 @@ class Measured:
     gzipped: int
     parameters: int
     quantized_parameters: int
+    nonzero_parameters: int
     latency_ms: float
     tokens_per_second: float | None
     quality: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"size_bytes": self.size, "gzipped_bytes": self.gzipped, "parameters": self.parameters,
-                "quantized_parameters": self.quantized_parameters, "latency_ms_per_batch": round(self.latency_ms, 3),
+                "quantized_parameters": self.quantized_parameters, "nonzero_parameters": self.nonzero_parameters,
+                "latency_ms_per_batch": round(self.latency_ms, 3),
                 "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 1),
                 **{key: value for key, value in self.quality.items()}}
 
@@ -124,8 +128,48 @@ def measure(model, run, model_file: Path, quantized_parameters: int, parameters:
     results = run.task.evaluate(model, run)
     quality = {key: float(results[key]) for key in run.task.quality if isinstance(results.get(key), (int, float))}
     batch = run.task.export_sample(model, run, batch=LATENCY_BATCH)
-    return Measured(len(data), len(gzip.compress(data, 6)), parameters, quantized_parameters, latency_ms(model, batch),
+    # non-zero weights of a float model (a pruned one has fewer); a quantized copy keeps its parameter count
+    nonzero = parameters if quantized_parameters else sum(int(np.count_nonzero(variable.numpy())) for variable in model.weights)
+    return Measured(len(data), len(gzip.compress(data, 6)), parameters, quantized_parameters, nonzero, latency_ms(model, batch),
                     tokens_per_second(model, run), quality)
+
+
+def measure_source(model, run, folder: Path) -> Measured:
+    """The source model, saved alone into `folder` for its size (its own model.keras also holds the optimizer's state,
+    which a copy does not), then measured."""
+    alone = Path(folder) / f".{run.spec.name}-source.keras"
+    try:
+        saving.save_model(model, alone)
+        return measure(model, run, alone, 0, int(model.count_params()))
+    finally:
+        alone.unlink(missing_ok=True)
+
+
+def pruned_report(source: Path, target: Path, unsafe: bool = False) -> dict:
+    """After `finetune.sparsity` fine-tuned `source` into `target`: the before → after table, written into the
+    pruned run's metrics.json (with `compressed_from`) and appended to its card."""
+    run, pruned = runs.load_run(Path(source)), runs.load_run(Path(target))
+    before = measure_source(saving.load_model(run.path, unsafe=unsafe), run, pruned.path)
+    model = saving.load_model(pruned.path, unsafe=unsafe)
+    after = measure_source(model, pruned, pruned.path)
+    summary = files.read_json(pruned.path / files.METRICS_FILE)
+    summary.update(compressed_from={"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)},
+                   compression={"method": "prune", "target_sparsity": pruned.config.finetune.sparsity,
+                                "sparsity": summary.get("sparsity", {}).get("total"), "source_file_bytes": run.model_path.stat().st_size},
+                   before=before.to_dict(), after=after.to_dict())
+    files.write_json(pruned.path / files.METRICS_FILE, summary)
+    table = ["| | before | after | after / before |", "|---|---|---|---|"] + [f"| {' | '.join(row)} |" for row in table_rows(summary)]
+    card_text = (pruned.path / files.CARD_FILE).read_text(encoding="utf-8")
+    files.write_text_atomic(pruned.path / files.CARD_FILE, card_text + f"""
+## Compression
+
+Pruned from `{run.path.resolve()}` (model sha256 `{summary['compressed_from']['sha256'][:16]}…`) to
+{summary['compression']['sparsity']:.1%} of its kernels' weights at zero (target {pruned.config.finetune.sparsity:g}), by
+magnitude while fine-tuning. Measured side by side in one process, both models saved the same way:
+
+{chr(10).join(table)}
+""")
+    return summary
 
 
 def copy_run_files(source: Path, target: Path) -> None:
@@ -145,6 +189,9 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
     """Write a compressed copy of the run at `source`; returns (its folder, the summary in its metrics.json);
     `on_note(line)` hears about layers the method leaves in float."""
     check_method(method)
+    if method not in QUANTIZE:  # pruning fine-tunes: the trainer (a floor above) runs it, then `pruned_report`
+        raise UserError(f"{method} fine-tunes the run: `kerasllm compress RUN --method {method}` or `kerasllm finetune RUN "
+                        "--set finetune.sparsity=S`")
     run = runs.load_run(Path(source))
     if files.read_json(run.path / files.METRICS_FILE).get("compressed_from"):
         raise UserError(f"{run.path} is already a compressed copy; compress its source instead")
@@ -165,13 +212,7 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
     saving.save_model(quantized_model, target / files.MODEL_FILE)
     copy = runs.load_run(target)
     reloaded = saving.load_model(target, unsafe=unsafe)
-    # the source's own model.keras also holds its optimizer's state: the float model is saved alone, as the copy is
-    alone = target / f".{run.spec.name}-float32.keras"
-    try:
-        saving.save_model(float_model, alone)
-        before = measure(float_model, run, alone, 0, parameters)
-    finally:
-        alone.unlink(missing_ok=True)
+    before = measure_source(float_model, run, target)
     after = measure(reloaded, copy, copy.model_path, in_low_precision, parameters)
     summary = {"model": run.spec.name, "parameters": parameters,
                "compressed_from": {"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)},
@@ -185,7 +226,8 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
 
 
 ROWS = [("size on disk", "size_bytes", "bytes"), ("gzipped", "gzipped_bytes", "bytes"), ("parameters", "parameters", "count"),
-        ("of which quantized", "quantized_parameters", "count"), ("latency per batch of 32", "latency_ms_per_batch", "ms"),
+        ("of which quantized", "quantized_parameters", "count"), ("non-zero", "nonzero_parameters", "count"),
+        ("latency per batch of 32", "latency_ms_per_batch", "ms"),
         ("cached generation", "tokens_per_second", "tokens/s")]
 
 
@@ -208,6 +250,10 @@ def table_rows(summary: dict) -> list[list[str]]:
     for label, key, unit in ROWS + [(key, key, "") for key in before if key not in {k for _, k, _ in ROWS}]:
         if before.get(key) is None and after.get(key) is None:
             continue
+        if key == "quantized_parameters" and not before.get(key) and not after.get(key):
+            continue  # not a quantized copy
+        if key == "nonzero_parameters" and before.get(key) == before.get("parameters") == after.get(key):
+            continue  # not a pruned one
         ratio = (f"{after[key] / before[key]:.2f}×" if isinstance(before.get(key), (int, float)) and before[key]
                  and isinstance(after.get(key), (int, float)) else "")
         rows.append([label, _cell(before.get(key), unit), _cell(after.get(key), unit), ratio])

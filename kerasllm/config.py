@@ -134,6 +134,11 @@ class FinetuneConfig:
         "With method `freeze`: after this many epochs the whole model trains (0: never)."))
     unfreeze_learning_rate_ratio: float = field(default=0.1, metadata=doc(
         "Once unfrozen, the learning rate is this fraction of train.learning_rate."))
+    sparsity: float = field(default=0.0, metadata=doc(
+        "Magnitude pruning while fine-tuning: the share of each kernel's weights set to zero by the end (0: off)."))
+    prune_end: float = field(default=0.75, metadata=doc(
+        "Pruning reaches finetune.sparsity after this share of the run's steps; the rest fine-tunes at it."))
+    prune_frequency: int = field(default=10, metadata=doc("Pruning masks are recomputed every this many steps."))
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig, "finetune": FinetuneConfig}
@@ -415,6 +420,11 @@ def validate(config: RunConfig) -> RunConfig:
         (train.monitor in ("val_loss", "val_accuracy"), "train.monitor must be val_loss or val_accuracy"),
             (config.finetune.method in FINETUNE_METHODS, f"finetune.method must be {one_of(FINETUNE_METHODS)}"),
         (config.finetune.lora_rank >= 1, "finetune.lora_rank must be at least 1"),
+        (0.0 <= config.finetune.sparsity < 1.0, "finetune.sparsity must be at least 0 and below 1 (0.5 zeroes half of each kernel)"),
+        (0.0 < config.finetune.prune_end <= 1.0, "finetune.prune_end must be above 0 and at most 1"),
+        (config.finetune.prune_frequency >= 1, "finetune.prune_frequency must be at least 1"),
+        (not config.finetune.sparsity or config.finetune.base, "finetune.sparsity prunes while fine-tuning: use `kerasllm "
+                                                                "compress RUN --method prune` or `kerasllm finetune`"),
         (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),
         (0 < config.finetune.unfreeze_learning_rate_ratio <= 1, "finetune.unfreeze_learning_rate_ratio must be in (0, 1]"),
     ]

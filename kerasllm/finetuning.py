@@ -99,7 +99,9 @@ def finetune_config(base: Base, data: str | None, overrides: list[str], method: 
         parent = base.run.config  # a masked-LM base fine-tunes for the model's own task (objective ""), with a new head
         saved = {"model_args": dict(vars(parent.model_args)),
                  "data": {key: getattr(parent.data, key) for key in (*INHERITED_DATA_KEYS, "sequence_length")},
-                 "runtime": dict(vars(parent.runtime))}
+                 "runtime": dict(vars(parent.runtime)),
+                 # the base's task settings (seq2seq languages and lengths, class weights) where the model still has them
+                 **{name: dict(vars(section)) for name, section in parent.sections.items() if name in spec.sections}}
     flags = [f"finetune.method={method}", f"finetune.lora_rank={lora_rank}", f"finetune.unfreeze_after={unfreeze_after}",
              f"finetune.base={base.source}", f"finetune.base_sha256={base.sha256}"]
     if data is not None:

@@ -10,8 +10,11 @@ built-in one (parent weights, freeze/unfreeze, LoRA adapters).
               step_offset(state)                  optimizer steps that ran under an earlier optimizer
     loop:     split_phases(phases)                (first epoch, last epoch, steps, skip) cut where the hook acts
               start_phase(model, first, context)  True when it recompiled the model (the loop is made anew)
+    epochs:   may_be_best(state)                  False: this epoch's weights may not be kept as the best (pruning
+                                                  before its final sparsity)
     files:    on_checkpoint_save / on_checkpoint_restore(model, folder), finalize(model, run_dir)
     summary:  summary(model) -> dict              entries for a new run's metrics.json
+              results(model) -> dict              entries for metrics.json once training ended (before model.keras)
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class Hook:
     def start_phase(self, model, first_epoch: int, context: BuildContext) -> bool:
         return False
 
+    def may_be_best(self, state) -> bool:
+        return True
+
     def on_checkpoint_save(self, model, folder: Path) -> None:
         pass
 
@@ -62,6 +68,9 @@ class Hook:
         pass
 
     def summary(self, model) -> dict:
+        return {}
+
+    def results(self, model) -> dict:
         return {}
 
     def finalize(self, model, run_dir: Path) -> None:
@@ -95,6 +104,12 @@ class Hooks(Hook):
 
     def start_phase(self, model, first_epoch, context):
         return any([hook.start_phase(model, first_epoch, context) for hook in self.hooks])  # a list: every hook runs
+
+    def may_be_best(self, state):
+        return all(hook.may_be_best(state) for hook in self.hooks)
+
+    def results(self, model):
+        return {key: value for hook in self.hooks for key, value in hook.results(model).items()}
 
     def on_checkpoint_save(self, model, folder):
         for hook in self.hooks:

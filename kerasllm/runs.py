@@ -68,8 +68,9 @@ def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config
         raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
     if out is not None or overwrite:
         raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
-    source = read_json(Path(resume) / METRICS_FILE).get("compressed_from") if (Path(resume) / METRICS_FILE).is_file() else None
-    if source:
+    summary = read_json(Path(resume) / METRICS_FILE) if (Path(resume) / METRICS_FILE).is_file() else {}
+    source = summary.get("compressed_from") if summary.get("compression", {}).get("method") != "prune" else None
+    if source:  # a quantized copy (a pruned run is a fine-tuning run: it resumes)
         raise UserError(f"{resume} is a compressed copy of {source.get('path')} (`kerasllm compress`), with no training to "
                         f"continue; train or fine-tune {source.get('path')}, then compress it again")
     return config_file or Path(resume) / CONFIG_FILE

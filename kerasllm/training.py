@@ -48,6 +48,7 @@ from kerasllm.interrupts import graceful_stop
 from kerasllm.loops import LOOPS, StepClock, TimeBudget, spread_subset
 from kerasllm.optimizers import make_optimizer
 from kerasllm.progress import Reporter
+from kerasllm.pruning import PruneHook
 
 # Lazy imports: TensorFlow is imported inside the function that needs it: on the JAX backend it is not used.
 
@@ -111,6 +112,8 @@ def hooks_for(config: RunConfig, parent=None, parent_record: dict | None = None,
     found: list[Hook] = []
     if config.finetune.base:
         found.append(FinetuneHook(config, parent, parent_record))
+    if config.finetune.sparsity:
+        found.append(PruneHook(config))
     return Hooks([*found, *extra])
 
 
@@ -330,6 +333,7 @@ class Trainer:
             loop=self.training_loop.name,
             overfitting=diagnostics.overfitting(state.history, self.spec.overfitting_fixes),
             command=self.options.command or " ".join(sys.argv),
+            **self.hooks.results(model),
         )
         if self.chief:
             self._write_results()

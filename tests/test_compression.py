@@ -89,3 +89,76 @@ def test_a_model_with_code_is_refused_in_safe_mode(runner, trained_run, tmp_path
     keras.Model(tokens, keras.layers.Dense(100)(x)).save(run / "model.keras")
     assert_user_error(invoke(runner, "compress", run, "--out", tmp_path / "c"), "--unsafe")
     assert not (tmp_path / "c").exists()
+
+
+# --- pruning -----------------------------------------------------------------------------------
+
+def test_the_magnitude_mask_zeroes_the_smallest_share_and_the_schedule_is_tf_mots():
+    import numpy as np
+
+    from kerasllm.pruning import magnitude_mask, sparsity_at
+
+    weights = np.array([[0.5, -0.1, 0.3], [-0.7, 0.2, 0.05]], "float32")
+    mask = np.asarray(magnitude_mask(weights, 0.5))
+    np.testing.assert_array_equal(mask, [[1, 0, 1], [1, 0, 0]])  # |0.05|, |0.1|, |0.2| go
+    assert np.asarray(magnitude_mask(weights, 0.0)).all()
+    assert float(sparsity_at(0, 0.8, 100)) == 0.0 and float(sparsity_at(100, 0.8, 100)) == pytest.approx(0.8)
+    assert float(sparsity_at(500, 0.8, 100)) == pytest.approx(0.8)
+    assert float(sparsity_at(50, 0.8, 100)) == pytest.approx(0.8 * (1 - 0.5**3))
+
+
+@pytest.fixture(scope="module")
+def pruned_run(runner, trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pruned") / "prune"
+    result = invoke(runner, "compress", trained_run, "--method", "prune", "--sparsity", "0.75", "--epochs", "3", "--out", out,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)  # --json: one JSON document, no progress
+
+
+def test_pruning_reaches_its_sparsity_in_every_kernel_and_is_measured_against_the_source(pruned_run, trained_run):
+    import numpy as np
+
+    out, printed = pruned_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert printed["run"] == str(out) and printed["after"] == metrics["after"]
+    assert metrics["compressed_from"]["sha256"] == files.file_sha256(trained_run / "model.keras")
+    assert metrics["compression"]["method"] == "prune" and metrics["sparsity"]["total"] == pytest.approx(0.75, abs=0.01)
+    for path, share in metrics["sparsity"]["layers"].items():
+        assert share == pytest.approx(0.75, abs=0.01), path
+    before, after = metrics["before"], metrics["after"]
+    assert after["nonzero_parameters"] < 0.5 * before["nonzero_parameters"] and after["gzipped_bytes"] < before["gzipped_bytes"]
+    assert after["perplexity"] > 1 and before["perplexity"] > 1
+    assert int(metrics["best_checkpoint"].split("-")[1]) > 0.75 * metrics["steps"]  # only an epoch at the final sparsity
+    model = saving.load_model(out)  # a plain Keras model: the masks were stripped, the zeros stay
+    kernel = next(v for v in model.weights if v.path.endswith("next_token/kernel"))
+    assert np.mean(np.asarray(kernel.numpy()) == 0) == pytest.approx(0.75, abs=0.01)
+    assert "## Compression" in (out / "README.md").read_text() and (out / "checkpoints").is_dir()
+
+
+def test_a_pruning_run_resumes_exactly(runner, pruned_run, tmp_path):
+    """Killed after epoch 2 of 3 and resumed: the masks come back from the checkpoint, and the run ends where the
+    straight one did."""
+    import numpy as np
+
+    straight, _ = pruned_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    last = sorted((resumed / "checkpoints").iterdir())[-1]
+    shutil.rmtree(last)
+    (resumed / "model.keras").unlink()
+    result = invoke(runner, "train", "--resume", resumed, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (sorted((straight / "checkpoints").iterdir())[-1] / "pruning_masks.npz").is_file()
+    one, two = saving.load_model(straight).get_weights(), saving.load_model(resumed).get_weights()
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)) <= 1e-6
+
+
+def test_pruning_options_are_checked_first(runner, trained_run, tmp_path):
+    assert_user_error(invoke(runner, "compress", trained_run, "--method", "prune", "--sparsity", "1.5", "--out", tmp_path / "p"),
+                      "--sparsity must be above 0 and below 1")
+    assert_user_error(invoke(runner, "compress", trained_run, "--method", "int8", "--sparsity", "0.3", "--out", tmp_path / "p"),
+                      "belong to --method prune")
+    assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "finetune.sparsity=0.5", "--out", tmp_path / "p"),
+                      "finetune.sparsity prunes while fine-tuning")
+    assert not (tmp_path / "p").exists()
