@@ -554,7 +554,8 @@ def prune_run(source: Path, sparsity: float, epochs: int | None, data: str | Non
     found = finetuning.resolve_base(str(source))
     if files.read_json(Path(source) / files.METRICS_FILE).get("compressed_from"):
         raise UserError(f"{source} is already a compressed copy; compress its source instead")
-    flags = config_lib.flag_overrides({"train.epochs": epochs, "finetune.sparsity": sparsity})
+    flags = config_lib.flag_overrides({"train.epochs": epochs, "finetune.sparsity": sparsity,  # the source's batch size
+                                       "train.batch_size": found.run.config.train.batch_size})
     spec, config = finetuning.finetune_config(found, data or found.run.config.data.source, flags, "full", 8, 0)
     run_dir = runs.plan_new_run(f"{spec.name}-prune", out, overwrite, config_lib.local_paths(config.data.source, found.source))
     STATE["run_dir"] = run_dir

@@ -130,13 +130,16 @@ def load_base_model(base: Base, unsafe: bool):
 
 
 def base_artifacts(base: Base) -> dict:
-    """What the new run inherits: the tokenizer."""
+    """What the new run inherits: a text model's tokenizer. An image model inherits nothing: its size and channels are
+    in its model_args, and its classes are read from the new data (a new head where they differ)."""
     if base.kind == "preset":
             return {"tokenizer": hub.load_tokenizer(base.source)}
     tokenizer = base.run.artifacts.get("tokenizer")
+    if tokenizer is None and "labels" in base.run.artifacts and base.run.spec.task == "image-classification":
+        return {}
     if tokenizer is None:
-        raise UserError(f"{base.source} is a {base.run.spec.task} model and `kerasllm finetune` takes text models; continue "
-                        f"it with `kerasllm train --resume {base.run.path} --epochs N` or train a new model")
+        raise UserError(f"{base.source} is a {base.run.spec.task} model and `kerasllm finetune` takes text and image "
+                        f"models; continue it with `kerasllm train --resume {base.run.path} --epochs N` or train a new model")
     return {"tokenizer": tokenizer}
 
 

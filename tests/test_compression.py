@@ -162,3 +162,19 @@ def test_pruning_options_are_checked_first(runner, trained_run, tmp_path):
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "finetune.sparsity=0.5", "--out", tmp_path / "p"),
                       "finetune.sparsity prunes while fine-tuning")
     assert not (tmp_path / "p").exists()
+
+
+def test_an_image_classifier_prunes_too(runner, tmp_path):
+    """Fine-tuning an image run inherits nothing but its model_args (its classes are read from the data again)."""
+    from tests.test_images import make_class_folder, tiny_cnn_args
+
+    root = make_class_folder(tmp_path / "pets", per_class=10)
+    run, pruned = tmp_path / "cnn", tmp_path / "pruned"
+    result = invoke(runner, "train", "cnn-classifier", "--data", root, "--out", run, "--quiet", "--set", "data.validation_fraction=0.3",
+                    "--set", "model_args.channels=1", *tiny_cnn_args(), "--set", "train.batch_size=4")
+    assert result.exit_code == 0, result.output
+    result = invoke(runner, "compress", run, "--method", "prune", "--sparsity", "0.5", "--epochs", "2", "--out", pruned, "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((pruned / "metrics.json").read_text())
+    assert metrics["sparsity"]["total"] == pytest.approx(0.5, abs=0.02) and "accuracy" in metrics["after"]
+    assert metrics["parent"]["layers_copied"] > 0 and not metrics["parent"]["layers_new"]  # same classes: the head is kept

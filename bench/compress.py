@@ -1,0 +1,133 @@
+"""Compression benchmarks (#12), one command: cnn-classifier on MNIST.
+
+    python bench/compress.py [--data-dir ../shared/data] [--epochs 1] [--run RUN]
+
+1. Trains `cnn-classifier` on MNIST for --epochs (or takes --run).
+2. LiteRT: exports the run as float32, dynamic-range and full-integer int8 TFLite files (`kerasllm export --format
+   tflite --quantize …`) and measures each, side by side in this one process, on the run's validation split
+   (MNIST t10k): accuracy, file size, and the median latency of one interpreter call on a batch (the export's fixed
+   batch of 2), over 300 calls each, interleaved.
+3. Pruning: `kerasllm compress RUN --method prune --sparsity S --epochs 1` for 50 % and 80 %; the run's own before →
+   after table (accuracy, non-zero parameters, gzipped size).
+
+Rows go to RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import append_row, machine
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def kerasllm(*args) -> float:
+    command = [sys.executable, "-m", "cli", *map(str, args)]
+    print("running: kerasllm", " ".join(map(str, args)), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def interpreter(path: Path):
+    import tensorflow as tf
+
+    found = tf.lite.Interpreter(model_path=str(path))
+    runner = found.get_signature_runner()
+    (name,) = list(runner.get_input_details())
+    return lambda batch: next(iter(runner(**{name: batch}).values()))
+
+
+def validation_images(run_dir: Path):
+    from kerasllm import runs
+    from kerasllm.data.images import load_images
+
+    run = runs.load_run(run_dir)
+    split = load_images(run.config.data.source, run.config.data.validation_fraction)
+    return split.x_validation.astype("float32"), split.y_validation
+
+
+def litert_rows(run_dir: Path, folder: Path, command: str) -> list[list[str]]:
+    files = {}
+    for quantize in ("none", "dynamic", "int8"):
+        files[quantize] = folder / f"model-{quantize}.tflite"
+        kerasllm("export", run_dir, "--format", "tflite", "--quantize", quantize, "--out", files[quantize])
+    x, y = validation_images(run_dir)
+    runners = {name: interpreter(path) for name, path in files.items()}
+    batch = x[:2]
+    accuracy = {}
+    for name, run in runners.items():
+        predicted = np.concatenate([np.argmax(run(x[i:i + 2]), -1) for i in range(0, len(x) - len(x) % 2, 2)])
+        accuracy[name] = float(np.mean(predicted == y[: len(predicted)]))
+    times = {name: [] for name in runners}
+    for _ in range(300):  # interleaved, so that the machine's drift falls on every file alike
+        for name, run in runners.items():
+            started = time.perf_counter()
+            run(batch)
+            times[name].append((time.perf_counter() - started) * 1000)
+    latency = {name: statistics.median(values) for name, values in times.items()}
+    size = {name: path.stat().st_size for name, path in files.items()}
+    rows = []
+    for name in files:
+        rows.append([dt.date.today().isoformat(), f"LiteRT {'float32' if name == 'none' else name}", f"{size[name] / 1024:,.0f} KB",
+                     f"{size[name] / size['none']:.0%}", f"{accuracy[name]:.2%}",
+                     f"{(accuracy['none'] - accuracy[name]) * 100:+.2f}".replace("+-", "-"), f"{latency[name]:.3f} ms",
+                     f"{latency['none'] / latency[name]:.2f}×", f"{len(y):,}", machine(), f"`{command}`"])
+    return rows
+
+
+def prune_rows(run_dir: Path, folder: Path, command: str) -> list[list[str]]:
+    rows = []
+    for sparsity in (0.5, 0.8):
+        out = folder / f"prune-{sparsity}"
+        seconds = kerasllm("compress", run_dir, "--method", "prune", "--sparsity", sparsity, "--epochs", 1, "--out", out, "--json")
+        metrics = json.loads((out / "metrics.json").read_text())
+        before, after = metrics["before"], metrics["after"]
+        rows.append([dt.date.today().isoformat(), f"{sparsity:.0%}", f"{metrics['sparsity']['total']:.2%}",
+                     f"{before['nonzero_parameters']:,} → {after['nonzero_parameters']:,}",
+                     f"{before['gzipped_bytes'] / 1024:,.0f} → {after['gzipped_bytes'] / 1024:,.0f} KB",
+                     f"{before['accuracy']:.2%} → {after['accuracy']:.2%}", f"{(before['accuracy'] - after['accuracy']) * 100:+.2f}",
+                     f"{seconds:.0f} s", machine(), f"`{command}`"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--run", help="an existing cnn-classifier run on MNIST (skips training)")
+    args = parser.parse_args()
+    command = "python bench/compress.py" + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        run_dir = Path(args.run) if args.run else folder / "cnn"
+        if not args.run:
+            kerasllm("train", "cnn-classifier", "--data", Path(args.data_dir) / "mnist", "--epochs", args.epochs, "--out", run_dir, "--quiet")
+        from kerasllm.quiet import load_tensorflow
+
+        load_tensorflow()
+        for row in litert_rows(run_dir, folder, command):
+            print(row)
+            append_row("cnn-classifier on MNIST: LiteRT quantization (#12)",
+                       ["date", "file", "size", "of float32", "validation accuracy", "drop (points)", "latency per batch of 2",
+                        "speed-up vs float32", "images", "machine", "command"], row)
+        for row in prune_rows(run_dir, folder, command):
+            print(row)
+            append_row("cnn-classifier on MNIST: magnitude pruning while fine-tuning 1 epoch (#12)",
+                       ["date", "target", "sparsity reached (kernels)", "non-zero parameters", "gzipped model",
+                        "validation accuracy", "drop (points)", "wall", "machine", "command"], row)
+
+
+if __name__ == "__main__":
+    main()
