@@ -10,6 +10,7 @@ built-in one (parent weights, freeze/unfreeze, LoRA adapters).
               step_offset(state)                  optimizer steps that ran under an earlier optimizer
     loop:     split_phases(phases)                (first epoch, last epoch, steps, skip) cut where the hook acts
               start_phase(model, first, context)  True when it recompiled the model (the loop is made anew)
+    steps:    callbacks() -> list                 Keras callbacks, called before the checkpoint of a step is written
     epochs:   may_be_best(state)                  False: this epoch's weights may not be kept as the best (pruning
                                                   before its final sparsity)
     files:    on_checkpoint_save / on_checkpoint_restore(model, folder), finalize(model, run_dir)
@@ -58,6 +59,9 @@ class Hook:
     def start_phase(self, model, first_epoch: int, context: BuildContext) -> bool:
         return False
 
+    def callbacks(self) -> list:
+        return []
+
     def may_be_best(self, state) -> bool:
         return True
 
@@ -104,6 +108,9 @@ class Hooks(Hook):
 
     def start_phase(self, model, first_epoch, context):
         return any([hook.start_phase(model, first_epoch, context) for hook in self.hooks])  # a list: every hook runs
+
+    def callbacks(self):
+        return [callback for hook in self.hooks for callback in hook.callbacks()]
 
     def may_be_best(self, state):
         return all(hook.may_be_best(state) for hook in self.hooks)

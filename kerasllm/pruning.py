@@ -3,10 +3,12 @@
 Keras 3 has no pruning, and `tensorflow-model-optimization` wraps tf.keras 2 layers only, so this is written here.
 Each kernel of the model (Dense, EinsumDense, convolutions, LSTM kernels; not biases, norms or embeddings) gets a
 mask and a Keras constraint. The optimizer applies constraints after every step, inside the compiled step, so the
-mask multiplies the kernel after every update. On the schedule's update steps the constraint first recomputes the
-mask: the smallest-magnitude weights, a share s(t) of the kernel, are set to zero, where s follows TF-MOT's
-polynomial decay from 0 at the first step to `sparsity` at `prune_end` × the run's steps (power 3), updated every
-`prune_frequency` steps. The rest of the run fine-tunes at the final sparsity. Masks go into every checkpoint (exact
+mask multiplies the kernel after every update (a multiply: the step stays as fast). Between calls into the graph, a
+callback recomputes the masks whenever the step count crosses a multiple of `prune_frequency` (and at the end of
+the schedule): the smallest-magnitude weights, a share s(t) of each kernel, are zeroed at once, where s follows
+TF-MOT's polynomial decay from 0 at the first step to `sparsity` at `prune_end` × the run's steps (power 3). The
+rule depends only on the step count, so a resumed run updates at the same steps. The rest of the run fine-tunes at
+the final sparsity. Masks go into every checkpoint (exact
 resume) and are stripped at the end: the saved model is a plain Keras model whose pruned weights are zeros.
 """
 
@@ -14,36 +16,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from kerasllm import compat
 from kerasllm.errors import UserError
 from kerasllm.hooks import BuildContext, Hook
 
-# Lazy imports: Keras loads inside functions (`kerasllm --help` and `kerasllm list` import the hooks' modules).
+# Keras is imported at the top: only the trainer imports this module, and it has loaded Keras already.
 
 MASKS_FILE = "pruning_masks.npz"
 PRUNED = ("kernel", "recurrent_kernel", "depthwise_kernel")
 
 
-def sparsity_at(step, target: float, end_step: int, power: float = 3.0):
-    """TF-MOT's polynomial decay: 0 at step 0, `target` from `end_step` on (works on numbers and tensors)."""
-    import keras
-
-    progress = keras.ops.minimum(keras.ops.cast(step, "float32") / float(max(end_step, 1)), 1.0)
+def sparsity_at(step: int, target: float, end_step: int, power: float = 3.0) -> float:
+    """TF-MOT's polynomial decay: 0 at step 0, `target` from `end_step` on."""
+    progress = min(step / max(end_step, 1), 1.0)
     return target * (1.0 - (1.0 - progress) ** power)
 
 
-def magnitude_mask(weights, sparsity):
+def magnitude_mask(weights: np.ndarray, sparsity: float) -> np.ndarray:
     """1 for the weights kept, 0 for the `sparsity` share with the smallest magnitude."""
-    import keras
+    magnitudes = np.abs(np.asarray(weights))
+    count = int(np.floor(magnitudes.size * sparsity))
+    if count <= 0:
+        return np.ones_like(magnitudes, dtype="float32")
+    threshold = np.partition(magnitudes.reshape(-1), count - 1)[count - 1]
+    return (magnitudes > threshold).astype("float32")
 
-    ops = keras.ops
-    magnitudes = ops.reshape(ops.abs(weights), (-1,))
-    count = ops.cast(ops.floor(ops.cast(ops.size(magnitudes), "float32") * sparsity), "int32")
-    ranked = ops.sort(magnitudes)
-    threshold = ops.where(count > 0, ranked[ops.maximum(count - 1, 0)], -1.0)
-    return ops.cast(ops.abs(weights) > threshold, weights.dtype)
+
+def updates_after(step: int, call: int, frequency: int, end_step: int) -> bool:
+    """Whether the masks are recomputed after the call into the graph that ended at `step` (`call` steps long): it
+    crossed a multiple of `frequency`, or the end of the schedule, within the schedule."""
+    before = step - call
+    return before < end_step and (step // frequency != before // frequency or step >= end_step)
 
 
 def prunable(model) -> list:
@@ -63,36 +69,45 @@ def sparsity_of(model) -> dict:
 
 
 class PruneHook(Hook):
-    """`finetune.sparsity` > 0: masks, their constraints, their checkpoints, and the sparsity reached."""
+    """`finetune.sparsity` > 0: masks, their constraints and updates, their checkpoints, and the sparsity reached."""
 
     def __init__(self, config):
         self.config = config
         finetune = config.finetune
         self.target, self.end, self.frequency = finetune.sparsity, finetune.prune_end, finetune.prune_frequency
+        self.call = config.runtime.steps_per_execution
+        self.kernels: list = []
         self.masks: list = []
         self.end_step = 0
 
     def after_compile(self, model, context: BuildContext, state) -> None:
-        import keras
-
         if context.strategy.num_replicas_in_sync > 1:
-            raise UserError("pruning runs on one device (its masks are recomputed inside the step); set --strategy single")
-        if keras.backend.backend() != "tensorflow":
-            raise UserError("pruning runs on the TensorFlow backend (its masks are updated inside the compiled step); drop --backend")
-        kernels = prunable(model)
-        if not kernels:
+            raise UserError("pruning runs on one device (its masks are set between steps); set --strategy single")
+        self.kernels = prunable(model)
+        if not self.kernels:
             raise UserError(f"{context.spec.name} has no kernels to prune")
-        end_step = self.end_step = max(1, int(self.end * state.schedule_steps))
-        iterations, target, frequency = model.optimizer.iterations, self.target, self.frequency
+        self.end_step = max(1, int(self.end * state.schedule_steps))
         with context.strategy.scope():
             self.masks = [keras.Variable(np.ones(tuple(kernel.shape), "float32"), trainable=False, name="pruning_mask")
-                          for kernel in kernels]
-        for kernel, mask in zip(kernels, self.masks):
-            kernel.constraint = MaskConstraint(mask, iterations, target, end_step, frequency)
+                          for kernel in self.kernels]
+        for kernel, mask in zip(self.kernels, self.masks):
+            kernel.constraint = MaskConstraint(mask)
+
+    def callbacks(self) -> list:
+        return [PruneCallback(self)]
+
+    def update(self, step: int) -> None:
+        """New masks for the sparsity at `step`, applied to the kernels at once."""
+        sparsity = sparsity_at(min(step, self.end_step), self.target, self.end_step)
+        for kernel, mask in zip(self.kernels, self.masks):
+            values = np.asarray(kernel.numpy())
+            new = magnitude_mask(values, sparsity)
+            mask.assign(new)
+            kernel.assign(values * new)
 
     def may_be_best(self, state) -> bool:
         """Only an epoch that ends at the final sparsity may be kept as the best (an earlier one is denser)."""
-        return state.global_step > self.end_step
+        return state.global_step >= self.end_step
 
     def on_checkpoint_save(self, model, folder: Path) -> None:
         np.savez(Path(folder) / MASKS_FILE, *[mask.numpy() for mask in self.masks])
@@ -105,6 +120,10 @@ class PruneHook(Hook):
             for index, mask in enumerate(self.masks):
                 mask.assign(saved[f"arr_{index}"])
 
+    def summary(self, model) -> dict:
+        return {"pruning": {"target_sparsity": self.target, "schedule": f"polynomial (power 3) from 0 to {self.target:g} "
+                            f"over the first {self.end:.0%} of the steps, updated every {self.frequency} steps"}}
+
     def results(self, model) -> dict:
         """The sparsity reached, per kernel and in total; the masks are stripped here, before model.keras is written
         (a plain Keras model whose pruned weights are zeros)."""
@@ -112,27 +131,28 @@ class PruneHook(Hook):
             kernel.constraint = None
         return {"sparsity": sparsity_of(model)}
 
-    def summary(self, model) -> dict:
-        return {"pruning": {"target_sparsity": self.target, "schedule": f"polynomial (power 3) from 0 to {self.target:g} "
-                            f"over the first {self.end:.0%} of the steps, updated every {self.frequency} steps"}}
-
 
 class MaskConstraint:
-    """Applied by the optimizer after each update: on the schedule's update steps the mask is recomputed from the
-    magnitudes, then the kernel is multiplied by it."""
+    """Applied by the optimizer after each update, inside the compiled step: the kernel times its mask."""
 
-    def __init__(self, mask, iterations, target: float, end_step: int, frequency: int):
-        self.mask, self.iterations, self.target, self.end_step, self.frequency = mask, iterations, target, end_step, frequency
+    def __init__(self, mask):
+        self.mask = mask
 
     def __call__(self, weights):
-        import keras
-
-        ops = keras.ops
-        step = ops.cast(self.iterations, "int32")  # the step just applied (the counter moves after the constraints)
-        update = ops.logical_and(step <= self.end_step, ops.logical_or(ops.equal(step % self.frequency, 0), ops.equal(step, self.end_step)))
-        mask = ops.cond(update, lambda: magnitude_mask(weights, sparsity_at(step, self.target, self.end_step)), lambda: self.mask)
-        self.mask.assign(mask)
-        return weights * mask
+        return weights * self.mask
 
     def get_config(self) -> dict:  # never saved: the hook strips constraints before the model is written
         return {}
+
+
+class PruneCallback(keras.callbacks.Callback):
+    """Recomputes the masks between calls into the graph, before a checkpoint at that step is written."""
+
+    def __init__(self, hook: PruneHook):
+        super().__init__()
+        self.hook = hook
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if updates_after(step, self.hook.call, self.hook.frequency, self.hook.end_step):
+            self.hook.update(step)

@@ -261,7 +261,7 @@ class Trainer:
         self.reporter = Reporter(self.progress, config.train.epochs, self.data.steps_per_epoch, self.data.items_per_step,
                                  self.data.unit, self.data.sample, self.console)
         self.budget = TimeBudget(config.train.max_seconds, state.train_seconds) if config.train.max_seconds else None
-        callbacks = [self.checkpointing, self.clock, self.reporter]
+        callbacks = [*self.hooks.callbacks(), self.checkpointing, self.clock, self.reporter]  # a hook's before a checkpoint
         if self.budget:
             callbacks.insert(0, self.budget)
         if self.chief:

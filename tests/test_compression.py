@@ -96,15 +96,16 @@ def test_a_model_with_code_is_refused_in_safe_mode(runner, trained_run, tmp_path
 def test_the_magnitude_mask_zeroes_the_smallest_share_and_the_schedule_is_tf_mots():
     import numpy as np
 
-    from kerasllm.pruning import magnitude_mask, sparsity_at
+    from kerasllm.pruning import magnitude_mask, sparsity_at, updates_after
 
     weights = np.array([[0.5, -0.1, 0.3], [-0.7, 0.2, 0.05]], "float32")
-    mask = np.asarray(magnitude_mask(weights, 0.5))
-    np.testing.assert_array_equal(mask, [[1, 0, 1], [1, 0, 0]])  # |0.05|, |0.1|, |0.2| go
-    assert np.asarray(magnitude_mask(weights, 0.0)).all()
-    assert float(sparsity_at(0, 0.8, 100)) == 0.0 and float(sparsity_at(100, 0.8, 100)) == pytest.approx(0.8)
-    assert float(sparsity_at(500, 0.8, 100)) == pytest.approx(0.8)
-    assert float(sparsity_at(50, 0.8, 100)) == pytest.approx(0.8 * (1 - 0.5**3))
+    np.testing.assert_array_equal(magnitude_mask(weights, 0.5), [[1, 0, 1], [1, 0, 0]])  # |0.05|, |0.1|, |0.2| go
+    assert magnitude_mask(weights, 0.0).all()
+    assert sparsity_at(0, 0.8, 100) == 0.0 and sparsity_at(100, 0.8, 100) == pytest.approx(0.8)
+    assert sparsity_at(500, 0.8, 100) == pytest.approx(0.8) and sparsity_at(50, 0.8, 100) == pytest.approx(0.8 * (1 - 0.5**3))
+    # masks are recomputed when a call into the graph crosses a multiple of the frequency, or the schedule's end
+    assert [step for step in range(1, 40) if updates_after(step, 1, 10, 25)] == [10, 20, 25]
+    assert [step for step in range(4, 40, 4) if updates_after(step, 4, 10, 25)] == [12, 20, 28]
 
 
 @pytest.fixture(scope="module")
