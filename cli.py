@@ -24,6 +24,15 @@ from kerasllm.doctor import report as doctor_report
 from kerasllm.errors import UserError
 from kerasllm.saving import check_model_fits, load_model, model_path
 
+
+def _flag_type(option, ctx):
+    """Typer 0.29 shows every on/off flag as `--json <bool>` (even `--help`): a flag takes no value, so no type."""
+    return None if option.is_flag and not option.count else _typer_type(option, ctx)
+
+
+_typer_type = typer.core.TyperOption.display_type_rich  # Typer's own (typer.core: not a documented API; checked on 0.29.2)
+typer.core.TyperOption.display_type_rich = _flag_type
+
 app = typer.Typer(
     help="kerasllm: a Keras 3 model zoo. Train, evaluate, generate with and export language and vision models.\n\n"
     "Start with `kerasllm list`, then `kerasllm train lstm-textgen`.",
@@ -467,7 +476,7 @@ def export(
     tolerance: Annotated[Optional[float], typer.Option(
         help="Largest |difference| from the source (default 1e-4); with --quantize, the largest share of top-1 "
              "disagreements (default 0.1).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     unsafe: UnsafeFlag = False,
 ):
     """Export a model (run folder, .keras, or .h5 — also tf.keras 2.x .h5) and check the export matches its source.
@@ -513,7 +522,7 @@ def compress(
     epochs: Annotated[Optional[int], typer.Option(help="--method prune: epochs of fine-tuning (default: the recipe's).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="--method prune: fine-tune on this data (default: the run's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="The new run folder (default: runs/MODEL-METHOD-TIME).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder at --out.")] = False,
+    overwrite: RunOverwriteFlag = False,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
 ):

@@ -64,6 +64,16 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def _opens_as_zip(path: Path) -> bool:
+    """Whether a zip archive's directory reads (a cut-short file has lost it); cheaper than `is_complete`, which also
+    checks every entry's CRC: Keras reads the entries next and names a damaged one itself."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _is_hdf5(path: Path) -> bool:
     import h5py
 
@@ -142,7 +152,7 @@ def load_model(path: Path, *, unsafe: bool = False, on_note=None):
     path = model_path(path)
     hint = (f"if training was interrupted, `kerasllm train --resume {path.parent}` rebuilds it"
             if is_run_dir(path.parent) else "check that the file is a complete Keras model")
-    whole = is_complete(path) if path.suffix == ".keras" else _is_hdf5(path)
+    whole = _opens_as_zip(path) if path.suffix == ".keras" else _is_hdf5(path)
     if not whole:  # Keras says "File not found" for a file that is there but cut short
         kind = "a .keras file (a zip archive)" if path.suffix == ".keras" else "an HDF5 file"
         raise UserError(f"{path} is not a complete model file: its {path.stat().st_size:,} bytes do not read as {kind}, "

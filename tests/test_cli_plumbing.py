@@ -83,3 +83,15 @@ def test_finetune_inherits_the_base_and_takes_the_flags(runner, trained_run, tmp
 def test_commands_are_registered_once():
     names = [command.name or command.callback.__name__ for command in cli.app.registered_commands]
     assert len(names) == len(set(names))
+
+
+def test_flags_show_no_value_type_in_help(runner):
+    """Typer 0.29 printed every on/off flag as `--json <bool>`, even `--help`; and a flag has no `--no-` twin."""
+    import cli
+
+    commands = [command.name or command.callback.__name__ for command in cli.app.registered_commands]
+    assert len(commands) >= 10
+    for name in [None, *commands]:
+        result = runner.invoke(cli.app, [*([name] if name else []), "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "<bool>" not in result.output and "--no-" not in result.output, name
