@@ -197,11 +197,11 @@ def train(
     Examples:
 
     * `kerasllm train lstm-textgen`  (offline default corpus)
-    * `kerasllm train cnn-classifier --data ../shared/data/mnist --preset mnist`
+    * `kerasllm train cnn-classifier --data mnist/ --preset mnist`  (a folder of MNIST IDX files)
     * `kerasllm train lstm-textgen --data input.txt --epochs 20 --set model_args.units=512`
     * `kerasllm train --config runs/lstm-textgen-20261129-120000/config.yaml`
     * `kerasllm train --resume runs/lstm-textgen-20261129-120000 --epochs 30`
-    * `kerasllm train lstm-classifier --data ../shared/data/sst/stsa.binary`  (sentiment)
+    * `kerasllm train lstm-classifier --data sst/stsa.binary`  (sentiment: stsa.binary.train, .dev, .test)
     * `kerasllm train transformer-classifier --objective mlm --data corpus.txt`  (masked-LM pretraining)
     * `kerasllm train transformer-lm --backend jax --strategy tpu --precision mixed_bfloat16`  (a Colab TPU)
     """
@@ -428,7 +428,7 @@ def finetune(
 
     Examples:
 
-    * `kerasllm finetune runs/transformer-classifier-mlm --data ../shared/data/sst/stsa.binary`
+    * `kerasllm finetune runs/transformer-classifier-mlm --data sst/stsa.binary`
     * `kerasllm finetune runs/transformer-classifier-mlm --data reviews.csv --method lora --lora-rank 8`
     * `kerasllm finetune my_bert_preset/ --data reviews.csv --method freeze --unfreeze-after 1 --epochs 3`
     """

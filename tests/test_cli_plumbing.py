@@ -95,3 +95,12 @@ def test_flags_show_no_value_type_in_help(runner):
         result = runner.invoke(cli.app, [*([name] if name else []), "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "<bool>" not in result.output and "--no-" not in result.output, name
+
+
+def test_no_developer_path_in_code_or_help():
+    """`../shared/data` is where this project's benchmarks read their data, not a path a user has."""
+    root = Path(__file__).parent.parent
+    sources = [*root.joinpath("kerasllm").rglob("*.py"), *root.joinpath("zoo").rglob("*.py"), root / "cli.py"]
+    found = [str(path) for path in sources if "shared/data" in "".join(
+        line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if not line.lstrip().startswith("#"))]
+    assert found == [], found

@@ -302,7 +302,7 @@ def gather_splits(source: str, text_column: str, label_column: str) -> tuple[dic
             return {"train": single[0]}, single[1]
         raise UserError(f"{path} is not labelled text; pass {LOCAL_FORMATS}")
     raise UserError(f"data path {path} {absent(path)}; pass {LOCAL_FORMATS}, a split prefix such as "
-                    "../shared/data/sst/stsa.binary, or tfds:NAME")
+                    "sst/stsa.binary (for stsa.binary.train, .dev, .test), or tfds:NAME")
 
 
 def load_labelled(source: str, validation_fraction: float = 0.1, text_column: str = "", label_column: str = "label") -> LabelledSplit:

@@ -3,7 +3,7 @@
 Sources (`--data`):
 
 * two line-aligned files, source first: `--data train.en,train.de` (`.gz` is read too);
-* a folder of `<split>.<lang>[.gz]` files, as `../shared/data/multi30k`, with the direction set by
+* a folder of `<split>.<lang>[.gz]` files, as Multi30k's (`train.en`, `train.de`, `val.en`, …), with the direction set by
   `seq2seq.source_lang` / `seq2seq.target_lang` (`train`, `val`/`valid`/`dev`/`validation`, and the
   first `test*` split are used);
 * a `.tsv` file of `source<TAB>target` lines;

@@ -135,5 +135,5 @@ class MaskedLM(Task):
         ]
 
     def usage(self, run_dir: Path) -> list[str]:
-        return [f"kerasllm evaluate {run_dir}", f"kerasllm finetune {run_dir} --data ../shared/data/sst/stsa.binary",
+        return [f"kerasllm evaluate {run_dir}", f"kerasllm finetune {run_dir} --data LABELLED.csv",
                 f"kerasllm finetune {run_dir} --data LABELLED.csv --method lora"]
