@@ -23,6 +23,7 @@ from kerasllm.data.text import read_text_file
 from kerasllm.doctor import report as doctor_report
 from kerasllm.errors import UserError
 from kerasllm.saving import check_model_fits, load_model, model_path
+from kerasllm.words import a, count
 
 
 def _flag_type(option, ctx):
@@ -245,7 +246,7 @@ def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
     """What `train` and `finetune` print at the end."""
     as_json, quiet = mode == "json", mode == "quiet"
     if summary.get("nothing_to_do"):
-        message = (f"{run_dir} already finished {summary['epochs_completed']} epochs"
+        message = (f"{run_dir} already finished {count(summary['epochs_completed'], 'epoch')}"
                    f"{' (stopped early)' if summary.get('stopped_early') else ''}; nothing to do. "
                    "Pass --epochs N with a larger N to train it longer.")
         return print_json(dict(summary, run=str(run_dir))) if as_json else console.print(message, highlight=False)
@@ -257,7 +258,7 @@ def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
     for key, value in summary["after_training"].items():
         table.add_row(key, f"{summary['before_training'].get(key, float('nan')):.4f}", f"{value:.4f}")
     console.print(table)
-    console.print(f"{summary['epochs_completed']} epochs, {summary['train_seconds']:.1f} s; run folder: [bold]{run_dir}[/]",
+    console.print(f"{count(summary['epochs_completed'], 'epoch')}, {summary['train_seconds']:.1f} s; run folder: [bold]{run_dir}[/]",
                   highlight=False)
     if summary.get("overfitting"):
         report = summary["overfitting"]
@@ -306,7 +307,7 @@ def evaluate(
         raise UserError("--beam must be 0 (greedy) or a beam width of 1 or more")
     run, model = load_run_and_model(source, unsafe)
     if beam and "beam" not in run.task.evaluate_options:
-        raise UserError(f"--beam applies to seq2seq models; {run.spec.name} is a {run.task.name} model")
+        raise UserError(f"--beam applies to seq2seq models; {run.spec.name} is {a(run.task.name)} model")
     length = min([run.data_record[key] for key in ("sequence_length", "target_length") if run.data_record.get(key)] or [1])
     memory.check_batch(model, batch_size, length, training=False, setting="--batch-size", on_cpu=distribute.device_kind() == "CPU")
     results = run.task.evaluate(model, run, data=data, batch_size=batch_size, **({"beam": beam} if beam else {}))
@@ -354,7 +355,7 @@ def generate(
     prompts = prompts or [""]
     run, model = load_run_and_model(source, unsafe)
     if not run.task.can_generate:
-        raise UserError(f"{run.spec.name} is a {run.task.name} model; generate needs a text-generation or seq2seq model")
+        raise UserError(f"{run.spec.name} is {a(run.task.name)} model; generate needs a text-generation or seq2seq model")
     options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam,
                    on_note=lambda line: errors.print(f"note: {line}", highlight=False))
     run.task.write_generations(model, run, prompts, write=lambda text: (sys.stdout.write(text), sys.stdout.flush()), **options)
@@ -387,7 +388,7 @@ def predict(
         raise UserError("nothing to classify; pass inputs as arguments or --file FILE")
     run, model = load_run_and_model(source, unsafe)
     if not run.task.can_predict:
-        raise UserError(f"{run.spec.name} is a {run.spec.task} model; predict needs a classification model")
+        raise UserError(f"{run.spec.name} is {a(run.spec.task)} model; predict needs a classification model")
     rows = run.task.predict(model, run, inputs, top_k=top_k)
     if as_json:
         return print_json(rows)

@@ -34,6 +34,7 @@ from kerasllm.errors import UserError
 from kerasllm.files import file_sha256, is_run_dir
 from kerasllm.hooks import BuildContext, Hook
 from kerasllm.saving import load_model, model_path, quantization_modes
+from kerasllm.words import a
 
 # Lazy imports: Keras is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and must
 # not load them.
@@ -138,7 +139,7 @@ def base_artifacts(base: Base) -> dict:
     if tokenizer is None and "labels" in base.run.artifacts and base.run.spec.task == "image-classification":
         return {}
     if tokenizer is None:
-        raise UserError(f"{base.source} is a {base.run.spec.task} model and `kerasllm finetune` takes text and image "
+        raise UserError(f"{base.source} is {a(base.run.spec.task)} model and `kerasllm finetune` takes text and image "
                         f"models; continue it with `kerasllm train --resume {base.run.path} --epochs N` or train a new model")
     return {"tokenizer": tokenizer}
 

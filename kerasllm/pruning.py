@@ -22,6 +22,7 @@ import numpy as np
 from kerasllm import compat
 from kerasllm.errors import UserError
 from kerasllm.hooks import BuildContext, Hook
+from kerasllm.words import count
 
 # Keras is imported at the top: only the trainer imports this module, and it has loaded Keras already.
 
@@ -122,7 +123,7 @@ class PruneHook(Hook):
 
     def summary(self, model) -> dict:
         return {"pruning": {"target_sparsity": self.target, "schedule": f"polynomial (power 3) from 0 to {self.target:g} "
-                            f"over the first {self.end:.0%} of the steps, updated every {self.frequency} steps"}}
+                            f"over the first {self.end:.0%} of the steps, updated every {count(self.frequency, 'step')}"}}
 
     def results(self, model) -> dict:
         """The sparsity reached, per kernel and in total; the masks are stripped here, before model.keras is written

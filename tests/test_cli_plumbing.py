@@ -104,3 +104,12 @@ def test_no_developer_path_in_code_or_help():
     found = [str(path) for path in sources if "shared/data" in "".join(
         line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if not line.lstrip().startswith("#"))]
     assert found == [], found
+
+
+def test_plurals_and_articles():
+    from kerasllm.words import a, count, were
+
+    assert (count(1, "epoch"), count(2, "epoch"), count(1200, "batch", "batches")) == ("1 epoch", "2 epochs", "1,200 batches")
+    assert (were(1), were(0)) == ("was", "were")
+    assert (a("image-classification"), a("text-generation"), a("seq2seq")) == ("an image-classification", "a text-generation",
+                                                                              "a seq2seq")

@@ -12,6 +12,7 @@ import numpy as np
 
 from kerasllm.distribute import shard_policy
 from kerasllm.errors import UserError
+from kerasllm.words import count
 
 # Lazy imports: TensorFlow is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.
@@ -143,10 +144,10 @@ def steps_in(num_examples: int, batch_size: int, requested: int, what: str, mult
             "use more data or lower --batch-size (or data.sequence_length)"
         )
     if requested > available:
-        raise UserError(f"train.steps_per_epoch={requested} exceeds the {available} batches in the {what} data; lower it")
+        raise UserError(f"train.steps_per_epoch={requested} exceeds the {count(available, 'batch', 'batches')} in the {what} data; lower it")
     if requested:
         return requested
     if available < multiple:
-        raise UserError(f"the {what} data has {available} batches, fewer than runtime.steps_per_execution={multiple}; "
+        raise UserError(f"the {what} data has {count(available, 'batch', 'batches')}, fewer than runtime.steps_per_execution={multiple}; "
                         "lower runtime.steps_per_execution or --batch-size")
     return available - available % multiple

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kerasllm.errors import UserError
+from kerasllm.words import a
 
 # Lazy imports: Keras is imported inside methods: `kerasllm --help` and `kerasllm list` load this module and must not
 # load them.
@@ -129,7 +130,7 @@ class Task:
 
     def generate(self, model, run, prompts: list[str], **options) -> list[str]:
         """Text for each prompt (`kerasllm generate`); `options` are the command's decoding options and `on_text(row, text)`."""
-        raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm generate` needs a text-generation or seq2seq model")
+        raise UserError(f"{run.spec.name} is {a(self.name)} model; `kerasllm generate` needs a text-generation or seq2seq model")
 
     def write_generations(self, model, run, prompts: list[str], write, **options) -> None:
         """`kerasllm generate`'s output through `write(text)`: one prompt streams as it is produced (after the prompt
@@ -149,7 +150,7 @@ class Task:
             write((text + output + "\n\n") if self.continues_prompt else output + "\n")
 
     def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
-        raise UserError(f"{run.spec.name} is a {self.name} model; `kerasllm predict` does not apply to it")
+        raise UserError(f"{run.spec.name} is {a(self.name)} model; `kerasllm predict` does not apply to it")
 
     def export_sample(self, model, run, batch: int = 2) -> np.ndarray:
         """A batch of valid model inputs, used by export parity checks."""

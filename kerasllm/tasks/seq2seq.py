@@ -30,6 +30,7 @@ from kerasllm.evaluation import text_scores
 from kerasllm.generation import beam_search_batch, check_beam_fits
 from kerasllm.tasks.base import Endpoint, PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
+from kerasllm.words import count, were
 
 # Lazy imports: Keras and TensorFlow are imported inside methods: `kerasllm --help` and `kerasllm list` load this
 # module and must not load them.
@@ -363,11 +364,13 @@ class Seq2Seq(Task):
     def notes(self, record: dict) -> list[str]:
         notes = [record["languages_note"]] if record.get("languages_note") else []
         if record.get("truncated_train_pairs"):
-            notes.append(f"{record['truncated_train_pairs']:,} training pairs were longer than the rows "
+            truncated = record["truncated_train_pairs"]
+            notes.append(f"{count(truncated, 'training pair')} {were(truncated)} longer than the rows "
                          f"({record.get('sequence_length')} source / {record.get('target_length')} target tokens) and were truncated; "
                          "--set seq2seq.long_pairs=drop drops them instead")
         if record.get("dropped_train_pairs"):
-            notes.append(f"{record['dropped_train_pairs']:,} training pairs longer than the rows were dropped")
+            dropped = record["dropped_train_pairs"]
+            notes.append(f"{count(dropped, 'training pair')} longer than the rows {were(dropped)} dropped")
         return notes
 
     # --- using a trained model ----------------------------------------------------------------

@@ -27,6 +27,7 @@ from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables
 from kerasllm.tokenizers import Tokenizer
+from kerasllm.words import count, were
 
 
 @dataclass
@@ -287,6 +288,7 @@ class TextClassification(Task):
             notes.append(f"the classes are imbalanced (largest/smallest {ratio:.1f}×: {record.get('class_counts')}); "
                          "--set classification.class_weight=balanced weights the rare classes up")
         if record.get("truncated_train_examples"):
-            notes.append(f"{record['truncated_train_examples']:,} training examples were longer than data.sequence_length="
+            truncated = record["truncated_train_examples"]
+            notes.append(f"{count(truncated, 'training example')} {were(truncated)} longer than data.sequence_length="
                          f"{record.get('sequence_length')} tokens and were truncated")
         return notes
