@@ -57,11 +57,11 @@ def top_k_accuracy(labels: np.ndarray, probabilities: np.ndarray, k: int) -> flo
 def classification_report(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str], top_k: int = 5) -> dict:
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(class_names))
     metrics = per_class_metrics(matrix)
-    k = min(top_k, len(class_names))
+    k = min(top_k, len(class_names) - 1)  # top-k of all the classes is always 1: reported only below that
     return {
         "examples": int(len(labels)),
         "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
-        f"top_{k}_accuracy": top_k_accuracy(labels, probabilities, k),
+        **({f"top_{k}_accuracy": top_k_accuracy(labels, probabilities, k)} if k >= 2 else {}),
         **{f"macro_{key}": float(value) for key, value in metrics["macro"].items()},
         **{f"weighted_{key}": float(value) for key, value in metrics["weighted"].items()},
         "per_class": [

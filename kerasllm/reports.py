@@ -30,6 +30,13 @@ def plot_curves(history: dict, path: Path, title: str = "") -> Path:
     return Path(path)
 
 
+def _best_by(config) -> str:
+    """How the best epoch was picked, in words: the card names the metric `train.monitor` watched."""
+    monitor = getattr(config.train, "monitor", "val_loss")
+    name = monitor.removeprefix("val_").replace("_", " ")
+    return f"{'lowest' if 'loss' in monitor else 'highest'} validation {name} (`{monitor}`)"
+
+
 def _metrics_table(summary: dict) -> str:
     before, after = summary.get("before_training", {}), summary.get("after_training", {})
     rows = ["| metric | before training | after training |", "|---|---|---|"]
@@ -64,7 +71,7 @@ strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)), loop 
 {_metrics_table(summary)}
 
 Epochs: {summary.get('epochs_completed')} (stopped early: {summary.get('stopped_early')}); steps: {summary.get('steps')};
-training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the lowest validation loss \
+training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the {_best_by(config)} \
 ({summary.get('best_checkpoint')}).
 
 {newline.join(overfitting_lines(summary.get('overfitting')))}

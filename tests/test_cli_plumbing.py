@@ -113,3 +113,12 @@ def test_plurals_and_articles():
     assert (were(1), were(0)) == ("was", "were")
     assert (a("image-classification"), a("text-generation"), a("seq2seq")) == ("an image-classification", "a text-generation",
                                                                               "a seq2seq")
+
+
+def test_the_card_names_the_metric_that_picked_the_best_epoch():
+    from types import SimpleNamespace
+
+    from kerasllm.reports import _best_by
+
+    assert _best_by(SimpleNamespace(train=SimpleNamespace(monitor="val_loss"))) == "lowest validation loss (`val_loss`)"
+    assert _best_by(SimpleNamespace(train=SimpleNamespace(monitor="val_accuracy"))) == "highest validation accuracy (`val_accuracy`)"
