@@ -251,7 +251,7 @@ def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
                    "Pass --epochs N with a larger N to train it longer.")
         return print_json(dict(summary, run=str(run_dir))) if as_json else console.print(message, highlight=False)
     if as_json:  # JSON Lines: one object per epoch, then the summary
-        return print(json.dumps(dict(summary, run=str(run_dir)), default=str))
+        return print(json.dumps({"event": "summary", **summary, "run": str(run_dir)}, default=str))
     if quiet:
         return print(run_dir)
     table = Table("metric", "before training", "after training", title=f"{spec.name}: validation")

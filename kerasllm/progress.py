@@ -80,7 +80,7 @@ class Reporter(keras.callbacks.Callback):
         logs = dict(logs or {})
         sample = self.sample_fn(self.model) if self.sample_fn and self.mode != "quiet" else None
         steps = self.steps - self.offset
-        record = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+        record = {"event": "epoch", "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
                   f"{self.unit}_per_second": self.speed(steps), "seconds": time.perf_counter() - self.epoch_start}
         if self.mode == "json":
             print(json.dumps(dict(record, sample=sample) if sample else record), flush=True)

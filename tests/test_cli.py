@@ -107,6 +107,7 @@ def test_config_file_reproduces_the_run(runner, trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     *epochs, summary = [json.loads(line) for line in result.stdout.splitlines()]  # JSON Lines only
     assert [line["epoch"] for line in epochs] == [1, 2]
+    assert [line["event"] for line in epochs] == ["epoch", "epoch"] and summary["event"] == "summary"  # each line says what it is
     assert summary["run"] == str(out)
     first = json.loads((trained_run / "metrics.json").read_text())
     assert summary["after_training"]["loss"] == pytest.approx(first["after_training"]["loss"], abs=1e-5)
