@@ -229,10 +229,13 @@ def train(
     from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
 
     mode = "json" if as_json else "quiet" if quiet else "rich"
-    if mode == "rich":
-        console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}", highlight=False)
+
+    def announce(model):  # once the data has loaded and the model is built: a refused run announces nothing
+        if mode == "rich":
+            console.print(f"training [bold]{spec.name}[/] on {config.data.source} → {run_dir}", highlight=False)
+
     summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
-                          command="kerasllm " + " ".join(sys.argv[1:]))
+                          command="kerasllm " + " ".join(sys.argv[1:]), on_built=announce)
     show_summary(spec, run_dir, summary, mode)
 
 

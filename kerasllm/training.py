@@ -187,9 +187,6 @@ class Trainer:
         self.replicas = self.strategy.num_replicas_in_sync
         self.loop_name = distribute.loop_for(config.runtime.loop, self.strategy, config.runtime.jit_compile)
         self.global_batch = config.train.batch_size * self.replicas  # per replica in the config; the pipeline batches globally
-        if self.console is not None and self.progress == "rich":
-            self.console.print(f"{distribute.describe(self.strategy, self.replicas)}; global batch {self.global_batch} = "
-                               f"{config.train.batch_size} per replica × {self.replicas}", highlight=False)
         data_config = dataclasses.replace(config, train=dataclasses.replace(config.train, batch_size=self.global_batch))
         self.data = self.task.prepare(data_config, self.spec, self.task.load_artifacts(run_dir) if self.resume else self.artifacts)
         self.validation = self.data.validation
@@ -248,6 +245,9 @@ class Trainer:
                             notes=self.task.notes(self.data.record))
         if self.options.on_built:
             self.options.on_built(self.model)
+        if self.console is not None and self.progress == "rich":  # announced once every check has passed
+            self.console.print(f"{distribute.describe(self.strategy, self.replicas)}; global batch {self.global_batch} = "
+                               f"{config.train.batch_size} per replica × {self.replicas}", highlight=False)
         if self.chief:
             files.write_json(self.run_dir / files.METRICS_FILE, self.summary)
 

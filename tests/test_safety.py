@@ -414,3 +414,10 @@ def test_a_folder_given_as_a_file_is_named_and_a_refused_option_prints_no_text(r
     result = invoke(runner, "generate", trained_run, "--prompt", "The", "--top-k", "100000")
     assert_user_error(result, "--top-k 100000 is more than the model's")
     assert result.stdout == ""  # the prompt is written with the first new text, not before a refusal
+
+
+def test_a_refused_run_announces_no_run_folder_or_strategy(runner, tmp_path):
+    """`--data nothere.txt` once printed "training … → runs/…" and "1 device (CPU); global batch …" before its error."""
+    result = invoke(runner, "train", "lstm-textgen", "--data", tmp_path / "nothere.txt", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "run").exists()
