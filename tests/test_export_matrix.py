@@ -48,3 +48,30 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
             outcomes[fmt] = "refused: " + lines[0].removeprefix("error: ")
     print(json.dumps({name: outcomes}))
     assert outcomes["keras"] == outcomes["savedmodel"] == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", catalog.names())
+def test_every_zoo_model_compresses_to_int8(runner, zoo, tmp_path, name):
+    """`kerasllm compress --method int8` on each tiny run: the copy loads, its task metric is measured before and after,
+    and `evaluate` on the copy gives the copy's figure (quantized layers nested in other layers load again)."""
+    from kerasllm import compression
+
+    copy = tmp_path / "int8"
+    compressed = runner.invoke(cli.app, ["compress", str(zoo[name]), "--method", "int8", "--out", str(copy), "--json"])
+    assert compressed.exit_code == 0, (compressed.output, repr(compressed.exception))
+    summary = json.loads(compressed.stdout)
+    after = summary["after"]
+    assert summary["compression"]["quantized_layers"] > 0 and after["quantized_parameters"] > 0
+    measured = {key for _, key, _ in compression.ROWS}  # size, parameters, latency, speed: the rest is the task's quality
+    keys = [key for key in summary["before"] if key not in measured]
+    assert keys, "the task's quality metrics are measured"
+    evaluated = runner.invoke(cli.app, ["evaluate", str(copy), "--json"])
+    assert evaluated.exit_code == 0, (evaluated.output, repr(evaluated.exception))
+    results = json.loads(evaluated.stdout)
+    for key in keys:
+        assert results[key] == pytest.approx(after[key], rel=1e-3, abs=1e-3), key
+    print(json.dumps({name: {"quantized_layers": summary["compression"]["quantized_layers"],
+                             "kept_in_float": summary["compression"]["kept_in_float"],
+                             "size": [summary["before"]["size_bytes"], after["size_bytes"]],
+                             **{key: [summary["before"][key], after[key]] for key in keys}}}))
