@@ -565,8 +565,7 @@ def prune_run(source: Path, sparsity: float, epochs: int | None, data: str | Non
     if not 0 < sparsity < 1:
         raise UserError("--sparsity must be above 0 and below 1 (0.5 zeroes half of each kernel)")
     found = finetuning.resolve_base(str(source))
-    if files.read_json(Path(source) / files.METRICS_FILE).get("compressed_from"):
-        raise UserError(f"{source} is already a compressed copy; compress its source instead")
+    compression.check_not_a_copy(source)
     flags = config_lib.flag_overrides({"train.epochs": epochs, "finetune.sparsity": sparsity,  # the source's batch size
                                        "train.batch_size": found.run.config.train.batch_size})
     spec, config = finetuning.finetune_config(found, data or found.run.config.data.source, flags, "full", 8, 0)

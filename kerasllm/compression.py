@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 
 from kerasllm import compat, files, runs, saving
 from kerasllm.errors import UserError
+from kerasllm.export import human_size, median_ms
 
 # Lazy imports: Keras and TensorFlow load inside functions (`kerasllm --help` and `kerasllm list` load the CLI, which
 # imports this module).
@@ -56,6 +56,12 @@ class Measured:
                 "latency_ms_per_batch": round(self.latency_ms, 3),
                 "tokens_per_second": None if self.tokens_per_second is None else round(self.tokens_per_second, 1),
                 **{key: value for key, value in self.quality.items()}}
+
+
+def check_not_a_copy(source: Path) -> None:
+    """A compressed copy is compressed no further: its source is."""
+    if files.read_json(Path(source) / files.METRICS_FILE).get("compressed_from"):
+        raise UserError(f"{source} is already a compressed copy; compress its source instead")
 
 
 def check_method(method: str) -> str:
@@ -100,18 +106,6 @@ def weight_parameters(model, paths: set[str]) -> int:
                for variable in layer.weights if variable.path.rsplit("/", 1)[-1] in ("kernel", "embeddings"))
 
 
-def latency_ms(model, batch) -> float:
-    """Median wall time of one compiled forward pass over `batch` (after two warm-up calls)."""
-    for _ in range(2):
-        model.predict_on_batch(batch)
-    times = []
-    for _ in range(LATENCY_REPEATS):
-        started = time.perf_counter()
-        model.predict_on_batch(batch)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-
-
 def tokens_per_second(model, run) -> float | None:
     """Greedy cached generation speed, for a model that continues text (after a warm-up call that compiles it)."""
     if not (run.task.can_generate and run.task.continues_prompt):
@@ -130,7 +124,8 @@ def measure(model, run, model_file: Path, quantized_parameters: int, parameters:
     batch = run.task.export_sample(model, run, batch=LATENCY_BATCH)
     # non-zero weights of a float model (a pruned one has fewer); a quantized copy keeps its parameter count
     nonzero = parameters if quantized_parameters else sum(int(np.count_nonzero(variable.numpy())) for variable in model.weights)
-    return Measured(len(data), len(gzip.compress(data, 6)), parameters, quantized_parameters, nonzero, latency_ms(model, batch),
+    latency = median_ms(model.predict_on_batch, batch, LATENCY_REPEATS, warmups=2)
+    return Measured(len(data), len(gzip.compress(data, 6)), parameters, quantized_parameters, nonzero, latency,
                     tokens_per_second(model, run), quality)
 
 
@@ -158,7 +153,6 @@ def pruned_report(source: Path, target: Path, unsafe: bool = False) -> dict:
                                 "sparsity": summary.get("sparsity", {}).get("total"), "source_file_bytes": run.model_path.stat().st_size},
                    before=before.to_dict(), after=after.to_dict())
     files.write_json(pruned.path / files.METRICS_FILE, summary)
-    table = ["| | before | after | after / before |", "|---|---|---|---|"] + [f"| {' | '.join(row)} |" for row in table_rows(summary)]
     card_text = (pruned.path / files.CARD_FILE).read_text(encoding="utf-8")
     files.write_text_atomic(pruned.path / files.CARD_FILE, card_text + f"""
 ## Compression
@@ -167,7 +161,7 @@ Pruned from `{run.path.resolve()}` (model sha256 `{summary['compressed_from']['s
 {summary['compression']['sparsity']:.1%} of its kernels' weights at zero (target {pruned.config.finetune.sparsity:g}), by
 magnitude while fine-tuning. Measured side by side in one process, both models saved the same way:
 
-{chr(10).join(table)}
+{markdown_table(summary)}
 """)
     return summary
 
@@ -193,8 +187,7 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
         raise UserError(f"{method} fine-tunes the run: `kerasllm compress RUN --method {method}` or `kerasllm finetune RUN "
                         "--set finetune.sparsity=S`")
     run = runs.load_run(Path(source))
-    if files.read_json(run.path / files.METRICS_FILE).get("compressed_from"):
-        raise UserError(f"{run.path} is already a compressed copy; compress its source instead")
+    check_not_a_copy(run.path)
     target = files.plan_run_dir(f"{run.spec.name}-{method}", out, overwrite, protected=[run.path])
     float_model = saving.load_model(run.path, unsafe=unsafe)
     quantized_model = saving.load_model(run.path, unsafe=unsafe)
@@ -235,7 +228,7 @@ def _cell(value, unit: str) -> str:
     if value is None:
         return "–"
     if unit == "bytes":
-        return f"{value / 1024**2:,.2f} MB" if value >= 1024**2 else f"{value / 1024:,.1f} KB"
+        return human_size(value)
     if unit == "count":
         return f"{value:,}"
     if unit in ("ms", "tokens/s"):
@@ -260,10 +253,14 @@ def table_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
+def markdown_table(summary: dict) -> str:
+    """The before → after table for a model card."""
+    lines = ["| | before | after | after / before |", "|---|---|---|---|"] + [f"| {' | '.join(row)} |" for row in table_rows(summary)]
+    return "\n".join(lines)
+
+
 def card(run, target: Path, summary: dict) -> str:
     compression, source = summary["compression"], summary["compressed_from"]
-    table = ["| | before | after | after / before |", "|---|---|---|---|"]
-    table += [f"| {' | '.join(row)} |" for row in table_rows(summary)]
     kept = (f"\nKept in float (the method does not take them): {', '.join(compression['kept_in_float'])}.\n"
             if compression["kept_in_float"] else "")
     return f"""# {run.spec.name}, {compression['method']} — a compressed copy
@@ -273,7 +270,7 @@ Compressed from `{source['path']}` (model sha256 `{source['sha256'][:16]}…`) w
 quality metrics on the source run's validation split. Sizes are of the model alone, both saved the same way (the
 source's own `model.keras`, {compression['source_file_bytes']:,} bytes, also holds its optimizer's state).
 
-{chr(10).join(table)}
+{markdown_table(summary)}
 {kept}
 ## Use it
 

@@ -27,7 +27,7 @@ import re
 import sys
 from pathlib import Path
 
-from kerasllm import interrupts
+from kerasllm import interrupts, words
 from kerasllm.config import PRECISIONS, STRATEGIES
 from kerasllm.errors import UserError
 
@@ -297,8 +297,6 @@ def kind_of(strategy) -> str:
     return "mirrored" if name == "MirroredStrategy" else "single"
 
 
-def _devices(count: int, kind: str) -> str:
-    return f"{count} {kind}{'' if count == 1 else 's'}"
 
 
 def device_kind(strategy=None) -> str:
@@ -322,13 +320,13 @@ def describe(strategy, replicas: int | None = None) -> str:
     replicas = replicas or strategy.num_replicas_in_sync
     kind, device = kind_of(strategy), device_kind(strategy)
     if isinstance(strategy, JaxDataParallel):
-        return f"DataParallel (JAX): {_devices(replicas, device)}" if strategy.distribution else f"1 device ({device}, JAX)"
+        return f"DataParallel (JAX): {words.count(replicas, device)}" if strategy.distribution else f"1 device ({device}, JAX)"
     if kind == "multi-worker":
-        return f"MultiWorkerMirroredStrategy: {_devices(replicas, 'replica')} over the workers"
+        return f"MultiWorkerMirroredStrategy: {words.count(replicas, 'replica')} over the workers"
     if kind == "tpu":
-        return f"TPUStrategy: {_devices(replicas, 'TPU core')}"
+        return f"TPUStrategy: {words.count(replicas, 'TPU core')}"
     if kind == "mirrored":
-        return f"MirroredStrategy: {_devices(replicas, device)}"
+        return f"MirroredStrategy: {words.count(replicas, device)}"
     return f"1 device ({device})"
 
 

@@ -64,12 +64,12 @@ class ExportResult:
         """What an export prints: the copy against its source."""
         quantized = self.quantize != "none"
         judged = f", at least {1 - self.tolerance:.0%} needed" if quantized else ""
-        return (f"wrote {self.path} ({self.format}{', ' + self.quantize if quantized else ''}, {_size(self.size_bytes)}); "
+        return (f"wrote {self.path} ({self.format}{', ' + self.quantize if quantized else ''}, {human_size(self.size_bytes)}); "
                 f"against the source: max |diff| {self.max_abs_diff:.3g}{'' if quantized else f' (tolerance {self.tolerance:g})'}, "
                 f"top-1 agreement {self.agreement:.2%}{judged}; latency per batch {self.source_ms:.2f} → {self.copy_ms:.2f} ms")
 
 
-def _size(size: int) -> str:
+def human_size(size: int) -> str:
     return f"{size / 1024**2:,.2f} MB" if size >= 1024**2 else f"{size / 1024:,.1f} KB"
 
 
@@ -268,10 +268,12 @@ def agreement(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.mean(np.argmax(expected, -1) == np.argmax(actual, -1)))
 
 
-def median_ms(run, batch) -> float:
-    run(batch)  # warm-up (a first call compiles or allocates)
+def median_ms(run, batch, repeats: int = LATENCY_REPEATS, warmups: int = 1) -> float:
+    """Median wall time in ms of `run(batch)`, after `warmups` calls (a first call compiles or allocates)."""
+    for _ in range(warmups):
+        run(batch)
     times = []
-    for _ in range(LATENCY_REPEATS):
+    for _ in range(repeats):
         started = time.perf_counter()
         run(batch)
         times.append((time.perf_counter() - started) * 1000)
