@@ -58,6 +58,8 @@ StrategyOption = Annotated[Optional[str], typer.Option(
 PrecisionOption = Annotated[Optional[str], typer.Option(help="Sets runtime.precision: float32, mixed_bfloat16 or mixed_float16.")]
 BackendOption = Annotated[Optional[str], typer.Option(
     help="Keras backend for this process: tensorflow or jax (sets KERAS_BACKEND before Keras is imported).")]
+TaskOption = Annotated[Optional[str], typer.Option(help="Train for this task: chat tunes transformer-lm on conversations "
+                                                           "(JSONL: OpenAI messages, Alpaca or Dolly), the loss on the replies only.")]
 EpochsOption = Annotated[Optional[int], typer.Option(help="Sets train.epochs.")]
 SetOption = Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key: --set train.learning_rate=1e-3 (repeatable).")]
 RunOutOption = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/NAME-UTCTIME).")]
@@ -186,6 +188,7 @@ def train(
     precision: PrecisionOption = None,
     backend: BackendOption = None,
     objective: Annotated[Optional[str], typer.Option(help="Sets train.objective: mlm pretrains transformer-classifier with masked-LM.")] = None,
+    task: TaskOption = None,
     quiet: QuietFlag = False,
     as_json: JsonFlag = False,
 ):
@@ -216,6 +219,7 @@ def train(
             raise UserError("name a model to train (see `kerasllm list`) or pass --config FILE")
         name = config_lib.read_config_file(config_file).get("model") or ""
     spec = catalog.model(name)
+    flags += task_flags(spec, task, data)
     config = config_lib.resolve(spec, config_file, [*(overrides or []), *flags], preset=preset)
     catalog.task_for(spec, config.train.objective)  # an unknown objective is one line, before anything is written
     show_notes(config)
@@ -237,6 +241,19 @@ def train(
     summary = train_model(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=mode, console=console,
                           command="kerasllm " + " ".join(sys.argv[1:]), on_built=announce)
     show_summary(spec, run_dir, summary, mode)
+
+
+def task_flags(spec, task: str | None, data: str | None) -> list[str]:
+    """`--task NAME` as config overrides: the objective that trains it, and the task's own default data (without --data)."""
+    if task is None:
+        return []
+    from kerasllm import tasks
+
+    flags = [f"train.objective={catalog.objective_for_task(spec, task)}"]
+    default = tasks.get(task).default_data
+    if default and data is None:
+        flags.append(f"data.source={default}")
+    return flags
 
 
 def show_notes(config) -> None:
@@ -366,6 +383,118 @@ def generate(
 
 @app.command()
 @handle_errors
+def chat(
+    source: ModelOrRun,
+    system: Annotated[Optional[str], typer.Option(help="A system message to start the conversation with.")] = None,
+    max_length: Annotated[int, typer.Option("--max-length", "--length", help="Most new tokens per reply.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Sample only from the k most likely tokens; 0 means all.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sample only from the most likely tokens whose probabilities add up to p; 1 means all.")] = 1.0,
+    seed: SampleSeedOption = None,
+    unsafe: UnsafeFlag = False,
+):
+    """Talk to a chat run in the terminal: replies stream as they are written, and the conversation is kept (its oldest
+    turns left out, with a note, once it outgrows the model's context).
+
+    Commands: /reset · /system TEXT · /save FILE (appends the conversation as JSONL messages) · /help.
+    Ctrl-C stops an answer and keeps the session; Ctrl-D leaves.
+
+    Example: `kerasllm chat runs/transformer-lm-20261201-120000 --temperature 0.5`
+    """
+    from kerasllm.conversation import HELP, ChatSession
+
+    generation.check_options(temperature, top_k, top_p, max_length)
+    run, model = load_run_and_model(source, unsafe)
+    if run.task.name != "chat":
+        raise UserError(f"{source} is {a(run.task.name)} model, not tuned for chat; tune it with "
+                        f"`kerasllm finetune {source} --task chat --data CONVERSATIONS.jsonl`")
+    replier = run.task.replier(model, run)
+    note = lambda line: errors.print(f"note: {line}", highlight=False)
+    write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
+
+    def reply(messages, on_text, on_note):
+        return replier(messages, max_length=max_length, on_text=on_text, on_note=on_note, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=seed)
+
+    session = ChatSession(reply, system)
+    console.print(f"chatting with {run.path.name} ({run.spec.name}); {HELP}", highlight=False)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:  # Ctrl-D
+            print()
+            return
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh line, the session goes on
+            print()
+            continue
+        if not line:
+            continue
+        said = session.command(line)
+        if said is not None:
+            console.print(said, highlight=False)
+            continue
+        write("bot> ")
+        try:
+            session.ask(line, write, note)
+        except KeyboardInterrupt:
+            write(" [stopped]")
+        print()
+
+
+@app.command()
+@handle_errors
+def serve(
+    sources: Annotated[List[Path], typer.Argument(help="One or more transformer-lm runs (tuned for chat, or plain); each is a "
+                                                       "model in the API, named after its folder.")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 answers this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(envvar="KERASLLM_API_KEY", help="Require this key (Authorization: Bearer KEY) "
+                                                   "on every /v1 call; also read from KERASLLM_API_KEY.")] = None,
+    max_batch: Annotated[int, typer.Option(help="Requests decoded together, per model (continuous batching).")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait for a free slot; more get 429.")] = 64,
+    max_tokens: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 256,
+    unsafe: UnsafeFlag = False,
+):
+    """Serve runs over OpenAI's HTTP API: /v1/models, /v1/completions, /v1/chat/completions (streaming too), /health.
+
+    Any OpenAI client works: `OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY")`.
+
+    Example: `kerasllm serve runs/transformer-lm-20261201-120000 --port 8000 --max-batch 16`
+    """
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, not {port}")
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        raise UserError(f"cannot listen on {host}:{port} ({error.strerror}); pass another --port or --host") from None
+    loaded = [load_run_and_model(source, unsafe) for source in sources]
+    names = [run.path.name for run, _ in loaded]
+    if len(set(names)) < len(names):
+        raise UserError(f"two runs share the folder name {max(names, key=names.count)}, which names a model in the API; rename one")
+    import uvicorn
+
+    from kerasllm import server
+
+    served = [server.load_served(run, model, max_batch, max_queue, max_tokens) for run, model in loaded]
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        errors.print(f"note: {host} answers other machines and no --api-key is set, so anyone who reaches it can use it",
+                     highlight=False)
+    shown = "localhost" if host in ("127.0.0.1", "::1") else host
+    console.print(f"serving {', '.join(names)} at http://{shown}:{port}/v1 ({count(max_batch, 'slot')} per model"
+                  f"{', API key required' if api_key else ''}); Ctrl-C stops", highlight=False)
+    config = uvicorn.Config(server.create_app(served, api_key), log_level="info" if STATE["debug"] else "warning")
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        for one in served:
+            one.engine.stop()
+
+
+@app.command()
+@handle_errors
 def predict(
     source: ModelOrRun,
     inputs: Annotated[Optional[List[str]], typer.Argument(
@@ -414,6 +543,7 @@ def finetune(
     lora_rank: Annotated[int, typer.Option(help="Rank of the LoRA adapters (--method lora).")] = 8,
     unfreeze_after: Annotated[int, typer.Option(help="With --method freeze: train the whole model after this many epochs "
                                                       "(at finetune.unfreeze_learning_rate_ratio × the learning rate).")] = 0,
+    task: TaskOption = None,
     epochs: EpochsOption = None,
     overrides: SetOption = None,
     out: RunOutOption = None,
@@ -442,6 +572,10 @@ def finetune(
     flags = config_lib.flag_overrides({"train.epochs": epochs, "train.seed": seed, "runtime.strategy": strategy})
     load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden
     found = finetuning.resolve_base(base)
+    if task is not None and found.run is not None:
+        flags += task_flags(found.run.spec, task, data)
+    elif task is not None:
+        raise UserError("--task with a keras-hub preset base is not supported yet; fine-tune a transformer-lm run with --task chat")
     spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after)
     show_notes(config)
     run_dir = runs.plan_new_run(spec.name, out, overwrite, config_lib.local_paths(config.data.source, found.source))

@@ -96,3 +96,14 @@ def task_for(spec: ModelSpec, objective: str = "") -> Task:
         known = ", ".join([own.objective, *spec.objectives])
         raise UserError(f"{spec.name} has no objective {objective!r}; its objectives: {known}")
     return tasks.get(spec.objectives[objective])
+
+
+def objective_for_task(spec: ModelSpec, task: str) -> str:
+    """The `train.objective` that trains `spec` for `task` (`--task chat`): "" for the model's own task."""
+    if task == spec.task:
+        return ""
+    found = [objective for objective, name in spec.objectives.items() if name == task]
+    if not found:
+        known = ", ".join([spec.task, *spec.objectives.values()])
+        raise UserError(f"{spec.name} cannot be trained for the {task} task; its tasks: {known}")
+    return found[0]

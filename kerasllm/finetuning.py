@@ -162,9 +162,26 @@ def transfer_weights(parent, model, fresh: tuple = ()) -> tuple[list[str], list[
         if [tuple(w.shape) for w in source.weights] == [tuple(w.shape) for w in layer.weights]:
             layer.set_weights(source.get_weights())
             copied.append(layer.name)
+        elif grows_rows(source, layer):
+            layer.set_weights([grown(old, new) for old, new in zip(source.get_weights(), layer.get_weights())])
+            copied.append(layer.name)
         else:
             skipped.append(layer.name)
     return copied, skipped
+
+
+def grows_rows(source, layer) -> bool:
+    """`layer` is the same embedding as `source` with more rows (a vocabulary that gained special tokens: `--task chat`)."""
+    import keras
+
+    if not isinstance(layer, keras.layers.Embedding) or len(source.weights) != len(layer.weights):
+        return False
+    return all(tuple(a.shape[1:]) == tuple(b.shape[1:]) and a.shape[0] <= b.shape[0] for a, b in zip(source.weights, layer.weights))
+
+
+def grown(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """`old`'s rows, then as many more as `new` has, each the mean of the old rows (a neutral start for new tokens)."""
+    return np.concatenate([old, np.repeat(old.mean(axis=0, keepdims=True), new.shape[0] - old.shape[0], axis=0)]).astype(old.dtype)
 
 
 # --- methods -------------------------------------------------------------------------------

@@ -295,6 +295,13 @@ def generate(model, tokenizer, prompts: list[str], max_length: int, *, decoder: 
     With `beam_width` >= 1 each prompt is decoded by beam search and its text arrives in one piece. `on_text(row, text)`
     receives each row's new text as it is produced (held back while it could still be the start of a stop string).
     """
+    return generate_ids(model, tokenizer, [encode_prompt(tokenizer, p) for p in prompts], max_length, decoder=decoder, spec=spec,
+                        window=window, on_text=on_text, **sampling)
+
+
+def generate_ids(model, tokenizer, prompts: list, max_length: int, *, decoder: Decoder | None = None, spec=None,
+                 window: int = 100, on_text: Callable[[int, str], None] | None = None, **sampling) -> list[str]:
+    """`generate` from prompts that are token ids already (a chat template's, with its special tokens)."""
     options = Sampling(**sampling)
     check_options(options.temperature, options.top_k, options.top_p, max_length, options.beam_width)
     rows = Rows(tokenizer, len(prompts), [s for s in options.stop if s], on_text)
@@ -305,11 +312,11 @@ def generate(model, tokenizer, prompts: list[str], max_length: int, *, decoder: 
     banned = tokenizer.never_generated() + ([tokenizer.eos_id] if not options.allow_eos and tokenizer.eos_id is not None else [])
     if options.beam_width >= 1:
         for row, prompt in enumerate(prompts):
-            rows.set(row, beam_search(decoder, encode_prompt(tokenizer, prompt), max_length, options.beam_width, banned=banned,
+            rows.set(row, beam_search(decoder, prompt, max_length, options.beam_width, banned=banned,
                                       eos=eos, length_penalty=options.length_penalty))
             rows.emit(row, True)
         return rows.texts
-    _sample(decoder, [encode_prompt(tokenizer, p) for p in prompts], rows, max_length, options, banned, eos)
+    _sample(decoder, list(prompts), rows, max_length, options, banned, eos)
     return rows.texts
 
 

@@ -140,6 +140,19 @@ class Tokenizer:
     def eos_id(self) -> int | None:
         return self.special_tokens.get("eos")
 
+    def with_specials(self, specials: tuple[str, ...]) -> "Tokenizer":
+        """This tokenizer with `specials` (e.g. `[USER]`) as special tokens: the missing ones get new ids after the
+        vocabulary (a model trained with this tokenizer grows its embedding by as many rows). Text never encodes to
+        them: templates place them by id."""
+        missing = [name for name in specials if name.strip("[]").lower() not in self.special_tokens]
+        if not missing:
+            return self
+        saved = self.to_dict()
+        saved["vocabulary"] = [*self.vocabulary, *missing]
+        saved["special_tokens"] = {**self.special_tokens, **{name.strip("[]").lower(): len(self.vocabulary) + i
+                                                             for i, name in enumerate(missing)}}
+        return Tokenizer.from_dict(saved)
+
     def never_generated(self) -> list[int]:
         """Ids a sampler must not produce: every special token except [EOS]."""
         return sorted(i for name, i in self.special_tokens.items() if name != "eos")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 from pathlib import Path
 
@@ -32,6 +33,17 @@ TINY = [
 ]
 
 
+# transformer-lm at its smallest, for chat and serving tests
+TINY_LM = ["--set", "model_args.num_layers=1", "--set", "model_args.hidden_dim=16", "--set", "model_args.num_heads=2",
+           "--set", "train.batch_size=8", "--set", "train.steps_per_epoch=2", "--set", "runtime.steps_per_execution=1",
+           "--set", "train.sample_length=0", "--set", "runtime.jit_compile=false", "--epochs", "1"]
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
 def tiny_args():
     return [arg for item in TINY for arg in ("--set", item)]
 
@@ -54,6 +66,35 @@ def trained_run(tmp_path_factory, corpus_file, runner):
     """One tiny lstm-textgen run made through the CLI, shared by the read-only tests."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
     result = runner.invoke(cli.app, ["train", "lstm-textgen", "--data", str(corpus_file), "--out", str(out), "--quiet", *tiny_args()])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory):
+    """200 generated conversations (builtin:chat-skills's kind) as OpenAI messages JSONL."""
+    from kerasllm.data.chat import chat_skills
+
+    path = tmp_path_factory.mktemp("chat") / "skills.jsonl"
+    return write_jsonl(path, [{"messages": messages} for messages in chat_skills(200)])
+
+
+@pytest.fixture(scope="session")
+def chat_run(tmp_path_factory, chat_data, runner):
+    """A tiny transformer-lm trained two steps with --task chat (context 48)."""
+    out = tmp_path_factory.mktemp("runs") / "chat"
+    result = runner.invoke(cli.app, ["train", "transformer-lm", "--task", "chat", "--data", str(chat_data), "--out", str(out),
+                                     "--quiet", *TINY_LM, "--set", "data.sequence_length=48", "--set", "model_args.max_sequence_length=48"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory, corpus_file, runner):
+    """A tiny transformer-lm trained two steps on text (context 32): a plain language model."""
+    out = tmp_path_factory.mktemp("runs") / "plain"
+    result = runner.invoke(cli.app, ["train", "transformer-lm", "--data", str(corpus_file), "--out", str(out), "--quiet", *TINY_LM,
+                                     "--set", "data.sequence_length=32", "--set", "model_args.max_sequence_length=32"])
     assert result.exit_code == 0, result.output
     return out
 

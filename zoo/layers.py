@@ -39,6 +39,11 @@ class ResizeImages(keras.layers.Layer):
         return {**super().get_config(), "height": self.height, "width": self.width}
 
 
+def per_row(index) -> bool:
+    """A cache index given per row, shape (batch,), rather than one scalar for the whole batch."""
+    return len(getattr(index, "shape", ())) == 1
+
+
 @keras.saving.register_keras_serializable(package="kerasllm")
 class PositionEmbedding(keras.layers.Layer):
     """Learned position embeddings: (batch, time, hidden) → the embeddings of positions start_index … start_index + time.
@@ -66,10 +71,14 @@ class PositionEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, start_index=0):
+        """`start_index` is one position for every row, or one per row, shape (batch,) (continuous batching)."""
         ops = keras.ops
         shape = ops.shape(inputs)
-        positions = ops.arange(shape[1]) + start_index  # (time,)
         table = ops.cast(self.position_embeddings, self.compute_dtype)
+        if per_row(start_index):
+            positions = ops.expand_dims(start_index, 1) + ops.arange(shape[1])[None]  # (batch, time)
+            return ops.take(table, positions, axis=0)  # (batch, time, hidden)
+        positions = ops.arange(shape[1]) + start_index  # (time,)
         return ops.broadcast_to(ops.take(table, positions, axis=0)[None], shape)
 
     def compute_output_shape(self, input_shape):
@@ -155,6 +164,8 @@ class DecoderBlock(keras.layers.Layer):
         index = 0 if self_attention_cache_update_index is None else self_attention_cache_update_index
         qkv = ops.reshape(self.qkv(self.attention_norm(x)), (batch, length, 3, self.num_heads, self.head_dim))
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (batch, time, heads, head_dim)
+        if per_row(index):  # one new token per row, each row at its own position (continuous batching)
+            return self._call_per_row(x, query, key, value, self_attention_cache, index, training)
         if self.rotary_positions:
             query, key = self.rotary(query, start_index=index), self.rotary(key, start_index=index)
         new_cache = None
@@ -168,6 +179,25 @@ class DecoderBlock(keras.layers.Layer):
         x = x + self.attention_dropout(self.attention_output(attended), training=training)
         x = x + self.mlp_dropout(self.mlp_out(self.mlp_in(self.mlp_norm(x))), training=training)
         return x if new_cache is None else (x, new_cache)
+
+    def _call_per_row(self, x, query, key, value, cache, index, training):
+        """One token per row (x: (batch, 1, hidden)) written at position `index[row]` of that row's cache; each row
+        attends to its own positions 0 … index[row] only."""
+        ops = keras.ops
+        batch = ops.shape(x)[0]
+        if self.rotary_positions:
+            positions = ops.expand_dims(index, 1)  # (batch, 1)
+            query, key = self.rotary(query, positions=positions), self.rotary(key, positions=positions)
+        context = ops.shape(cache)[2]
+        place = ops.one_hot(index, context, dtype=cache.dtype)[:, :, None, None]  # (batch, context, 1, 1)
+        key = cache[:, 0] * (1 - place) + place * key  # (batch, context, heads, head_dim)
+        value = cache[:, 1] * (1 - place) + place * value
+        allowed = ops.arange(context)[None, :] <= ops.expand_dims(index, 1)  # (batch, context)
+        attended = ops.dot_product_attention(query, key, value, mask=allowed[:, None, None, :])
+        attended = ops.reshape(attended, (batch, 1, self.num_heads * self.head_dim))
+        x = x + self.attention_dropout(self.attention_output(attended), training=training)
+        x = x + self.mlp_dropout(self.mlp_out(self.mlp_in(self.mlp_norm(x))), training=training)
+        return x, ops.stack([key, value], axis=1)
 
     def compute_output_shape(self, input_shape):
         return input_shape

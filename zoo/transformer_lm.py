@@ -243,6 +243,38 @@ class TransformerCacheDecoder:
             logits[group["rows"]] = group_logits
         return logits, state
 
+    # --- slots: one row per request, each at its own position (continuous batching, `kerasllm serve`) ----------
+    @property
+    def per_row(self) -> bool:
+        """Rows can step at different positions: the model is built from zoo/layers.py (keras-hub's layers, in models
+        saved before, take one position for the whole batch)."""
+        return self.xla
+
+    def slot_caches(self, slots: int):
+        """Empty caches for `slots` rows."""
+        return self._empty_caches(slots)
+
+    def prefill(self, ids: np.ndarray):
+        """Read one prompt (its last `context` ids): its next-token logits (vocab,) and its one-row caches."""
+        logits, caches = self._seed(np.asarray(ids, np.int32)[None, -self.context:])
+        return logits[0], caches
+
+    def put(self, caches, row: int, row_caches):
+        """`caches` with row `row` replaced by `row_caches` (a prefill's)."""
+        from keras import ops
+
+        return [ops.slice_update(cache, [row, 0, 0, 0, 0], ops.cast(new, cache.dtype)) for cache, new in zip(caches, row_caches)]
+
+    def step_rows(self, caches, tokens: np.ndarray, positions: np.ndarray):
+        """One new token per row, each written at its own position: logits (rows, vocab) and the caches. Every row is
+        computed whether it is in use or not (one compiled shape); a row reads only its own cache."""
+        from keras import ops
+
+        tokens, positions = np.asarray(tokens, np.int32), np.asarray(positions, np.int32)
+        step = self._function(("rows", len(tokens)))
+        out, caches = step(ops.convert_to_tensor(tokens[:, None]), caches, ops.convert_to_tensor(positions), self._int(0))
+        return np.asarray(ops.convert_to_numpy(out), np.float64), caches
+
     def select(self, state, rows):
         """Keep (and repeat) rows of a single-group state, for beam search."""
         from keras import ops
@@ -271,6 +303,7 @@ SPEC = ModelSpec(
         "runtime": {"jit_compile": True, "steps_per_execution": 10},
     },
     presets=PRESETS,
+    objectives={"chat": "chat"},  # `--task chat`: instruction / chat tuning, the loss on the assistant's replies
     decoder=TransformerCacheDecoder.from_model,
     overfitting_fixes=(
         "more dropout: --set model_args.dropout=0.2",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kerasllm.registry import Registry
 from kerasllm.tasks.base import PreparedData, Task
+from kerasllm.tasks.chat import Chat
 from kerasllm.tasks.image_classification import ImageClassification
 from kerasllm.tasks.masked_lm import MaskedLM
 from kerasllm.tasks.seq2seq import Seq2Seq
@@ -26,7 +27,7 @@ def _check(task) -> None:
 
 
 TASKS: Registry[Task] = Registry("task", check=_check)
-for _task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM(), Seq2Seq()):
+for _task in (TextGeneration(), ImageClassification(), TextClassification(), MaskedLM(), Seq2Seq(), Chat()):
     TASKS.register(_task.name, _task)
 
 

@@ -87,6 +87,8 @@ class Task:
         config_sections: the task's own config sections, name → dataclass type (e.g. `{"seq2seq": Seq2SeqConfig}`):
             its models' configs get them (`config.seq2seq.source_lang`, `--set seq2seq.source_lang=de`), `kerasllm info`
             lists them, and a dataclass with a `validate()` method checks itself. A plugin task declares its options here.
+        default_data: the data a model trains on for this task without `--data` when its own default data is for
+            another task (`train transformer-lm --task chat`).
     """
 
     name: str = ""
@@ -98,6 +100,7 @@ class Task:
     continues_prompt: bool = True  # `generate` continues the prompt (language models) rather than transforming it (seq2seq)
     quality: tuple = ("loss", "accuracy")
     config_sections: dict = {}
+    default_data: str = ""  # the data `train --task NAME` uses without --data, where the model's own default is for another task
 
     # --- training -------------------------------------------------------------------
     def loss(self, spec, config=None):

@@ -1,0 +1,223 @@
+"""The serving engine: continuous batching over a fixed set of slots, for `kerasllm serve`.
+
+One thread owns the model. Each request takes a free slot: its prompt is read into that slot's row of the key/value
+cache (a prefill of one row), then every step decodes one token for every busy slot together, in one batched,
+compiled call, each row at its own position (`TransformerCacheDecoder.step_rows`). A request joins as soon as a slot
+is free and leaves when it ends (end of text, a stop string, its token limit, or its client going away), between
+two steps, without waiting for the others. Requests beyond the free slots wait in a bounded queue; a full queue is
+`QueueFull` (the server answers 429).
+
+A row reads only its own cache and the step always has the same shape, so a request decodes the same tokens whether
+it runs alone or beside others (greedy answers do not mix).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kerasllm import generation
+from kerasllm.errors import UserError
+
+# Lazy imports: Keras and TensorFlow come with the model and its decoder; this module imports neither.
+
+STOP_EVENT = object()
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the waiting queue is full."""
+
+
+@dataclass
+class Request:
+    """One generation: a prompt of token ids and how to sample its continuation.
+
+    `on_text(text)` receives new text as it is decoded, `on_done(finish_reason, usage)` once at the end ("stop" or
+    "length", or "cancelled"); both are called on the engine's thread. `cancel()` ends it at the next step.
+    """
+
+    prompt: np.ndarray
+    max_tokens: int
+    on_text: Callable[[str], None]
+    on_done: Callable[[str, dict], None]
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple = ()
+    allow_eos: bool = True
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Slot:
+    """A busy slot: its request, the token to feed next and where it goes, and the text so far."""
+
+    def __init__(self, request: Request, tokenizer, engine: "Engine"):
+        self.request, self.engine = request, engine
+        self.rows = generation.Rows(tokenizer, 1, [s for s in request.stop if s], lambda _, text: request.on_text(text))
+        self.rng = np.random.default_rng(request.seed)
+        self.history = list(map(int, request.prompt))
+        self.generated, self.position, self.next_token = 0, 0, 0
+
+    def sample(self, logits: np.ndarray) -> bool:
+        """Pick the next token from `logits` (vocab,) and stream it; True when the request is finished."""
+        request = self.request
+        token = int(generation.sample_next(logits[None], request.temperature, self.rng, top_k=request.top_k, top_p=request.top_p,
+                                           banned=self.engine.banned(request.allow_eos))[0])
+        self.generated += 1
+        if request.allow_eos and token == self.engine.eos_id:
+            return self.finish("stop")
+        self.rows.push(0, token)
+        if self.rows.done[0]:
+            return self.finish("stop")
+        if self.generated >= request.max_tokens:
+            return self.finish("length")
+        self.rows.emit(0, False)
+        self.history.append(token)
+        self.next_token = token
+        return False
+
+    def finish(self, reason: str) -> bool:
+        self.rows.emit(0, True)
+        usage = {"prompt_tokens": len(self.request.prompt), "completion_tokens": self.generated,
+                 "total_tokens": len(self.request.prompt) + self.generated}
+        self.request.on_done(reason, usage)
+        return True
+
+
+class Engine:
+    """Continuous batching of requests to one causal LM.
+
+    Args:
+        decoder: the model's `TransformerCacheDecoder` (it must step rows at their own positions).
+        tokenizer: the run's tokenizer.
+        max_batch: slots: requests decoded together.
+        max_queue: requests that may wait for a slot; one more is refused (`QueueFull`).
+    """
+
+    def __init__(self, decoder, tokenizer, max_batch: int = 8, max_queue: int = 64):
+        if decoder is None or not getattr(decoder, "per_row", False):
+            raise UserError("this model cannot decode requests side by side (it was saved with keras-hub's layers, before "
+                            "kerasllm's own); train it again with this kerasllm to serve it")
+        if max_batch < 1 or max_queue < 0:
+            raise UserError("--max-batch must be at least 1 and the queue 0 or more")
+        self.decoder, self.tokenizer = decoder, tokenizer
+        self.context, self.max_batch = decoder.context, max_batch
+        self.eos_id = tokenizer.eos_id
+        self._never = tokenizer.never_generated()
+        self.waiting: queue.Queue = queue.Queue(maxsize=max_queue + 1)  # +1: a submit that finds it full was one too many
+        self.max_queue = max_queue
+        self.slots: list[Slot | None] = [None] * max_batch
+        self.caches = decoder.slot_caches(max_batch)
+        self.steps = 0  # batched steps run (statistics for tests and benchmarks)
+        self.busiest = 0  # the most slots busy at once
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kerasllm-engine", daemon=True)
+
+    def banned(self, allow_eos: bool) -> list[int]:
+        return self._never + ([] if allow_eos or self.eos_id is None else [self.eos_id])
+
+    # --- the public side -----------------------------------------------------------------
+    def start(self) -> "Engine":
+        self.warm_up()
+        self._thread.start()
+        return self
+
+    def warm_up(self) -> None:
+        """Compile the batched step and the shortest prefill before the first request (seconds, once)."""
+        self.decoder.step_rows(self.caches, np.zeros(self.max_batch, np.int32), np.zeros(self.max_batch, np.int32))
+        self.decoder.prefill(np.zeros(1, np.int32))
+
+    def submit(self, request: Request) -> None:
+        """Queue a request; `QueueFull` when every slot is busy and the queue is full."""
+        if request.max_tokens < 1:
+            raise UserError(f"max_tokens must be at least 1, not {request.max_tokens}")
+        if len(request.prompt) > self.context:
+            raise UserError(f"the prompt has {len(request.prompt)} tokens, more than the model's context of {self.context}")
+        with self._lock:
+            if self.waiting.qsize() >= self.max_queue and all(slot is not None for slot in self.slots):
+                raise QueueFull(f"all {self.max_batch} slots are busy and {self.max_queue} requests are waiting")
+            self.waiting.put(request)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.waiting.put(STOP_EVENT)
+        self._thread.join(timeout=10)
+
+    @property
+    def busy(self) -> int:
+        return sum(slot is not None for slot in self.slots)
+
+    # --- the engine's thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._admit(block=self.busy == 0)
+            self._drop_cancelled()
+            if self.busy:
+                self._reseed_full()
+                self._step()
+
+    def _admit(self, block: bool) -> None:
+        """Requests into free slots; waits for one when nothing is running."""
+        while any(slot is None for slot in self.slots):
+            try:
+                request = self.waiting.get(timeout=0.5) if block else self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if request is STOP_EVENT:
+                return
+            if request.cancelled.is_set():
+                request.on_done("cancelled", {})
+                continue
+            self._join(self.slots.index(None), request)
+
+    def _join(self, row: int, request: Request) -> None:
+        slot = Slot(request, self.tokenizer, self)
+        logits, row_caches = self.decoder.prefill(request.prompt)
+        self.caches = self.decoder.put(self.caches, row, row_caches)
+        slot.position = min(len(request.prompt), self.context)
+        self.slots[row] = slot  # busy from its first token on
+        self.busiest = max(self.busiest, self.busy)
+        if slot.sample(logits):
+            self.slots[row] = None
+
+    def _drop_cancelled(self) -> None:
+        for row, slot in enumerate(self.slots):
+            if slot is not None and slot.request.cancelled.is_set():
+                slot.finish("cancelled")
+                self.slots[row] = None
+
+    def _reseed_full(self) -> None:
+        """A slot whose context is full starts again from the last half of its text (a sliding window)."""
+        for row, slot in enumerate(self.slots):
+            if slot is not None and slot.position >= self.context:
+                keep = slot.history[-(self.context // 2):]
+                logits, row_caches = self.decoder.prefill(np.asarray(keep[:-1] or keep, np.int32))
+                self.caches = self.decoder.put(self.caches, row, row_caches)
+                slot.position = len(keep) - 1 if len(keep) > 1 else len(keep)
+
+    def _step(self) -> None:
+        tokens = np.zeros(self.max_batch, np.int32)
+        positions = np.zeros(self.max_batch, np.int32)
+        for row, slot in enumerate(self.slots):
+            if slot is not None:
+                tokens[row], positions[row] = slot.next_token, slot.position
+        logits, self.caches = self.decoder.step_rows(self.caches, tokens, positions)
+        self.steps += 1
+        for row, slot in enumerate(self.slots):
+            if slot is None:
+                continue
+            slot.position += 1
+            if slot.sample(logits[row]):
+                self.slots[row] = None

@@ -1,0 +1,194 @@
+"""Chat: JSONL shapes, the template round trip, the loss mask, cutting at turn boundaries, `--task chat` training and
+fine-tuning (the vocabulary grows by the role tokens), the chat session's commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cli
+from kerasllm.conversation import ChatSession
+from kerasllm.data.chat import ChatTemplate, chat_rows, fit_history, load_conversations
+from kerasllm.errors import UserError
+from kerasllm.tokenizers import Tokenizer
+from tests.conftest import TINY_LM, write_jsonl
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
+                {"role": "assistant", "content": "See you."}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    text = "".join(m["content"] for m in CONVERSATION) + "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.!?,[]"
+    return Tokenizer.fit(text, "char").with_specials(ChatTemplate().specials)
+
+
+def test_three_shapes_are_detected(tmp_path):
+    messages = write_jsonl(tmp_path / "m.jsonl", [{"messages": CONVERSATION}] * 2)
+    alpaca = write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add", "input": "1 and 2", "output": "3"},
+                                                {"instruction": "Greet", "input": "", "output": "Hi"}])
+    dolly = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Sum up", "context": "A long text.", "response": "Short.",
+                                                "category": "summarization"}])
+    found = load_conversations(str(messages))
+    assert found.shape == "messages" and found.conversations[0] == CONVERSATION
+    found = load_conversations(str(alpaca))
+    assert found.shape == "alpaca"
+    assert found.conversations[0] == [{"role": "user", "content": "Add\n\n1 and 2"}, {"role": "assistant", "content": "3"}]
+    assert found.conversations[1][0]["content"] == "Greet"  # an empty input adds nothing
+    found = load_conversations(str(dolly))
+    assert found.shape == "dolly" and found.conversations[0][0]["content"] == "Sum up\n\nA long text."
+
+
+@pytest.mark.parametrize("records, expected", [
+    ([{"question": "a", "answer": "b"}], "has answer, question; chat data must be OpenAI"),
+    ([{"messages": CONVERSATION}, {"instruction": "a", "output": "b"}], "line 2 is in the alpaca shape but the file started in the messages"),
+    ([{"messages": [{"role": "robot", "content": "x"}]}], "roles are system, user and assistant"),
+    ([{"messages": [{"role": "user", "content": "only a question"}]}], "no assistant message"),
+    ([{"messages": [{"role": "user", "content": "x"}, {"role": "system", "content": "late"}, {"role": "assistant", "content": "y"}]}],
+     "only the first message may be one"),
+])
+def test_other_shapes_are_one_line_naming_the_three(tmp_path, records, expected):
+    path = write_jsonl(tmp_path / "bad.jsonl", records)
+    with pytest.raises(UserError, match=expected):
+        load_conversations(str(path))
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"messages": CONVERSATION}) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"line 2 is not JSON .*Alpaca .*Dolly"):
+        load_conversations(str(path))
+
+
+def test_template_round_trip(tokenizer, tmp_path):
+    template = ChatTemplate()
+    ids, weights = template.encode(tokenizer, CONVERSATION)
+    roles = [tokenizer.special_id(role) for role in ("system", "user", "assistant")]
+    assert [int(i) for i in ids if i in roles] == [roles[0], roles[1], roles[2], roles[1], roles[2]]
+    assert tokenizer.decode(ids) == "".join(m["content"] for m in CONVERSATION)  # special tokens decode to nothing
+    template.save(tmp_path)
+    again = ChatTemplate.load(tmp_path)
+    assert again == template and np.array_equal(again.encode(tokenizer, CONVERSATION)[0], ids)
+    prompt = template.prompt(tokenizer, CONVERSATION[:2])
+    assert prompt[-1] == roles[2] and np.array_equal(prompt[:-1], template.encode(tokenizer, CONVERSATION[:2])[0])
+
+
+def test_typed_role_names_never_become_role_tokens(tokenizer):
+    ids = tokenizer.encode("[USER] [ASSISTANT]")
+    assert not set(map(int, ids)) & set(tokenizer.special_tokens.values())
+
+
+def test_the_loss_covers_assistant_tokens_only(tokenizer):
+    """Weights: 1 on the assistant's text and its end token, 0 on system and user tokens; and the masked loss does not
+    move when the logits at user and system positions change."""
+    import keras
+
+    ids, weights = ChatTemplate().encode(tokenizer, CONVERSATION)
+    text = {1.0: tokenizer.decode(ids[weights == 1]), 0.0: tokenizer.decode(ids[weights == 0])}
+    assert text[1.0] == "Hello!See you."
+    assert text[0.0] == "Be brief.Hi thereBye"
+    assert int((weights == 1).sum()) == len("Hello!") + len("See you.") + 2  # + each reply's [EOS]
+    rows, row_weights, _ = chat_rows(ChatTemplate(), tokenizer, [CONVERSATION], len(ids) + 4)
+    targets, target_weights = rows[:, 1:], row_weights[:, 1:]
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(*targets.shape, tokenizer.vocab_size)).astype("float32")
+    changed = logits.copy()
+    changed[target_weights == 0] = rng.normal(size=changed[target_weights == 0].shape) * 10  # only the unweighted positions
+    first = float(loss(targets, logits, sample_weight=target_weights))
+    assert float(loss(targets, changed, sample_weight=target_weights)) == pytest.approx(first, rel=1e-6)
+    changed[target_weights == 1] += 1.0 * (np.arange(tokenizer.vocab_size) == 0)  # a weighted position does move it
+    assert float(loss(targets, changed, sample_weight=target_weights)) != pytest.approx(first, rel=1e-6)
+
+
+def test_long_conversations_are_cut_between_exchanges(tokenizer):
+    template = ChatTemplate()
+    long = [CONVERSATION[0]] + [m for i in range(6) for m in ({"role": "user", "content": f"question {i}"},
+                                                               {"role": "assistant", "content": f"answer {i}"})]
+    exchange = len(template.encode(tokenizer, long[1:3])[0])
+    system = len(template.encode(tokenizer, long[:1])[0])
+    rows, weights, counts = chat_rows(template, tokenizer, [long, CONVERSATION], system + 2 * exchange - 1)
+    assert counts["cut_conversations"] == 1 and counts["dropped_exchanges"] == 0
+    user, system_id = tokenizer.special_id("user"), tokenizer.special_id("system")
+    assert all(row[0] in (user, system_id) for row in rows)  # every row starts at a turn
+    assert counts["rows"] == len(rows) and counts["assistant_tokens"] == int(weights[:, 1:].sum())
+    assert counts["assistant_tokens"] == sum(len(f"answer {i}") + 1 for i in range(6)) + len("Hello!") + len("See you.") + 2
+    _, _, tight = chat_rows(template, tokenizer, [long], exchange - 2)
+    assert tight["dropped_exchanges"] == 6 and tight["dropped_conversations"] == 1
+
+
+def test_history_is_trimmed_oldest_first_keeping_the_system_message(tokenizer):
+    template = ChatTemplate()
+    whole = len(template.prompt(tokenizer, CONVERSATION))
+    kept, dropped = fit_history(template, tokenizer, CONVERSATION, whole)
+    assert dropped == 0 and kept == CONVERSATION
+    kept, dropped = fit_history(template, tokenizer, CONVERSATION, whole - 1)
+    assert dropped == 2 and kept == [CONVERSATION[0], *CONVERSATION[3:]]
+
+
+def test_session_commands_and_save(tmp_path):
+    said = []
+    session = ChatSession(lambda messages, on_text, on_note: (said.append(list(messages)), on_text("ok"))[1], system="Be kind.")
+    assert session.ask("hello", lambda text: None) == "ok"
+    assert said[0] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hello"}]
+    out = tmp_path / "chat.jsonl"
+    assert "saved to" in session.command(f"/save {out}")
+    assert "appended to" in session.command(f"/save {out}")
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2 and load_conversations(str(out)).conversations[0][-1] == {"role": "assistant", "content": "ok"}
+    assert session.command("/system") == "system message cleared" and session.system is None
+    assert "2 messages forgotten" in session.command("/reset") and session.messages == []
+    assert "unknown command /nope" in session.command("/nope")
+    assert session.command("just text") is None
+
+
+def test_an_interrupted_reply_stays_as_far_as_it_got():
+    def reply(messages, on_text, on_note):
+        on_text("half an ans")
+        raise KeyboardInterrupt
+
+    session = ChatSession(reply)
+    with pytest.raises(KeyboardInterrupt):
+        session.ask("question", lambda text: None)
+    assert session.messages[-1] == {"role": "assistant", "content": "half an ans"}
+
+
+def test_train_task_chat_writes_a_chat_run(chat_run, runner):
+    from kerasllm import runs
+
+    run = runs.load_run(chat_run)
+    assert run.task.name == "chat" and (chat_run / "chat_template.json").is_file()
+    record = json.loads((chat_run / "data.json").read_text())
+    assert record["shape"] == "messages" and record["train"]["conversations"] + record["validation"]["conversations"] == 200
+    assert record["train"]["assistant_tokens"] > 0
+    result = runner.invoke(cli.app, ["evaluate", str(chat_run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["assistant_tokens"] == record["validation"]["assistant_tokens"]
+    result = runner.invoke(cli.app, ["generate", str(chat_run), "--prompt", "Say hello to Ada.", "--temperature", "0", "--length", "5"])
+    assert result.exit_code == 0, result.output
+    assert "Say hello" not in result.output  # a reply, not the prompt continued
+
+
+def test_finetune_task_chat_grows_the_base_vocabulary(tmp_path, lm_run, chat_data, runner):
+    from kerasllm import runs
+    from kerasllm.saving import load_model
+
+    base = lm_run
+    out = tmp_path / "tuned"
+    result = runner.invoke(cli.app, ["finetune", str(base), "--task", "chat", "--data", str(chat_data), "--out", str(out), "--quiet",
+                                     "--set", "train.steps_per_epoch=2", "--set", "train.batch_size=8", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    before, after = runs.load_run(base), runs.load_run(out)
+    old, new = before.artifacts["tokenizer"], after.artifacts["tokenizer"]
+    assert new.vocab_size == old.vocab_size + 3 and new.vocabulary[:old.vocab_size] == old.vocabulary
+    assert json.loads((out / "data.json").read_text())["added_tokens"] == 3
+    rows = load_model(out / "model.keras").get_layer("token_embedding").embeddings.shape[0]
+    assert rows == new.vocab_size
+
+
+def test_task_chat_is_refused_for_a_model_without_it(runner):
+    result = runner.invoke(cli.app, ["train", "lstm-textgen", "--task", "chat"])
+    assert result.exit_code == 2 and "cannot be trained for the chat task" in result.output

@@ -1,0 +1,236 @@
+"""`kerasllm serve`: OpenAI's API over continuous batching, tested with the official `openai` client and raw HTTP on a
+server started on 127.0.0.1 inside the test (in-process: the fast tier)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import cli
+from tests.conftest import TINY_LM, need
+
+httpx = need("httpx")
+openai = need("openai")
+need("fastapi")
+
+
+@contextlib.contextmanager
+def running(app):
+    """`app` served by uvicorn on a free loopback port, in a thread; yields the base URL."""
+    import uvicorn
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def load(run_dir, **limits):
+    from kerasllm import runs
+    from kerasllm.saving import load_model
+    from kerasllm.server import load_served
+
+    run = runs.load_run(run_dir)
+    return load_served(run, load_model(run_dir / "model.keras"), limits.get("max_batch", 4), limits.get("max_queue", 64),
+                       limits.get("max_tokens", 64))
+
+
+@pytest.fixture(scope="module")
+def plain_run(lm_run):
+    return lm_run
+
+
+@pytest.fixture(scope="module")
+def served(chat_run, plain_run):
+    models = [load(chat_run), load(plain_run)]
+    yield models
+    for one in models:
+        one.engine.stop()
+
+
+@pytest.fixture(scope="module")
+def url(served):
+    from kerasllm.server import create_app
+
+    with running(create_app(served)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_models_and_health(client, url):
+    assert sorted(model.id for model in client.models.list()) == ["chat", "plain"]
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and {m["id"] for m in health["models"]} == {"chat", "plain"}
+
+
+def test_chat_with_the_openai_client_streaming_and_not(client):
+    messages = [{"role": "user", "content": "Say hello to Ada."}]
+    whole = client.chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=12)
+    choice = whole.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens >= 1 and whole.usage.prompt_tokens > 5
+    chunks = list(client.chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=12, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == choice.message.content
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+
+
+def test_completions_on_a_plain_run_and_chat_refused_there(client):
+    whole = client.completions.create(model="plain", prompt="The ", temperature=0, max_tokens=10)
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == 10
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model="plain", prompt="The ", temperature=0, max_tokens=10,
+                                                                          stream=True))
+    assert streamed == whole.choices[0].text
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.body["code"] == "model_not_chat"
+
+
+def test_an_error_through_the_client(client):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="nothere", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.body["code"] == "model_not_found" and "nothere" in raised.value.body["message"]
+
+
+@pytest.mark.parametrize("path, body, status, param", [
+    ("/v1/chat/completions", b'{"model": "chat", "messages": [', 400, None),  # malformed JSON
+    ("/v1/chat/completions", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+    ("/v1/completions", {"model": "plain", "prompt": "word " * 20}, 400, None),  # longer than the context (32)
+    ("/v1/completions", {"model": "plain", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "max_tokens": -3}, 400, "max_tokens"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "max_tokens": 10_000}, 400, "max_tokens"),  # over --max-tokens
+    ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": 7}, 400, "temperature"),
+    ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature"),
+    ("/v1/chat/completions", {"model": "chat", "messages": []}, 400, "messages"),
+    ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 3}, 400, "n"),
+    ("/v1/nothing", {}, 404, None),
+])
+def test_bad_requests_get_openai_errors_and_the_server_goes_on(url, path, body, status, param):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] and error["param"] == param
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.post(f"{url}/v1/completions", json={"model": "plain", "prompt": "a", "max_tokens": 2}).status_code == 200
+
+
+def test_prompt_longer_than_the_context_is_named(url):
+    response = httpx.post(f"{url}/v1/completions", json={"model": "plain", "prompt": "word " * 20})
+    assert response.json()["error"]["code"] == "context_length_exceeded" and "context of 32" in response.json()["error"]["message"]
+
+
+def test_an_api_key_is_required_when_set(served):
+    from kerasllm.server import create_app
+
+    with running(create_app(served, api_key="secret")) as base:
+        assert httpx.get(f"{base}/v1/models").status_code == 401
+        assert httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert httpx.get(f"{base}/health").status_code == 200
+        keyed = openai.OpenAI(base_url=f"{base}/v1", api_key="secret", max_retries=0)
+        assert [m.id for m in keyed.models.list()] == ["chat", "plain"]
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_concurrent_greedy_answers_equal_answers_alone(client, served):
+    """16 clients at once on 4 slots (requests join and leave between steps): each greedy answer equals the same
+    request sent alone, and the requests really were decoded side by side."""
+    words = ["Say hello to Ada.", "Reverse: keras", "What is 3 plus 4?", "Uppercase: model", "Count the letters of river."]
+    requests = [(words[i % len(words)] + " " * (i // len(words)), 4 + (i * 5) % 17) for i in range(16)]
+
+    def ask(item):
+        text, length = item
+        answer = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": text}], temperature=0,
+                                                max_tokens=length)
+        return answer.choices[0].message.content
+
+    alone = [ask(item) for item in requests]
+    engine = served[0].engine
+    steps_before = engine.steps
+    engine.busiest = 0
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, requests))
+    assert together == alone
+    assert engine.busiest == engine.max_batch  # every slot was in use at once
+    assert engine.steps - steps_before < sum(length for _, length in requests)  # steps were shared
+
+
+def test_a_full_queue_answers_429_and_a_gone_client_frees_its_slot(plain_run):
+    from kerasllm.server import create_app
+
+    one = load(plain_run, max_batch=1, max_queue=0, max_tokens=100_000)
+    try:
+        with running(create_app([one])) as base:
+            body = {"model": "plain", "prompt": "The ", "max_tokens": 100_000, "stream": True}
+            with httpx.Client(timeout=30) as http, http.stream("POST", f"{base}/v1/completions", json=body) as stream:
+                lines = stream.iter_lines()
+                assert next(lines).startswith("data: ")  # decoding: the one slot is busy
+                assert one.engine.busy == 1
+                refused = httpx.post(f"{base}/v1/completions", json={"model": "plain", "prompt": "x", "max_tokens": 2})
+                assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+            deadline = time.time() + 15  # the client went away mid-stream
+            while one.engine.busy and time.time() < deadline:
+                time.sleep(0.05)
+            assert one.engine.busy == 0
+            assert httpx.post(f"{base}/v1/completions", json={"model": "plain", "prompt": "x", "max_tokens": 2}).status_code == 200
+    finally:
+        one.engine.stop()
+
+
+def test_rows_step_like_the_one_row_decoder(plain_run):
+    """The batched step with a position per row gives the logits the one-row cached decoder gives."""
+    from kerasllm import runs
+    from kerasllm.saving import load_model
+
+    run = runs.load_run(plain_run)
+    decoder = run.spec.decoder(load_model(plain_run / "model.keras"))
+    prompt = run.artifacts["tokenizer"].encode("The model")
+    logits, state = decoder.start([prompt])
+    expected, _ = decoder.step(state, [7])
+    caches = decoder.slot_caches(3)
+    _, row_caches = decoder.prefill(prompt)
+    caches = decoder.put(caches, 1, row_caches)
+    _, other = decoder.prefill(prompt[:3])
+    caches = decoder.put(caches, 2, other)
+    got, _ = decoder.step_rows(caches, np.asarray([0, 7, 5]), np.asarray([0, len(prompt), 3]))
+    np.testing.assert_allclose(got[1], expected[0], rtol=1e-4, atol=1e-4)
+
+
+def test_serve_refuses_a_busy_port_in_one_line(chat_run, runner):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(cli.app, ["serve", str(chat_run), "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pass another --port or --host"
+
+
+def test_serve_refuses_a_model_it_cannot_batch(trained_run, runner):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = runner.invoke(cli.app, ["serve", str(trained_run), "--port", str(port)])
+    assert result.exit_code == 2 and "serves transformer-lm runs" in result.output
