@@ -84,8 +84,10 @@ def handle_errors(command):
             run_dir = STATE["run_dir"]
             if run_dir is not None and Path(run_dir, files.CHECKPOINTS_DIR).is_dir():
                 errors.print(f"interrupted; continue with `kerasllm train --resume {run_dir}`", highlight=False)
-            else:
+            elif run_dir is not None:
                 errors.print("interrupted before the first checkpoint; nothing was kept, start the run again", highlight=False)
+            else:
+                errors.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -488,9 +490,12 @@ def serve(
     config = uvicorn.Config(server.create_app(served, api_key), log_level="info" if STATE["debug"] else "warning")
     try:
         uvicorn.Server(config).run(sockets=[listener])
+    except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C / SIGINT, then raises it again
+        pass
     finally:
         for one in served:
             one.engine.stop()
+    console.print("server stopped", highlight=False)
 
 
 @app.command()

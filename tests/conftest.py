@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# cli.py's consoles read COLUMNS once, when they are made: a width inherited here (pytest-xdist's workers have one)
+# would hold them at it, instead of the width each test's CliRunner sets
+os.environ.pop("COLUMNS", None)
 
 import pytest
 from typer.testing import CliRunner
