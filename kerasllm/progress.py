@@ -2,7 +2,9 @@
 
 Modes: `rich` draws a bar per epoch with loss, val_loss, throughput and ETA and
 prints a sample after each epoch when the task makes one; `json` prints one JSON
-object per epoch on stdout; `quiet` prints nothing.
+object per epoch on stdout; `quiet` prints nothing. When the output is not a terminal
+(piped, a CI log), `rich` prints one whole line per epoch instead of a live bar, which
+a pipe would get cut at 80 columns.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Reporter(keras.callbacks.Callback):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.console = self.console or Console()
+        if not self.console.is_terminal:  # piped: whole lines at the end of each epoch (epoch_line), no live bar
+            return
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]} val_loss {task.fields[val_loss]}"),
@@ -84,12 +88,22 @@ class Reporter(keras.callbacks.Callback):
                   f"{self.unit}_per_second": self.speed(steps), "seconds": time.perf_counter() - self.epoch_start}
         if self.mode == "json":
             print(json.dumps(dict(record, sample=sample) if sample else record), flush=True)
-        elif self.progress:
-            self.progress.update(self.bar, completed=self.steps, loss=_format(logs.get("loss")),
-                                 val_loss=_format(logs.get("val_loss")))
+        elif self.mode == "rich":
+            if self.progress:
+                self.progress.update(self.bar, completed=self.steps, loss=_format(logs.get("loss")),
+                                     val_loss=_format(logs.get("val_loss")))
+            else:
+                self.console.print(self.epoch_line(epoch, logs, record), highlight=False, markup=False)
             if sample:
                 self.console.print(f"[dim]sample after epoch {epoch + 1}:[/dim]")
                 self.console.print(sample, highlight=False, markup=False)
+
+    def epoch_line(self, epoch: int, logs: dict, record: dict) -> str:
+        """One epoch as a whole line (piped output): the numbers the live bar shows."""
+        minutes, seconds = divmod(int(record["seconds"]), 60)
+        return (f"epoch {epoch + 1}/{self.epochs} {self.steps}/{self.steps} loss {_format(logs.get('loss'))} "
+                f"val_loss {_format(logs.get('val_loss'))} {record[f'{self.unit}_per_second']:,.0f} {self.unit}/s "
+                f"{minutes}:{seconds:02d}")
 
     def close(self):
         if self.progress:

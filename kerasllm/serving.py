@@ -27,6 +27,7 @@ from kerasllm.errors import UserError
 # Lazy imports: Keras and TensorFlow come with the model and its decoder; this module imports neither.
 
 STOP_EVENT = object()
+WARM_PROMPT = 256  # prompts up to this many tokens are compiled for at start-up
 
 
 class QueueFull(Exception):
@@ -134,9 +135,11 @@ class Engine:
         return self
 
     def warm_up(self) -> None:
-        """Compile the batched step and the shortest prefill before the first request (seconds, once)."""
+        """Compile the batched step and the prefills of prompts up to WARM_PROMPT tokens (one per 16-token bucket)
+        before the first request, so that no early request waits for a compilation (seconds, once)."""
         self.decoder.step_rows(self.caches, np.zeros(self.max_batch, np.int32), np.zeros(self.max_batch, np.int32))
-        self.decoder.prefill(np.zeros(1, np.int32))
+        for length in range(16, min(self.context, WARM_PROMPT) + 16, 16):
+            self.decoder.prefill(np.zeros(min(length, self.context), np.int32))
 
     def submit(self, request: Request) -> None:
         """Queue a request; `QueueFull` when every slot is busy and the queue is full."""

@@ -122,3 +122,23 @@ def test_the_card_names_the_metric_that_picked_the_best_epoch():
 
     assert _best_by(SimpleNamespace(train=SimpleNamespace(monitor="val_loss"))) == "lowest validation loss (`val_loss`)"
     assert _best_by(SimpleNamespace(train=SimpleNamespace(monitor="val_accuracy"))) == "highest validation accuracy (`val_accuracy`)"
+
+
+def test_piped_progress_is_whole_lines_at_any_width():
+    """Not a terminal (a pipe, a CI log): one whole line per epoch, not a live bar cut at 80 columns."""
+    import io
+
+    from rich.console import Console
+
+    from kerasllm.progress import Reporter
+
+    out = io.StringIO()
+    reporter = Reporter("rich", 12, 2160, 2048, "tokens", console=Console(file=out, width=40, soft_wrap=True))
+    reporter.on_train_begin()
+    reporter.on_epoch_begin(0)
+    reporter.on_train_batch_end(2159, {"loss": 1.23456})
+    reporter.on_epoch_end(0, {"loss": 1.23456, "val_loss": 1.5})
+    reporter.close()
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("epoch 1/12 2160/2160 loss 1.2346 val_loss 1.5000 ") and line.endswith(tuple("0123456789"))
+    assert "tokens/s" in line and "…" not in line and len(line) > 40  # longer than the console: not cut
