@@ -184,20 +184,35 @@ class DecoderBlock(keras.layers.Layer):
         """One token per row (x: (batch, 1, hidden)) written at position `index[row]` of that row's cache; each row
         attends to its own positions 0 … index[row] only."""
         ops = keras.ops
-        batch = ops.shape(x)[0]
-        if self.rotary_positions:
-            positions = ops.expand_dims(index, 1)  # (batch, 1)
-            query, key = self.rotary(query, positions=positions), self.rotary(key, positions=positions)
+        query, key = self.rotate_rows(query, key, index)
         context = ops.shape(cache)[2]
         place = ops.one_hot(index, context, dtype=cache.dtype)[:, :, None, None]  # (batch, context, 1, 1)
         key = cache[:, 0] * (1 - place) + place * key  # (batch, context, heads, head_dim)
         value = cache[:, 1] * (1 - place) + place * value
-        allowed = ops.arange(context)[None, :] <= ops.expand_dims(index, 1)  # (batch, context)
-        attended = ops.dot_product_attention(query, key, value, mask=allowed[:, None, None, :])
-        attended = ops.reshape(attended, (batch, 1, self.num_heads * self.head_dim))
+        return self.finish_rows(x, query, key, value, index, training), ops.stack([key, value], axis=1)
+
+    def project_rows(self, x, index):
+        """One new token per row (x: (batch, 1, hidden)) → its query, key and value (batch, 1, heads, head_dim),
+        rotated to each row's position `index[row]` when positions are rotary."""
+        ops = keras.ops
+        qkv = ops.reshape(self.qkv(self.attention_norm(x)), (ops.shape(x)[0], 1, 3, self.num_heads, self.head_dim))
+        return self.rotate_rows(qkv[:, :, 0], qkv[:, :, 1], index) + (qkv[:, :, 2],)
+
+    def rotate_rows(self, query, key, index):
+        if not self.rotary_positions:
+            return query, key
+        positions = keras.ops.expand_dims(index, 1)  # (batch, 1)
+        return self.rotary(query, positions=positions), self.rotary(key, positions=positions)
+
+    def finish_rows(self, x, query, keys, values, index, training=None):
+        """The rest of the block for one token per row, given every row's keys and values (batch, context, heads,
+        head_dim) with the new ones in place: attention over positions 0 … index[row], then the MLP."""
+        ops = keras.ops
+        allowed = ops.arange(ops.shape(keys)[1])[None, :] <= ops.expand_dims(index, 1)  # (batch, context)
+        attended = ops.dot_product_attention(query, keys, values, mask=allowed[:, None, None, :])
+        attended = ops.reshape(attended, (ops.shape(x)[0], 1, self.num_heads * self.head_dim))
         x = x + self.attention_dropout(self.attention_output(attended), training=training)
-        x = x + self.mlp_dropout(self.mlp_out(self.mlp_in(self.mlp_norm(x))), training=training)
-        return x, ops.stack([key, value], axis=1)
+        return x + self.mlp_dropout(self.mlp_out(self.mlp_in(self.mlp_norm(x))), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -251,8 +251,14 @@ class TransformerCacheDecoder:
         return self.xla
 
     def slot_caches(self, slots: int):
-        """Empty caches for `slots` rows."""
-        return self._empty_caches(slots)
+        """Empty caches for `slots` rows. On TensorFlow they are variables that the step writes in place (one row's new
+        key and value a step, not the whole cache again)."""
+        caches = self._empty_caches(slots)
+        if self.backend != "tensorflow":
+            return caches
+        import tensorflow as tf
+
+        return [tf.Variable(cache, trainable=False) for cache in caches]
 
     def prefill(self, ids: np.ndarray):
         """Read one prompt (its last `context` ids): its next-token logits (vocab,) and its one-row caches."""
@@ -263,6 +269,10 @@ class TransformerCacheDecoder:
         """`caches` with row `row` replaced by `row_caches` (a prefill's)."""
         from keras import ops
 
+        if self.backend == "tensorflow":
+            for cache, new in zip(caches, row_caches):
+                cache.scatter_nd_update([[row]], ops.cast(new, cache.dtype))
+            return caches
         return [ops.slice_update(cache, [row, 0, 0, 0, 0], ops.cast(new, cache.dtype)) for cache, new in zip(caches, row_caches)]
 
     def step_rows(self, caches, tokens: np.ndarray, positions: np.ndarray):
@@ -271,9 +281,36 @@ class TransformerCacheDecoder:
         from keras import ops
 
         tokens, positions = np.asarray(tokens, np.int32), np.asarray(positions, np.int32)
+        if self.backend == "tensorflow":
+            key = ("rows in place", len(tokens), tuple(id(cache) for cache in caches))
+            if key not in self._compiled:
+                self._compiled[key] = self._in_place_step(caches)
+            out = self._compiled[key](ops.convert_to_tensor(tokens[:, None]), ops.convert_to_tensor(positions))
+            return np.asarray(out, np.float64), caches
         step = self._function(("rows", len(tokens)))
         out, caches = step(ops.convert_to_tensor(tokens[:, None]), caches, ops.convert_to_tensor(positions), self._int(0))
         return np.asarray(ops.convert_to_numpy(out), np.float64), caches
+
+    def _in_place_step(self, variables):
+        """The rows' step on TensorFlow, compiled with XLA: each block's new keys and values are scattered into its cache
+        variable at (row, position), then attention reads the variable."""
+        import tensorflow as tf
+
+        def step(token_ids, index):
+            rows = tf.range(tf.shape(index)[0])
+            x = self.embedding(token_ids)
+            if self.positions is not None:
+                x = x + self.positions(x, start_index=index)
+            for block, cache in zip(self.blocks, variables):
+                query, key, value = block.project_rows(x, index)
+                for part, new in ((0, key), (1, value)):
+                    where = tf.stack([rows, tf.fill(tf.shape(rows), part), index], axis=1)  # (rows, 3): row, key/value, position
+                    cache.scatter_nd_update(where, tf.cast(new[:, 0], cache.dtype))
+                keys_values = cache.read_value()
+                x = block.finish_rows(x, query, keys_values[:, 0], keys_values[:, 1], index)
+            return self.embedding(self.final_norm(x[:, 0]), reverse=True)
+
+        return tf.function(step, jit_compile=self.xla)
 
     def select(self, state, rows):
         """Keep (and repeat) rows of a single-group state, for beam search."""
