@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -20,6 +21,7 @@ from kerasllm import __version__, catalog, compression, distribute, files, finet
 from kerasllm import config as config_lib
 from kerasllm import export as export_lib
 from kerasllm.data.text import read_text_file
+from kerasllm.doctor import bfloat16_note
 from kerasllm.doctor import report as doctor_report
 from kerasllm.errors import UserError
 from kerasllm.saving import check_model_fits, load_model, model_path
@@ -42,8 +44,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-console = Console(soft_wrap=True)  # whole lines at any width, piped too (tables still fit the width)
-errors = Console(stderr=True, soft_wrap=True)
+# Whole lines at any width. Piped (a file, a CI log, `| less`), there is no width to fit: tables are drawn at their
+# natural width instead of rich's 80 columns, which cut cells to "parame…"; COLUMNS still sets a width.
+PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 10_000
+console = Console(soft_wrap=True, width=PIPED_WIDTH)
+errors = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 10_000)
 STATE = {"debug": False, "run_dir": None}
 
 # Options shared by several commands: defined once.
@@ -153,10 +158,11 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
     spec = catalog.model(name)
     sections = {"model_args": spec.hparams, **config_lib.SECTIONS, **spec.sections}
     defaults = config_lib.default_config(spec)
-    rows = [
+    tasks = {spec.task, *spec.objectives.values()}
+    rows = [  # only the keys this model's tasks read (no labelled-text columns for a language model)
         {"key": f"{section}.{field}", "type": type_name, "default": getattr(getattr(defaults, section), field), "help": help_text}
         for section, cls in sections.items()
-        for field, type_name, _, help_text in config_lib.fields_help(cls)
+        for field, type_name, _, help_text in config_lib.fields_help(cls) if config_lib.applies(cls, field, tasks)
     ]
     if as_json:
         return print_json({"name": spec.name, "task": spec.task, "default_data": spec.default_data, "keys": rows,
@@ -235,6 +241,9 @@ def train(
     from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
 
     mode = "json" if as_json else "quiet" if quiet else "rich"
+    slow_bfloat16 = bfloat16_note(config.runtime.precision, config.runtime.strategy)
+    if slow_bfloat16:
+        errors.print(f"note: {slow_bfloat16}", highlight=False)
 
     def announce(model):  # once the data has loaded and the model is built: a refused run announces nothing
         if mode == "rich":

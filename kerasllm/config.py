@@ -43,9 +43,19 @@ def one_of(names: tuple) -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
 
 
-def doc(help_text: str) -> dict:
-    """Field metadata with its help text (shown by `kerasllm info`)."""
-    return {"help": help_text}
+TEXT_TASKS = ("text-generation", "text-classification", "masked-lm", "seq2seq", "chat")
+
+
+def doc(help_text: str, tasks: tuple = (), internal: bool = False) -> dict:
+    """Field metadata with its help text (shown by `kerasllm info`): `tasks`, the only tasks that read the key (none:
+    every task); `internal`, a key kerasllm writes itself (a fine-tuning run's base), which `info` does not list."""
+    return {"help": help_text, "tasks": tasks, "internal": internal}
+
+
+def applies(cls, name: str, tasks: set) -> bool:
+    """Whether the field `name` of config dataclass `cls` is one a model of `tasks` reads and a user sets."""
+    metadata = next(f.metadata for f in dataclasses.fields(cls) if f.name == name)
+    return not metadata.get("internal") and (not metadata.get("tasks") or bool(set(metadata["tasks"]) & tasks))
 
 
 @dataclass
@@ -55,17 +65,19 @@ class DataConfig:
         "defaults to the model's default data."))
     validation_fraction: float = field(default=0.1, metadata=doc(
         "Fraction held out for validation (the end of a text), when the source has no validation split."))
-    sequence_length: int = field(default=100, metadata=doc("Tokens per training window (text models)."))
+    sequence_length: int = field(default=100, metadata=doc("Tokens per training window (text models).", TEXT_TASKS))
     windows: str = field(default="sequential", metadata=doc(
         "Training windows (text models): `sequential` (non-overlapping, shuffled each epoch) or `random` (each batch "
-        "starts at random offsets, as nanoGPT samples)."))
+        "starts at random offsets, as nanoGPT samples).", ("text-generation",)))
     text_column: str = field(default="", metadata=doc(
         "Labelled text (CSV/TSV/JSONL): the text column; two names joined by a comma (`premise,hypothesis`) make sentence "
-        "pairs; empty: `text`, `sentence` or the only text column."))
-    label_column: str = field(default="label", metadata=doc("Labelled text (CSV/TSV/JSONL): the label column."))
-    tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split)."))
+        "pairs; empty: `text`, `sentence` or the only text column.", ("text-classification",)))
+    label_column: str = field(default="label", metadata=doc("Labelled text (CSV/TSV/JSONL): the label column.", ("text-classification",)))
+    tokenizer: str = field(default="char", metadata=doc("Text tokenizer: `char`, `word`, `wordpiece` or `sentencepiece` (fitted on the training split).",
+                                                        TEXT_TASKS))
     vocab_size: int = field(default=20000, metadata=doc(
-        "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many)."))
+        "Largest vocabulary, special tokens included (char/word keep the most frequent tokens; wordpiece/sentencepiece learn about this many).",
+        TEXT_TASKS))
 
 
 @dataclass
@@ -123,8 +135,9 @@ class RuntimeConfig:
 @dataclass
 class FinetuneConfig:
     base: str = field(default="", metadata=doc(
-        "The model this run starts from (set by `kerasllm finetune`): a run folder, a .keras/.h5 file or a keras-hub preset."))
-    base_sha256: str = field(default="", metadata=doc("sha256 of the base's model file (lineage; empty for presets)."))
+        "The model this run starts from (set by `kerasllm finetune`): a run folder, a .keras/.h5 file or a keras-hub preset.",
+        internal=True))
+    base_sha256: str = field(default="", metadata=doc("sha256 of the base's model file (lineage; empty for presets).", internal=True))
     method: str = field(default="full", metadata=doc(
         "`full` (every weight trains), `freeze` (only the new head trains) or `lora` (low-rank adapters in the attention "
         "layers and the head train)."))

@@ -63,11 +63,30 @@ def traps(found: dict, env: dict, flags: set[str], tpu: bool) -> list[dict]:
         hits.append({"trap": "JAX and TensorFlow both installed for the TPU",
                      "detail": "only one process framework can own the TPU; the second to start fails",
                      "fix": "pick one backend per process (KERAS_BACKEND=jax with tensorflow-cpu for input pipelines)"})
-    if not ({"avx512_bf16", "amx_bf16"} & flags) and flags:
+    if not (BF16_FLAGS & flags) and flags:
         hits.append({"trap": "no AVX-512-BF16 / AMX-BF16 on this CPU",
                      "detail": "bfloat16 (mixed_bfloat16) runs emulated and slower here",
                      "fix": "keep float32 on this CPU; use bfloat16 on TPUs or CPUs with AVX-512-BF16"})
     return hits
+
+
+BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def bfloat16_note(precision: str, strategy: str, flags: set[str] | None = None, accelerators: int | None = None) -> str | None:
+    """A note when `mixed_bfloat16` would run on a CPU that has no bfloat16 units (emulated: slower than float32),
+    the trap `kerasllm doctor` names; None elsewhere. `accelerators`: GPUs and TPUs found (None: ask TensorFlow)."""
+    flags = cpu_flags() if flags is None else flags
+    if precision != "mixed_bfloat16" or not flags or BF16_FLAGS & flags or strategy not in ("auto", "cpu"):
+        return None
+    if accelerators is None and strategy == "auto":
+        import tensorflow as tf
+
+        accelerators = len(tf.config.list_physical_devices("GPU")) + int(tpu_present())
+    if accelerators:
+        return None
+    return ("this CPU has no AVX-512-BF16 or AMX-BF16, so mixed_bfloat16 runs emulated here, slower than float32; "
+            "keep float32 on it (bfloat16 pays on TPUs and on CPUs that have those units; see `kerasllm doctor`)")
 
 
 def environment() -> dict:
@@ -98,5 +117,5 @@ def report() -> dict:
     found = versions()
     flags = cpu_flags()
     return {"versions": found, **environment(),
-            "cpu_bfloat16": bool({"avx512_bf16", "amx_bf16"} & flags),
+            "cpu_bfloat16": bool(BF16_FLAGS & flags),
             "traps": traps(found, dict(os.environ), flags, tpu_present())}

@@ -44,6 +44,7 @@ class Reporter(keras.callbacks.Callback):
         self.console = console
         self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
         self.progress = None
+        self.stepped = False  # the first call into the graph compiles it (seconds with XLA): the bar says so until then
 
     def on_train_begin(self, logs=None):
         if self.mode != "rich" or self.progress is not None:
@@ -66,8 +67,9 @@ class Reporter(keras.callbacks.Callback):
         self.epoch_start = time.perf_counter()
         self.offset, self.steps_done_at_start = self.steps_done_at_start, 0
         if self.progress:
+            self.description = f"epoch {epoch + 1}/{self.epochs}"
             self.bar = self.progress.add_task(
-                f"epoch {epoch + 1}/{self.epochs}", total=self.steps, completed=self.offset,
+                self.description + ("" if self.stepped else " (compiling the step)"), total=self.steps, completed=self.offset,
                 loss="-", val_loss="-", speed="",
             )
 
@@ -78,7 +80,8 @@ class Reporter(keras.callbacks.Callback):
         if self.progress:
             steps = batch + 1
             self.progress.update(self.bar, completed=self.offset + steps, loss=_format((logs or {}).get("loss")),
-                                 speed=f"{self.speed(steps):,.0f} {self.unit}/s")
+                                 speed=f"{self.speed(steps):,.0f} {self.unit}/s", description=self.description)
+        self.stepped = True
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})

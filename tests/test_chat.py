@@ -13,7 +13,7 @@ from kerasllm.conversation import ChatSession
 from kerasllm.data.chat import ChatTemplate, chat_rows, fit_history, load_conversations
 from kerasllm.errors import UserError
 from kerasllm.tokenizers import Tokenizer
-from tests.conftest import TINY_LM, write_jsonl
+from tests.conftest import write_jsonl
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},

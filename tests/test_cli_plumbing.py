@@ -142,3 +142,26 @@ def test_piped_progress_is_whole_lines_at_any_width():
     (line,) = out.getvalue().splitlines()
     assert line.startswith("epoch 1/12 2160/2160 loss 1.2346 val_loss 1.5000 ") and line.endswith(tuple("0123456789"))
     assert "tokens/s" in line and "…" not in line and len(line) > 40  # longer than the console: not cut
+
+
+def test_piped_tables_are_whole(runner):
+    """Output that is not a terminal has no width to fit: tables keep every cell whole (no "parame…")."""
+    for args in (["list"], ["info", "transformer-lm"]):
+        result = runner.invoke(cli.app, args, env={"COLUMNS": None})
+        assert result.exit_code == 0 and "…" not in result.output, result.output
+    assert "parameters" in runner.invoke(cli.app, ["list"]).output
+    assert "model_args.intermediate_dim" in runner.invoke(cli.app, ["info", "transformer-lm"]).output
+
+
+def test_info_lists_only_the_keys_the_model_reads(runner):
+    import json
+
+    def keys(name):
+        return {row["key"] for row in json.loads(runner.invoke(cli.app, ["info", name, "--json"]).output)["keys"]}
+
+    lm, classifier, image = keys("transformer-lm"), keys("lstm-classifier"), keys("cnn-classifier")
+    assert "data.windows" in lm and "data.label_column" not in lm and "data.text_column" not in lm
+    assert {"data.label_column", "data.text_column"} <= classifier and "data.windows" not in classifier
+    assert "data.tokenizer" not in image and "data.sequence_length" not in image and "data.tokenizer" in lm
+    assert not any(key in lm | classifier | image for key in ("finetune.base", "finetune.base_sha256"))  # written by finetune
+    assert "finetune.method" in lm

@@ -36,3 +36,15 @@ def test_each_trap_and_its_fix():
     both = dict(FOUND, jax="0.10.2", **{"tensorflow-tpu": "2.20.0"})
     assert names(traps(both, {}, BF16, tpu=True)) == ["JAX and TensorFlow both installed for the TPU"]
     assert names(traps(FOUND, {}, {"avx2", "fma"}, False)) == ["no AVX-512-BF16 / AMX-BF16 on this CPU"]
+
+
+def test_mixed_bfloat16_on_a_cpu_without_bfloat16_gets_a_note():
+    from kerasllm.doctor import bfloat16_note
+
+    plain_cpu = {"avx2", "fma"}
+    note = bfloat16_note("mixed_bfloat16", "cpu", plain_cpu, accelerators=0)
+    assert note and "emulated" in note and "float32" in note
+    assert bfloat16_note("mixed_bfloat16", "auto", plain_cpu, accelerators=1) is None  # a GPU or TPU takes it
+    assert bfloat16_note("mixed_bfloat16", "cpu", plain_cpu | {"amx_bf16"}, accelerators=0) is None
+    assert bfloat16_note("float32", "cpu", plain_cpu, accelerators=0) is None
+    assert bfloat16_note("mixed_bfloat16", "tpu", plain_cpu) is None

@@ -284,3 +284,17 @@ def test_parameter_counts_match_the_built_models():
     assert lstm_seq2seq.build(lstm, info).count_params() == lstm_seq2seq.count_params(lstm, 40, 30)
     small = transformer_seq2seq.TransformerSeq2SeqConfig(**transformer_seq2seq.PRESETS["small"])
     assert transformer_seq2seq.count_params(small) == 9_692_160
+
+
+def test_the_next_step_hint_uses_a_source_from_the_runs_own_data(tmp_path):
+    from kerasllm import files, tasks
+    from kerasllm.tasks.seq2seq import example_prompt
+
+    abstract = "We propose a method for training deep networks with loss scaling chosen automatically, which " * 3
+    shown = example_prompt(abstract)
+    assert len(shown) <= 100 and abstract.startswith(shown) and not shown.endswith(" ")
+    files.write_json(tmp_path / files.DATA_FILE, {"example_source": shown})
+    (_, hint, _) = tasks.get("seq2seq").usage(tmp_path)
+    assert hint == f"kerasllm generate {tmp_path} --prompt '{shown}'" and "A man rides" not in hint
+    (_, hint, _) = tasks.get("seq2seq").usage(tmp_path / "elsewhere")
+    assert hint.endswith("--prompt 'SOURCE TEXT'")

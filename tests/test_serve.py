@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cli
-from tests.conftest import TINY_LM, need
+from tests.conftest import need
 
 httpx = need("httpx")
 openai = need("openai")

@@ -13,6 +13,7 @@ over references), showing a few samples.
 from __future__ import annotations
 
 import math
+import shlex
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -341,7 +342,7 @@ class Seq2Seq(Task):
                       target_vocab_size=target_tokenizer.vocab_size, shared_vocab=options.shared_vocab,
                       sequence_length=source_length, target_length=target_length, input_length=source_length,
                       train_rows=len(rows.sources), truncated_train_pairs=rows.truncated, dropped_train_pairs=rows.dropped,
-                      long_pairs=options.long_pairs)
+                      long_pairs=options.long_pairs, example_source=example_prompt(shown[0]))
         saved = [source_tokenizer] + ([TargetTokenizer(target_tokenizer)] if target_tokenizer is not source_tokenizer else [])
         return PreparedData(
             info=DataInfo(vocab_size=source_tokenizer.vocab_size, sequence_length=source_length,
@@ -466,5 +467,16 @@ class Seq2Seq(Task):
         ]
 
     def usage(self, run_dir: Path) -> list[str]:
-        return [f"kerasllm evaluate {run_dir} --beam 4", f'kerasllm generate {run_dir} --prompt "A man rides a bike."',
+        """The next commands; the `generate` example is a source from the run's own validation data."""
+        try:
+            example = files.read_json(Path(run_dir) / files.DATA_FILE).get("example_source") or "SOURCE TEXT"
+        except UserError:  # a run folder without its data record
+            example = "SOURCE TEXT"
+        return [f"kerasllm evaluate {run_dir} --beam 4", f"kerasllm generate {run_dir} --prompt {shlex.quote(example)}",
                 f"kerasllm export {run_dir} --format savedmodel"]
+
+
+def example_prompt(source: str, limit: int = 100) -> str:
+    """A validation source, short enough for a command line: cut at a word before `limit` characters."""
+    source = " ".join(source.split())
+    return source if len(source) <= limit else source[:limit].rsplit(" ", 1)[0]
