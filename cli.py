@@ -657,11 +657,19 @@ def export(
     endpoints = run.task.savedmodel_endpoints(model, run) if run is not None and fmt == "savedmodel" else []
     calibration = (export_lib.calibration_batches(run, sample, config_lib.absolute_source(calibration_data) if calibration_data else None)
                    if quantize == "int8" else [])
+    companions = export_lib.companion_paths(path.parent if run is not None else None, out, fmt)
     result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints,
-                               quantize=quantize, calibration=calibration)
+                               quantize=quantize, calibration=calibration, companions=companions)
     console.print(result.line(), highlight=False)
+    if companions:
+        where = "inside it, in assets.extra/" if fmt == "savedmodel" else "beside it"
+        console.print(f"{where}: {', '.join(target.name for _, target in companions)} (what the model needs to read text or "
+                      "name classes outside its run)", highlight=False)
     for endpoint in endpoints:
         console.print(f"signature `{endpoint.name}`: same outputs as `kerasllm` on the check inputs", highlight=False)
+    if endpoints and getattr(run.artifacts.get("tokenizer"), "kind", "") in ("wordpiece", "sentencepiece"):
+        console.print("note: its signatures run TensorFlow Text ops: `import tensorflow_text` before `tf.saved_model.load`",
+                      highlight=False)
 
 
 @app.command()

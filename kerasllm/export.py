@@ -26,7 +26,7 @@ import numpy as np
 
 from kerasllm import compat
 from kerasllm.errors import UserError
-from kerasllm.files import EXPORT_DIR, check_replaceable, is_run_dir
+from kerasllm.files import COMPANION_FILES, EXPORT_DIR, check_replaceable, is_run_dir
 from kerasllm.quiet import captured_stderr
 from kerasllm.saving import load_model, quantized_layers, save_model
 
@@ -280,8 +280,28 @@ def median_ms(run, batch, repeats: int = LATENCY_REPEATS, warmups: int = 1) -> f
     return float(np.median(times))
 
 
+def companion_paths(run_dir: Path | None, out: Path, fmt: str) -> list[tuple[Path, Path]]:
+    """(run file, its copy) for what the exported model needs beside it (tokenizers, labels, chat template): inside a
+    SavedModel's `assets.extra/`, else beside the file as `<name>.<file>` (model.tflite → model.tokenizer.json)."""
+    if run_dir is None:
+        return []
+    found = [Path(run_dir) / name for name in COMPANION_FILES if (Path(run_dir) / name).exists()]
+    if fmt == "savedmodel":
+        return [(path, Path(out) / "assets.extra" / path.name) for path in found]
+    return [(path, Path(out).with_name(f"{Path(out).stem}.{path.name}")) for path in found]
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove(target)
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copy2(source, target)
+
+
 def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwrite: bool = False,  # noqa: PLR0913 (the command's options)
-           sample=None, endpoints: list | None = None, quantize: str = "none", calibration=()) -> ExportResult:
+           sample=None, endpoints: list | None = None, quantize: str = "none", calibration=(), companions=()) -> ExportResult:
     """Export, load back and check against the source on the sample batch and the calibration batches: max |diff|
     within `tolerance` (float copies; 1e-4 by default), or top-1 disagreement within it (quantized; 0.1 by default).
     Raises `UserError` otherwise. `sample` is a batch of model inputs (token ids or pixels of 16 positions when
@@ -297,6 +317,10 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
         raise UserError("--tolerance must be 0 or more")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    beside = [(source, target) for source, target in companions if not target.is_relative_to(out)]
+    taken = [target for _, target in beside if target.exists() and not overwrite]
+    if taken:
+        raise UserError(f"{taken[0]} already exists; pass --overwrite to replace it or choose another --out")
     staging = out.with_name(f".{out.stem}.partial{out.suffix}")
     calibration = list(calibration)
     try:
@@ -319,8 +343,13 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
                     f"differs from the source by {result.max_abs_diff:.3g} (> {tolerance:g})")
             raise UserError(f"the {fmt} export {what}; nothing was written"
                             + ("" if quantize != "none" else "; report this model and format"))
+        for source, target in companions:  # inside a SavedModel: written into it before it is renamed into place
+            if target.is_relative_to(out):
+                _copy(source, staging / target.relative_to(out))
         _remove(out)
         os.replace(staging, out)
+        for source, target in beside:
+            _copy(source, target)
     except OSError as error:
         raise UserError(f"cannot write {out} ({error.strerror or error}); choose a writable --out") from error
     finally:

@@ -45,6 +45,8 @@ CARD_FILE = "README.md"
 TOKENIZER_FILE = "tokenizer.json"
 TARGET_TOKENIZER_FILE = "target_tokenizer.json"  # seq2seq with seq2seq.shared_vocab=false
 LABELS_FILE = "labels.json"
+CHAT_TEMPLATE_FILE = "chat_template.json"  # (chat runs) the chat template, beside the tokenizer
+HUB_TOKENIZER_DIR = "hub_tokenizer"  # (keras-hub preset bases) the preset's tokenizer, saved as a preset
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_WEIGHTS = "model.weights.h5"  # inside checkpoints/step-NNNNNNNN/
@@ -52,6 +54,8 @@ CHECKPOINT_STATE = "state.json"
 CHECKPOINT_SEEDS = "seeds.npz"  # dropout random-number states
 LOGS_DIR = "logs"
 EXPORT_DIR = "export"
+# what a model needs beside it to be used outside its run (an export carries copies): text in and out, class names
+COMPANION_FILES = (TOKENIZER_FILE, TARGET_TOKENIZER_FILE, LABELS_FILE, CHAT_TEMPLATE_FILE, HUB_TOKENIZER_DIR)
 
 
 def absent(path: Path) -> str:

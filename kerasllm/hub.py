@@ -31,7 +31,7 @@ def check_reachable(preset: str, what: str) -> None:
     if host is not None:
         network.require(host, f"load the {what} of preset {preset}",
                         "download it on a machine with a network (keras-hub `save_to_preset`) and pass the local preset folder")
-TOKENIZER_PRESET_DIR = "hub_tokenizer"
+TOKENIZER_PRESET_DIR = files.HUB_TOKENIZER_DIR
 
 
 def is_preset(base: str) -> bool:

@@ -84,3 +84,27 @@ def test_offline_a_preset_handle_is_one_line_before_any_retry(monkeypatch):
     assert str(error.value) == ("cannot reach huggingface.co to load the backbone of preset hf://keras/bert_tiny_en_uncased "
                                 "(no network?); download it on a machine with a network (keras-hub `save_to_preset`) and "
                                 "pass the local preset folder")
+
+
+def test_an_export_carries_what_the_model_needs_beside_it(trained_run, runner, tmp_path):
+    """The tokenizer (labels, chat template) goes with an exported model: beside a file, inside a SavedModel."""
+    import shutil
+
+    import cli
+
+    trained_run = Path(shutil.copytree(trained_run, tmp_path / "run"))  # its export/ folder is this test's own
+
+    result = runner.invoke(cli.app, ["export", str(trained_run), "--format", "keras"])
+    assert result.exit_code == 0, result.output
+    copy = trained_run / files.EXPORT_DIR / "model.tokenizer.json"
+    assert copy.read_bytes() == (trained_run / files.TOKENIZER_FILE).read_bytes()
+    assert "beside it: model.tokenizer.json" in result.output
+    assert export.companion_paths(trained_run, trained_run / "export" / "m.savedmodel", "savedmodel") == [
+        (trained_run / files.TOKENIZER_FILE, trained_run / "export" / "m.savedmodel" / "assets.extra" / files.TOKENIZER_FILE)]
+    copy.write_text("edited by hand")
+    (trained_run / files.EXPORT_DIR / "model.keras").unlink()  # the model is free, the file beside it is not
+    result = runner.invoke(cli.app, ["export", str(trained_run), "--format", "keras"])
+    assert result.exit_code == 2 and "model.tokenizer.json already exists; pass --overwrite" in result.output
+    assert copy.read_text() == "edited by hand" and not (trained_run / files.EXPORT_DIR / "model.keras").exists()
+    assert runner.invoke(cli.app, ["export", str(trained_run), "--format", "keras", "--overwrite"]).exit_code == 0
+    assert copy.read_bytes() == (trained_run / files.TOKENIZER_FILE).read_bytes()

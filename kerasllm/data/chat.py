@@ -40,7 +40,7 @@ SHAPES = {
 }
 SHAPES_HELP = ('OpenAI {"messages": [{"role", "content"}, ...]}, Alpaca {"instruction", "input", "output"} '
                'or Dolly {"instruction", "context", "response"}')
-TEMPLATE_FILE = "chat_template.json"
+TEMPLATE_FILE = files.CHAT_TEMPLATE_FILE
 TEMPLATE_VERSION = 1
 
 
