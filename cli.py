@@ -132,8 +132,8 @@ def list_models(as_json: JsonFlag = False):
 
     Example: `kerasllm list --json`
     """
-    rows = [
-        {"name": s.name, "task": s.task, "parameters": s.count_params(s.hparams()), "default_data": s.default_data,
+    rows = [  # parameters: null where the preset decides them (hub-classifier), not 0
+        {"name": s.name, "task": s.task, "parameters": s.count_params(s.hparams()) or None, "default_data": s.default_data,
          "description": s.description}
         for s in catalog.models().items()
     ]

@@ -36,6 +36,7 @@ def test_list_and_info(runner):
     assert result.exit_code == 0 and "lstm-textgen" in result.output and "text-generation" in result.output
     rows = {row["name"]: row for row in json.loads(invoke(runner, "list", "--json").output)}
     assert rows["lstm-textgen"]["parameters"] > 300_000 and rows["cnn-classifier"]["parameters"] == 73_114
+    assert rows["hub-classifier"]["parameters"] is None  # the preset decides, not 0
     assert rows["cnn-classifier"]["task"] == "image-classification" and rows["cnn-classifier"]["default_data"] == "builtin:digits"
     result = invoke(runner, "info", "lstm-textgen")
     assert result.exit_code == 0 and "model_args.units" in result.output and "LSTM hidden units" in result.output
