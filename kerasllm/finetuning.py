@@ -66,7 +66,9 @@ class Base:
 
 
 def resolve_base(base: str) -> Base:
-    """A run folder, a model file inside one, or a keras-hub preset; anything else is a one-line error."""
+    """A run folder, a model file inside one, or a keras-hub preset (a folder, a handle, or a bare preset name such as
+    `bert_tiny_en_uncased`, which becomes its kaggle:// handle); anything else is a one-line error."""
+    base = hub.named_handle(base) or base
     if hub.is_preset(base):
         source = base if base.startswith(hub.SCHEMES) else str(Path(base).expanduser().resolve())
         return Base(source, "preset", hub.preset_sha256(source))

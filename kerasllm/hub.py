@@ -42,6 +42,18 @@ def is_preset(base: str) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file()
 
 
+def named_handle(name: str) -> str | None:
+    """The `kaggle://` handle of a keras-hub preset given by its bare name (`gpt2_base_en`, as KerasHub's
+    `from_preset` takes it), from the preset list keras-hub ships; None for any other text."""
+    if not name or "/" in name or Path(name).expanduser().exists() or not name.replace("_", "").replace(".", "").isalnum():
+        return None
+    import keras_hub
+
+    known = {**keras_hub.models.Backbone.presets, **keras_hub.tokenizers.Tokenizer.presets}
+    found = known.get(name)
+    return found.get("kaggle_handle") if isinstance(found, dict) else None
+
+
 def _failed(what: str, preset: str, error: Exception) -> UserError:
     first = (str(error).splitlines() or [type(error).__name__])[0][:200]
     hint = ("offline, download it elsewhere and pass the local preset folder (keras-hub `save_to_preset`)"

@@ -108,3 +108,11 @@ def test_an_export_carries_what_the_model_needs_beside_it(trained_run, runner, t
     assert copy.read_text() == "edited by hand" and not (trained_run / files.EXPORT_DIR / "model.keras").exists()
     assert runner.invoke(cli.app, ["export", str(trained_run), "--format", "keras", "--overwrite"]).exit_code == 0
     assert copy.read_bytes() == (trained_run / files.TOKENIZER_FILE).read_bytes()
+
+
+def test_a_bare_preset_name_is_its_kaggle_handle(tmp_path):
+    assert hub.named_handle("bert_tiny_en_uncased").startswith("kaggle://keras/bert/keras/bert_tiny_en_uncased/")
+    assert hub.named_handle("gpt2_base_en").startswith("kaggle://keras/gpt2/")
+    assert hub.named_handle("no_such_preset") is None and hub.named_handle("runs/x") is None
+    (tmp_path / "gpt2_base_en").mkdir()
+    assert hub.named_handle(str(tmp_path / "gpt2_base_en")) is None  # a folder of that name is the user's
