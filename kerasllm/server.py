@@ -178,6 +178,8 @@ async def stream_events(answer: Answer, head: dict, chat: bool):
     async for event in answer.events_until_done():
         if event[0] == "text":
             yield _sse(_chunk(head, chat, event[1], None))
+        elif event[1] == "error":  # the model failed mid-answer: OpenAI's error body as an event
+            yield _sse(ApiError(500, f"the model failed on this request ({event[2]['error']})", kind="server_error").body())
         else:
             yield _sse(_chunk(head, chat, None, "stop" if event[1] == "cancelled" else event[1]))
     yield "data: [DONE]\n\n"
@@ -186,6 +188,8 @@ async def stream_events(answer: Answer, head: dict, chat: bool):
 async def whole_response(answer: Answer, head: dict, chat: bool) -> dict:
     """The answer in one body (`chat.completion` or `text_completion`), with token usage."""
     text, reason, usage = await answer.whole()
+    if reason == "error":
+        raise ApiError(500, f"the model failed on this request ({usage['error']})", kind="server_error")
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
         return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}

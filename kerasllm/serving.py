@@ -39,7 +39,8 @@ class Request:
     """One generation: a prompt of token ids and how to sample its continuation.
 
     `on_text(text)` receives new text as it is decoded, `on_done(finish_reason, usage)` once at the end ("stop" or
-    "length", or "cancelled"); both are called on the engine's thread. `cancel()` ends it at the next step.
+    "length"; "cancelled"; "error", with usage {"error": what failed}); both are called on the engine's thread.
+    `cancel()` ends it at the next step.
     """
 
     prompt: np.ndarray
@@ -121,6 +122,7 @@ class Engine:
         self.caches = decoder.slot_caches(max_batch)
         self.steps = 0  # batched steps run (statistics for tests and benchmarks)
         self.busiest = 0  # the most slots busy at once
+        self.errors = 0  # steps that failed (their requests ended with an error)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kerasllm-engine", daemon=True)
@@ -164,11 +166,23 @@ class Engine:
     # --- the engine's thread ---------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopped.is_set():
-            self._admit(block=self.busy == 0)
-            self._drop_cancelled()
-            if self.busy:
-                self._reseed_full()
-                self._step()
+            try:
+                self._admit(block=self.busy == 0)
+                self._drop_cancelled()
+                if self.busy:
+                    self._reseed_full()
+                    self._step()
+            except Exception as error:  # noqa: BLE001 (the model failed: its requests end with the reason; the engine goes on)
+                self._fail_all(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+
+    def _fail_all(self, reason: str) -> None:
+        """End every running request with an error (their clients hear of it) and start again from empty slots."""
+        self.errors += 1
+        for row, slot in enumerate(self.slots):
+            if slot is not None:
+                slot.request.on_done("error", {"error": reason})
+                self.slots[row] = None
+        self.caches = self.decoder.slot_caches(self.max_batch)
 
     def _admit(self, block: bool) -> None:
         """Requests into free slots; waits for one when nothing is running."""

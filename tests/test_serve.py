@@ -234,3 +234,27 @@ def test_serve_refuses_a_model_it_cannot_batch(trained_run, runner):
         port = probe.getsockname()[1]
     result = runner.invoke(cli.app, ["serve", str(trained_run), "--port", str(port)])
     assert result.exit_code == 2 and "serves transformer-lm runs" in result.output
+
+
+def test_a_failing_step_ends_its_requests_with_500_and_the_server_goes_on(plain_run):
+    from kerasllm.server import create_app
+
+    one = load(plain_run, max_batch=2)
+    real, failures = one.engine.decoder.step_rows, []
+
+    def failing_once(*args):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("out of memory in a test")
+        return real(*args)
+
+    one.engine.decoder.step_rows = failing_once
+    try:
+        with running(create_app([one])) as base:
+            body = {"model": "plain", "prompt": "The ", "max_tokens": 5}
+            failed = httpx.post(f"{base}/v1/completions", json=body, timeout=30)
+            assert failed.status_code == 500 and "out of memory in a test" in failed.json()["error"]["message"]
+            assert httpx.post(f"{base}/v1/completions", json=body, timeout=30).status_code == 200
+            assert one.engine.errors == 1 and one.engine.busy == 0
+    finally:
+        one.engine.stop()
