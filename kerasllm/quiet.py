@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -90,3 +91,5 @@ def load_tensorflow(debug: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # cuInit / cudart messages come from here
+    if not debug:  # TensorFlow's Python warnings ("… triggered tf.function retracing" when serve compiles its prefills)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
