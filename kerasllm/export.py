@@ -291,6 +291,14 @@ def companion_paths(run_dir: Path | None, out: Path, fmt: str) -> list[tuple[Pat
     return [(path, Path(out).with_name(f"{Path(out).stem}.{path.name}")) for path in found]
 
 
+def _same(source: Path, target: Path) -> bool:
+    """`target` is a copy of `source` already (an export in another format of the same run wrote it)."""
+    if source.is_dir():
+        inside = [path.relative_to(source) for path in source.rglob("*") if path.is_file()]
+        return target.is_dir() and all((target / name).is_file() and _same(source / name, target / name) for name in inside)
+    return target.is_file() and target.stat().st_size == source.stat().st_size and target.read_bytes() == source.read_bytes()
+
+
 def _copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove(target)
@@ -317,8 +325,8 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
         raise UserError("--tolerance must be 0 or more")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    beside = [(source, target) for source, target in companions if not target.is_relative_to(out)]
-    taken = [target for _, target in beside if target.exists() and not overwrite]
+    beside = [(source, target) for source, target in companions if not target.is_relative_to(out) and not _same(source, target)]
+    taken = [target for _, target in beside if target.exists() and not overwrite]  # another run's, or edited
     if taken:
         raise UserError(f"{taken[0]} already exists; pass --overwrite to replace it or choose another --out")
     staging = out.with_name(f".{out.stem}.partial{out.suffix}")

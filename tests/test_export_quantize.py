@@ -30,8 +30,9 @@ def test_a_quantized_tflite_file_agrees_with_its_source(runner, cnn_run, tmp_pat
     out = tmp_path / f"{quantize}.tflite"
     result = invoke(runner, "export", cnn_run, "--format", "tflite", "--quantize", quantize, "--out", out)
     assert result.exit_code == 0, result.output
-    line = result.stdout.strip()
-    assert "\n" not in line and line.startswith(f"wrote {out} (tflite")  # one whole line, never cut at 80 columns
+    line, beside = result.stdout.strip().splitlines()
+    assert line.startswith(f"wrote {out} (tflite")  # one whole line, never cut at 80 columns
+    assert beside.startswith(f"beside it: {quantize}.labels.json")  # the class names go with the model
     found = figures(line)
     assert found["agreement"] >= 90 and found["source_ms"] > 0 and found["copy_ms"] > 0
     assert (found["diff"] <= 1e-4) if quantize == "none" else ("at least 90% needed" in line)

@@ -108,6 +108,8 @@ def test_an_export_carries_what_the_model_needs_beside_it(trained_run, runner, t
     assert copy.read_text() == "edited by hand" and not (trained_run / files.EXPORT_DIR / "model.keras").exists()
     assert runner.invoke(cli.app, ["export", str(trained_run), "--format", "keras", "--overwrite"]).exit_code == 0
     assert copy.read_bytes() == (trained_run / files.TOKENIZER_FILE).read_bytes()
+    result = runner.invoke(cli.app, ["export", str(trained_run), "--format", "h5"])  # the same copy serves both files
+    assert result.exit_code == 0 and "beside it: model.tokenizer.json" in result.output, result.output
 
 
 def test_a_bare_preset_name_is_its_kaggle_handle(tmp_path):
