@@ -46,9 +46,12 @@ app = typer.Typer(
 )
 # Whole lines at any width. Piped (a file, a CI log, `| less`), there is no width to fit: tables are drawn at their
 # natural width instead of rich's 80 columns, which cut cells to "parame…"; COLUMNS still sets a width.
-PIPED_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 10_000
-console = Console(soft_wrap=True, width=PIPED_WIDTH)
-errors = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 10_000)
+def _width(stream) -> int | None:
+    return None if stream.isatty() or "COLUMNS" in os.environ else 10_000
+
+
+console = Console(soft_wrap=True, width=_width(sys.stdout))
+errors = Console(stderr=True, soft_wrap=True, width=_width(sys.stderr))
 STATE = {"debug": False, "run_dir": None}
 
 # Options shared by several commands: defined once.

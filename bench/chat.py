@@ -24,7 +24,6 @@ import gzip
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_row, machine  # noqa: E402
+from serve import start_server  # noqa: E402
 
 DATA = Path(os.environ.get("KERASLLM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 WORK = Path("runs") / "bench-chat"
@@ -103,12 +103,6 @@ def train(data: Path, out: Path, minutes: float) -> None:
     subprocess.run(command, check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def scores(client, model: str, tasks: list[str], count: int) -> dict:
     """Per task and phrasing kind (seen / held out): the metric over `count` evaluation examples."""
     import sacrebleu
@@ -145,21 +139,11 @@ def scores(client, model: str, tasks: list[str], count: int) -> dict:
 
 
 def serve_and_score(run: Path, tasks: list[str], count: int) -> dict:
-    import httpx
     import openai
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "kerasllm", "serve", str(run), "--port", str(port), "--max-batch", "16",
-                               "--max-queue", "256"], stdout=subprocess.PIPE, text=True)
+    server, base = start_server(run, max_batch=16, max_tokens=256)  # bench/serve.py's: 16 slots, a queue of 256
     try:
-        server.stdout.readline()
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=600)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", timeout=600)
         return scores(client, run.name, tasks, count)
     finally:
         server.terminate()
