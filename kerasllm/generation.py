@@ -228,6 +228,11 @@ def encode_prompt(tokenizer, prompt: str) -> np.ndarray:
     return newline[-1:] if len(newline) and newline[-1] != tokenizer.unk_id else np.asarray([tokenizer.unk_id + 1], np.int32)
 
 
+def banned_ids(tokenizer, allow_eos: bool) -> list[int]:
+    """Ids a sampler never picks: the special tokens, and [EOS] too unless a row may end there."""
+    return tokenizer.never_generated() + ([tokenizer.eos_id] if not allow_eos and tokenizer.eos_id is not None else [])
+
+
 @dataclass(frozen=True)
 class Sampling:
     """How `generate` picks each next token.
@@ -309,7 +314,7 @@ def generate_ids(model, tokenizer, prompts: list, max_length: int, *, decoder: D
         return rows.texts
     decoder = decoder or make_decoder(model, spec, window)
     eos = tokenizer.eos_id if options.allow_eos else None
-    banned = tokenizer.never_generated() + ([tokenizer.eos_id] if not options.allow_eos and tokenizer.eos_id is not None else [])
+    banned = banned_ids(tokenizer, options.allow_eos)
     if options.beam_width >= 1:
         for row, prompt in enumerate(prompts):
             rows.set(row, beam_search(decoder, prompt, max_length, options.beam_width, banned=banned,

@@ -125,8 +125,9 @@ class Answer:
         loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
         put = lambda item: loop.call_soon_threadsafe(self.events.put_nowait, item)
-        self.request = Request(prompt, on_text=lambda text: put(("text", text)),
-                               on_done=lambda reason, usage: put(("done", reason, usage)), **options)
+        options = dict(options)
+        self.request = Request(prompt, options.pop("max_tokens"), on_text=lambda text: put(("text", text)),
+                               on_done=lambda reason, usage: put(("done", reason, usage)), sampling=generation.Sampling(**options))
         self.finished = False
         try:
             served.engine.submit(self.request)

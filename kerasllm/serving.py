@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,14 +46,8 @@ class Request:
     max_tokens: int
     on_text: Callable[[str], None]
     on_done: Callable[[str, dict], None]
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple = ()
-    allow_eos: bool = True
+    sampling: generation.Sampling = field(default_factory=lambda: generation.Sampling(allow_eos=True))
     cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -65,35 +58,36 @@ class Slot:
 
     def __init__(self, request: Request, tokenizer, engine: "Engine"):
         self.request, self.engine = request, engine
-        self.rows = generation.Rows(tokenizer, 1, [s for s in request.stop if s], lambda _, text: request.on_text(text))
-        self.rng = np.random.default_rng(request.seed)
+        self.rows = generation.Rows(tokenizer, 1, [s for s in request.sampling.stop if s], lambda _, text: request.on_text(text))
+        self.rng = np.random.default_rng(request.sampling.seed)
+        self.banned = generation.banned_ids(tokenizer, request.sampling.allow_eos)
         self.history = list(map(int, request.prompt))
         self.generated, self.position, self.next_token = 0, 0, 0
 
-    def sample(self, logits: np.ndarray) -> bool:
-        """Pick the next token from `logits` (vocab,) and stream it; True when the request is finished."""
-        request = self.request
-        token = int(generation.sample_next(logits[None], request.temperature, self.rng, top_k=request.top_k, top_p=request.top_p,
-                                           banned=self.engine.banned(request.allow_eos))[0])
+    def sample(self, logits: np.ndarray) -> str | None:
+        """Pick the next token from `logits` (vocab,) and stream it; the finish reason ("stop", "length") when the
+        request is finished (the engine frees its slot, then calls `finish`), else None."""
+        request, options = self.request, self.request.sampling
+        token = int(generation.sample_next(logits[None], options.temperature, self.rng, top_k=options.top_k, top_p=options.top_p,
+                                           banned=self.banned)[0])
         self.generated += 1
-        if request.allow_eos and token == self.engine.eos_id:
-            return self.finish("stop")
+        if options.allow_eos and token == self.engine.eos_id:
+            return "stop"
         self.rows.push(0, token)
         if self.rows.done[0]:
-            return self.finish("stop")
+            return "stop"
         if self.generated >= request.max_tokens:
-            return self.finish("length")
+            return "length"
         self.rows.emit(0, False)
         self.history.append(token)
         self.next_token = token
-        return False
+        return None
 
-    def finish(self, reason: str) -> bool:
+    def finish(self, reason: str) -> None:
         self.rows.emit(0, True)
         usage = {"prompt_tokens": len(self.request.prompt), "completion_tokens": self.generated,
                  "total_tokens": len(self.request.prompt) + self.generated}
         self.request.on_done(reason, usage)
-        return True
 
 
 class Engine:
@@ -115,7 +109,6 @@ class Engine:
         self.decoder, self.tokenizer = decoder, tokenizer
         self.context, self.max_batch = decoder.context, max_batch
         self.eos_id = tokenizer.eos_id
-        self._never = tokenizer.never_generated()
         self.waiting: queue.Queue = queue.Queue(maxsize=max_queue + 1)  # +1: a submit that finds it full was one too many
         self.max_queue = max_queue
         self.slots: list[Slot | None] = [None] * max_batch
@@ -126,9 +119,6 @@ class Engine:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kerasllm-engine", daemon=True)
-
-    def banned(self, allow_eos: bool) -> list[int]:
-        return self._never + ([] if allow_eos or self.eos_id is None else [self.eos_id])
 
     # --- the public side -----------------------------------------------------------------
     def start(self) -> "Engine":
@@ -178,11 +168,10 @@ class Engine:
     def _fail_all(self, reason: str) -> None:
         """End every running request with an error (their clients hear of it) and start again from empty slots."""
         self.errors += 1
-        for row, slot in enumerate(self.slots):
-            if slot is not None:
-                slot.request.on_done("error", {"error": reason})
-                self.slots[row] = None
+        ended, self.slots = [slot for slot in self.slots if slot is not None], [None] * self.max_batch
         self.caches = self.decoder.slot_caches(self.max_batch)
+        for slot in ended:
+            slot.request.on_done("error", {"error": reason})
 
     def _admit(self, block: bool) -> None:
         """Requests into free slots; waits for one when nothing is running."""
@@ -206,14 +195,19 @@ class Engine:
         slot.position = min(len(request.prompt), self.context)
         self.slots[row] = slot  # busy from its first token on
         self.busiest = max(self.busiest, self.busy)
-        if slot.sample(logits):
-            self.slots[row] = None
+        self._end_if(row, slot.sample(logits))
+
+    def _end_if(self, row: int, reason: str | None) -> None:
+        """Free slot `row` when its request has ended, then tell its client: a client that has its answer finds the
+        slot free already."""
+        if reason is not None:
+            slot, self.slots[row] = self.slots[row], None
+            slot.finish(reason)
 
     def _drop_cancelled(self) -> None:
         for row, slot in enumerate(self.slots):
             if slot is not None and slot.request.cancelled.is_set():
-                slot.finish("cancelled")
-                self.slots[row] = None
+                self._end_if(row, "cancelled")
 
     def _reseed_full(self) -> None:
         """A slot whose context is full starts again from the last half of its text (a sliding window)."""
@@ -236,5 +230,4 @@ class Engine:
             if slot is None:
                 continue
             slot.position += 1
-            if slot.sample(logits[row]):
-                self.slots[row] = None
+            self._end_if(row, slot.sample(logits[row]))
