@@ -33,7 +33,7 @@ ROOT = HERE.parent
 
 
 def kerasllm(*args) -> float:
-    command = [sys.executable, "-m", "cli", *map(str, args)]
+    command = [sys.executable, "-m", "kerasllm", *map(str, args)]
     print("running: kerasllm", " ".join(map(str, args)), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)

@@ -33,7 +33,7 @@ def main() -> None:
 
     from kerasllm import generation
     from kerasllm.data import DataInfo
-    from zoo.transformer_lm import PRESETS, TransformerCacheDecoder, TransformerLMConfig, build
+    from kerasllm.zoo.transformer_lm import PRESETS, TransformerCacheDecoder, TransformerLMConfig, build
 
     vocab, preset = 69, {k: v for k, v in PRESETS["small"].items() if "." not in k}
     keras.utils.set_random_seed(0)

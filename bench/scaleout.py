@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOGICAL_CPUS = ("import sys, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
                 "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
-                "sys.argv = ['kerasllm'] + sys.argv[1:]; import cli; cli.main()")
+                "sys.argv = ['kerasllm'] + sys.argv[1:]; from kerasllm import cli; cli.main()")
 SETTINGS = {  # name: (backend, replicas, launcher)
     "tf default": ("tensorflow", 1, None),
     "tf mirrored 2 logical CPUs": ("tensorflow", 2, LOGICAL_CPUS),
@@ -59,7 +59,7 @@ def run(setting: str, args: list[str], global_batch: int, data: str, out: Path) 
     strategy = "mirrored" if replicas > 1 else "cpu"
     train = ["train", *args, "--data", data, "--out", str(out), "--quiet", "--strategy", strategy,
              "--set", f"train.batch_size={global_batch // replicas}"]
-    command = [sys.executable, "-c", launcher, *train] if launcher else [sys.executable, "-m", "cli", *train]
+    command = [sys.executable, "-c", launcher, *train] if launcher else [sys.executable, "-m", "kerasllm", *train]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(ROOT))
     if result.returncode:

@@ -51,7 +51,7 @@ def keras_hub_model():
 
 def zoo_model():
     from kerasllm.data import DataInfo
-    from zoo.transformer_lm import TransformerLMConfig, build
+    from kerasllm.zoo.transformer_lm import TransformerLMConfig, build
 
     return build(TransformerLMConfig(dropout=0.0), DataInfo(vocab_size=VOCAB, sequence_length=CONTEXT))
 

@@ -1,5 +1,5 @@
 """`python -m kerasllm …` runs the command line, as `kerasllm …` does."""
 
-from cli import main
+from kerasllm.cli import main
 
 main()

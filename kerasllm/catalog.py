@@ -12,8 +12,7 @@ from __future__ import annotations
 import dataclasses
 from importlib import metadata
 
-import zoo
-from kerasllm import tasks
+from kerasllm import tasks, zoo
 from kerasllm.errors import UserError
 from kerasllm.registry import Registry
 from kerasllm.spec import ModelSpec

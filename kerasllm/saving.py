@@ -147,7 +147,7 @@ def load_model(path: Path, *, unsafe: bool = False, on_note=None):
     import keras
     import keras_hub  # noqa: F401  registers keras-hub's layers and backbones for deserialization
 
-    import zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization (imported here: it loads Keras)
+    import kerasllm.zoo.layers  # noqa: F401  registers the zoo's custom layers for deserialization (imported here: it loads Keras)
 
     path = model_path(path)
     hint = (f"if training was interrupted, `kerasllm train --resume {path.parent}` rebuilds it"

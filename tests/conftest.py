@@ -16,7 +16,7 @@ os.environ.pop("COLUMNS", None)
 import pytest
 from typer.testing import CliRunner
 
-import cli
+from kerasllm import cli
 from kerasllm.data.text import builtin_text
 
 

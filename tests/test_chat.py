@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import cli
+from kerasllm import cli
 from kerasllm.conversation import ChatSession
 from kerasllm.data.chat import ChatTemplate, chat_rows, fit_history, load_conversations
 from kerasllm.errors import UserError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import cli
+from kerasllm import cli
 from tests.conftest import need, tiny_args
 
 

@@ -268,7 +268,7 @@ def test_a_worker_that_dies_fails_the_job_with_one_line_in_bounded_time(zoo_data
     from tests.zoo_cases import cases
 
     sets = [arg for item in cases(zoo_data)["lstm-textgen"] for arg in ("--set", item)]
-    chief = subprocess.run([sys.executable, "-m", "cli", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
+    chief = subprocess.run([sys.executable, "-m", "kerasllm", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
                             "--set", "train.steps_per_epoch=3", "--set", "runtime.worker_timeout=20", "--quiet"],
                            capture_output=True, text=True, timeout=20 + 100, cwd=str(ROOT), env=env)
     dying.communicate(timeout=60)
@@ -287,7 +287,7 @@ def test_a_worker_that_never_starts_ends_the_others_with_one_line(zoo_data, tmp_
     from tests.zoo_cases import cases
 
     sets = [arg for item in cases(zoo_data)["lstm-textgen"] for arg in ("--set", item)]
-    alone = subprocess.run([sys.executable, "-m", "cli", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
+    alone = subprocess.run([sys.executable, "-m", "kerasllm", "train", "lstm-textgen", "--out", str(tmp_path / "run"), *sets,
                             "--set", "runtime.worker_timeout=5", "--quiet"],
                            capture_output=True, text=True, timeout=5 + 60, cwd=str(ROOT), env=env)  # hangs: the test fails
     assert alone.returncode != 0

@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-import cli
-from kerasllm import catalog
+from kerasllm import catalog, cli
 from tests.zoo_cases import cli_args, write_cases
 
 FORMATS = ("keras", "h5", "savedmodel", "tflite")

@@ -90,7 +90,7 @@ def test_an_export_carries_what_the_model_needs_beside_it(trained_run, runner, t
     """The tokenizer (labels, chat template) goes with an exported model: beside a file, inside a SavedModel."""
     import shutil
 
-    import cli
+    from kerasllm import cli
 
     trained_run = Path(shutil.copytree(trained_run, tmp_path / "run"))  # its export/ folder is this test's own
 

@@ -39,7 +39,7 @@ def complete_checkpoints(run_dir: Path) -> list:
 
 
 def run(args: list[str], **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen([sys.executable, "-m", "kerasllm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=str(ROOT), **kwargs)
 
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-import zoo.layers as layers  # noqa: E402
+import kerasllm.zoo.layers as layers  # noqa: E402
 
 
 def tokens(batch=2, time=6):

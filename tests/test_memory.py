@@ -65,7 +65,7 @@ def test_the_length_of_a_batch_is_the_shortest_row_of_its_inputs():
 
 
 def test_train_refuses_a_batch_that_cannot_fit_before_writing_anything(runner, corpus_file, tmp_path, monkeypatch):
-    import cli
+    from kerasllm import cli
 
     monkeypatch.setattr(memory, "free_bytes", lambda: 4 * MB)
     out = tmp_path / "run"

@@ -7,7 +7,7 @@ import pytest
 from kerasllm import catalog, registry, tasks
 from kerasllm.errors import UserError
 from kerasllm.spec import ModelSpec
-from zoo import cnn_classifier, lstm_textgen
+from kerasllm.zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
@@ -45,7 +45,7 @@ def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):
     (tmp_path / "my_zoo_plugin.py").write_text(textwrap.dedent("""
         import dataclasses
         from kerasllm.spec import ModelSpec
-        from zoo import cnn_classifier, lstm_textgen
+        from kerasllm.zoo import cnn_classifier, lstm_textgen
 
         def specs():
             return [dataclasses.replace(lstm_textgen.SPEC, name="plugin-lstm", description="from a plugin")]

@@ -357,7 +357,7 @@ def test_a_signal_checkpoints_then_says_how_to_resume_and_resume_is_exact(corpus
 
     settings = [*tiny_args(), "--set", "train.steps_per_epoch=120", "--set", "train.epochs=4", "--set", "runtime.deterministic=true",
                 "--set", "train.sample_length=0", "--set", "model_args.dropout=0.2"]
-    base = [sys.executable, "-m", "cli", "train", "lstm-textgen", "--data", str(corpus_file), "--quiet", *settings]
+    base = [sys.executable, "-m", "kerasllm", "train", "lstm-textgen", "--data", str(corpus_file), "--quiet", *settings]
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     first = subprocess.run([*base, "--out", str(straight)], capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -373,7 +373,7 @@ def test_a_signal_checkpoints_then_says_how_to_resume_and_resume_is_exact(corpus
     newest = sorted((stopped / "checkpoints").iterdir())[-1]
     state = json.loads((newest / "state.json").read_text())
     assert state["epoch"] < 4 and not (stopped / "model.keras").exists()  # stopped part-way, at a step's end
-    resumed = subprocess.run([sys.executable, "-m", "cli", "train", "--resume", str(stopped), "--quiet"], capture_output=True,
+    resumed = subprocess.run([sys.executable, "-m", "kerasllm", "train", "--resume", str(stopped), "--quiet"], capture_output=True,
                              text=True, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     one = keras.saving.load_model(straight / "model.keras", compile=False).get_weights()

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-import cli
+from kerasllm import cli
 from kerasllm.data.parallel import load_pairs
 from kerasllm.errors import UserError
 
@@ -180,7 +180,7 @@ def test_bleu_of_a_reference_is_100_and_of_nothing_0_and_rouge_takes_the_best_re
 @pytest.fixture(scope="module")
 def model():
     from kerasllm.data import DataInfo
-    from zoo.transformer_seq2seq import TransformerSeq2SeqConfig, build
+    from kerasllm.zoo.transformer_seq2seq import TransformerSeq2SeqConfig, build
 
     return build(TransformerSeq2SeqConfig(num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=32, max_sequence_length=16,
                                           dropout=0.0), DataInfo(vocab_size=30, num_classes=25, sequence_length=10))
@@ -206,7 +206,7 @@ def test_padding_does_not_change_the_outputs(model):
 
 def test_cached_and_uncached_decoding_agree(model):
     from kerasllm.tasks.seq2seq import RecomputeDecoder
-    from zoo.transformer_seq2seq import Seq2SeqCacheDecoder
+    from kerasllm.zoo.transformer_seq2seq import Seq2SeqCacheDecoder
 
     sources = np.asarray([[5, 6, 7, 3, 0, 0], [9, 3, 0, 0, 0, 0]], np.int32)
     cached, recomputed = Seq2SeqCacheDecoder(model).bind(sources), RecomputeDecoder(model, 12).bind(sources)
@@ -274,7 +274,7 @@ def test_lstm_seq2seq_trains_and_translates(runner, tmp_path):
 
 def test_parameter_counts_match_the_built_models():
     from kerasllm.data import DataInfo
-    from zoo import lstm_seq2seq, transformer_seq2seq
+    from kerasllm.zoo import lstm_seq2seq, transformer_seq2seq
 
     info = DataInfo(vocab_size=40, num_classes=30, sequence_length=8)
     hparams = transformer_seq2seq.TransformerSeq2SeqConfig(num_layers=2, hidden_dim=16, num_heads=2, intermediate_dim=24,

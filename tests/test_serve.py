@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-import cli
+from kerasllm import cli
 from tests.conftest import need
 
 httpx = need("httpx")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-import cli
+from kerasllm import cli
 from kerasllm.data.labelled import LOCAL_FORMATS, load_labelled
 from kerasllm.errors import UserError
 from kerasllm.tasks.text_classification import ClassLabels
@@ -167,7 +167,7 @@ def test_the_label_column_is_never_read_as_text(tmp_path):
 
 def test_classifier_parameter_counts_match_the_built_models():
     from kerasllm.data import DataInfo
-    from zoo import lstm_classifier, transformer_classifier
+    from kerasllm.zoo import lstm_classifier, transformer_classifier
 
     hparams = transformer_classifier.TransformerClassifierConfig(num_layers=1, hidden_dim=16, num_heads=2, intermediate_dim=32)
     model = transformer_classifier.build(hparams, DataInfo(vocab_size=50, num_classes=3, sep_id=5))
@@ -182,7 +182,7 @@ def test_classifier_parameter_counts_match_the_built_models():
 
 
 def test_segment_ids_follow_the_first_separator():
-    from zoo.layers import SegmentIds
+    from kerasllm.zoo.layers import SegmentIds
 
     tokens = np.asarray([[4, 9, 9, 5, 8, 8, 5, 0, 0]])
     assert SegmentIds(5)(tokens).numpy().tolist() == [[0, 0, 0, 0, 1, 1, 1, 1, 1]]

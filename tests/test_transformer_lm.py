@@ -11,9 +11,9 @@ import pytest
 
 from kerasllm import catalog, generation
 from kerasllm.data import DataInfo
+from kerasllm.zoo.transformer_lm import PRESETS, TransformerCacheDecoder, TransformerLMConfig, build, count_params
 from tests.conftest import need
 from tests.test_cli import assert_user_error, invoke
-from zoo.transformer_lm import PRESETS, TransformerCacheDecoder, TransformerLMConfig, build, count_params
 
 VOCAB = 40
 TINY_TLM = ["model_args.num_layers=2", "model_args.num_heads=2", "model_args.hidden_dim=32", "model_args.max_sequence_length=32",
@@ -211,7 +211,7 @@ def test_sequence_length_beyond_the_context_is_refused(runner, corpus_file, tmp_
 JAX_STEP = """
 import json, numpy as np, keras
 from kerasllm.data import DataInfo
-from zoo.transformer_lm import TransformerLMConfig, build
+from kerasllm.zoo.transformer_lm import TransformerLMConfig, build
 assert keras.backend.backend() == "jax"
 keras.utils.set_random_seed(0)
 model = build(TransformerLMConfig(num_layers=1, num_heads=2, hidden_dim=16, max_sequence_length=8, position="{position}"),

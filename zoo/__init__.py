@@ -1,6 +1,15 @@
 """The model zoo. This is the one place where built-in families are listed (`kerasllm.catalog` registers them)."""
 
-from zoo import cnn_classifier, hub_classifier, lstm_classifier, lstm_seq2seq, lstm_textgen, transformer_classifier, transformer_lm, transformer_seq2seq
+from kerasllm.zoo import (
+                          cnn_classifier,
+                          hub_classifier,
+                          lstm_classifier,
+                          lstm_seq2seq,
+                          lstm_textgen,
+                          transformer_classifier,
+                          transformer_lm,
+                          transformer_seq2seq,
+)
 
 SPECS = (
     lstm_textgen.SPEC,

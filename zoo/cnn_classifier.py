@@ -63,7 +63,7 @@ def build(hparams: CNNClassifierConfig, info: DataInfo):
     import keras
     from keras import layers
 
-    from zoo.layers import ResizeImages  # zoo.layers imports Keras, which `kerasllm list` must not load
+    from kerasllm.zoo.layers import ResizeImages  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.image_size < 2 ** hparams.depth:
         raise UserError(f"images of {info.image_size}×{info.image_size} are too small for depth {hparams.depth}; "

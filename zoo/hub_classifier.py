@@ -40,7 +40,7 @@ class HubClassifierConfig:
 
 
 def build(hparams: HubClassifierConfig, info: DataInfo):
-    from zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
+    from kerasllm.zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     backbone = hub.load_backbone(hparams.preset)
     vocabulary = getattr(backbone, "vocabulary_size", None)

@@ -66,7 +66,7 @@ def build(hparams: TransformerClassifierConfig, info: DataInfo):
     """
     import keras_hub
 
-    from zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
+    from kerasllm.zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.sequence_length > hparams.max_sequence_length:
         raise UserError(f"data.sequence_length={info.sequence_length} exceeds model_args.max_sequence_length="

@@ -83,7 +83,7 @@ def build(hparams: TransformerLMConfig, info: DataInfo):
     """
     import keras
 
-    import zoo.layers  # zoo.layers imports Keras, which `kerasllm list` must not load
+    from kerasllm.zoo import layers as zoo_layers  # imports Keras, which `kerasllm list` must not load
 
     if info.sequence_length > hparams.max_sequence_length:
         raise UserError(f"data.sequence_length={info.sequence_length} exceeds the context model_args.max_sequence_length="
@@ -94,12 +94,12 @@ def build(hparams: TransformerLMConfig, info: DataInfo):
                                                  name="token_embedding")
     x = embedding(tokens)  # (batch, time, hidden)
     if hparams.position == "learned":
-        positions = zoo.layers.PositionEmbedding(hparams.max_sequence_length, initializer=init(),
+        positions = zoo_layers.PositionEmbedding(hparams.max_sequence_length, initializer=init(),
                                                  name="position_embedding")(x)
         x = keras.layers.Add(name="embeddings_add")([x, positions])
     x = keras.layers.Dropout(hparams.dropout, name="embeddings_dropout")(x)
     for i in range(hparams.num_layers):
-        x = zoo.layers.DecoderBlock(
+        x = zoo_layers.DecoderBlock(
             hparams.mlp_dim, hparams.num_heads, dropout=hparams.dropout, layer_norm_epsilon=hparams.layer_norm_epsilon,
             max_sequence_length=hparams.max_sequence_length, rotary=hparams.position == "rotary", name=f"block_{i}")(x)
     x = keras.layers.LayerNormalization(epsilon=hparams.layer_norm_epsilon, name="final_norm")(x)
@@ -135,7 +135,7 @@ class TransformerCacheDecoder:
     def __init__(self, model):
         import keras
 
-        import zoo.layers  # zoo.layers imports Keras, which `kerasllm list` must not load
+        from kerasllm.zoo import layers as zoo_layers  # imports Keras, which `kerasllm list` must not load
 
         self.model = model
         self.embedding = model.get_layer("token_embedding")
@@ -149,8 +149,8 @@ class TransformerCacheDecoder:
         self.head_dim = self.embedding.output_dim // self.num_heads
         self._compiled = _COMPILED.setdefault(model, {})  # shared by every decoder of this model
         self.backend = keras.backend.backend()
-        self.xla = (all(isinstance(block, zoo.layers.DecoderBlock) for block in self.blocks)
-                    and (self.positions is None or isinstance(self.positions, zoo.layers.PositionEmbedding)))
+        self.xla = (all(isinstance(block, zoo_layers.DecoderBlock) for block in self.blocks)
+                    and (self.positions is None or isinstance(self.positions, zoo_layers.PositionEmbedding)))
 
     @classmethod
     def from_model(cls, model):

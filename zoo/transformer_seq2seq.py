@@ -63,7 +63,7 @@ def build(hparams: TransformerSeq2SeqConfig, info: DataInfo):
     import keras
     import keras_hub
 
-    from zoo.layers import PaddingMask  # zoo.layers imports Keras, which `kerasllm list` must not load
+    from kerasllm.zoo.layers import PaddingMask  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     if info.sequence_length > hparams.max_sequence_length:
         raise UserError(f"data.sequence_length={info.sequence_length} exceeds model_args.max_sequence_length="
