@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kerasllm import __version__, catalog, compression, distribute, files, finetuning, generation, memory, quiet, runs
+from kerasllm import __version__, catalog, compression, distribute, files, finetuning, generation, hub, memory, quiet, runs
 from kerasllm import config as config_lib
 from kerasllm import export as export_lib
 from kerasllm.data.text import read_text_file
@@ -358,7 +358,8 @@ def evaluate(
 @app.command()
 @handle_errors
 def generate(
-    source: ModelOrRun,
+    source: Annotated[Path, typer.Argument(help="A run folder (or a .keras / .h5 model file inside one), or a keras-hub causal-LM "
+                                                "preset: a bare name (gpt2_base_en), kaggle://…, hf://… or a local preset folder.")],
     prompt: Annotated[Optional[List[str]], typer.Option(help="Text to continue (language models) or to translate / summarize "
                                                               "(seq2seq); repeat for a batch.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", help="Also take every non-empty line of this file as a prompt.")] = None,
@@ -376,7 +377,8 @@ def generate(
     One prompt streams as it is produced.
 
     Examples: `kerasllm generate runs/lstm-textgen-20261129-120000 --prompt "The " --max-length 200 --top-p 0.9` ·
-    `kerasllm generate runs/transformer-seq2seq-20261130-120000 --prompt "A man rides a bike." --beam 4`
+    `kerasllm generate runs/transformer-seq2seq-20261130-120000 --prompt "A man rides a bike." --beam 4` ·
+    `kerasllm generate gpt2_base_en --prompt "The weather today" --max-length 40 --top-k 50`
     """
     generation.check_options(temperature, top_k, top_p, max_length, beam)
     if seed is not None and not 0 <= seed <= config_lib.SEED_MAX:
@@ -387,12 +389,42 @@ def generate(
             raise UserError(f"--file {file} {files.absent(file)}; pass a text file with one prompt per line")
         prompts += [line for line in read_text_file(file).splitlines() if line.strip()]
     prompts = prompts or [""]
+    options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam)
+    write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
+    preset = None if source.is_file() or files.is_run_dir(source) else hub.resolve(str(source))
+    if preset is not None:  # a keras-hub causal LM: kerasllm's samplers over its own cache
+        load_tensorflow()
+        lm = hub.PresetLM(preset)
+        generation.write_generations(lambda texts, **more: lm.generate(texts, **options, **more), prompts, write, continues_prompt=True)
+        return
     run, model = load_run_and_model(source, unsafe)
     if not run.task.can_generate:
         raise UserError(f"{run.spec.name} is {a(run.task.name)} model; generate needs a text-generation or seq2seq model")
-    options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam,
-                   on_note=lambda line: errors.print(f"note: {line}", highlight=False))
-    run.task.write_generations(model, run, prompts, write=lambda text: (sys.stdout.write(text), sys.stdout.flush()), **options)
+    run.task.write_generations(model, run, prompts, write=write, on_note=lambda line: errors.print(f"note: {line}", highlight=False),
+                               **options)
+
+
+@app.command()
+@handle_errors
+def download(
+    preset: Annotated[str, typer.Argument(help="A keras-hub preset: a bare name (gpt2_base_en, bert_tiny_en_uncased), kaggle://… or hf://….")],
+    out: Annotated[Optional[Path], typer.Option(help="The folder to save it in (default: presets/NAME).")] = None,
+):
+    """Save a keras-hub preset (weights, config, tokenizer) into a local folder, once, with a network; every command
+    that takes a preset (`finetune`, `generate`) then takes that folder, offline.
+
+    Example: `kerasllm download gpt2_base_en` · `kerasllm generate presets/gpt2_base_en --prompt "Hello"`
+    """
+    handle = hub.resolve(preset)
+    if handle is None:
+        raise UserError(f"{preset} is not a keras-hub preset; pass a bare preset name (see keras-hub's list), kaggle://… or hf://…")
+    out = out or Path("presets") / preset.rstrip("/").split("/")[-1].removeprefix("kaggle:").removeprefix("hf:")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; pass another --out (nothing there is overwritten)")
+    load_tensorflow()
+    saved = hub.download(handle, out)
+    console.print(f"saved {handle} to {out}: {', '.join(saved)}", highlight=False)
+    console.print(f"next: kerasllm generate {out} --prompt \"…\"  ·  kerasllm finetune {out} --data …", highlight=False)
 
 
 @app.command()

@@ -87,6 +87,13 @@ def preset_file(preset: str, name: str) -> str:
 PRESET_CONFIG_FILES = ("config.json", "metadata.json")  # keras-hub's preset_utils.CONFIG_FILE and METADATA_FILE
 
 
+def hub_build_cache(causal_lm, token_ids):
+    """A keras-hub causal LM's key/value cache for `token_ids` (batch, length), seeded from them: `CausalLM.generate`
+    builds it with the private `_build_cache(token_ids) -> (hidden_states, cache)`, which `call_with_cache(ids, cache,
+    index) -> (logits, hidden_states, cache)` then advances (GPT-2, Gemma, Llama, Mistral …; checked on keras-hub 0.32.0)."""
+    return causal_lm._build_cache(token_ids)[1]
+
+
 def clip_across_replicas(optimizer) -> None:
     """Make `global_clipnorm` clip the gradient of the global batch when several replicas train under `fit`.
 

@@ -258,12 +258,32 @@ class Sampling:
     length_penalty: float = 1.0
 
 
+REPLACEMENT = "\N{REPLACEMENT CHARACTER}"
+
+
+class StreamDecoder:
+    """Turns ids into text as they come: `push(id) -> new text` (whole characters only)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
+
+    def push(self, token_id: int) -> str:
+        if self.tokenizer.tokens_stand_alone:
+            return self.tokenizer.token(int(token_id))
+        self.ids.append(int(token_id))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith(REPLACEMENT) and not self.ids[-1] == self.tokenizer.unk_id:
+            return ""  # an unfinished UTF-8 byte sequence: wait for the rest
+        new, self.emitted = text[len(self.emitted):], text
+        return new
+
+
 class Rows:
     """The text of each row as tokens arrive: decoded incrementally, cut at a stop string, streamed to `on_text`
     (text that could still be the start of a stop string is held back)."""
 
     def __init__(self, tokenizer, count: int, stop: list[str], on_text: Callable[[int, str], None] | None):
-        self.streams = [tokenizer.stream() for _ in range(count)]
+        self.streams = [StreamDecoder(tokenizer) for _ in range(count)]
         self.texts, self.emitted, self.done = [""] * count, [0] * count, [False] * count
         self.stop, self.on_text = stop, on_text
         self.hold = max((len(s) for s in stop), default=1) - 1
@@ -345,3 +365,23 @@ def _sample(decoder: Decoder, prompts: list, rows: Rows, max_length: int, option
         logits, state = decoder.step(state, tokens)
     for row in range(len(prompts)):
         rows.emit(row, True)
+
+
+def write_generations(generate: Callable[..., list[str]], prompts: list[str], write: Callable[[str], object], *,
+                      continues_prompt: bool) -> None:
+    """`kerasllm generate`'s output through `write(text)`, from `generate(prompts, on_text=None) -> texts`: one prompt
+    streams as it is produced (after the prompt itself, for a model that continues it); several print one after
+    another, a blank line between continuations."""
+    if len(prompts) == 1:  # the prompt is written with the first new text: a refused option prints nothing
+        started = []
+
+        def stream(row, text):
+            if not started:
+                started.append(write(prompts[0] if continues_prompt else ""))
+            write(text)
+
+        generate(prompts, on_text=stream)
+        write(("" if started or not continues_prompt else prompts[0]) + "\n")
+        return
+    for text, output in zip(prompts, generate(prompts)):
+        write((text + output + "\n\n") if continues_prompt else output + "\n")

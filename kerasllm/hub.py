@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import compat, files, network
+from kerasllm import compat, files, generation, network
 from kerasllm.errors import UserError
 
 # Lazy imports: keras-hub is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
@@ -81,6 +81,115 @@ def load_tokenizer(preset: str) -> "HubTokenizer":
         raise _failed("tokenizer", preset, error) from error
 
 
+def resolve(name: str) -> str | None:
+    """The preset `name` stands for (a bare KerasHub name becomes its `kaggle://` handle), or None when it is none."""
+    preset = named_handle(name) or name
+    return preset if is_preset(preset) else None
+
+
+def load_causal_lm(preset: str):
+    """A keras-hub causal LM (GPT-2, Gemma, Llama …) with its preprocessor and tokenizer, from a preset that has one."""
+    check_reachable(preset, "model")
+    import keras_hub
+
+    try:
+        return keras_hub.models.CausalLM.from_preset(preset)
+    except Exception as error:
+        first = (str(error).splitlines() or [type(error).__name__])[0][:200]
+        if "CausalLM" in first or "class" in first.lower():
+            raise UserError(f"preset {preset} is not a causal language model ({first}); generate takes a causal-LM preset "
+                            "such as gpt2_base_en or a folder one was saved to") from error
+        raise _failed("model", preset, error) from error
+
+
+def download(preset: str, out: Path) -> list[str]:
+    """Save the preset's backbone, tokenizer and (for a causal LM) task into `out`, a local preset folder that every
+    command takes in its place; returns what was saved."""
+    check_reachable(preset, "files")
+    import keras_hub
+
+    try:
+        backbone = keras_hub.models.Backbone.from_preset(preset)
+        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
+    except Exception as error:
+        raise _failed("files", preset, error) from error
+    backbone.save_to_preset(str(out))
+    tokenizer.save_to_preset(str(out))
+    return [type(backbone).__name__.removesuffix("Backbone"), f"{backbone.count_params():,} parameters",
+            f"tokenizer with {tokenizer.vocabulary_size():,} tokens"]
+
+
+class CausalLMDecoder:
+    """`generation.Decoder` for a keras-hub causal LM, with its key/value cache: each row keeps its own cache and position
+    (prompts of different lengths), one `call_with_cache` per row and token, traced once on TensorFlow."""
+
+    def __init__(self, causal_lm, length: int):
+        import keras
+
+        self.lm, self.length = causal_lm, length
+        self.call = causal_lm.call_with_cache
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            self.call = tf.function(causal_lm.call_with_cache, reduce_retracing=True)
+
+    def _next(self, token: int, cache, index: int):
+        import keras
+
+        logits, _, cache = self.call(keras.ops.convert_to_tensor([[token]], "int32"), cache, keras.ops.convert_to_tensor(index, "int32"))
+        return np.asarray(keras.ops.convert_to_numpy(logits), np.float64)[0, -1], (cache, index + 1)
+
+    def start(self, prompts):
+        logits, state = [], []
+        for prompt in prompts:
+            ids = np.zeros((1, self.length), np.int32)
+            ids[0, :len(prompt)] = prompt
+            row_logits, row = self._next(int(prompt[-1]), compat.hub_build_cache(self.lm, ids), len(prompt) - 1)
+            logits.append(row_logits)
+            state.append(row)
+        return np.stack(logits), state
+
+    def step(self, state, tokens):
+        rows = [self._next(int(token), cache, index) if index < self.length else self._full()
+                for token, (cache, index) in zip(tokens, state)]
+        return np.stack([row_logits for row_logits, _ in rows]), [row for _, row in rows]
+
+    def _full(self):
+        raise UserError(f"the text reached the model's longest sequence ({self.length} tokens); lower --max-length")
+
+    def select(self, state, rows):
+        return [state[int(row)] for row in rows]
+
+
+class PresetLM:
+    """A keras-hub causal-LM preset behind `kerasllm generate`: its tokenizer, kerasllm's samplers and beam search."""
+
+    def __init__(self, preset: str):
+        self.preset, self.lm = preset, load_causal_lm(preset)
+        self.tokenizer = HubTokenizer(self.lm.preprocessor.tokenizer, preset)
+        self.context = getattr(self.lm.backbone, "max_sequence_length", None)
+        self.adds_start = bool(getattr(self.lm.preprocessor, "add_start_token", False))
+
+    def encode(self, text: str) -> np.ndarray:
+        """The prompt's ids, after the start token when the preset's preprocessor adds one (as its own `generate` does)."""
+        ids = self.tokenizer.encode(text)
+        start = self.tokenizer.special_id("bos")
+        return np.concatenate([[start], ids]).astype(np.int32) if self.adds_start and start is not None else ids
+
+    def generate(self, prompts: list[str], *, max_length: int, beam: int = 0, on_text=None, **sampling) -> list[str]:
+        generation.check_beam_fits(beam, self.tokenizer.vocab_size, sampling.get("top_k", 0))
+        encoded = [self.encode(text) for text in prompts]
+        if any(len(ids) == 0 for ids in encoded):
+            raise UserError(f"preset {self.preset}'s tokenizer adds no start token, so a prompt cannot be empty; pass --prompt TEXT")
+        longest = max(len(ids) for ids in encoded) + max_length
+        if self.context and longest > self.context:
+            raise UserError(f"a prompt and --max-length {max_length} need {longest} tokens, more than the preset's context of "
+                            f"{self.context}; lower --max-length or shorten the prompt")
+        decoder = CausalLMDecoder(self.lm, min(longest, self.context or longest))
+        return generation.generate_ids(None, self.tokenizer, encoded, max_length, decoder=decoder, on_text=on_text,
+                                       beam_width=beam, **{"allow_eos": True, **sampling})
+
+
 def preset_sha256(preset: str) -> str:
     """sha256 of a local preset's weights (lineage); empty for a remote handle."""
     weights = Path(preset) / "model.weights.h5"
@@ -115,6 +224,14 @@ class HubTokenizer:
 
     def special_id(self, name: str) -> int | None:
         return self.special_tokens.get(name)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.special_tokens.get("eos")
+
+    def never_generated(self) -> list[int]:
+        """Ids a sampler must not produce: every special token but [EOS] (GPT-2's start and padding are its end too)."""
+        return sorted(set(self.special_tokens.values()) - {self.eos_id})
 
     def encode(self, text: str) -> np.ndarray:
         return self.encode_batch([text])[0]

@@ -191,9 +191,6 @@ class Tokenizer:
         return np.asarray([i for i in range(self.vocab_size)
                            if i not in self.special_tokens.values() and self.token(i) and self.token(i).isspace()], np.int32)
 
-    def stream(self) -> "StreamDecoder":
-        return StreamDecoder(self)
-
     # --- TensorFlow ops -----------------------------------------------------------------
     def lookup_table(self):
         import tensorflow as tf
@@ -425,23 +422,6 @@ class SentencePieceTokenizer(Tokenizer):
 
     def lookup_table(self):
         return self._tf_model()
-
-
-class StreamDecoder:
-    """Turns ids into text as they come: `push(id) -> new text` (whole characters only)."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.emitted = tokenizer, [], ""
-
-    def push(self, token_id: int) -> str:
-        if self.tokenizer.tokens_stand_alone:
-            return self.tokenizer.token(int(token_id))
-        self.ids.append(int(token_id))
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith(REPLACEMENT) and not self.ids[-1] == self.tokenizer.unk_id:
-            return ""  # an unfinished UTF-8 byte sequence: wait for the rest
-        new, self.emitted = text[len(self.emitted):], text
-        return new
 
 
 TOKENIZERS = {cls.kind: cls for cls in (CharTokenizer, WordTokenizer, WordPieceTokenizer, SentencePieceTokenizer)}

@@ -7,7 +7,8 @@ import pytest
 
 from kerasllm.data.text import builtin_text
 from kerasllm.errors import UserError
-from kerasllm.tokenizers import KINDS, REPLACEMENT, StreamDecoder, Tokenizer
+from kerasllm.generation import StreamDecoder
+from kerasllm.tokenizers import KINDS, REPLACEMENT, Tokenizer
 
 TRAIN = builtin_text("python-docs")[:60000]
 MIXED = "Café naïve — 日本語のテキスト, Ελληνικά and русский!\n\n\tx = 42  # ∑ 🙂"

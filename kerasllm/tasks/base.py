@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kerasllm import generation
 from kerasllm.errors import UserError
 from kerasllm.words import a
 
@@ -136,21 +137,9 @@ class Task:
         raise UserError(f"{run.spec.name} is {a(self.name)} model; `kerasllm generate` needs a text-generation or seq2seq model")
 
     def write_generations(self, model, run, prompts: list[str], write, **options) -> None:
-        """`kerasllm generate`'s output through `write(text)`: one prompt streams as it is produced (after the prompt
-        itself, for a model that continues it); several print one after another, a blank line between continuations."""
-        if len(prompts) == 1:  # the prompt is written with the first new text: a refused option prints nothing
-            started = []
-
-            def stream(row, text):
-                if not started:
-                    started.append(write(prompts[0] if self.continues_prompt else ""))
-                write(text)
-
-            self.generate(model, run, prompts, **options, on_text=stream)
-            write(("" if started or not self.continues_prompt else prompts[0]) + "\n")
-            return
-        for text, output in zip(prompts, self.generate(model, run, prompts, **options)):
-            write((text + output + "\n\n") if self.continues_prompt else output + "\n")
+        """`kerasllm generate`'s output through `write(text)` (`generation.write_generations`)."""
+        generation.write_generations(lambda texts, **more: self.generate(model, run, texts, **options, **more), prompts, write,
+                                     continues_prompt=self.continues_prompt)
 
     def predict(self, model, run, inputs: list[str], top_k: int = 3) -> list[dict]:
         raise UserError(f"{run.spec.name} is {a(self.name)} model; `kerasllm predict` does not apply to it")
