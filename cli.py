@@ -114,6 +114,8 @@ def main_options(
     backend: BackendOption = None,
 ):
     STATE["debug"] = debug
+    if not debug:
+        quiet.keep_library_output()
     if backend:
         distribute.set_backend(backend)
 

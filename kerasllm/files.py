@@ -42,6 +42,7 @@ METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CURVES_FILE = "curves.png"
 CARD_FILE = "README.md"
+LIBRARY_LOG_FILE = "library.log"  # what TensorFlow, Keras and the other libraries said during the run (not printed without --debug)
 TOKENIZER_FILE = "tokenizer.json"
 TARGET_TOKENIZER_FILE = "target_tokenizer.json"  # seq2seq with seq2seq.shared_vocab=false
 LABELS_FILE = "labels.json"

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 
 # Lazy imports: TensorFlow and Keras are imported inside `load_tensorflow`, whose job is to import them quietly.
 
@@ -91,5 +92,39 @@ def load_tensorflow(debug: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # cuInit / cudart messages come from here
-    if not debug:  # TensorFlow's Python warnings ("… triggered tf.function retracing" when serve compiles its prefills)
-        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    if not debug:
+        keep_library_output()
+
+
+# Python loggers of the libraries under kerasllm; their records (TensorFlow's "… triggered tf.function retracing",
+# absl, urllib3's retries, matplotlib's font search …) are kept rather than printed unless --debug.
+LIBRARY_LOGGERS = ("tensorflow", "absl", "keras", "keras_hub", "jax", "urllib3", "matplotlib", "h5py", "PIL", "httpx", "kagglehub",
+                   "huggingface_hub", "tensorflow_datasets")
+KEPT: list[str] = []  # what the libraries said, in order: a run writes it to its library.log
+
+
+class _Keep(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        KEPT.append(f"{record.name} {record.levelname}: {record.getMessage()}")
+
+
+def _keep_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    KEPT.append(f"{category.__name__}: {message} ({filename}:{lineno})")
+
+
+def keep_library_output() -> None:
+    """Keep Python warnings and the libraries' log records in `KEPT` instead of printing them (Keras' UserWarnings
+    while an old `.h5` file migrates, HDF5's "legacy" note, matplotlib's missing glyphs for non-Latin paths …).
+    kerasllm says what a user needs in its own words; `--debug` leaves all of this on stderr."""
+    warnings.showwarning = _keep_warning
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler for handler in logger.handlers if not isinstance(handler, _Keep)] + [_Keep()]
+        logger.propagate = False
+        if logger.level == logging.NOTSET or logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
+
+
+def kept_text() -> str:
+    """What the libraries said while warnings were kept ('' when nothing)."""
+    return "".join(line.rstrip("\n") + "\n" for line in KEPT)

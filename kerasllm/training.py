@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import keras
 
-from kerasllm import catalog, diagnostics, distribute, files, memory, reports, saving
+from kerasllm import catalog, diagnostics, distribute, files, memory, quiet, reports, saving
 from kerasllm.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.data.splits import check_unchanged
@@ -348,6 +348,8 @@ class Trainer:
         reports.plot_curves(self.state.history, run_dir / files.CURVES_FILE, title=f"{spec.name} on {self.data.record.get('source')}")
         files.write_text_atomic(run_dir / files.CARD_FILE, reports.model_card(spec, self.task, self.config, self.data.record, summary,
                                                                              run_dir))
+        if quiet.kept_text():
+            files.write_text_atomic(run_dir / files.LIBRARY_LOG_FILE, quiet.kept_text())
 
 
 def train(config: RunConfig, run_dir: Path, *, parent=None, parent_record: dict | None = None, artifacts: dict | None = None,

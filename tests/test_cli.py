@@ -227,7 +227,7 @@ def test_installed_script_answers_help_and_list_without_tensorflow():
     result = subprocess.run([str(script), "list"], capture_output=True, text=True)
     assert result.returncode == 0 and "lstm-textgen" in result.stdout
     for args in (["list"], ["--help"], ["info", "transformer-lm"], ["list", "--json"]):
-        probe = (f"import sys, cli\ntry:\n    cli.app({args!r})\nexcept SystemExit:\n    pass\n"
+        probe = (f"import sys\nfrom kerasllm import cli\ntry:\n    cli.app({args!r})\nexcept SystemExit:\n    pass\n"
                  "print(sorted(m for m in ('tensorflow', 'keras', 'keras_hub', 'jax') if m in sys.modules))")
         found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
         assert found.stdout.strip().endswith("[]"), (args, found.stdout[-500:], found.stderr[-500:])

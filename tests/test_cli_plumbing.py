@@ -164,3 +164,21 @@ def test_info_lists_only_the_keys_the_model_reads(runner):
     assert "data.tokenizer" not in image and "data.sequence_length" not in image and "data.tokenizer" in lm
     assert not any(key in lm | classifier | image for key in ("finetune.base", "finetune.base_sha256"))  # written by finetune
     assert "finetune.method" in lm
+
+
+def test_library_warnings_and_log_records_are_kept_not_printed(capsys):
+    import logging
+    import warnings
+
+    from kerasllm import quiet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        quiet.keep_library_output()
+        warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer.", UserWarning)
+        logging.getLogger("tensorflow").warning("5 out of the last 5 calls to <function> triggered tf.function retracing")
+        logging.getLogger("urllib3").info("below WARNING: not even kept")
+    assert capsys.readouterr() == ("", "")
+    kept = quiet.kept_text()
+    assert "UserWarning: Do not pass an `input_shape`" in kept and "tensorflow WARNING: 5 out of the last 5 calls" in kept
+    assert "not even kept" not in kept
