@@ -696,7 +696,7 @@ def export(
                    if quantize == "int8" else [])
     companions = export_lib.companion_paths(path.parent if run is not None else None, out, fmt)
     result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints,
-                               quantize=quantize, calibration=calibration, companions=companions)
+                               quantize=quantize, calibration=calibration, companions=companions, guide=run is not None)
     console.print(result.line(), highlight=False)
     if companions:
         where = "inside it, in assets.extra/" if fmt == "savedmodel" else "beside it"
@@ -704,9 +704,13 @@ def export(
                       "name classes outside its run)", highlight=False)
     for endpoint in endpoints:
         console.print(f"signature `{endpoint.name}`: same outputs as `kerasllm` on the check inputs", highlight=False)
-    if endpoints and getattr(run.artifacts.get("tokenizer"), "kind", "") in ("wordpiece", "sentencepiece"):
-        console.print("note: its signatures run TensorFlow Text ops: `import tensorflow_text` before `tf.saved_model.load`",
-                      highlight=False)
+    if result.foreign_ops:
+        console.print(f"note: its signatures run TensorFlow Text ops ({', '.join(result.foreign_ops)}): `import tensorflow_text` "
+                      "before `tf.saved_model.load`", highlight=False)
+    if result.readme is not None:
+        console.print(f"how to run it with TensorFlow alone: {result.readme}", highlight=False)
+    elif run is not None:
+        console.print(f"note: {out.parent / 'README.md'} is not kerasllm's, so no usage snippet was written there", highlight=False)
 
 
 @app.command()

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import compat
+from kerasllm import compat, export_guide
 from kerasllm.errors import UserError
-from kerasllm.files import COMPANION_FILES, EXPORT_DIR, check_replaceable, is_run_dir
+from kerasllm.files import COMPANION_FILES, EXPORT_DIR, TOKENIZER_FILE, check_replaceable, is_run_dir
 from kerasllm.quiet import captured_stderr
 from kerasllm.saving import load_model, quantized_layers, save_model
 
@@ -53,6 +53,8 @@ class ExportResult:
     size_bytes: int = 0
     source_ms: float = 0.0  # median latency per check batch, source and copy, side by side
     copy_ms: float = 0.0
+    readme: Path | None = None  # the export folder's README.md, with a snippet that runs this export
+    foreign_ops: tuple = ()  # a SavedModel's ops from outside core TensorFlow (TensorFlow Text's): loading needs `import tensorflow_text`
 
     @property
     def ok(self) -> bool:
@@ -308,33 +310,48 @@ def _copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwrite: bool = False,  # noqa: PLR0913 (the command's options)
-           sample=None, endpoints: list | None = None, quantize: str = "none", calibration=(), companions=()) -> ExportResult:
-    """Export, load back and check against the source on the sample batch and the calibration batches: max |diff|
-    within `tolerance` (float copies; 1e-4 by default), or top-1 disagreement within it (quantized; 0.1 by default).
-    Raises `UserError` otherwise. `sample` is a batch of model inputs (token ids or pixels of 16 positions when
-    None). The export is written beside `out` and renamed into place once it passes, so a
-    failed export never replaces an earlier one."""
+def _check_request(model, fmt: str, quantize: str, tolerance: float | None, out: Path, overwrite: bool) -> float:
+    """Refuse what cannot be exported before anything is written; the tolerance to use."""
     check_format(fmt)
     check_quantize(fmt, quantize)
     check_fits(model, fmt)
     check_quantize_fits(model, quantize)
-    out = Path(out)
     tolerance = (DISAGREEMENT if quantize != "none" else TOLERANCE) if tolerance is None else tolerance
     if not tolerance >= 0:
         raise UserError("--tolerance must be 0 or more")
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    return tolerance
+
+
+def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwrite: bool = False,  # noqa: PLR0913 (the command's options)
+           sample=None, endpoints: list | None = None, quantize: str = "none", calibration=(), companions=(),
+           guide: bool = False) -> ExportResult:
+    """Export, load back and check against the source on the sample batch and the calibration batches: max |diff|
+    within `tolerance` (float copies; 1e-4 by default), or top-1 disagreement within it (quantized; 0.1 by default).
+    Raises `UserError` otherwise. `sample` is a batch of model inputs (token ids or pixels of 16 positions when
+    None). The export is written beside `out` and renamed into place once it passes, so a
+    failed export never replaces an earlier one. With `guide`, the check batch and the source's top-1 outputs go
+    beside it (`<stem>.example.json`) and the folder's README.md gets a snippet that runs it (`export_guide`)."""
+    out = Path(out)
+    tolerance = _check_request(model, fmt, quantize, tolerance, out, overwrite)
+    batch = sample if sample is not None else sample_batch(model)
+    scratch = Path(tempfile.mkdtemp(prefix="kerasllm-export-"))
+    companions = list(companions)
+    if guide:
+        example = scratch / EXAMPLE_FILE
+        example.write_text(export_guide.example_record(batch, model.predict_on_batch(batch)), encoding="utf-8")
+        companions.append((example, out.with_name(f"{out.stem}.{EXAMPLE_FILE}")))
     beside = [(source, target) for source, target in companions if not target.is_relative_to(out) and not _same(source, target)]
     taken = [target for _, target in beside if target.exists() and not overwrite]  # another run's, or edited
     if taken:
+        shutil.rmtree(scratch)
         raise UserError(f"{taken[0]} already exists; pass --overwrite to replace it or choose another --out")
     staging = out.with_name(f".{out.stem}.partial{out.suffix}")
     calibration = list(calibration)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove(staging)
-        batch = sample if sample is not None else sample_batch(model)
         # the converter and interpreter log to fd 2 from C++ ("fully_quantize: 0, …", "Created TensorFlow Lite XNNPACK
         # delegate for CPU"); a failure shows what was caught
         with captured_stderr():
@@ -345,6 +362,8 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
             result = ExportResult(out, fmt, max(float(np.max(np.abs(a - e))) for a, e in zip(actual, expected)), tolerance,
                                   quantize, float(np.mean([agreement(e, a) for e, a in zip(expected, actual)])),
                                   size_of(staging), median_ms(model.predict_on_batch, batch), median_ms(run_copy, batch))
+        if fmt == "savedmodel":
+            result.foreign_ops = foreign_ops(staging)
         if not result.ok:
             what = (f"agrees with the source on only {result.agreement:.1%} of top-1 outputs (at least {1 - tolerance:.0%} "
                     "needed; --tolerance sets the share of disagreements allowed)") if quantize != "none" else (
@@ -358,11 +377,59 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
         os.replace(staging, out)
         for source, target in beside:
             _copy(source, target)
+        if guide:
+            result.readme = export_guide.write_readme(out.parent, _usage(model, fmt, out, batch, expected[0], companions, endpoints,
+                                                                         bool(result.foreign_ops)), human_size(result.size_bytes))
     except OSError as error:
         raise UserError(f"cannot write {out} ({error.strerror or error}); choose a writable --out") from error
     finally:
         _remove(staging)
+        shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def foreign_ops(savedmodel: Path) -> tuple:
+    """The op types a SavedModel's graphs use that core TensorFlow does not register (TensorFlow Text's
+    `RegexSplitWithOffsets`, `SentencepieceOp` …): `tf.saved_model.load` fails on them unless their library is imported."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(savedmodel) / "saved_model.pb").read_bytes())
+    ops, functions = set(), set()
+    for graph in saved.meta_graphs:
+        ops |= {node.op for node in graph.graph_def.node}
+        for function in graph.graph_def.library.function:
+            functions.add(function.signature.name)
+            ops |= {node.op for node in function.node_def}
+    return tuple(sorted(op for op in ops - functions if not hasattr(tf.raw_ops, op)))
+
+
+EXAMPLE_FILE = "example.json"  # beside an export: `<stem>.example.json`, the check batch and the source's top-1 outputs
+
+
+def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, tf_text: bool) -> export_guide.Usage:
+    """What the README's snippet for this export needs: file names beside it, imports, TFLite feed names, signatures."""
+    import json
+
+    single = not isinstance(batch, dict)
+    named = [(source.name, target.relative_to(out.parent)) for source, target in companions if source.name != EXAMPLE_FILE]
+    usage = export_guide.Usage(out, fmt, f"{out.stem}.{EXAMPLE_FILE}", named, single=single, tf_text=tf_text,
+                               signatures=[(endpoint.name, endpoint.example) for endpoint in endpoints or [] if endpoint.example])
+    if fmt in ("keras", "h5"):
+        usage.imports = export_guide.keras_imports(model)
+    if fmt == "tflite":
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            names = list(tf.lite.Interpreter(model_path=str(out)).get_signature_runner().get_input_details())
+        keys = ["inputs"] if single else sorted(batch, key=len, reverse=True)
+        usage.feeds = [(name, next(key for key in keys if single or name.endswith(key))) for name in names]
+    tokenizer_file = next((source for source, _ in companions if source.name == TOKENIZER_FILE), None)
+    if single and np.ndim(expected) == 3 and tokenizer_file is not None and tokenizer_file.is_file():
+        usage.next_tokens = "vocabulary" in json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    return usage
 
 
 def calibration_batches(run, like, source: str | None = None, count: int = 16) -> list:

@@ -175,7 +175,7 @@ def test_library_warnings_and_log_records_are_kept_not_printed(capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         quiet.keep_library_output()
-        warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer.", UserWarning)
+        warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer.", UserWarning, stacklevel=1)
         logging.getLogger("tensorflow").warning("5 out of the last 5 calls to <function> triggered tf.function retracing")
         logging.getLogger("urllib3").info("below WARNING: not even kept")
     assert capsys.readouterr() == ("", "")

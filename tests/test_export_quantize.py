@@ -30,9 +30,11 @@ def test_a_quantized_tflite_file_agrees_with_its_source(runner, cnn_run, tmp_pat
     out = tmp_path / f"{quantize}.tflite"
     result = invoke(runner, "export", cnn_run, "--format", "tflite", "--quantize", quantize, "--out", out)
     assert result.exit_code == 0, result.output
-    line, beside = result.stdout.strip().splitlines()
+    line, beside, guide = result.stdout.strip().splitlines()
     assert line.startswith(f"wrote {out} (tflite")  # one whole line, never cut at 80 columns
     assert beside.startswith(f"beside it: {quantize}.labels.json")  # the class names go with the model
+    assert guide == f"how to run it with TensorFlow alone: {tmp_path / 'README.md'}"
+    assert f"## {quantize}.tflite (tflite" in (tmp_path / "README.md").read_text()
     found = figures(line)
     assert found["agreement"] >= 90 and found["source_ms"] > 0 and found["copy_ms"] > 0
     assert (found["diff"] <= 1e-4) if quantize == "none" else ("at least 90% needed" in line)

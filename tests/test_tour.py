@@ -3,6 +3,7 @@ succeeds, and stderr holds nothing but kerasllm's own notes, no library log line
 sentencepiece, Keras warnings …). The settings are shrunk so each tour takes seconds, not minutes."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from tests.conftest import TINY, TINY_LM, need
 from tests.test_cli import LEGACY_SCRIPT
+from tests.test_export_guide import agreement, run_snippet, snippets
 from tests.test_seq2seq import TINY as TINY_SEQ2SEQ
 from tests.test_seq2seq import reverse_pairs
 from tests.test_text_classification import write_sst
@@ -40,6 +42,12 @@ def test_the_text_generation_tour(tmp_path, corpus_file):
     kerasllm(tmp_path, "generate", run, "--prompt", "The ", "--prompt", "A ", "--stop", "\n", "--top-p", "0.9", "--max-length", "20")
     for fmt in ("tflite", "keras", "h5", "savedmodel"):  # tflite: XNNPACK's "Created TensorFlow Lite delegate" line
         kerasllm(tmp_path, "export", run, "--format", fmt)
+    code = snippets(run / "export")  # the export folder's README: each format runs outside kerasllm
+    assert sorted(code) == ["model.h5", "model.keras", "model.savedmodel", "model.tflite"]
+    for name, snippet in code.items():
+        output = run_snippet(run / "export", snippet)
+        assert agreement(output) == 1.0 and "next tokens: [" in output, (name, output)  # decoded with the tokenizer file
+    assert "import kerasllm" not in code["model.keras"]  # an LSTM needs no layer of kerasllm's
     subprocess.run([sys.executable, "-c", LEGACY_SCRIPT], cwd=tmp_path, check=True, capture_output=True,
                    env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"))
     kerasllm(tmp_path, "export", "my_model.h5", "--format", "keras")  # Keras' UserWarnings while it migrates
@@ -60,6 +68,13 @@ def test_the_classification_and_finetuning_tour(tmp_path):
              *settings("train.steps_per_epoch=3"))
     kerasllm(tmp_path, "evaluate", tuned, "--data", sst)
     kerasllm(tmp_path, "predict", tuned, "a gripping , funny film", "dull and lifeless", "--top-k", "1")
+    for fmt in ("keras", "tflite"):
+        kerasllm(tmp_path, "export", tuned, "--format", fmt)
+    code = snippets(tuned / "export")
+    assert "import kerasllm.zoo.layers" in code["model.keras"]  # its encoder is built from kerasllm's layers
+    for snippet in code.values():
+        output = run_snippet(tuned / "export", snippet)
+        assert agreement(output) == 1.0 and re.search(r"classes: \['[01]', '[01]'\]", output), output
 
 
 @pytest.mark.slow
@@ -72,6 +87,8 @@ def test_the_translation_tour(tmp_path):
     assert "bleu" in kerasllm(tmp_path, "evaluate", run).lower()
     kerasllm(tmp_path, "generate", run, "--prompt", "red fox", "--beam", "2")
     kerasllm(tmp_path, "export", run, "--format", "savedmodel")  # sentencepiece's normalizer.cc LOG(INFO) line
+    output = run_snippet(run / "export", snippets(run / "export")["model.savedmodel"])  # named inputs, the translate signature
+    assert agreement(output) == 1.0 and "translate [" in output
 
 
 @pytest.mark.slow

@@ -63,6 +63,7 @@ class Endpoint:
     signature: list
     resources: list
     check: object
+    example: str = ""  # a text the signature takes (the export folder's README calls it with this)
 
 
 

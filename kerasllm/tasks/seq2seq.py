@@ -445,7 +445,7 @@ class Seq2Seq(Task):
             return f"{len(wrong)} of {len(texts)} translations, e.g. {wrong[0][0]!r}: {wrong[0][1]!r} vs {wrong[0][2]!r}" if wrong else ""
 
         resources = [tokenizer.lookup_table() for tokenizer in {id(t): t for t in (source_tokenizer, target_tokenizer)}.values()]
-        return [Endpoint("translate", fn, [tf.TensorSpec([None], tf.string)], resources, check)]
+        return [Endpoint("translate", fn, [tf.TensorSpec([None], tf.string)], resources, check, example=texts[0])]
 
     def tables(self, results: dict, title: str) -> list[Table]:
         tables = super().tables(results, title)
