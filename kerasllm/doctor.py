@@ -12,7 +12,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from kerasllm import distribute
+from kerasllm import distribute, quiet
 from kerasllm.distribute import tpu_present
 
 # Lazy imports: TensorFlow, Keras and JAX are imported inside functions: the backend must be set before Keras loads.
@@ -43,8 +43,8 @@ def _minor(version: str | None) -> str | None:
     return ".".join(version.split(".")[:2]) if version else None
 
 
-def traps(found: dict, env: dict, flags: set[str], tpu: bool) -> list[dict]:
-    """The known traps that apply: each `{"trap", "detail", "fix"}`."""
+def traps(found: dict, env: dict, flags: set[str], tpu: bool, backend: str = "tensorflow") -> list[dict]:
+    """The known traps that apply (`backend`: the Keras backend commands will run on): each `{"trap", "detail", "fix"}`."""
     hits = []
     if env.get("TF_USE_LEGACY_KERAS", "").lower() in ("1", "true", "yes"):
         hits.append({"trap": "TF_USE_LEGACY_KERAS is set",
@@ -55,7 +55,7 @@ def traps(found: dict, env: dict, flags: set[str], tpu: bool) -> list[dict]:
         hits.append({"trap": "tensorflow-text does not match TensorFlow",
                      "detail": f"tensorflow {found['tensorflow']} with tensorflow-text {found['tensorflow-text']}: its ops fail to load",
                      "fix": f"pip install 'tensorflow-text=={tf_minor}.*'"})
-    if tpu and found.get("tensorflow") and not found.get("tensorflow-tpu"):
+    if tpu and backend == "tensorflow" and found.get("tensorflow") and not found.get("tensorflow-tpu"):
         hits.append({"trap": "TensorFlow on a TPU runtime without tensorflow-tpu",
                      "detail": "TensorFlow will not see the TPU (Colab TPU runtimes ship JAX, not TensorFlow)",
                      "fix": "use --backend jax --strategy tpu, or install tensorflow-tpu with a matching TensorFlow (2.20)"})
@@ -118,4 +118,4 @@ def report() -> dict:
     flags = cpu_flags()
     return {"versions": found, **environment(),
             "cpu_bfloat16": bool(BF16_FLAGS & flags),
-            "traps": traps(found, dict(os.environ), flags, tpu_present())}
+            "traps": traps(found, dict(os.environ), flags, tpu_present(), quiet.keras_backend())}

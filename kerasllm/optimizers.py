@@ -8,11 +8,19 @@ from kerasllm import compat
 from kerasllm.config import TrainConfig
 
 
+def warmup_steps(asked: int, total_steps: int) -> int:
+    """The warmup a run of `total_steps` gets: as asked, unless that is more than a quarter of the run (a short run, or
+    many replicas sharing the data: an 8-core TPU ran 76 steps against 100 of warmup), then a tenth of it."""
+    if total_steps > 0 and asked > total_steps // 4:
+        return min(asked, max(total_steps // 10, 1))
+    return asked
+
+
 def make_optimizer(train: TrainConfig, total_steps: int):
-    """The optimizer named in the config, with warmup + cosine decay and gradient clipping."""
+    """The optimizer named in the config, with warmup (`warmup_steps`) + cosine decay and gradient clipping."""
     learning_rate = train.learning_rate
     if train.schedule == "cosine":
-        warmup = min(train.warmup_steps, max(total_steps - 1, 0))
+        warmup = min(warmup_steps(train.warmup_steps, total_steps), max(total_steps - 1, 0))
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else train.learning_rate,
             decay_steps=max(total_steps - warmup, 1),

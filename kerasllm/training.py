@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import keras
 
-from kerasllm import catalog, diagnostics, distribute, files, memory, quiet, reports, saving
+from kerasllm import catalog, diagnostics, distribute, files, memory, optimizers, quiet, reports, saving
 from kerasllm.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.data.splits import check_unchanged
@@ -46,7 +46,6 @@ from kerasllm.finetuning import FinetuneHook, parameter_counts
 from kerasllm.hooks import BuildContext, Hook, Hooks
 from kerasllm.interrupts import graceful_stop
 from kerasllm.loops import LOOPS, StepClock, TimeBudget, spread_subset
-from kerasllm.optimizers import make_optimizer
 from kerasllm.progress import Reporter
 from kerasllm.pruning import PruneHook
 
@@ -64,7 +63,7 @@ def seed_everything(config: RunConfig) -> None:
 def compile_model(model, spec, task, config: RunConfig, schedule_steps: int, train: TrainConfig | None = None) -> None:
     metrics = {"weighted_metrics" if task.weighted_metrics else "metrics": task.metrics(spec)}
     model.compile(
-        optimizer=make_optimizer(train or config.train, schedule_steps),
+        optimizer=optimizers.make_optimizer(train or config.train, schedule_steps),
         loss=task.loss(spec, config),
         **metrics,
         jit_compile=config.runtime.jit_compile,
@@ -241,8 +240,12 @@ class Trainer:
             self.summary = {"model": self.spec.name, "parameters": int(self.model.count_params()),
                             "before_training": self.task.report(self.training_loop.evaluate(self.validation), self.data.record),
                             **self.hooks.summary(self.model)}
+        warmup = optimizers.warmup_steps(config.train.warmup_steps, self.state.schedule_steps)
+        shortened = ([f"train.warmup_steps={config.train.warmup_steps} is more than a quarter of the run's "
+                      f"{self.state.schedule_steps:,} steps, so warmup took {warmup} (a tenth) and the learning rate "
+                      "reached its peak"] if warmup != config.train.warmup_steps and config.train.schedule == "cosine" else [])
         self.summary.update(epochs_planned=config.train.epochs, parameter_counts=parameter_counts(self.model),
-                            notes=self.task.notes(self.data.record))
+                            notes=self.task.notes(self.data.record) + shortened, warmup_steps=warmup)
         if self.options.on_built:
             self.options.on_built(self.model)
         if self.console is not None and self.progress == "rich":  # announced once every check has passed

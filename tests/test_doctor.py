@@ -33,6 +33,7 @@ def test_each_trap_and_its_fix():
     mismatch = traps(dict(FOUND, **{"tensorflow-text": "2.20.0"}), {}, BF16, False)
     assert names(mismatch) == ["tensorflow-text does not match TensorFlow"] and "tensorflow-text==2.21.*" in mismatch[0]["fix"]
     assert names(traps(FOUND, {}, BF16, tpu=True)) == ["TensorFlow on a TPU runtime without tensorflow-tpu"]
+    assert names(traps(FOUND, {}, BF16, tpu=True, backend="jax")) == []  # the TPU path: Keras on JAX, TensorFlow for tf.data
     both = dict(FOUND, jax="0.10.2", **{"tensorflow-tpu": "2.20.0"})
     assert names(traps(both, {}, BF16, tpu=True)) == ["JAX and TensorFlow both installed for the TPU"]
     assert names(traps(FOUND, {}, {"avx2", "fma"}, False)) == ["no AVX-512-BF16 / AMX-BF16 on this CPU"]

@@ -75,6 +75,14 @@ def test_optimizer_recipe():
     assert type(sgd).__name__ == "SGD" and sgd.global_clipnorm is None
 
 
+def test_warmup_longer_than_a_quarter_of_the_run_becomes_a_tenth_of_it():
+    assert optimizers.warmup_steps(100, 76) == 7  # an 8-core TPU's share of a short run: the peak is reached
+    assert optimizers.warmup_steps(100, 2000) == 100 and optimizers.warmup_steps(0, 10) == 0
+    assert optimizers.warmup_steps(2, 6) == 1 and optimizers.warmup_steps(5, 0) == 5
+    optimizer = optimizers.make_optimizer(config_lib.TrainConfig(learning_rate=1e-2, warmup_steps=100), total_steps=76)
+    assert float(optimizer._learning_rate(7)) == pytest.approx(1e-2)  # the schedule itself (test_optimizer_recipe reads it so too)
+
+
 def test_early_stopping_keeps_the_best_weights(tmp_path, corpus_file):
     # A learning rate this large makes validation loss get worse after the first epoch.
     config = make_config(corpus_file, "train.epochs=6", "train.learning_rate=5.0", "train.early_stopping_patience=1",
