@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from kerasllm import __version__, catalog, compression, distribute, files, finetuning, generation, hub, memory, quiet, runs
 from kerasllm import config as config_lib
@@ -126,6 +126,12 @@ def load_tensorflow() -> None:
     quiet.load_tensorflow(debug=STATE["debug"])
 
 
+def new_table(*headers: str, whole: tuple = (), **options) -> Table:
+    """A rich table whose cells wrap at the console's width rather than end in "…" (a path or a key is copied whole);
+    the `whole` columns are not wrapped at all while the table fits."""
+    return Table(*(Column(header, overflow="fold", no_wrap=header in whole) for header in headers), **options)
+
+
 def print_json(value) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
@@ -144,9 +150,8 @@ def list_models(as_json: JsonFlag = False):
     ]
     if as_json:
         return print_json(rows)
-    table = Table(title="kerasllm models")
-    for column in ("name", "task", "parameters", "default data", "description"):
-        table.add_column(column, no_wrap=column in ("name", "task"))  # names are what the user types: never cut
+    table = new_table("name", "task", "parameters", "default data", "description", title="kerasllm models",
+                      whole=("name", "task"))  # names are what the user types
     for row in rows:
         parameters = f"{row['parameters']:,}" if row["parameters"] else "(the preset's)"
         table.add_row(row["name"], row["task"], parameters, row["default_data"], row["description"])
@@ -173,7 +178,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
         return print_json({"name": spec.name, "task": spec.task, "default_data": spec.default_data, "keys": rows,
                            "presets": spec.presets})
     console.print(f"[bold]{spec.name}[/] ({spec.task}): {spec.description}")
-    table = Table("key", "type", "default", "help")
+    table = new_table("key", "type", "default", "help", whole=("key",))  # a key is copied into --set
     table.columns[0].no_wrap = True  # keys are what `--set` takes: never cut
     for row in rows:
         table.add_row(row["key"], row["type"], repr(row["default"]), row["help"])
@@ -290,7 +295,7 @@ def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
         return print(json.dumps({"event": "summary", **summary, "run": str(run_dir)}, default=str))
     if quiet:
         return print(run_dir)
-    table = Table("metric", "before training", "after training", title=f"{spec.name}: validation")
+    table = new_table("metric", "before training", "after training", title=f"{spec.name}: validation")
     for key, value in summary["after_training"].items():
         table.add_row(key, f"{summary['before_training'].get(key, float('nan')):.4f}", f"{value:.4f}")
     console.print(table)
@@ -351,7 +356,7 @@ def evaluate(
         return print_json(results)
     where = results.pop("data")
     for table in run.task.tables(results, f"{run.spec.name} on {where}"):
-        rendered = Table(*table.columns, title=table.title)
+        rendered = new_table(*table.columns, title=table.title)
         for row in table.rows:
             rendered.add_row(*row)
         console.print(rendered)
@@ -575,7 +580,7 @@ def predict(
     rows = run.task.predict(model, run, inputs, top_k=top_k)
     if as_json:
         return print_json(rows)
-    table = Table("input", "class", "probability", "note", title=f"{run.spec.name} predictions")
+    table = new_table("input", "class", "probability", "note", title=f"{run.spec.name} predictions")
     for row in rows:
         for rank, guess in enumerate(row["predictions"]):
             first = rank == 0
@@ -749,7 +754,7 @@ def compress(
                                                on_note=lambda line: errors.print(f"note: {line}", highlight=False))
     if as_json:
         return print_json({"run": str(target), **summary})
-    table = Table("", "before", "after", "after / before", title=f"{summary['model']}: {method}, {source} → {target}")
+    table = new_table("", "before", "after", "after / before", title=f"{summary['model']}: {method}, {source} → {target}")
     for row in compression.table_rows(summary):
         table.add_row(*row)
     console.print(table)
@@ -788,7 +793,7 @@ def doctor(as_json: JsonFlag = False):
     found = doctor_report()
     if as_json:
         return print_json(found)
-    table = Table("what", "found", title="kerasllm doctor")
+    table = new_table("what", "found", title="kerasllm doctor")
     for name, version in found["versions"].items():
         table.add_row(name, version or "not installed")
     table.add_row("Keras backend", found["keras_backend"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import files
+from kerasllm import compat, files
 
 README = "README.md"
 MARK = "<!-- written by `kerasllm export`: each export into this folder rewrites its own section -->"
@@ -62,8 +62,6 @@ def example_record(batch, expected) -> str:
 
 def keras_imports(model) -> list[str]:
     """The imports a `.keras` / `.h5` file of `model` needs before `load_model`: where its layer classes live."""
-    from kerasllm import compat
-
     roots = {type(layer).__module__.split(".")[0] for layer in compat.nested_layers(model)}
     return [name for root, name in (("kerasllm", "kerasllm.zoo.layers"), ("keras_hub", "keras_hub")) if root in roots]
 

@@ -146,8 +146,9 @@ def test_piped_progress_is_whole_lines_at_any_width():
 def test_piped_tables_are_whole(runner):
     """Output that is not a terminal has no width to fit: tables keep every cell whole (no "parame…")."""
     for args in (["list"], ["info", "transformer-lm"]):
-        result = runner.invoke(cli.app, args, env={"COLUMNS": None})
-        assert result.exit_code == 0 and "…" not in result.output, result.output
+        for columns in (None, "80", "50"):  # piped, and an 80- or 50-column terminal: cells wrap, nothing ends in "…"
+            result = runner.invoke(cli.app, args, env={"COLUMNS": columns})
+            assert result.exit_code == 0 and "…" not in result.output, result.output
     assert "parameters" in runner.invoke(cli.app, ["list"]).output
     assert "model_args.intermediate_dim" in runner.invoke(cli.app, ["info", "transformer-lm"]).output
 

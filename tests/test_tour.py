@@ -21,10 +21,12 @@ OWN = ("note: ", "warning: ")  # the prefixes of kerasllm's own lines on stderr
 
 
 def kerasllm(folder: Path, *args, env: dict | None = None) -> str:
-    """Run one command as a user would; fail on a non-zero exit or any stderr line that is not kerasllm's own."""
+    """Run one command as a user would (piped, COLUMNS=80); fail on a non-zero exit, a "…" that cut something, or any
+    stderr line that is not kerasllm's own."""
     done = subprocess.run([sys.executable, "-m", "kerasllm", *map(str, args)], cwd=folder, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+                          env={**os.environ, "COLUMNS": "80", **(env or {})}, timeout=600)
     assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    assert "…" not in done.stdout, (args, done.stdout)  # at 80 columns, piped: tables wrap, lines stay whole
     foreign = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(OWN)]
     assert foreign == [], (args, foreign)
     return done.stdout

@@ -1,0 +1,97 @@
+"""Where a training run's memory goes: peak RSS of `train transformer-lm --preset P` for a few steps, phase by phase,
+against what the run needs (weights + gradients + two Adam moments + activations, `kerasllm.memory.step_bytes`) on top
+of the runtime's baseline (RSS once TensorFlow and Keras are imported).
+
+    python bench/memory.py [--presets tiny small base] [--data ../shared/data/tinyshakespeare/input.txt] [--steps 5]
+
+Each preset (and each variant: XLA on, XLA off) runs in its own process, through kerasllm's Trainer, phase by phase
+(the imports, prepare: data and tokenizer, build: model and compile, loop: the steps with their XLA compilation and
+one validation, finalize); the process's peak RSS (`ru_maxrss`) is read after each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import machine  # noqa: E402
+
+CHILD = r'''
+import json, resource, sys, time
+from pathlib import Path
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+preset, data, steps, jit, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", Path(sys.argv[5])
+marks = {"start": peak()}
+from kerasllm import catalog, distribute, memory, quiet
+from kerasllm import config as config_lib
+quiet.load_tensorflow()
+from kerasllm import training
+marks["imports (TensorFlow, Keras)"] = peak()
+spec = catalog.model("transformer-lm")
+sets = [f"data.source={data}", "train.epochs=1", f"train.steps_per_epoch={steps}", f"runtime.jit_compile={str(jit).lower()}",
+        f"runtime.steps_per_execution=1", "train.sample_length=0", "train.validation_steps=2"]
+config = config_lib.resolve(spec, None, sets, preset=preset)
+trainer = training.Trainer(config, out, training.RunOptions(progress="quiet"))
+trainer.strategy = distribute.get_strategy("auto")
+started = time.time()
+trainer.prepare()
+marks["prepare (data, tokenizer)"] = peak()
+trainer.build()
+marks["build (model, compile)"] = peak()
+trainer.loop()
+marks["loop (XLA compilation, steps, validation)" if jit else "loop (steps, validation)"] = peak()
+trainer.finalize()
+marks["finalize (model.keras, card)"] = peak()
+fixed, per_example = memory.step_bytes(trainer.model, config.data.sequence_length, training=True)
+print(json.dumps({"marks": marks, "parameters": int(trainer.model.count_params()), "batch": config.train.batch_size,
+                  "length": config.data.sequence_length, "fixed_mb": fixed / 2**20,
+                  "activations_mb": per_example * config.train.batch_size / 2**20, "seconds": time.time() - started}))
+'''
+
+
+def measure(preset: str, data: str, steps: int, jit: bool) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        done = subprocess.run([sys.executable, "-c", CHILD, preset, data, str(steps), "1" if jit else "0", str(Path(folder) / "run")],
+                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    if done.returncode != 0:
+        raise SystemExit(f"{preset}: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small", "base"])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    print(f"machine: {machine()}")
+    for preset in args.presets:
+        for jit in (True, False):
+            found = measure(preset, args.data, args.steps, jit)
+            marks = found["marks"]
+            baseline = marks["imports (TensorFlow, Keras)"]
+            need = baseline + found["fixed_mb"] + found["activations_mb"]
+            top = max(marks.values())
+            print(f"\n{preset} (XLA {'on' if jit else 'off'}): {found['parameters']:,} parameters, batch {found['batch']} × "
+                  f"{found['length']} tokens, {found['seconds']:.0f} s")
+            previous = 0.0
+            for phase, value in marks.items():
+                print(f"  {phase:<45} peak {value:8.0f} MB  (+{value - previous:6.0f})")
+                previous = value
+            print(f"  needed: baseline {baseline:.0f} + weights, gradients, Adam moments {found['fixed_mb']:.0f} + activations "
+                  f"{found['activations_mb']:.0f} = {need:.0f} MB; peak {top:.0f} MB = {top / need:.2f}× that")
+
+
+if __name__ == "__main__":
+    main()
