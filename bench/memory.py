@@ -2,7 +2,8 @@
 against what the run needs (weights + gradients + two Adam moments + activations, `kerasllm.memory.step_bytes`) on top
 of the runtime's baseline (RSS once TensorFlow and Keras are imported).
 
-    python bench/memory.py [--presets tiny small base] [--data ../shared/data/tinyshakespeare/input.txt] [--steps 5]
+    python bench/memory.py [--presets tiny small] [--data ../shared/data/tinyshakespeare/input.txt] [--steps 5] [--set KEY=VALUE]
+    python bench/memory.py --presets base --set train.batch_size=2   # GPT-2 small's shape: a batch that fits in RAM
 
 Each preset (and each variant: XLA on, XLA off) runs in its own process, through kerasllm's Trainer, phase by phase
 (the imports, prepare: data and tokenizer, build: model and compile, loop: the steps with their XLA compilation and
@@ -31,7 +32,7 @@ from pathlib import Path
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-preset, data, steps, jit, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", Path(sys.argv[5])
+preset, data, steps, jit, out, more = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", Path(sys.argv[5]), sys.argv[6:]
 marks = {"start": peak()}
 from kerasllm import catalog, distribute, memory, quiet
 from kerasllm import config as config_lib
@@ -40,7 +41,7 @@ from kerasllm import training
 marks["imports (TensorFlow, Keras)"] = peak()
 spec = catalog.model("transformer-lm")
 sets = [f"data.source={data}", "train.epochs=1", f"train.steps_per_epoch={steps}", f"runtime.jit_compile={str(jit).lower()}",
-        f"runtime.steps_per_execution=1", "train.sample_length=0", "train.validation_steps=2"]
+        "runtime.steps_per_execution=1", "train.sample_length=0", "train.validation_steps=2", *more]
 config = config_lib.resolve(spec, None, sets, preset=preset)
 trainer = training.Trainer(config, out, training.RunOptions(progress="quiet"))
 trainer.strategy = distribute.get_strategy("auto")
@@ -60,9 +61,10 @@ print(json.dumps({"marks": marks, "parameters": int(trainer.model.count_params()
 '''
 
 
-def measure(preset: str, data: str, steps: int, jit: bool) -> dict:
+def measure(preset: str, data: str, steps: int, jit: bool, sets: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as folder:
-        done = subprocess.run([sys.executable, "-c", CHILD, preset, data, str(steps), "1" if jit else "0", str(Path(folder) / "run")],
+        done = subprocess.run([sys.executable, "-c", CHILD, preset, data, str(steps), "1" if jit else "0", str(Path(folder) / "run"),
+                               *sets],
                               capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     if done.returncode != 0:
         raise SystemExit(f"{preset}: {done.stderr[-3000:]}")
@@ -71,14 +73,15 @@ def measure(preset: str, data: str, steps: int, jit: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small", "base"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="more settings for every run (KEY=VALUE)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     for preset in args.presets:
         for jit in (True, False):
-            found = measure(preset, args.data, args.steps, jit)
+            found = measure(preset, args.data, args.steps, jit, args.sets)
             marks = found["marks"]
             baseline = marks["imports (TensorFlow, Keras)"]
             need = baseline + found["fixed_mb"] + found["activations_mb"]
@@ -89,8 +92,8 @@ def main() -> None:
             for phase, value in marks.items():
                 print(f"  {phase:<45} peak {value:8.0f} MB  (+{value - previous:6.0f})")
                 previous = value
-            print(f"  needed: baseline {baseline:.0f} + weights, gradients, Adam moments {found['fixed_mb']:.0f} + activations "
-                  f"{found['activations_mb']:.0f} = {need:.0f} MB; peak {top:.0f} MB = {top / need:.2f}× that")
+            print(f"  needed: baseline {baseline:.0f} + weights, gradients, Adam moments {found['fixed_mb']:.0f} + activations and "
+                  f"their gradients {found['activations_mb']:.0f} = {need:.0f} MB; peak {top:.0f} MB = {top / need:.2f}× that")
 
 
 if __name__ == "__main__":

@@ -59,17 +59,33 @@ def example_length(element_spec) -> int:
 
 
 def activations_per_example(model, length: int) -> int:
-    """Elements per example passed between the graph's layers, plus each attention layer's scores (heads × T × T);
-    `length` stands in for an axis the model leaves open (a sequence's)."""
+    """Elements per example passed between the graph's layers, plus each attention layer's scores (heads × T × T) and
+    what a Transformer block keeps inside itself (`block_internals`); `length` stands in for an axis the model leaves
+    open (a sequence's)."""
     import keras
 
     total = 0
     for layer in compat.nested_layers(model)[1:]:
         if not isinstance(layer, keras.Model):  # a nested model's outputs are its last layer's, counted there
             total += sum(_elements(output.shape, length) for output in _outputs(layer) if hasattr(output, "shape"))
+            total += block_internals(layer, length)
         if _heads(layer) and not any(_heads(inner) for inner in compat.nested_layers(layer)[1:]):  # innermost attention
             total += _heads(layer) * length * length
     return total
+
+
+def block_internals(layer, length: int) -> int:
+    """Elements per example a Transformer block (heads and an `intermediate_dim`: the zoo's DecoderBlock, keras-hub's
+    encoder and decoder blocks) keeps inside itself for the backward pass: its two normalised inputs, the query, key
+    and value, the attention's output, and the MLP's activations before and after GELU, per token 6 × hidden + 2 ×
+    intermediate (as Korthikanti et al. 2022 count them, less dropout masks). Without these the bound for the `small`
+    transformer-lm was 840 MB of activations where the run held over 2 GB."""
+    intermediate, outputs = getattr(layer, "intermediate_dim", None), _outputs(layer)
+    if not (_heads(layer) and isinstance(intermediate, int) and outputs and hasattr(outputs[0], "shape")):
+        return 0
+    shape = list(outputs[0].shape)
+    tokens = shape[1] if isinstance(shape[1], int) else length
+    return tokens * (6 * int(shape[-1]) + 2 * intermediate)
 
 
 def _heads(layer) -> int:

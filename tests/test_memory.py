@@ -26,6 +26,17 @@ def test_the_bound_counts_graph_tensors_and_attention_scores_with_open_axes_take
     assert memory.step_bytes(model, 10, training=False) == (model.count_params() * 4, 1030 * 4)
 
 
+def test_a_transformer_block_counts_what_it_keeps_inside_for_the_backward_pass():
+    from kerasllm.zoo.layers import DecoderBlock
+
+    tokens = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(50, 16)(tokens)
+    model = keras.Model(tokens, DecoderBlock(intermediate_dim=64, num_heads=2)(x))
+    # ids 1 + embedding 16 + block output 16 per token; inside the block 6 × 16 + 2 × 64; 2 heads × T × T scores
+    assert memory.block_internals(model.layers[-1], 10) == 10 * (6 * 16 + 2 * 64)
+    assert memory.activations_per_example(model, 10) == 10 * (1 + 16 + 16) + 10 * (6 * 16 + 2 * 64) + 2 * 10 * 10
+
+
 def test_a_batch_over_free_memory_is_one_line_with_the_largest_that_can_fit():
     model = small_lm()
     fixed, per_example = memory.step_bytes(model, 10, training=True)
