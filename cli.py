@@ -400,6 +400,7 @@ def generate(
     write = lambda text: (sys.stdout.write(text), sys.stdout.flush())
     preset = None if source.is_file() or files.is_run_dir(source) else hub.resolve(str(source))
     if preset is not None:  # a keras-hub causal LM: kerasllm's samplers over its own cache
+        hub.check_reachable(preset, "model")  # offline: one line in seconds, before TensorFlow loads
         load_tensorflow()
         lm = hub.PresetLM(preset)
         generation.write_generations(lambda texts, **more: lm.generate(texts, **options, **more), prompts, write, continues_prompt=True)
@@ -428,6 +429,7 @@ def download(
     out = out or Path("presets") / preset.rstrip("/").split("/")[-1].removeprefix("kaggle:").removeprefix("hf:")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; pass another --out (nothing there is overwritten)")
+    hub.check_reachable(handle, "files", hub.DOWNLOAD_ELSEWHERE)  # offline: one line in seconds, before TensorFlow loads
     load_tensorflow()
     saved = hub.download(handle, out)
     console.print(f"saved {handle} to {out}: {', '.join(saved)}", highlight=False)

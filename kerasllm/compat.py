@@ -10,6 +10,8 @@ modules that `kerasllm list` loads.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 KERAS_CHECKED = "3.15.1"
 KERAS_HUB_CHECKED = "0.32.0"
 
@@ -85,6 +87,32 @@ def preset_file(preset: str, name: str) -> str:
 
 
 PRESET_CONFIG_FILES = ("config.json", "metadata.json")  # keras-hub's preset_utils.CONFIG_FILE and METADATA_FILE
+
+
+def hub_preset_handles() -> dict[str, str]:
+    """{bare preset name: its handle} from the preset lists keras-hub ships (`keras_hub/src/models/*/*_presets.py`, plain
+    dict literals), read without importing keras-hub, which imports TensorFlow: a name resolves, and offline fails, in
+    a second or two. Empty when the layout has changed (checked on keras-hub 0.32.0: 70 files)."""
+    import ast
+    import importlib.util
+
+    found = importlib.util.find_spec("keras_hub")
+    handles = {}
+    for folder in (found.submodule_search_locations or []) if found else []:
+        for path in sorted(Path(folder).glob("src/models/*/*_presets.py")):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (OSError, SyntaxError, ValueError):
+                continue
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
+                    try:
+                        presets = ast.literal_eval(node.value)
+                    except ValueError:
+                        continue
+                    handles.update({name: value["kaggle_handle"] for name, value in presets.items()
+                                    if isinstance(value, dict) and isinstance(value.get("kaggle_handle"), str)})
+    return handles
 
 
 def hub_build_cache(causal_lm, token_ids):

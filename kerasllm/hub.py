@@ -24,13 +24,13 @@ SCHEMES = ("kaggle://", "hf://", "modelscope://")
 HOSTS = {"kaggle://": "www.kaggle.com", "hf://": "huggingface.co", "modelscope://": "www.modelscope.cn"}
 
 
-def check_reachable(preset: str, what: str) -> None:
+def check_reachable(preset: str, what: str,
+                    fix: str = "download it on a machine with a network (`kerasllm download`) and pass the local preset folder") -> None:
     """A handle's host is asked first, in about two seconds: offline, the libraries retried for half a minute and then
     blamed a missing config.json."""
     host = next((host for scheme, host in HOSTS.items() if preset.startswith(scheme)), None)
     if host is not None:
-        network.require(host, f"load the {what} of preset {preset}",
-                        "download it on a machine with a network (keras-hub `save_to_preset`) and pass the local preset folder")
+        network.require(host, f"load the {what} of preset {preset}", fix)
 TOKENIZER_PRESET_DIR = files.HUB_TOKENIZER_DIR
 
 
@@ -47,6 +47,9 @@ def named_handle(name: str) -> str | None:
     `from_preset` takes it), from the preset list keras-hub ships; None for any other text."""
     if not name or "/" in name or Path(name).expanduser().exists() or not name.replace("_", "").replace(".", "").isalnum():
         return None
+    handles = compat.hub_preset_handles()  # without importing keras-hub (and TensorFlow)
+    if handles:
+        return handles.get(name)
     import keras_hub
 
     known = {**keras_hub.models.Backbone.presets, **keras_hub.tokenizers.Tokenizer.presets}
@@ -102,10 +105,13 @@ def load_causal_lm(preset: str):
         raise _failed("model", preset, error) from error
 
 
+DOWNLOAD_ELSEWHERE = "run `kerasllm download` on a machine with a network and copy the folder it writes here"
+
+
 def download(preset: str, out: Path) -> list[str]:
     """Save the preset's backbone, tokenizer and (for a causal LM) task into `out`, a local preset folder that every
     command takes in its place; returns what was saved."""
-    check_reachable(preset, "files")
+    check_reachable(preset, "files", DOWNLOAD_ELSEWHERE)
     import keras_hub
 
     try:

@@ -3,6 +3,7 @@ would retry for minutes, so that an offline machine gets one whole line instead.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from kerasllm.errors import UserError
@@ -14,7 +15,10 @@ _reachable: dict[str, bool] = {}
 
 
 def reachable(host: str, port: int = 443, timeout: float = TIMEOUT_SECONDS) -> bool:
-    """Whether a TCP connection to `host:port` opens within `timeout` (remembered for the process)."""
+    """Whether a TCP connection to `host:port` opens within `timeout` (remembered for the process); never, with
+    `KERASLLM_OFFLINE=1` (as Hugging Face's `HF_HUB_OFFLINE`: work from local files only, and say so at once)."""
+    if os.environ.get("KERASLLM_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
     if host not in _reachable:
         try:
             with socket.create_connection((host, port), timeout=timeout):

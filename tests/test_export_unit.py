@@ -82,8 +82,19 @@ def test_offline_a_preset_handle_is_one_line_before_any_retry(monkeypatch):
     with pytest.raises(UserError) as error:
         hub.load_backbone("hf://keras/bert_tiny_en_uncased")
     assert str(error.value) == ("cannot reach huggingface.co to load the backbone of preset hf://keras/bert_tiny_en_uncased "
-                                "(no network?); download it on a machine with a network (keras-hub `save_to_preset`) and "
+                                "(no network?); download it on a machine with a network (`kerasllm download`) and "
                                 "pass the local preset folder")
+
+
+def test_preset_names_read_from_keras_hubs_files_agree_with_its_lists():
+    from kerasllm import compat
+
+    handles = compat.hub_preset_handles()  # read without importing keras-hub (tests/test_tour.py times it)
+    assert handles["gpt2_base_en"].startswith("kaggle://keras/gpt2/keras/gpt2_base_en/")
+    import keras_hub  # the lists keras-hub registers when imported: every backbone preset is there, with the same handle
+
+    registered = {name: value["kaggle_handle"] for name, value in keras_hub.models.Backbone.presets.items()}
+    assert {name: handles.get(name) for name in registered} == registered
 
 
 def test_an_export_carries_what_the_model_needs_beside_it(trained_run, runner, tmp_path):

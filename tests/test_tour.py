@@ -102,3 +102,19 @@ def test_the_jax_and_chat_tour(tmp_path, corpus_file):
     kerasllm(tmp_path, "train", "transformer-lm", "--task", "chat", "--out", chat, "--epochs", "1", *TINY_LM,
              *settings("train.steps_per_epoch=3"))
     kerasllm(tmp_path, "compress", chat, "--method", "int8")  # oneDNN's "DT_INT8 only on platforms with AVX-512" line
+
+
+@pytest.mark.slow
+def test_offline_a_preset_by_name_is_one_line_in_seconds(tmp_path):
+    """`KERASLLM_OFFLINE=1` (or no network): the name resolves from keras-hub's own lists without loading TensorFlow,
+    and the command ends with kerasllm's one line before anything else is imported or retried."""
+    import time
+
+    for args in (["generate", "gpt2_base_en", "--prompt", "Hello"], ["download", "gpt2_base_en"]):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "kerasllm", *args], cwd=tmp_path, capture_output=True, text=True,
+                              env={**INHERITED, "KERASLLM_OFFLINE": "1"}, timeout=120)
+        seconds = time.monotonic() - started
+        assert done.returncode == 2 and done.stderr.startswith("error: cannot reach www.kaggle.com"), (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and seconds < 5, (args, seconds, done.stderr)
+    assert not (tmp_path / "presets").exists()
