@@ -109,8 +109,8 @@ DOWNLOAD_ELSEWHERE = "run `kerasllm download` on a machine with a network and co
 
 
 def download(preset: str, out: Path) -> list[str]:
-    """Save the preset's backbone, tokenizer and (for a causal LM) task into `out`, a local preset folder that every
-    command takes in its place; returns what was saved."""
+    """Save the preset's backbone and tokenizer into `out`, a local preset folder that every command takes in its place
+    (`CausalLM.from_preset` builds a causal LM's head and preprocessor from them); returns what was saved."""
     check_reachable(preset, "files", DOWNLOAD_ELSEWHERE)
     import keras_hub
 
