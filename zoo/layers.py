@@ -170,9 +170,12 @@ class DecoderBlock(keras.layers.Layer):
             query, key = self.rotary(query, start_index=index), self.rotary(key, start_index=index)
         new_cache = None
         if self_attention_cache is not None:
+            # written in the cache's dtype: under mixed_bfloat16 on JAX, slice updates must match it exactly
+            key, value = ops.cast(key, self_attention_cache.dtype), ops.cast(value, self_attention_cache.dtype)
             start = [0, index, 0, 0]
             key = ops.slice_update(self_attention_cache[:, 0], start, key)  # (batch, context, heads, head_dim)
             value = ops.slice_update(self_attention_cache[:, 1], start, value)
+            query = ops.cast(query, key.dtype)
             new_cache = ops.stack([key, value], axis=1)
         attended = self._attend(query, key, value, index)
         attended = ops.reshape(attended, (batch, length, self.num_heads * self.head_dim))
@@ -187,8 +190,9 @@ class DecoderBlock(keras.layers.Layer):
         query, key = self.rotate_rows(query, key, index)
         context = ops.shape(cache)[2]
         place = ops.one_hot(index, context, dtype=cache.dtype)[:, :, None, None]  # (batch, context, 1, 1)
-        key = cache[:, 0] * (1 - place) + place * key  # (batch, context, heads, head_dim)
-        value = cache[:, 1] * (1 - place) + place * value
+        key = cache[:, 0] * (1 - place) + place * ops.cast(key, cache.dtype)  # (batch, context, heads, head_dim)
+        value = cache[:, 1] * (1 - place) + place * ops.cast(value, cache.dtype)
+        query = ops.cast(query, cache.dtype)
         return self.finish_rows(x, query, key, value, index, training), ops.stack([key, value], axis=1)
 
     def project_rows(self, x, index):
