@@ -189,15 +189,20 @@ def _tflite_runner(path: Path):
     names = list(runner.get_input_details())
 
     def run(batch):
-        if isinstance(batch, dict):  # the converter may prefix the names: match each to the one input it ends with
-            feeds = {name: next(batch[key] for key in sorted(batch, key=len, reverse=True) if name.endswith(key)) for name in names}
-        else:
-            (name,) = names
-            feeds = {name: batch}
-        (value,) = runner(**feeds).values()
+        (value,) = runner(**{name: batch if key is None else batch[key] for name, key in tflite_feeds(names, batch)}).values()
         return np.asarray(value)
 
     return run
+
+
+def tflite_feeds(names: list[str], batch) -> list[tuple[str, str | None]]:
+    """(the interpreter's input name, the batch's key for it; None for a one-tensor batch): the converter may prefix
+    the names, so each is matched to the one input name it ends with (the longest first)."""
+    if not isinstance(batch, dict):
+        (name,) = names
+        return [(name, None)]
+    keys = sorted(batch, key=len, reverse=True)
+    return [(name, next(key for key in keys if name.endswith(key))) for name in names]
 
 
 def write(model, fmt: str, out: Path, batch, endpoints: list | None = None, quantize: str = "none", calibration=()):
@@ -336,11 +341,12 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
     out = Path(out)
     tolerance = _check_request(model, fmt, quantize, tolerance, out, overwrite)
     batch = sample if sample is not None else sample_batch(model)
+    source_outputs = np.asarray(model.predict_on_batch(batch))  # the parity check's first batch, and the example's outputs
     scratch = Path(tempfile.mkdtemp(prefix="kerasllm-export-"))
     companions = list(companions)
     if guide:
         example = scratch / EXAMPLE_FILE
-        example.write_text(export_guide.example_record(batch, model.predict_on_batch(batch)), encoding="utf-8")
+        example.write_text(export_guide.example_record(batch, source_outputs), encoding="utf-8")
         companions.append((example, out.with_name(f"{out.stem}.{EXAMPLE_FILE}")))
     beside = [(source, target) for source, target in companions if not target.is_relative_to(out) and not _same(source, target)]
     taken = [target for _, target in beside if target.exists() and not overwrite]  # another run's, or edited
@@ -357,7 +363,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
         with captured_stderr():
             run_copy = write(model, fmt, staging, batch, endpoints, quantize, calibration)
             checks = [batch, *calibration[:8]]
-            expected = [np.asarray(model.predict_on_batch(b)) for b in checks]
+            expected = [source_outputs, *(np.asarray(model.predict_on_batch(b)) for b in checks[1:])]
             actual = [run_copy(b) for b in checks]
             result = ExportResult(out, fmt, max(float(np.max(np.abs(a - e))) for a, e in zip(actual, expected)), tolerance,
                                   quantize, float(np.mean([agreement(e, a) for e, a in zip(expected, actual)])),
@@ -424,8 +430,7 @@ def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, t
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             names = list(tf.lite.Interpreter(model_path=str(out)).get_signature_runner().get_input_details())
-        keys = ["inputs"] if single else sorted(batch, key=len, reverse=True)
-        usage.feeds = [(name, next(key for key in keys if single or name.endswith(key))) for name in names]
+        usage.feeds = [(name, key or "inputs") for name, key in tflite_feeds(names, batch)]
     tokenizer_file = next((source for source, _ in companions if source.name == TOKENIZER_FILE), None)
     if single and np.ndim(expected) == 3 and tokenizer_file is not None and tokenizer_file.is_file():
         usage.next_tokens = "vocabulary" in json.loads(tokenizer_file.read_text(encoding="utf-8"))
