@@ -630,11 +630,10 @@ def finetune(
     flags = config_lib.flag_overrides({"train.epochs": epochs, "train.seed": seed, "runtime.strategy": strategy})
     load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden
     found = finetuning.resolve_base(base)
-    if task is not None and found.run is not None:
-        flags += task_flags(found.run.spec, task, data)
-    elif task is not None:
-        raise UserError("--task with a keras-hub preset base is not supported yet; fine-tune a transformer-lm run with --task chat")
-    spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after)
+    if task is not None:
+        flags += task_flags(found.run.spec if found.run is not None else catalog.model(finetuning.preset_family(task)), task, data)
+    spec, config = finetuning.finetune_config(found, data, [*(overrides or []), *flags], method, lora_rank, unfreeze_after,
+                                              task=task)
     show_notes(config)
     run_dir = runs.plan_new_run(spec.name, out, overwrite, config_lib.local_paths(config.data.source, found.source))
     STATE["run_dir"] = run_dir

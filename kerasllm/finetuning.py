@@ -86,8 +86,23 @@ def resolve_base(base: str) -> Base:
     return Base(str(model_file.resolve()), "run", file_sha256(model_file), run)
 
 
-def finetune_config(base: Base, data: str | None, overrides: list[str], method: str, lora_rank: int, unfreeze_after: int):
-    """The new run's spec and config: the base's architecture and tokenizer, the model's fine-tuning recipe, the user's settings."""
+PRESET_FAMILIES = {"chat": "hub-causal-lm", "text-classification": "hub-classifier"}
+
+
+def preset_family(task: str | None) -> str:
+    """The model a keras-hub preset is fine-tuned into for `--task` (a classifier without one)."""
+    if task is None:
+        return "hub-classifier"
+    if task not in PRESET_FAMILIES:
+        raise UserError(f"a keras-hub preset fine-tunes for {' or '.join(PRESET_FAMILIES)}, not {task}; drop --task for "
+                        "classification, or pass --task chat")
+    return PRESET_FAMILIES[task]
+
+
+def finetune_config(base: Base, data: str | None, overrides: list[str], method: str, lora_rank: int, unfreeze_after: int,
+                    task: str | None = None):
+    """The new run's spec and config: the base's architecture and tokenizer, the model's fine-tuning recipe, the user's
+    settings. A preset base becomes `hub-causal-lm` for `task` chat, else `hub-classifier`."""
     for item in overrides:
         key = item.partition("=")[0].strip()
         if key.startswith(("model_args.", "model.")) and not key.endswith((".dropout", ".pooling")):
@@ -95,7 +110,7 @@ def finetune_config(base: Base, data: str | None, overrides: list[str], method: 
         if key in (f"data.{name}" for name in INHERITED_DATA_KEYS):
             raise UserError(f"--set {key}: the tokenizer is inherited from the base; drop it (or train a new model with `kerasllm train`)")
     if base.kind == "preset":
-        spec = catalog.model("hub-classifier")
+        spec = catalog.model(preset_family(task))
         saved = {"model_args": {"preset": base.source}}
     else:
         spec = base.run.spec
@@ -217,7 +232,9 @@ def lora_targets(model, spec) -> list:
 def check_lora_rank(targets: list, rank: int) -> None:
     """A rank above the adapted matrices' smaller side adds parameters and no expressiveness (the update is full rank
     already); `--lora-rank 100000` on a 16-wide model once made 99.93 % of the weights trainable."""
-    widths = [min(int(sub.kernel.shape[0]), int(np.prod(sub.kernel.shape[1:]))) for sub in targets]  # in, all outputs
+    # Keras' adapters are A (all axes but the last, rank) and B (rank, last axis): Dense (in, out), keras-hub's
+    # per-head EinsumDense kernels (heads, hidden, head_dim)
+    widths = [min(int(np.prod(sub.kernel.shape[:-1])), int(sub.kernel.shape[-1])) for sub in targets]
     if widths and rank > min(widths):
         raise UserError(f"--lora-rank {rank} is more than the model's width at the adapted projections ({min(widths)}); use a "
                         f"rank of at most {min(widths)} (4-16 is usual)")

@@ -10,12 +10,14 @@ saves it into the run folder as a preset, so a run never needs the network again
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from kerasllm import compat, files, generation, network
 from kerasllm.errors import UserError
+from kerasllm.quiet import captured_stderr
 
 # Lazy imports: keras-hub is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.
@@ -79,7 +81,8 @@ def load_tokenizer(preset: str) -> "HubTokenizer":
     import keras_hub
 
     try:
-        return HubTokenizer(keras_hub.tokenizers.Tokenizer.from_preset(preset), preset)
+        with captured_stderr():  # a SentencePiece model logs "normalizer.cc(51) LOG(INFO) …" on fd 2 as it loads
+            return HubTokenizer(keras_hub.tokenizers.Tokenizer.from_preset(preset), preset)
     except Exception as error:
         raise _failed("tokenizer", preset, error) from error
 
@@ -90,13 +93,15 @@ def resolve(name: str) -> str | None:
     return preset if is_preset(preset) else None
 
 
-def load_causal_lm(preset: str):
-    """A keras-hub causal LM (GPT-2, Gemma, Llama …) with its preprocessor and tokenizer, from a preset that has one."""
+def load_causal_lm(preset: str, **kwargs):
+    """A keras-hub causal LM (GPT-2, Gemma, Llama …) with its preprocessor and tokenizer, from a preset that has one
+    (`preprocessor=None`: the model alone)."""
     check_reachable(preset, "model")
     import keras_hub
 
     try:
-        return keras_hub.models.CausalLM.from_preset(preset)
+        with captured_stderr():  # its tokenizer's SentencePiece model logs on fd 2 as it loads
+            return keras_hub.models.CausalLM.from_preset(preset, **kwargs)
     except Exception as error:
         first = (str(error).splitlines() or [type(error).__name__])[0][:200]
         if "CausalLM" in first or "class" in first.lower():
@@ -166,6 +171,38 @@ class CausalLMDecoder:
     def select(self, state, rows):
         return [state[int(row)] for row in rows]
 
+    # --- slots (`kerasllm serve`): each row keeps its own cache and position, and steps alone --------------------
+    per_row = True  # rows may stand at different positions: each is its own call (keras-hub's cache takes one index)
+
+    @property
+    def context(self) -> int:
+        return self.length
+
+    def slot_caches(self, slots: int) -> list:
+        return [None] * slots
+
+    def prefill(self, ids):
+        """Read one prompt (its last `length` ids): its next-token logits (vocab,) and its row's (cache, position)."""
+        logits, state = self.start([np.asarray(ids, np.int32)[-self.length:]])
+        return logits[0], state[0]
+
+    def put(self, caches: list, row: int, row_caches) -> list:
+        caches[row] = row_caches
+        return caches
+
+    def step_rows(self, caches: list, tokens, positions, busy=None):
+        """One new token for each busy row (all rows that ever held a request when `busy` is None), each at its own
+        position: logits (rows, vocab), zeros for idle rows, and the caches."""
+        busy = [cache is not None for cache in caches] if busy is None else busy
+        logits = None
+        for row, (token, position) in enumerate(zip(tokens, positions)):
+            if not busy[row] or caches[row] is None:
+                continue
+            row_logits, caches[row] = self._next(int(token), caches[row][0], int(position))
+            logits = np.zeros((len(tokens), row_logits.shape[-1])) if logits is None else logits
+            logits[row] = row_logits
+        return (np.zeros((len(tokens), 1)) if logits is None else logits), caches
+
 
 class PresetLM:
     """A keras-hub causal-LM preset behind `kerasllm generate`: its tokenizer, kerasllm's samplers and beam search."""
@@ -213,6 +250,7 @@ class HubTokenizer:
 
     def __init__(self, tokenizer, preset: str):
         self.tokenizer, self.preset = tokenizer, preset
+        self.end_id: int | None = None  # the token that ends generated text, where a chat template's differs from [EOS]
         self.special_tokens = {name: int(getattr(tokenizer, attribute)) for name, attribute in self.NAMES.items()
                                if getattr(tokenizer, attribute, None) is not None}
         oov = getattr(tokenizer, "oov_token", None)
@@ -233,10 +271,40 @@ class HubTokenizer:
 
     @property
     def eos_id(self) -> int | None:
-        return self.special_tokens.get("eos")
+        return self.end_id if self.end_id is not None else self.special_tokens.get("eos")
+
+    def token_id(self, text: str) -> int | None:
+        """The id of a token spelled `text` in the vocabulary (a special token such as `<|eot_id|>`), else None."""
+        try:
+            found = self.tokenizer.token_to_id(text)
+        except (KeyError, ValueError):
+            return None
+        found = int(found) if found is not None else None
+        return found if found is not None and found >= 0 and self.tokenizer.id_to_token(found) == text else None
+
+    def encode_literally(self, text: str, specials=()) -> np.ndarray:
+        """`text` as text: where it spells a special token (the tokenizer's or one of `specials`), that spelling is
+        encoded as characters, never as the token (keras-hub's tokenizers turn `<|eot_id|>` typed by a user into the
+        control token itself)."""
+        known = set(specials) | {str(t) for t in (getattr(self.tokenizer, "special_tokens", None) or [])}
+        known |= {str(t) for t in (getattr(self.tokenizer, "unsplittable_tokens", None) or [])}
+        known = sorted((t for t in known if len(t) > 1 and t in text), key=len, reverse=True)
+        if not known:
+            return self.encode(text)
+        parts = []
+        for piece in re.split("(" + "|".join(map(re.escape, known)) + ")", text):
+            if piece in known:  # its first character apart: no longer the token's spelling
+                parts += [self.encode(piece[:1]), self.encode_literally(piece[1:], specials)]
+            elif piece:
+                parts.append(self.encode(piece))
+        return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+    def token_text(self, token_id: int) -> str:
+        """How the vocabulary spells token `token_id` (special tokens included)."""
+        return str(self.tokenizer.id_to_token(int(token_id)))
 
     def never_generated(self) -> list[int]:
-        """Ids a sampler must not produce: every special token but [EOS] (GPT-2's start and padding are its end too)."""
+        """Ids a sampler must not produce: every special token but the end (GPT-2's start and padding are its end too)."""
         return sorted(set(self.special_tokens.values()) - {self.eos_id})
 
     def encode(self, text: str) -> np.ndarray:

@@ -286,8 +286,8 @@ def load_served(run, model, max_batch: int, max_queue: int, max_tokens: int) -> 
                         "(transformer-lm, trained or tuned for chat)")
     decoder = run.spec.decoder(model) if run.spec.decoder is not None else None
     if not hasattr(decoder, "per_row"):
-        raise UserError(f"{run.path} is {run.spec.name}; `kerasllm serve` batches transformer-lm's key/value caches, so it "
-                        f"serves transformer-lm runs (use `kerasllm generate {run.path}` for this one)")
+        raise UserError(f"{run.path} is {run.spec.name}; `kerasllm serve` keeps a key/value cache per request, so it serves "
+                        f"transformer-lm runs and runs tuned from keras-hub presets (use `kerasllm generate {run.path}` for this one)")
     if max_tokens < 1:
         raise UserError("--max-tokens must be at least 1")
     engine = Engine(decoder, run.artifacts["tokenizer"], max_batch, max_queue).start()

@@ -94,7 +94,9 @@ class Engine:
     """Continuous batching of requests to one causal LM.
 
     Args:
-        decoder: the model's `TransformerCacheDecoder` (it must step rows at their own positions).
+        decoder: the model's decoder, which steps rows at their own positions: transformer-lm's
+            `TransformerCacheDecoder` (every row in one batched call) or a keras-hub preset's `CausalLMDecoder` (one
+            call per busy row).
         tokenizer: the run's tokenizer.
         max_batch: slots: requests decoded together.
         max_queue: requests that may wait for a slot; one more is refused (`QueueFull`).
@@ -129,7 +131,8 @@ class Engine:
     def warm_up(self) -> None:
         """Compile the batched step and the prefills of prompts up to WARM_PROMPT tokens (one per 16-token bucket)
         before the first request, so that no early request waits for a compilation (seconds, once)."""
-        self.decoder.step_rows(self.caches, np.zeros(self.max_batch, np.int32), np.zeros(self.max_batch, np.int32))
+        idle = np.zeros(self.max_batch, np.int32)
+        self.decoder.step_rows(self.caches, idle, idle, idle.astype(bool))
         for length in range(16, min(self.context, WARM_PROMPT) + 16, 16):
             self.decoder.prefill(np.zeros(min(length, self.context), np.int32))
 
@@ -221,10 +224,11 @@ class Engine:
     def _step(self) -> None:
         tokens = np.zeros(self.max_batch, np.int32)
         positions = np.zeros(self.max_batch, np.int32)
+        busy = np.zeros(self.max_batch, bool)
         for row, slot in enumerate(self.slots):
             if slot is not None:
-                tokens[row], positions[row] = slot.next_token, slot.position
-        logits, self.caches = self.decoder.step_rows(self.caches, tokens, positions)
+                tokens[row], positions[row], busy[row] = slot.next_token, slot.position, True
+        logits, self.caches = self.decoder.step_rows(self.caches, tokens, positions, busy)
         self.steps += 1
         for row, slot in enumerate(self.slots):
             if slot is None:

@@ -93,10 +93,13 @@ def test_bounds_are_checked_against_the_model_before_any_work():
 
     query = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 8), name="query")  # 16 wide, 2 heads of 8
     query.build((None, 5, 16))
-    check_lora_rank([query], 16)
-    with pytest.raises(UserError, match=r"--lora-rank 100000 is more than the model's width at the adapted projections \(16\); "
-                                        r"use a rank of at most 16"):
+    check_lora_rank([query], 8)  # Keras' adapters: A (16, 2, rank) and B (rank, 8), so above 8 the update gains no rank
+    with pytest.raises(UserError, match=r"--lora-rank 100000 is more than the model's width at the adapted projections \(8\); "
+                                        r"use a rank of at most 8"):
         check_lora_rank([query], 100000)
+    value = keras.layers.EinsumDense("btd,ndh->btnh", output_shape=(None, 1, 8), name="value")  # keras-hub's Gemma: (heads, 16, 8)
+    value.build((None, 5, 16))
+    check_lora_rank([value], 8)
     with pytest.raises(UserError, match="--beam 100000 is more than 256 beams"):
         generation.check_options(0.8, 0, 1.0, 10, beam_width=100000)
     with pytest.raises(UserError, match="--max-length 1000000 is more than 100,000 new tokens"):

@@ -11,7 +11,7 @@ from kerasllm.zoo import cnn_classifier, lstm_textgen
 
 
 def test_registered_names_are_pinned():
-    assert catalog.names() == ["cnn-classifier", "hub-classifier", "lstm-classifier", "lstm-seq2seq", "lstm-textgen",
+    assert catalog.names() == ["cnn-classifier", "hub-causal-lm", "hub-classifier", "lstm-classifier", "lstm-seq2seq", "lstm-textgen",
                                 "transformer-classifier", "transformer-lm", "transformer-seq2seq"]
 
 
@@ -30,7 +30,7 @@ def test_duplicate_name_is_an_error():
 
 
 def test_unknown_name_lists_known_names_with_did_you_mean():
-    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: cnn-classifier, hub-classifier, lstm-classifier"):
+    with pytest.raises(UserError, match=r"did you mean 'lstm-textgen'\?.*known models: cnn-classifier, hub-causal-lm, hub-classifier, lstm-classifier"):
         catalog.model("lstm-textgn")
 
 

@@ -2,6 +2,7 @@
 
 from kerasllm.zoo import (
                           cnn_classifier,
+                          hub_causal_lm,
                           hub_classifier,
                           lstm_classifier,
                           lstm_seq2seq,
@@ -18,6 +19,7 @@ SPECS = (
     lstm_classifier.SPEC,
     transformer_classifier.SPEC,
     hub_classifier.SPEC,
+    hub_causal_lm.SPEC,
     transformer_seq2seq.SPEC,
     lstm_seq2seq.SPEC,
 )

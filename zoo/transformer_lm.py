@@ -275,9 +275,9 @@ class TransformerCacheDecoder:
             return caches
         return [ops.slice_update(cache, [row, 0, 0, 0, 0], ops.cast(new, cache.dtype)) for cache, new in zip(caches, row_caches)]
 
-    def step_rows(self, caches, tokens: np.ndarray, positions: np.ndarray):
+    def step_rows(self, caches, tokens: np.ndarray, positions: np.ndarray, busy=None):
         """One new token per row, each written at its own position: logits (rows, vocab) and the caches. Every row is
-        computed whether it is in use or not (one compiled shape); a row reads only its own cache."""
+        computed whether it is `busy` or not (one compiled shape); a row reads only its own cache."""
         from keras import ops
 
         tokens, positions = np.asarray(tokens, np.int32), np.asarray(positions, np.int32)

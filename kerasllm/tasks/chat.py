@@ -1,7 +1,8 @@
 """Chat: a causal language model trained on conversations, its loss on the assistant's replies only.
 
 Data is JSONL conversations (`kerasllm.data.chat`: OpenAI `messages`, Alpaca or Dolly) or `builtin:chat-skills`.
-The run keeps its tokenizer with the chat template's role tokens added (`chat_template.json` beside it). Rows are
+A zoo run keeps its tokenizer with kerasllm's role tokens added; a run tuned from a keras-hub preset
+(`hub-causal-lm`) keeps the preset's tokenizer and its family's template; the template is `chat_template.json`. Rows are
 whole conversations, cut between exchanges where they are longer than the context (counts in data.json).
 
 Metrics: cross-entropy loss over assistant tokens (nats per token), perplexity, next-token accuracy (over the same
@@ -20,6 +21,7 @@ from kerasllm import generation
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.chat import (
     ChatTemplate,
+    PresetTemplate,
     chat_rows,
     check_messages,
     fit_history,
@@ -42,8 +44,14 @@ def conversation_text(conversations: list) -> str:
     return "\n".join(message["content"] for messages in conversations for message in messages)
 
 
+def template_for(tokenizer):
+    """A new chat run's template: the preset's (its family's, or a plain one) for a keras-hub tokenizer, kerasllm's own
+    role tokens for a zoo tokenizer."""
+    return PresetTemplate.for_tokenizer(tokenizer) if tokenizer.kind == "keras-hub" else ChatTemplate()
+
+
 class Chat(TextGeneration):
-    """Instruction / chat tuning of a causal LM (transformer-lm): `--task chat`."""
+    """Instruction / chat tuning of a causal LM (transformer-lm, or a keras-hub preset's): `--task chat`."""
 
     name = "chat"
     objective = "chat"
@@ -72,10 +80,12 @@ class Chat(TextGeneration):
         loaded = load_conversations(data.source)
         train_part, validation_part = split_conversations(loaded.conversations, data.validation_fraction, SPLIT_SEED)
         artifacts = artifacts or {}
-        template = artifacts.get("chat_template") or ChatTemplate()
         tokenizer = artifacts.get("tokenizer") or Tokenizer.fit(conversation_text(train_part), data.tokenizer, data.vocab_size)
+        template = artifacts.get("chat_template") or template_for(tokenizer)
         inherited_vocabulary = tokenizer.vocab_size
-        tokenizer = tokenizer.with_specials(template.specials)
+        if template.specials:  # kerasllm's role tokens, added to a zoo tokenizer (a preset's template uses its own)
+            tokenizer = tokenizer.with_specials(template.specials)
+        tokenizer = template.bind(tokenizer)
         ids, weights, counts = self.rows(train_part, tokenizer, template, data.sequence_length, "training")
         held_ids, held_weights, held_counts = self.rows(validation_part, tokenizer, template, data.sequence_length, "validation")
         steps = pipeline.steps_in(len(ids), train.batch_size, train.steps_per_epoch, "training", config.runtime.steps_per_execution)
@@ -107,7 +117,8 @@ class Chat(TextGeneration):
         )
 
     def load_artifacts(self, run_dir: Path) -> dict:
-        return {"tokenizer": Tokenizer.load(run_dir), "chat_template": ChatTemplate.load(run_dir)}
+        template = ChatTemplate.load(run_dir)
+        return {"tokenizer": template.bind(Tokenizer.load(run_dir)), "chat_template": template}
 
     def report(self, results: dict, record: dict) -> dict:
         loss = float(results["loss"])
@@ -158,8 +169,9 @@ class Chat(TextGeneration):
             f"{record.get('sequence_length')} tokens ({train.get('cut_conversations', 0):,} cut between exchanges, "
             f"{train.get('dropped_exchanges', 0):,} exchanges longer than the context left out); {held.get('conversations', 0):,} "
             f"for validation. The loss covers the {train.get('assistant_tokens', 0):,} assistant tokens only.",
-            f"Tokenizer: {record.get('tokenizer')}, {record.get('vocab_size')} tokens, with the chat template's role tokens "
-            f"({record.get('template')}).",
+            f"Tokenizer: {record.get('tokenizer')}, {record.get('vocab_size')} tokens; chat template: {record.get('template')}"
+            + {"kerasllm": " (kerasllm's role tokens).", "plain": " (User: and Assistant: lines, each reply ending with the "
+               "preset's end token)."}.get(record.get("template"), " (the preset family's own)."),
         ]
 
     def usage(self, run_dir: Path) -> list[str]:
@@ -170,7 +182,8 @@ class Chat(TextGeneration):
 class Replier:
     """Writes the assistant's next message after a conversation, with a chat run's model, tokenizer and template.
 
-    The reply is generated after the template's assistant token and ends at [EOS]. The oldest turns are left out when
+    The reply is generated after the template's assistant header and ends at its end token (the tokenizer's `eos_id`
+    once the template is bound to it). The oldest turns are left out when
     the conversation is longer than `context` (said through `on_note`). `decoder` is reused between replies (None:
     one is made for each).
     """
