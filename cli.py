@@ -508,6 +508,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Requests decoded together, per model (continuous batching).")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait for a free slot; more get 429.")] = 64,
     max_tokens: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 256,
+    stream_interval: Annotated[float, typer.Option(help="Streamed answers: after the first token, the text of this many "
+                                                        "milliseconds goes out in one write (0: a write per token).")] = 20,
     unsafe: UnsafeFlag = False,
 ):
     """Serve runs over OpenAI's HTTP API: /v1/models, /v1/completions, /v1/chat/completions (streaming too), /health.
@@ -520,6 +522,8 @@ def serve(
 
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be between 1 and 65535, not {port}")
+    if not 0 <= stream_interval <= 1000:
+        raise UserError(f"--stream-interval must be between 0 and 1000 milliseconds, not {stream_interval:g}")
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         listener.bind((host, port))
@@ -540,7 +544,7 @@ def serve(
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     console.print(f"serving {', '.join(names)} at http://{shown}:{port}/v1 ({count(max_batch, 'slot')} per model"
                   f"{', API key required' if api_key else ''}); Ctrl-C stops", highlight=False)
-    config = uvicorn.Config(server.create_app(served, api_key), log_level="info" if STATE["debug"] else "warning")
+    config = uvicorn.Config(server.create_app(served, api_key, stream_interval / 1000), log_level="info" if STATE["debug"] else "warning")
     try:
         uvicorn.Server(config).run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C / SIGINT, then raises it again

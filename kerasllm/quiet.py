@@ -92,6 +92,7 @@ def load_tensorflow(debug: bool = False) -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # cuInit / cudart messages come from here
+        tf.get_logger()  # TensorFlow gives its logger a stderr handler on first use; keep_library_output replaces it
     if not debug:
         keep_library_output()
 
@@ -119,7 +120,7 @@ def keep_library_output() -> None:
     warnings.showwarning = _keep_warning
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
-        logger.handlers = [handler for handler in logger.handlers if not isinstance(handler, _Keep)] + [_Keep()]
+        logger.handlers = [_Keep()]  # TensorFlow's own stderr handler too ("WARNING:tensorflow:… retracing" on serve)
         logger.propagate = False
         if logger.level == logging.NOTSET or logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)

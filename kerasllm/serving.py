@@ -129,10 +129,11 @@ class Engine:
         return self
 
     def warm_up(self) -> None:
-        """Compile the batched step and the prefills of prompts up to WARM_PROMPT tokens (one per 16-token bucket)
-        before the first request, so that no early request waits for a compilation (seconds, once)."""
-        idle = np.zeros(self.max_batch, np.int32)
-        self.decoder.step_rows(self.caches, idle, idle, idle.astype(bool))
+        """Compile the batched step (one per window of cache it attends over) and the prefills of prompts up to
+        WARM_PROMPT tokens (one per 16-token bucket) before the first request, so that no early request waits for a compilation (seconds, once)."""
+        for window in getattr(self.decoder, "windows", [1]):  # each length of cache a step may attend over
+            ends = np.full(self.max_batch, window - 1, np.int32)  # rows are idle: what this writes, a prefill replaces
+            self.decoder.step_rows(self.caches, np.zeros(self.max_batch, np.int32), ends, np.ones(self.max_batch, bool))
         for length in range(16, min(self.context, WARM_PROMPT) + 16, 16):
             self.decoder.prefill(np.zeros(min(length, self.context), np.int32))
 
