@@ -95,7 +95,7 @@ def tuned(presets, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned):
+def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned, chat_run, lm_run):
     from kerasllm.server import create_app
     from tests.test_serve import load, openai, running
 
@@ -107,9 +107,9 @@ def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned):
     assert reply.exit_code == 0 and reply.stdout.strip() == "Hello, Ada!", reply.output
     assert json.loads(invoke(runner, "evaluate", tuned, "--json").stdout)["accuracy"] > 0.9
 
-    served = load(tuned, max_batch=4)
+    served, others = load(tuned, max_batch=4), [load(chat_run), load(lm_run)]
     try:
-        with running(create_app([served])) as base:
+        with running(create_app([served, *others])) as base:  # one server: a preset's chat run, a zoo chat run, a plain LM
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=60)
             messages = [{"role": "user", "content": "Say hello to Ada 3."}]
             answer = client.chat.completions.create(model=tuned.name, messages=messages, temperature=0)
@@ -126,8 +126,12 @@ def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned):
             with ThreadPoolExecutor(6) as pool:
                 together = list(pool.map(alone_and_together, prompts))
             assert together == alone and served.engine.busiest > 1  # rows at their own positions, side by side
+            assert [model.id for model in client.models.list().data] == [tuned.name, chat_run.name, lm_run.name]
+            for other in (chat_run, lm_run):
+                assert client.completions.create(model=other.name, prompt="The", max_tokens=3).choices[0].finish_reason
     finally:
-        served.engine.stop()
+        for one in (served, *others):
+            one.engine.stop()
 
 
 def test_a_preset_cannot_be_tuned_for_another_task(runner, presets, tmp_path):
