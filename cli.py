@@ -728,7 +728,8 @@ def export(
 def compress(
     source: Annotated[Path, typer.Argument(help="The run folder to compress.")],
     method: Annotated[str, typer.Option(
-        help="int8, int4 or float8 (Keras' own weight quantization), or prune (magnitude pruning while fine-tuning).")] = "int8",
+        help="int8, int4 or float8 (Keras' own weight quantization), gptq (4-bit, calibrated on the run's data; "
+             "transformer-lm), or prune (magnitude pruning while fine-tuning).")] = "int8",
     sparsity: Annotated[float, typer.Option(help="--method prune: the share of each kernel's weights set to zero.")] = 0.5,
     epochs: Annotated[Optional[int], typer.Option(help="--method prune: epochs of fine-tuning (default: the recipe's).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="--method prune: fine-tune on this data (default: the run's).")] = None,
@@ -744,6 +745,7 @@ def compress(
     and export work on them.
 
     Examples: `kerasllm compress runs/transformer-lm-20261129-120000 --method int8` · `kerasllm compress RUN --method int4 --json`
+    · `kerasllm compress LM_RUN --method gptq`
     · `kerasllm compress RUN --method prune --sparsity 0.8 --epochs 2`
     """
     compression.check_method(method)

@@ -1,6 +1,7 @@
-"""Compression benchmarks (#12), one command: cnn-classifier on MNIST.
+"""Compression benchmarks (#12), one command: cnn-classifier on MNIST, or (--lm) a transformer-lm on tinyshakespeare.
 
     python bench/compress.py [--data-dir ../shared/data] [--epochs 1] [--run RUN]
+    python bench/compress.py --lm train [--lm-steps 150]     # or --lm RUN: int8, int4 and GPTQ copies of a transformer-lm
 
 1. Trains `cnn-classifier` on MNIST for --epochs (or takes --run).
 2. LiteRT: exports the run as float32, dynamic-range and full-integer int8 TFLite files (`kerasllm export --format
@@ -102,12 +103,38 @@ def prune_rows(run_dir: Path, folder: Path, command: str) -> list[list[str]]:
     return rows
 
 
+def lm_rows(run_dir: Path, folder: Path, command: str) -> list[list[str]]:
+    """`kerasllm compress RUN --method M` for int8, int4 and GPTQ (4-bit) on a transformer-lm: each copy's own before →
+    after table (perplexity on the run's validation split, sizes, cached tokens/s), measured in its own process."""
+    rows = []
+    for method in ("int8", "int4", "gptq"):
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "kerasllm", "compress", str(run_dir), "--method", method, "--json",
+                                 "--out", str(folder / method)], check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        summary = json.loads(result.stdout)
+        before, after = summary["before"], summary["after"]
+        rows.append([dt.date.today().isoformat(), method, f"{before['size_bytes'] / 1e6:.2f} → {after['size_bytes'] / 1e6:.2f} MB",
+                     f"{before['perplexity']:.4f} → {after['perplexity']:.4f}",
+                     f"{(after['perplexity'] / before['perplexity'] - 1) * 100:+.2f} %",
+                     f"{before['bits_per_char']:.4f} → {after['bits_per_char']:.4f}",
+                     f"{before['tokens_per_second']:.0f} → {after['tokens_per_second']:.0f}",
+                     f"{before['latency_ms_per_batch']:.1f} → {after['latency_ms_per_batch']:.1f} ms", f"{wall:.0f} s", machine(),
+                     f"`{command}`"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--run", help="an existing cnn-classifier run on MNIST (skips training)")
+    parser.add_argument("--lm", help="instead: quantize this transformer-lm run (int8, int4, gptq); `train` trains one "
+                                     "(--preset small on tinyshakespeare, --lm-steps steps)")
+    parser.add_argument("--lm-steps", type=int, default=150)
     args = parser.parse_args()
+    if args.lm:
+        return lm_bench(args)
     command = "python bench/compress.py" + (f" --epochs {args.epochs}" if args.epochs != 1 else "")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -127,6 +154,22 @@ def main() -> None:
             append_row("cnn-classifier on MNIST: magnitude pruning while fine-tuning 1 epoch (#12)",
                        ["date", "target", "sparsity reached (kernels)", "non-zero parameters", "gzipped model",
                         "validation accuracy", "drop (points)", "wall", "machine", "command"], row)
+
+
+def lm_bench(args) -> None:
+    command = f"python bench/compress.py --lm {args.lm}" + (f" --lm-steps {args.lm_steps}" if args.lm == "train" else "")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        run_dir = folder / "lm" if args.lm == "train" else Path(args.lm)
+        if args.lm == "train":
+            kerasllm("train", "transformer-lm", "--preset", "small", "--data", Path(args.data_dir) / "tinyshakespeare" / "input.txt",
+                     "--epochs", 1, "--set", f"train.steps_per_epoch={args.lm_steps}", "--set", "train.batch_size=16",
+                     "--set", "train.sample_length=0", "--out", run_dir, "--quiet")
+        for row in lm_rows(run_dir, folder, command):
+            print(row)
+            append_row("transformer-lm small on tinyshakespeare: Keras quantization and GPTQ (#12)",
+                       ["date", "method", "model file", "perplexity", "rise", "bits/char", "cached tokens/s",
+                        "latency per batch of 32", "compress wall", "machine", "command"], row)
 
 
 if __name__ == "__main__":

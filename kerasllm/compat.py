@@ -10,7 +10,10 @@ modules that `kerasllm list` loads.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+import numpy as np
 
 KERAS_CHECKED = "3.15.1"
 KERAS_HUB_CHECKED = "0.32.0"
@@ -151,3 +154,65 @@ def clip_across_replicas(optimizer) -> None:
         return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]
 
     optimizer._clip_gradients = clip
+
+
+def requantize(layer, policy) -> None:
+    """Give a float layer the quantized variables of `policy` (int8, int4, float8, gptq/BITS/GROUP …), for the saved
+    weights to load into. Keras refuses to set a GPTQ policy on a built layer ("requires a calibration dataset"), so a
+    GPTQ layer is quantized with a config of its bits and group size and no data, and its float kernel dropped, as
+    calibration drops it; `load_own_variables` then marks it calibrated (checked on Keras 3.15.1)."""
+    if policy.quantization_mode != "gptq":
+        layer.dtype_policy = policy
+        return
+    from keras.quantizers import GPTQConfig
+
+    config = GPTQConfig(dataset=[], tokenizer=None, weight_bits=policy.weight_bits, group_size=policy.group_size)
+    layer.quantize("gptq", config=config)
+    del layer._kernel  # as GPTQ's calibration ends: the float kernel goes, and the saved layer has none
+
+
+def gptq_zero_points(model) -> dict:
+    """{layer path: kernel_zero} of the GPTQ layers in `model`: Keras 3.15.1's `Dense.save_own_variables` skips a GPTQ
+    layer's `kernel_zero` (its int4 branch keeps it only for a merged LoRA), so the saved file cannot load ("expected 5
+    variables, but received 4"); kerasllm saves them beside the weights."""
+    return {layer.path: np.asarray(layer.kernel_zero.numpy()) for layer in nested_layers(model)[1:]
+            if getattr(layer, "quantization_mode", None) == "gptq" and hasattr(layer, "kernel_zero")}
+
+
+@contextlib.contextmanager
+def gptq_zero_points_apart(model, zeros: dict):
+    """Load weights into a model whose GPTQ layers' files lack `kernel_zero`: while the block runs, each such layer
+    reads its saved variables with its zero points put back in their place (`zeros`, saved beside the weights)."""
+    patched = []
+    for layer in nested_layers(model)[1:]:
+        if getattr(layer, "quantization_mode", None) != "gptq" or layer.path not in zeros:
+            continue
+        order = [name for name in layer.variable_serialization_spec["gptq"] if not (name == "bias" and layer.bias is None)]
+        at, original, saved = order.index("kernel_zero"), layer.load_own_variables, len(order) - 1
+
+        def load(store, at=at, original=original, zero=zeros[layer.path], saved=saved):
+            values = [store[str(i)] for i in range(saved)]
+            original({str(i): value for i, value in enumerate([*values[:at], zero, *values[at:]])})
+
+        layer.load_own_variables = load
+        patched.append(layer)
+    try:
+        yield
+    finally:
+        for layer in patched:
+            del layer.load_own_variables
+
+
+@contextlib.contextmanager
+def gptq_samples(samples):
+    """Keras' GPTQ with these calibration rows (samples, length) as they are: its `get_dataloader` cuts windows at an
+    offset from `hash(("gptq-calib", seed))`, which string hashing makes different in every process (checked on
+    Keras 3.15.1), so the same command gave different models."""
+    from keras.src.quantizers import gptq_core
+
+    original = gptq_core.get_dataloader
+    gptq_core.get_dataloader = lambda *args, **kwargs: np.asarray(samples, np.int32)[:, None, :]
+    try:
+        yield
+    finally:
+        gptq_core.get_dataloader = original

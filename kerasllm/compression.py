@@ -1,17 +1,20 @@
 """`kerasllm compress`: a smaller copy of a run, written as a run of its own, measured against its source.
 
 Quantization is Keras 3's own `model.quantize(mode)` (int8, int4 and float8 weights of the layers that take them:
-Dense, EinsumDense, Embedding). The copy is a run folder: the source's config, data record and tokenizer or labels,
-the quantized `model.keras` (`saving.save_model`, which records the quantized layers so that `saving.load_model`
-can load them again), `metrics.json` with `compressed_from` (path and sha256) and a before → after table, and a model
-card. Every measurement runs in this one process, the source and the copy side by side on the same batch: size on
-disk and gzipped, parameters, median latency per batch, cached generation speed for language models, and the task's
-own quality metrics on the run's validation split. The copy is measured after it has been written and loaded again.
+Dense, EinsumDense, Embedding; GPTQ's 4-bit weights for a transformer-lm's blocks, calibrated on the run's text).
+The copy is a run folder: the source's config, data record and tokenizer or labels, the quantized `model.keras`
+(`saving.save_model`, which records the quantized layers so that `saving.load_model` can load them again),
+`metrics.json` with `compressed_from` (path and sha256) and a before → after table, and a model card. Every
+measurement runs in this one process, the source and the copy side by side on the same batch: size on disk and
+gzipped, parameters, median latency per batch, cached generation speed for language models, and the task's own
+quality metrics on the run's validation split. The copy is measured after it has been written and loaded again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import shutil
 import time
 import warnings
@@ -22,14 +25,16 @@ import numpy as np
 
 from kerasllm import compat, files, runs, saving
 from kerasllm.errors import UserError
-from kerasllm.export import human_size, median_ms
+from kerasllm.export import calibration_batches, human_size, median_ms
 from kerasllm.quiet import captured_stderr
 
 # Lazy imports: Keras and TensorFlow load inside functions (`kerasllm --help` and `kerasllm list` load the CLI, which
 # imports this module).
 
-QUANTIZE = ("int8", "int4", "float8")
+QUANTIZE = ("int8", "int4", "float8", "gptq")
 METHODS = (*QUANTIZE, "prune")
+GPTQ_BITS, GPTQ_GROUP = 4, 128  # Keras' GPTQConfig defaults: 4-bit weights, a scale and zero point per 128 inputs
+GPTQ_BATCHES = 16  # calibration: this many of the export's check batches (2 rows each) from the run's training data
 LATENCY_BATCH = 32
 LATENCY_REPEATS = 15
 GENERATED_TOKENS = 64
@@ -79,6 +84,40 @@ def quantize(model, method: str) -> tuple[int, list[str]]:
             model.quantize(method)
         except (ValueError, NotImplementedError) as error:
             raise UserError(f"Keras cannot quantize this model to {method}: {str(error).splitlines()[0]}") from error
+    quantized = saving.quantized_layers(model)
+    return len(quantized), kept_in_float(model, set(quantized))
+
+
+def gptq_structure(model, spec_name: str) -> dict:
+    """GPTQ's walk through a transformer-lm: what runs before the blocks (token and position embeddings), then the
+    blocks one by one (`pre_block_layers`, `sequential_blocks` in Keras' terms)."""
+    names = [layer.name for layer in model.layers]
+    blocks = [model.get_layer(name) for name in names if name.startswith("block_")]
+    if "token_embedding" not in names or not blocks:
+        raise UserError(f"gptq quantizes a Transformer language model block by block, calibrated on its text, and {spec_name} "
+                        "is not one; use --method int4 (or int8) for it")
+    embedding = model.get_layer("token_embedding")
+    positions = model.get_layer("position_embedding") if "position_embedding" in names else None
+
+    def embed(ids):
+        x = embedding(ids)
+        return x + positions(x) if positions is not None else x
+
+    return {"pre_block_layers": [embed], "sequential_blocks": blocks}
+
+
+def gptq(model, run) -> tuple[int, list[str]]:
+    """GPTQ (Frantar et al., 2022) through Keras' `model.quantize("gptq")`: 4-bit weights, each block's Dense layers
+    quantized in turn to keep the block's outputs on calibration rows from the run's own training data."""
+    from keras.quantizers import GPTQConfig
+
+    structure = gptq_structure(model, run.spec.name)
+    rows = np.concatenate(calibration_batches(run, run.task.export_sample(model, run), count=GPTQ_BATCHES))
+    config = GPTQConfig(dataset=rows, tokenizer=run.artifacts.get("tokenizer"), weight_bits=GPTQ_BITS, group_size=GPTQ_GROUP,
+                        num_samples=len(rows), sequence_length=rows.shape[1], quantization_layer_structure=structure)
+    with warnings.catch_warnings(), compat.gptq_samples(rows), captured_stderr(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # and Keras' progress bar (stdout) and logs: the command prints its own table
+        model.quantize("gptq", config=config)
     quantized = saving.quantized_layers(model)
     return len(quantized), kept_in_float(model, set(quantized))
 
@@ -193,7 +232,7 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
     float_model = saving.load_model(run.path, unsafe=unsafe)
     quantized_model = saving.load_model(run.path, unsafe=unsafe)
     saving.check_model_fits(float_model, run)
-    layers, left = quantize(quantized_model, method)
+    layers, left = gptq(quantized_model, run) if method == "gptq" else quantize(quantized_model, method)
     if not layers:
         raise UserError(f"{method} quantizes Dense, EinsumDense and Embedding layers, and {run.spec.name} has none that "
                         f"take it{' (' + ', '.join(left) + ' stay in float)' if left else ''}; try another method")

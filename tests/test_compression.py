@@ -179,3 +179,40 @@ def test_an_image_classifier_prunes_too(runner, tmp_path):
     metrics = json.loads((pruned / "metrics.json").read_text())
     assert metrics["sparsity"]["total"] == pytest.approx(0.5, abs=0.02) and "accuracy" in metrics["after"]
     assert metrics["parent"]["layers_copied"] > 0 and not metrics["parent"]["layers_new"]  # same classes: the head is kept
+
+
+@pytest.mark.slow
+def test_gptq_quantizes_a_transformer_lm_block_by_block_and_the_copy_loads_and_answers(runner, lm_run, tmp_path):
+    """`--method gptq`: Keras' GPTQ on the run's own training text; the 4-bit copy loads again (kerasllm keeps the zero
+    points Keras 3.15.1 leaves out of the file), evaluates to the figure in its table, generates, and the same command
+    gives the same weights (calibration rows fixed)."""
+    import numpy as np
+
+    from kerasllm import compression, runs
+
+    out = tmp_path / "gptq"
+    result = invoke(runner, "compress", lm_run, "--method", "gptq", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["compression"]["method"] == "gptq" and summary["compression"]["quantized_layers"] == 4  # qkv, out, MLP ×2
+    assert summary["compression"]["kept_in_float"] == ["token_embedding (ReversibleEmbedding)", "position_embedding (PositionEmbedding)"]
+    assert abs(summary["after"]["perplexity"] / summary["before"]["perplexity"] - 1) < 0.05
+    model = saving.load_model(out)
+    assert saving.quantization_modes(model) == ["gptq"]
+    evaluated = json.loads(invoke(runner, "evaluate", out, "--json").stdout)
+    assert evaluated["perplexity"] == pytest.approx(summary["after"]["perplexity"], rel=1e-5)
+    assert invoke(runner, "generate", out, "--prompt", "The", "--max-length", "5").exit_code == 0
+
+    run = runs.load_run(lm_run)
+    again = saving.load_model(lm_run)
+    compression.gptq(again, run)
+    kernels = lambda m: [layer.quantized_kernel.numpy() for layer in m._flatten_layers() if getattr(layer, "quantization_mode", "") == "gptq"]
+    for first, second in zip(kernels(model), kernels(again), strict=True):
+        np.testing.assert_array_equal(first, second)
+
+
+def test_gptq_is_for_transformer_language_models(runner, trained_run, tmp_path):
+    result = invoke(runner, "compress", trained_run, "--method", "gptq", "--out", tmp_path / "g")
+    assert_user_error(result, "gptq quantizes a Transformer language model block by block, calibrated on its text, and "
+                              "lstm-textgen is not one; use --method int4")
+    assert not (tmp_path / "g").exists()
