@@ -132,9 +132,9 @@ def zoo_runs(tmp_path_factory) -> dict:
     """Every registered model, one step each, on TensorFlow and on JAX, in four processes started at once (each
     backend's models in two halves): tracing is mostly single-threaded, so the two cores run them together faster.
     Returns {backend: [(stdout, stderr, returncode) of each half]}."""
-    from kerasllm import catalog
+    from tests.zoo_cases import matrix_names
 
-    names = catalog.names()
+    names = matrix_names()
     halves = [",".join(names[: len(names) // 2]), ",".join(names[len(names) // 2:])]
     modes = ["tensorflow"]
     try:
@@ -158,9 +158,9 @@ def zoo_results(zoo_runs, mode: str) -> dict:
     for stdout, stderr, returncode in zoo_runs[mode]:
         assert returncode == 0, stderr[-3000:]
         found.update(json.loads(stdout.strip().splitlines()[-1]))
-    from kerasllm import catalog
+    from tests.zoo_cases import matrix_names
 
-    assert sorted(found) == catalog.names()
+    assert sorted(found) == matrix_names()
     for name, runs in found.items():
         for strategy, run in runs.items():
             assert "error" not in run, f"{name} {strategy}: {run['error']}"

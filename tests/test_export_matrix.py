@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from kerasllm import catalog, cli
-from tests.zoo_cases import cli_args, write_cases
+from kerasllm import cli
+from tests.zoo_cases import cli_args, matrix_names, write_cases
 
 FORMATS = ("keras", "h5", "savedmodel", "tflite")
 
@@ -30,7 +30,7 @@ def zoo(tmp_path_factory, runner):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [*catalog.names(), "masked-lm"])
+@pytest.mark.parametrize("name", [*matrix_names(), "masked-lm"])
 def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_path, name):
     outcomes = {}
     for fmt in FORMATS:
@@ -50,7 +50,7 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", catalog.names())
+@pytest.mark.parametrize("name", matrix_names())
 def test_every_zoo_model_compresses_to_int8(runner, zoo, tmp_path, name):
     """`kerasllm compress --method int8` on each tiny run: the copy loads, its task metric is measured before and after,
     and `evaluate` on the copy gives the copy's figure (quantized layers nested in other layers load again)."""

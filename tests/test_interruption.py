@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerasllm import catalog
-from tests.zoo_cases import cli_args, write_cases
+from tests.zoo_cases import cli_args, matrix_names, write_cases
 
 ROOT = Path(__file__).parent.parent
 STEPS = 10  # per epoch: a multiple of every model's steps per call (transformer-lm: 10)
@@ -43,7 +42,7 @@ def run(args: list[str], **kwargs):
                             cwd=str(ROOT), **kwargs)
 
 
-CASES = {**{name: (name, []) for name in catalog.names()},
+CASES = {**{name: (name, []) for name in matrix_names()},
          "transformer-lm, custom loop": ("transformer-lm", ["runtime.loop=custom"]),
          "transformer-lm, LoRA fine-tuning": ("transformer-lm", ["finetune.base=BASE", "finetune.method=lora", "finetune.lora_rank=2"])}
 

@@ -20,6 +20,11 @@ NOT_IN_THE_MATRICES = {
 }
 
 
+def matrix_names() -> list[str]:
+    """The registered models the every-model matrices run (all but NOT_IN_THE_MATRICES)."""
+    return [name for name in catalog.names() if name not in NOT_IN_THE_MATRICES]
+
+
 def cli_args(name: str, settings: list[str], run_dir: Path) -> list[str]:
     """The `kerasllm` arguments that train `name` with `settings` into `run_dir` (hub-classifier: `finetune` its preset)."""
     sets = [arg for item in settings if not item.startswith("finetune.base=") for arg in ("--set", item)]
