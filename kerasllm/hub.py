@@ -173,6 +173,7 @@ class CausalLMDecoder:
 
     # --- slots (`kerasllm serve`): each row keeps its own cache and position, and steps alone --------------------
     per_row = True  # rows may stand at different positions: each is its own call (keras-hub's cache takes one index)
+    prefill_has_one_shape = True  # a prompt is read into a cache of the full length, whatever its own length
 
     @property
     def context(self) -> int:

@@ -130,11 +130,13 @@ class Engine:
 
     def warm_up(self) -> None:
         """Compile the batched step (one per window of cache it attends over) and the prefills of prompts up to
-        WARM_PROMPT tokens (one per 16-token bucket) before the first request, so that no early request waits for a compilation (seconds, once)."""
+        WARM_PROMPT tokens (one per 16-token bucket; one in all for a decoder whose prefill has one shape) before the
+        first request, so that no early request waits for a compilation (seconds, once)."""
         for window in getattr(self.decoder, "windows", [1]):  # each length of cache a step may attend over
             ends = np.full(self.max_batch, window - 1, np.int32)  # rows are idle: what this writes, a prefill replaces
             self.decoder.step_rows(self.caches, np.zeros(self.max_batch, np.int32), ends, np.ones(self.max_batch, bool))
-        for length in range(16, min(self.context, WARM_PROMPT) + 16, 16):
+        one_shape = getattr(self.decoder, "prefill_has_one_shape", False)
+        for length in [16] if one_shape else range(16, min(self.context, WARM_PROMPT) + 16, 16):
             self.decoder.prefill(np.zeros(min(length, self.context), np.int32))
 
     def submit(self, request: Request) -> None:
