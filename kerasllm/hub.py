@@ -110,6 +110,21 @@ def load_causal_lm(preset: str, **kwargs):
         raise _failed("model", preset, error) from error
 
 
+def check_backbone_fits(backbone, info) -> None:
+    """A preset's backbone holds the tokenizer's ids and the data's sequence length (hub-classifier, hub-causal-lm)."""
+    vocabulary = getattr(backbone, "vocabulary_size", None)
+    if vocabulary and vocabulary < info.vocab_size:
+        raise UserError(f"the preset's tokenizer has {info.vocab_size} tokens but its backbone only {vocabulary}; the preset is inconsistent")
+    longest = getattr(backbone, "max_sequence_length", None)
+    if longest and info.sequence_length > longest:
+        raise UserError(f"data.sequence_length={info.sequence_length} exceeds the preset's max_sequence_length={longest}; lower it")
+
+
+def unknown_parameters(hparams) -> int:
+    """A preset model's parameter count before it is loaded: unknown (0; `list` shows none)."""
+    return 0
+
+
 DOWNLOAD_ELSEWHERE = "run `kerasllm download` on a machine with a network and copy the folder it writes here"
 
 

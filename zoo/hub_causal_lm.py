@@ -41,13 +41,7 @@ def build(hparams: HubCausalLMConfig, info: DataInfo):
     from kerasllm.zoo.layers import PaddingMask  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     causal_lm = hub.load_causal_lm(hparams.preset, preprocessor=None)
-    backbone = causal_lm.backbone
-    if backbone.vocabulary_size < info.vocab_size:
-        raise UserError(f"the preset's tokenizer has {info.vocab_size} tokens but its backbone only {backbone.vocabulary_size}; "
-                        "the preset is inconsistent")
-    longest = getattr(backbone, "max_sequence_length", None)
-    if longest and info.sequence_length > longest:
-        raise UserError(f"data.sequence_length={info.sequence_length} exceeds the preset's max_sequence_length={longest}; lower it")
+    hub.check_backbone_fits(causal_lm.backbone, info)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")  # (batch, time)
     logits = causal_lm({"token_ids": tokens, "padding_mask": PaddingMask(-1, name="padding_mask")(tokens)})  # all real
     return keras.Model(tokens, logits, name="hub_causal_lm")
@@ -69,10 +63,6 @@ def decoder(model):
     return hub.CausalLMDecoder(causal_lm, min(longest, DECODE_LENGTH))
 
 
-def count_params(hparams: HubCausalLMConfig) -> int:
-    return 0  # depends on the preset; known once it is loaded
-
-
 SPEC = ModelSpec(
     name="hub-causal-lm",
     task="text-generation",
@@ -80,7 +70,7 @@ SPEC = ModelSpec(
     build=build,
     default_data="builtin:chat-skills",
     description="a keras-hub causal-LM preset tuned for chat (made by `kerasllm finetune PRESET --task chat`)",
-    count_params=count_params,
+    count_params=hub.unknown_parameters,  # depends on the preset; known once it is loaded
     output="logits",
     decoder=decoder,
     objectives={"chat": "chat"},

@@ -43,20 +43,11 @@ def build(hparams: HubClassifierConfig, info: DataInfo):
     from kerasllm.zoo.layers import encoder_model  # zoo.layers imports Keras, which `kerasllm list` must not load
 
     backbone = hub.load_backbone(hparams.preset)
-    vocabulary = getattr(backbone, "vocabulary_size", None)
-    if vocabulary and vocabulary < info.vocab_size:
-        raise UserError(f"the preset's tokenizer has {info.vocab_size} tokens but its backbone only {vocabulary}; the preset is inconsistent")
-    longest = getattr(backbone, "max_sequence_length", None)
-    if longest and info.sequence_length > longest:
-        raise UserError(f"data.sequence_length={info.sequence_length} exceeds the preset's max_sequence_length={longest}; lower it")
+    hub.check_backbone_fits(backbone, info)
     pooling = hparams.pooling
     if pooling == "auto":
         pooling = "cls" if isinstance(backbone.input, dict) and "segment_ids" in backbone.input else "last"
     return encoder_model(backbone, info, pooling, hparams.dropout, name="hub_classifier")
-
-
-def count_params(hparams: HubClassifierConfig) -> int:
-    return 0  # depends on the preset; known once it is loaded
 
 
 SPEC = ModelSpec(
@@ -66,7 +57,7 @@ SPEC = ModelSpec(
     build=build,
     default_data="tfds:imdb_reviews",
     description="a keras-hub preset's backbone + a classification head (made by `kerasllm finetune PRESET`)",
-    count_params=count_params,
+    count_params=hub.unknown_parameters,  # depends on the preset; known once it is loaded
     output="logits",
     defaults={
         "data": {"tokenizer": "keras-hub", "sequence_length": 128},

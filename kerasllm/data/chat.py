@@ -24,6 +24,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -277,7 +278,7 @@ class PresetTemplate:
     begin: str
     stop: str
     system: str = "role"
-    specials: tuple = ()  # tokens the template adds to the tokenizer: none, they are the preset's
+    specials: ClassVar[tuple] = ()  # tokens the template adds to the tokenizer: none, they are the preset's
 
     @staticmethod
     def for_tokenizer(tokenizer) -> "PresetTemplate":
@@ -330,8 +331,7 @@ class PresetTemplate:
             before, after = self.roles[message["role"]]
             head = self._ids(tokenizer, before)
             text = tokenizer.encode_literally(message["content"], self.special_texts()) if message["content"] else np.zeros(0, np.int32)
-            body = np.concatenate([text,
-                                   self._ids(tokenizer, after)]).astype(np.int32)
+            body = np.concatenate([text, self._ids(tokenizer, after)]).astype(np.int32)
             ids += [head, body]
             weights += [np.zeros(len(head), np.float32), np.full(len(body), float(message["role"] == "assistant"), np.float32)]
         return np.concatenate(ids).astype(np.int32), np.concatenate(weights)
