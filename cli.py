@@ -728,11 +728,19 @@ def export(
 def compress(
     source: Annotated[Path, typer.Argument(help="The run folder to compress.")],
     method: Annotated[str, typer.Option(
-        help="int8, int4 or float8 (Keras' own weight quantization), gptq (4-bit, calibrated on the run's data; "
-             "transformer-lm), or prune (magnitude pruning while fine-tuning).")] = "int8",
+        help="int8, int4 or float8 (Keras' own weight quantization), gptq or awq (4-bit, calibrated on the run's data; "
+             "transformer-lm), prune (magnitude pruning while fine-tuning) or distill (a smaller student trained to "
+             "match the run).")] = "int8",
     sparsity: Annotated[float, typer.Option(help="--method prune: the share of each kernel's weights set to zero.")] = 0.5,
-    epochs: Annotated[Optional[int], typer.Option(help="--method prune: epochs of fine-tuning (default: the recipe's).")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="--method prune: fine-tune on this data (default: the run's).")] = None,
+    student: Annotated[Optional[str], typer.Option(
+        help="--method distill: a preset of the run's model (tiny) or another model of its task (lstm-classifier).")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="--method distill: softens both models' outputs before they are compared (default 2).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(
+        help="--method distill: the weight of the true labels' loss; 1 - alpha goes to the teacher's (default 0.5).")] = None,
+    set_values: SetOption = None,
+    epochs: Annotated[Optional[int], typer.Option(help="--method prune or distill: epochs of training (default: the run's).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="--method prune or distill: train on this data (default: the run's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="The new run folder (default: runs/MODEL-METHOD-TIME).")] = None,
     overwrite: RunOverwriteFlag = False,
     as_json: JsonFlag = False,
@@ -741,21 +749,26 @@ def compress(
     """Write a compressed copy of a run as a run of its own, with a before → after table measured side by side.
 
     A quantized copy has the source's config, data record and tokenizer or labels; a pruned one is a fine-tuning run of
-    the source (checkpoints, `--resume`). Both record `compressed_from` (path and sha256); evaluate, generate, predict
-    and export work on them.
+    the source, a distilled one a new run of the student (both: checkpoints, `--resume`). All record `compressed_from`
+    (path and sha256); evaluate, generate, predict and export work on them.
 
     Examples: `kerasllm compress runs/transformer-lm-20261129-120000 --method int8` · `kerasllm compress RUN --method int4 --json`
-    · `kerasllm compress LM_RUN --method gptq`
+    · `kerasllm compress LM_RUN --method gptq` · `kerasllm compress LM_RUN --method awq`
     · `kerasllm compress RUN --method prune --sparsity 0.8 --epochs 2`
+    · `kerasllm compress LM_RUN --method distill --student tiny` · `kerasllm compress CLS_RUN --method distill --student lstm-classifier`
     """
     compression.check_method(method)
     if not files.is_run_dir(source):
         raise UserError(f"{source} is not a run folder; compress takes a run folder made by `kerasllm train` or `finetune`")
-    if method != "prune" and (epochs is not None or data is not None or sparsity != 0.5):
-        raise UserError("--sparsity, --epochs and --data belong to --method prune; drop them")
+    check_method_options(method, {"--sparsity": sparsity != 0.5, "--student": student is not None, "--temperature": temperature is not None,
+                                  "--alpha": alpha is not None, "--set": bool(set_values), "--epochs": epochs is not None,
+                                  "--data": data is not None})
     load_tensorflow()
+    options = dict(epochs=epochs, data=data, out=out, overwrite=overwrite, unsafe=unsafe, as_json=as_json)
     if method == "prune":
-        target, summary = prune_run(source, sparsity, epochs, data, out, overwrite, unsafe, as_json)
+        target, summary = prune_run(source, sparsity, **options)
+    elif method == "distill":
+        target, summary = distill_run(source, student, set_values or [], temperature, alpha, **options)
     else:
         target, summary = compression.compress(source, method, out, overwrite=overwrite, unsafe=unsafe,
                                                on_note=lambda line: errors.print(f"note: {line}", highlight=False))
@@ -768,7 +781,31 @@ def compress(
     console.print(f"wrote {target}", highlight=False)
 
 
-def prune_run(source: Path, sparsity: float, epochs: int | None, data: str | None, out: Path | None, overwrite: bool,
+METHOD_OPTIONS = {"prune": ("--sparsity", "--epochs", "--data"),
+                  "distill": ("--student", "--temperature", "--alpha", "--set", "--epochs", "--data")}
+
+
+def check_method_options(method: str, given: dict) -> None:
+    """An option that belongs to another method is one line naming which."""
+    stray = [name for name, present in given.items() if present and name not in METHOD_OPTIONS.get(method, ())]
+    if stray:
+        owners = " or ".join(sorted(m for m, names in METHOD_OPTIONS.items() if stray[0] in names))
+        raise UserError(f"{', '.join(stray)} belong{'s' if len(stray) == 1 else ''} to --method {owners}; drop "
+                        f"{'it' if len(stray) == 1 else 'them'} for --method {method}")
+
+
+def train_compressed(name: str, found, config, out: Path | None, overwrite: bool, as_json: bool, **inputs) -> Path:
+    """Train a pruning or distillation run (`inputs`: parent, parent_record, artifacts) into a new run folder."""
+    run_dir = runs.plan_new_run(name, out, overwrite, config_lib.local_paths(config.data.source, found.source))
+    STATE["run_dir"] = run_dir
+    from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
+
+    train_model(config, run_dir, overwrite=overwrite, progress="quiet" if as_json else "rich", console=console,
+                command="kerasllm " + " ".join(sys.argv[1:]), **inputs)
+    return run_dir
+
+
+def prune_run(source: Path, sparsity: float, *, epochs: int | None, data: str | None, out: Path | None, overwrite: bool,
               unsafe: bool, as_json: bool) -> tuple[Path, dict]:
     """`compress --method prune`: fine-tune the run with `finetune.sparsity`, then measure it against its source."""
     if not 0 < sparsity < 1:
@@ -778,15 +815,25 @@ def prune_run(source: Path, sparsity: float, epochs: int | None, data: str | Non
     flags = config_lib.flag_overrides({"train.epochs": epochs, "finetune.sparsity": sparsity,  # the source's batch size
                                        "train.batch_size": found.run.config.train.batch_size})
     spec, config = finetuning.finetune_config(found, data or found.run.config.data.source, flags, "full", 8, 0)
-    run_dir = runs.plan_new_run(f"{spec.name}-prune", out, overwrite, config_lib.local_paths(config.data.source, found.source))
-    STATE["run_dir"] = run_dir
-    from kerasllm.training import train as train_model  # imports Keras and TensorFlow: only commands that train pay for it
+    run_dir = train_compressed(f"{spec.name}-prune", found, config, out, overwrite, as_json, parent=finetuning.load_base_model(found, unsafe),
+                               parent_record=found.record(), artifacts=finetuning.base_artifacts(found))
+    return run_dir, compression.trained_report(source, run_dir, unsafe)
 
-    parent = finetuning.load_base_model(found, unsafe)
-    train_model(config, run_dir, overwrite=overwrite, progress="quiet" if as_json else "rich", console=console,
-                command="kerasllm " + " ".join(sys.argv[1:]), parent=parent, parent_record=found.record(),
-                artifacts=finetuning.base_artifacts(found))
-    return run_dir, compression.pruned_report(source, run_dir, unsafe)
+
+def distill_run(source: Path, student: str | None, overrides: list[str], temperature: float | None, alpha: float | None, *,
+                epochs: int | None, data: str | None, out: Path | None, overwrite: bool, unsafe: bool,
+                as_json: bool) -> tuple[Path, dict]:
+    """`compress --method distill`: train a student from scratch on the run's data and tokenizer, matching the run's
+    outputs (Keras' Distiller through the trainer), then measure it against the run."""
+    found = finetuning.resolve_base(str(source))
+    compression.check_not_a_copy(source)
+    finetuning.load_base_model(found, unsafe)  # refuses a quantized teacher, or one that needs --unsafe, before training starts
+    flags = config_lib.flag_overrides({"train.epochs": epochs, "data.source": data, "finetune.distill_temperature": temperature,
+                                       "finetune.distill_alpha": alpha})
+    spec, config = compression.distill_config(found, student, overrides, flags)
+    run_dir = train_compressed(f"{spec.name}-distill", found, config, out, overwrite, as_json,
+                               artifacts=dict(found.run.artifacts))  # the teacher's tokenizer and labels
+    return run_dir, compression.trained_report(source, run_dir, unsafe)
 
 
 @app.command()

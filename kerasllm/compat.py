@@ -156,38 +156,54 @@ def clip_across_replicas(optimizer) -> None:
     optimizer._clip_gradients = clip
 
 
+def scale_loss_for_replicas(loss):
+    """A loss computed outside Keras' compiled loss, scaled as that one is for a tf.distribute step (÷ the replicas:
+    the replicas' gradients are summed). Keras' `Distiller.compute_loss` returns its total unscaled, so two replicas
+    would take twice the step; Keras does the scaling in the private `scale_loss_for_distribution` (checked on Keras
+    3.15.1; a no-op on one replica and on JAX)."""
+    from keras.src.losses.loss import scale_loss_for_distribution
+
+    return scale_loss_for_distribution(loss)
+
+
+CALIBRATED = ("gptq", "awq")  # Keras' quantization modes calibrated on data, whose layers need the care below
+
+
 def requantize(layer, policy) -> None:
-    """Give a float layer the quantized variables of `policy` (int8, int4, float8, gptq/BITS/GROUP …), for the saved
-    weights to load into. Keras refuses to set a GPTQ policy on a built layer ("requires a calibration dataset"), so a
-    GPTQ layer is quantized with a config of its bits and group size and no data, and its float kernel dropped, as
-    calibration drops it; `load_own_variables` then marks it calibrated (checked on Keras 3.15.1)."""
-    if policy.quantization_mode != "gptq":
+    """Give a float layer the quantized variables of `policy` (int8, int4, float8, gptq/BITS/GROUP, awq/BITS/GROUP …),
+    for the saved weights to load into. Keras refuses to set a GPTQ or AWQ policy on a built layer ("requires a
+    calibration dataset"), so such a layer is quantized with a config of its bits and group size and no data, and its
+    float kernel dropped, as calibration drops it; `load_own_variables` then marks it calibrated (checked on Keras
+    3.15.1)."""
+    if policy.quantization_mode not in CALIBRATED:
         layer.dtype_policy = policy
         return
-    from keras.quantizers import GPTQConfig
+    from keras.quantizers import AWQConfig, GPTQConfig
 
-    config = GPTQConfig(dataset=[], tokenizer=None, weight_bits=policy.weight_bits, group_size=policy.group_size)
-    layer.quantize("gptq", config=config)
-    del layer._kernel  # as GPTQ's calibration ends: the float kernel goes, and the saved layer has none
+    make = GPTQConfig if policy.quantization_mode == "gptq" else AWQConfig
+    config = make(dataset=[], tokenizer=None, weight_bits=policy.weight_bits, group_size=policy.group_size)
+    layer.quantize(policy.quantization_mode, config=config)
+    del layer._kernel  # as calibration ends: the float kernel goes, and the saved layer has none
 
 
-def gptq_zero_points(model) -> dict:
-    """{layer path: kernel_zero} of the GPTQ layers in `model`: Keras 3.15.1's `Dense.save_own_variables` skips a GPTQ
-    layer's `kernel_zero` (its int4 branch keeps it only for a merged LoRA), so the saved file cannot load ("expected 5
-    variables, but received 4"); kerasllm saves them beside the weights."""
+def calibrated_zero_points(model) -> dict:
+    """{layer path: kernel_zero} of the GPTQ and AWQ layers in `model`: Keras 3.15.1's `Dense.save_own_variables` skips
+    such a layer's `kernel_zero` (its int4 branch keeps it only for a merged LoRA), so the saved file cannot load
+    ("expected 5 variables, but received 4"); kerasllm saves them beside the weights."""
     return {layer.path: np.asarray(layer.kernel_zero.numpy()) for layer in nested_layers(model)[1:]
-            if getattr(layer, "quantization_mode", None) == "gptq" and hasattr(layer, "kernel_zero")}
+            if getattr(layer, "quantization_mode", None) in CALIBRATED and hasattr(layer, "kernel_zero")}
 
 
 @contextlib.contextmanager
-def gptq_zero_points_apart(model, zeros: dict):
-    """Load weights into a model whose GPTQ layers' files lack `kernel_zero`: while the block runs, each such layer
-    reads its saved variables with its zero points put back in their place (`zeros`, saved beside the weights)."""
+def zero_points_apart(model, zeros: dict):
+    """Load weights into a model whose GPTQ or AWQ layers' files lack `kernel_zero`: while the block runs, each such
+    layer reads its saved variables with its zero points put back in their place (`zeros`, saved beside the weights)."""
     patched = []
     for layer in nested_layers(model)[1:]:
-        if getattr(layer, "quantization_mode", None) != "gptq" or layer.path not in zeros:
+        mode = getattr(layer, "quantization_mode", None)
+        if mode not in CALIBRATED or layer.path not in zeros:
             continue
-        order = [name for name in layer.variable_serialization_spec["gptq"] if not (name == "bias" and layer.bias is None)]
+        order = [name for name in layer.variable_serialization_spec[mode] if not (name == "bias" and layer.bias is None)]
         at, original, saved = order.index("kernel_zero"), layer.load_own_variables, len(order) - 1
 
         def load(store, at=at, original=original, zero=zeros[layer.path], saved=saved):
@@ -204,15 +220,16 @@ def gptq_zero_points_apart(model, zeros: dict):
 
 
 @contextlib.contextmanager
-def gptq_samples(samples):
-    """Keras' GPTQ with these calibration rows (samples, length) as they are: its `get_dataloader` cuts windows at an
-    offset from `hash(("gptq-calib", seed))`, which string hashing makes different in every process (checked on
-    Keras 3.15.1), so the same command gave different models."""
-    from keras.src.quantizers import gptq_core
+def calibration_samples(samples):
+    """Keras' GPTQ and AWQ with these calibration rows (samples, length) as they are: `get_dataloader` cuts windows at
+    an offset from `hash(("gptq-calib", seed))`, which string hashing makes different in every process (checked on
+    Keras 3.15.1), so the same command gave different models. AWQ imports the function by name, so both are patched."""
+    from keras.src.quantizers import awq_core, gptq_core
 
     original = gptq_core.get_dataloader
-    gptq_core.get_dataloader = lambda *args, **kwargs: np.asarray(samples, np.int32)[:, None, :]
+    rows = lambda *args, **kwargs: np.asarray(samples, np.int32)[:, None, :]
+    gptq_core.get_dataloader = awq_core.get_dataloader = rows
     try:
         yield
     finally:
-        gptq_core.get_dataloader = original
+        gptq_core.get_dataloader = awq_core.get_dataloader = original

@@ -1,7 +1,7 @@
 """`kerasllm compress`: a smaller copy of a run, written as a run of its own, measured against its source.
 
 Quantization is Keras 3's own `model.quantize(mode)` (int8, int4 and float8 weights of the layers that take them:
-Dense, EinsumDense, Embedding; GPTQ's 4-bit weights for a transformer-lm's blocks, calibrated on the run's text).
+Dense, EinsumDense, Embedding; GPTQ's or AWQ's 4-bit weights for a transformer-lm's blocks, calibrated on the run's text).
 The copy is a run folder: the source's config, data record and tokenizer or labels, the quantized `model.keras`
 (`saving.save_model`, which records the quantized layers so that `saving.load_model` can load them again),
 `metrics.json` with `compressed_from` (path and sha256) and a before → after table, and a model card. Every
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import compat, files, runs, saving
+from kerasllm import catalog, compat, files, runs, saving
+from kerasllm import config as config_lib
 from kerasllm.errors import UserError
 from kerasllm.export import calibration_batches, human_size, median_ms
 from kerasllm.quiet import captured_stderr
@@ -31,10 +32,11 @@ from kerasllm.quiet import captured_stderr
 # Lazy imports: Keras and TensorFlow load inside functions (`kerasllm --help` and `kerasllm list` load the CLI, which
 # imports this module).
 
-QUANTIZE = ("int8", "int4", "float8", "gptq")
-METHODS = (*QUANTIZE, "prune")
-GPTQ_BITS, GPTQ_GROUP = 4, 128  # Keras' GPTQConfig defaults: 4-bit weights, a scale and zero point per 128 inputs
-GPTQ_BATCHES = 16  # calibration: this many of the export's check batches (2 rows each) from the run's training data
+QUANTIZE = ("int8", "int4", "float8", *compat.CALIBRATED)
+TRAINED = runs.TRAINED_COMPRESSION  # methods that train: the trainer (a floor above) runs them, then `trained_report`
+METHODS = (*QUANTIZE, *TRAINED)
+CALIBRATED_BITS, CALIBRATED_GROUP = 4, 128  # Keras' GPTQ and AWQ defaults: 4-bit weights, a scale and zero point per 128 inputs
+CALIBRATION_BATCHES = 16  # GPTQ and AWQ: this many of the export's check batches (2 rows each) from the run's training data
 LATENCY_BATCH = 32
 LATENCY_REPEATS = 15
 GENERATED_TOKENS = 64
@@ -88,13 +90,13 @@ def quantize(model, method: str) -> tuple[int, list[str]]:
     return len(quantized), kept_in_float(model, set(quantized))
 
 
-def gptq_structure(model, spec_name: str) -> dict:
-    """GPTQ's walk through a transformer-lm: what runs before the blocks (token and position embeddings), then the
-    blocks one by one (`pre_block_layers`, `sequential_blocks` in Keras' terms)."""
+def block_structure(model, spec_name: str, method: str) -> dict:
+    """GPTQ's and AWQ's walk through a transformer-lm: what runs before the blocks (token and position embeddings),
+    then the blocks one by one (`pre_block_layers`, `sequential_blocks` in Keras' terms)."""
     names = [layer.name for layer in model.layers]
     blocks = [model.get_layer(name) for name in names if name.startswith("block_")]
     if "token_embedding" not in names or not blocks:
-        raise UserError(f"gptq quantizes a Transformer language model block by block, calibrated on its text, and {spec_name} "
+        raise UserError(f"{method} quantizes a Transformer language model block by block, calibrated on its text, and {spec_name} "
                         "is not one; use --method int4 (or int8) for it")
     embedding = model.get_layer("token_embedding")
     positions = model.get_layer("position_embedding") if "position_embedding" in names else None
@@ -106,18 +108,21 @@ def gptq_structure(model, spec_name: str) -> dict:
     return {"pre_block_layers": [embed], "sequential_blocks": blocks}
 
 
-def gptq(model, run) -> tuple[int, list[str]]:
-    """GPTQ (Frantar et al., 2022) through Keras' `model.quantize("gptq")`: 4-bit weights, each block's Dense layers
-    quantized in turn to keep the block's outputs on calibration rows from the run's own training data."""
-    from keras.quantizers import GPTQConfig
+def calibrated(model, run, method: str) -> tuple[int, list[str]]:
+    """GPTQ (Frantar et al., 2022) or AWQ (Lin et al., 2023) through Keras' `model.quantize(method)`: 4-bit weights in
+    groups of 128 inputs, each block's Dense layers quantized in turn on calibration rows from the run's own training
+    data. GPTQ corrects each layer's rounding with the Hessian of its inputs; AWQ scales the input channels that carry
+    the largest activations before rounding, the scale chosen by a grid search on the block's output."""
+    from keras.quantizers import AWQConfig, GPTQConfig
 
-    structure = gptq_structure(model, run.spec.name)
-    rows = np.concatenate(calibration_batches(run, run.task.export_sample(model, run), count=GPTQ_BATCHES))
-    config = GPTQConfig(dataset=rows, tokenizer=run.artifacts.get("tokenizer"), weight_bits=GPTQ_BITS, group_size=GPTQ_GROUP,
-                        num_samples=len(rows), sequence_length=rows.shape[1], quantization_layer_structure=structure)
-    with warnings.catch_warnings(), compat.gptq_samples(rows), captured_stderr(), contextlib.redirect_stdout(io.StringIO()):
+    structure = block_structure(model, run.spec.name, method)
+    rows = np.concatenate(calibration_batches(run, run.task.export_sample(model, run), count=CALIBRATION_BATCHES))
+    make = GPTQConfig if method == "gptq" else AWQConfig
+    config = make(dataset=rows, tokenizer=run.artifacts.get("tokenizer"), weight_bits=CALIBRATED_BITS, group_size=CALIBRATED_GROUP,
+                  num_samples=len(rows), sequence_length=rows.shape[1], quantization_layer_structure=structure)
+    with warnings.catch_warnings(), compat.calibration_samples(rows), captured_stderr(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # and Keras' progress bar (stdout) and logs: the command prints its own table
-        model.quantize("gptq", config=config)
+        model.quantize(method, config=config)
     quantized = saving.quantized_layers(model)
     return len(quantized), kept_in_float(model, set(quantized))
 
@@ -180,30 +185,75 @@ def measure_source(model, run, folder: Path) -> Measured:
         alone.unlink(missing_ok=True)
 
 
-def pruned_report(source: Path, target: Path, unsafe: bool = False) -> dict:
-    """After `finetune.sparsity` fine-tuned `source` into `target`: the before → after table, written into the
-    pruned run's metrics.json (with `compressed_from`) and appended to its card."""
-    run, pruned = runs.load_run(Path(source)), runs.load_run(Path(target))
-    before = measure_source(saving.load_model(run.path, unsafe=unsafe), run, pruned.path)
-    model = saving.load_model(pruned.path, unsafe=unsafe)
-    after = measure_source(model, pruned, pruned.path)
-    summary = files.read_json(pruned.path / files.METRICS_FILE)
-    summary.update(compressed_from={"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)},
-                   compression={"method": "prune", "target_sparsity": pruned.config.finetune.sparsity,
-                                "sparsity": summary.get("sparsity", {}).get("total"), "source_file_bytes": run.model_path.stat().st_size},
+def trained_report(source: Path, target: Path, unsafe: bool = False) -> dict:
+    """After a run that trained from `source` into `target` (pruning while fine-tuning it, or distilling it into a
+    student): the before → after table, written into the new run's metrics.json (with `compressed_from`) and appended
+    to its card."""
+    run, trained = runs.load_run(Path(source)), runs.load_run(Path(target))
+    before = measure_source(saving.load_model(run.path, unsafe=unsafe), run, trained.path)
+    model = saving.load_model(trained.path, unsafe=unsafe)
+    after = measure_source(model, trained, trained.path)
+    summary = files.read_json(trained.path / files.METRICS_FILE)
+    sha256 = files.file_sha256(run.model_path)
+    finetune = trained.config.finetune
+    if finetune.teacher:
+        compression = {"method": "distill", "teacher": run.spec.name, "student": trained.spec.name,
+                       "temperature": finetune.distill_temperature, "alpha": finetune.distill_alpha}
+        how = (f"Distilled from the teacher `{run.path.resolve()}` ({run.spec.name}, model sha256 `{sha256[:16]}…`): this "
+               f"{trained.spec.name} trained from scratch on {finetune.distill_alpha:g} × its task loss + "
+               f"{1 - finetune.distill_alpha:g} × the KL divergence to the teacher's outputs at temperature "
+               f"{finetune.distill_temperature:g}.")
+    else:
+        compression = {"method": "prune", "target_sparsity": finetune.sparsity, "sparsity": summary.get("sparsity", {}).get("total")}
+        how = (f"Pruned from `{run.path.resolve()}` (model sha256 `{sha256[:16]}…`) to {compression['sparsity']:.1%} of its "
+               f"kernels' weights at zero (target {finetune.sparsity:g}), by magnitude while fine-tuning.")
+    compression["source_file_bytes"] = run.model_path.stat().st_size
+    summary.update(compressed_from={"path": str(run.path.resolve()), "sha256": sha256}, compression=compression,
                    before=before.to_dict(), after=after.to_dict())
-    files.write_json(pruned.path / files.METRICS_FILE, summary)
-    card_text = (pruned.path / files.CARD_FILE).read_text(encoding="utf-8")
-    files.write_text_atomic(pruned.path / files.CARD_FILE, card_text + f"""
+    files.write_json(trained.path / files.METRICS_FILE, summary)
+    card_text = (trained.path / files.CARD_FILE).read_text(encoding="utf-8")
+    files.write_text_atomic(trained.path / files.CARD_FILE, card_text + f"""
 ## Compression
 
-Pruned from `{run.path.resolve()}` (model sha256 `{summary['compressed_from']['sha256'][:16]}…`) to
-{summary['compression']['sparsity']:.1%} of its kernels' weights at zero (target {pruned.config.finetune.sparsity:g}), by
-magnitude while fine-tuning. Measured side by side in one process, both models saved the same way:
+{how} Measured side by side in one process (before: the source; after: this run), both models saved the same way,
+the quality metrics on the source run's validation split:
 
 {markdown_table(summary)}
 """)
     return summary
+
+
+def distill_config(teacher, student: str | None, overrides: list[str], flags: list[str]):
+    """A distillation run's spec and config. `teacher` is the source run (`finetuning.Base`); `student` is a preset of
+    the teacher's model (`tiny`), another model of the same task (`lstm-classifier`), or None (the teacher's model and
+    settings, changed by `--set model_args.*`). The student reads the teacher's data with its tokenizer and settings
+    (data, train, runtime and task sections), then `overrides`, then `flags` (the teacher, temperature, alpha)."""
+    run = teacher.run
+    spec, preset = run.spec, None
+    if student in run.spec.presets:
+        preset = student
+    elif student is not None:
+        if student not in catalog.names():
+            presets = ", ".join(run.spec.presets) or "none"
+            raise UserError(f"--student {student} is neither a preset of {run.spec.name} ({presets}) nor a model; see `kerasllm list`")
+        spec = catalog.model(student)
+    elif not any(item.partition("=")[0].strip().startswith("model_args.") for item in overrides):
+        raise UserError(f"name a smaller student: --student PRESET (of {run.spec.name}: {', '.join(run.spec.presets) or 'none'}), "
+                        "--student MODEL (another model of the same task), or --set model_args.KEY=VALUE")
+    if catalog.task_for(spec, run.config.train.objective).name != run.task.name:
+        raise UserError(f"the student {spec.name} is {catalog.task_for(spec).name} model and the teacher {run.spec.name} "
+                        f"{run.task.name}; distill into a model of the same task")
+    parent = run.config
+    inherited = {"data": dict(vars(parent.data)), "train": dict(vars(parent.train)), "runtime": dict(vars(parent.runtime)),
+                 **{name: dict(vars(section)) for name, section in parent.sections.items() if name in spec.sections}}
+    if spec is run.spec and preset is None:
+        inherited["model_args"] = dict(vars(parent.model_args))
+    config = config_lib.resolve(spec, overrides=[*overrides, *flags, f"finetune.teacher={teacher.source}",
+                                                 f"finetune.teacher_sha256={teacher.sha256}"], preset=preset, inherited=inherited)
+    for key in ("tokenizer", "vocab_size"):
+        if getattr(config.data, key) != getattr(parent.data, key):
+            raise UserError(f"--set data.{key}: the student reads text with the teacher's tokenizer; drop it")
+    return spec, config
 
 
 def copy_run_files(source: Path, target: Path) -> None:
@@ -223,16 +273,15 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
     """Write a compressed copy of the run at `source`; returns (its folder, the summary in its metrics.json);
     `on_note(line)` hears about layers the method leaves in float."""
     check_method(method)
-    if method not in QUANTIZE:  # pruning fine-tunes: the trainer (a floor above) runs it, then `pruned_report`
-        raise UserError(f"{method} fine-tunes the run: `kerasllm compress RUN --method {method}` or `kerasllm finetune RUN "
-                        "--set finetune.sparsity=S`")
+    if method not in QUANTIZE:
+        raise UserError(f"{method} trains: `kerasllm compress RUN --method {method}` runs it through the trainer")
     run = runs.load_run(Path(source))
     check_not_a_copy(run.path)
     target = files.plan_run_dir(f"{run.spec.name}-{method}", out, overwrite, protected=[run.path])
     float_model = saving.load_model(run.path, unsafe=unsafe)
     quantized_model = saving.load_model(run.path, unsafe=unsafe)
     saving.check_model_fits(float_model, run)
-    layers, left = gptq(quantized_model, run) if method == "gptq" else quantize(quantized_model, method)
+    layers, left = calibrated(quantized_model, run, method) if method in compat.CALIBRATED else quantize(quantized_model, method)
     if not layers:
         raise UserError(f"{method} quantizes Dense, EinsumDense and Embedding layers, and {run.spec.name} has none that "
                         f"take it{' (' + ', '.join(left) + ' stay in float)' if left else ''}; try another method")
@@ -286,7 +335,7 @@ def table_rows(summary: dict) -> list[list[str]]:
             continue
         if key == "quantized_parameters" and not before.get(key) and not after.get(key):
             continue  # not a quantized copy
-        if key == "nonzero_parameters" and before.get(key) == before.get("parameters") == after.get(key):
+        if key == "nonzero_parameters" and all(side.get(key) == side.get("parameters") for side in (before, after)):
             continue  # not a pruned one
         ratio = (f"{after[key] / before[key]:.2f}×" if isinstance(before.get(key), (int, float)) and before[key]
                  and isinstance(after.get(key), (int, float)) else "")

@@ -152,6 +152,14 @@ class FinetuneConfig:
     prune_end: float = field(default=0.75, metadata=doc(
         "Pruning reaches finetune.sparsity after this share of the run's steps; the rest fine-tunes at it."))
     prune_frequency: int = field(default=10, metadata=doc("Pruning masks are recomputed every this many steps."))
+    teacher: str = field(default="", metadata=doc(
+        "Distillation (set by `kerasllm compress RUN --method distill`): the teacher's model file; the run trains a student "
+        "to match its outputs.", internal=True))
+    teacher_sha256: str = field(default="", metadata=doc("sha256 of the teacher's model file (lineage).", internal=True))
+    distill_temperature: float = field(default=2.0, metadata=doc(
+        "Distillation: both models' logits are divided by this before their softmaxes are compared (Hinton et al., 2015)."))
+    distill_alpha: float = field(default=0.5, metadata=doc(
+        "Distillation: the weight of the loss on the true labels; 1 - alpha goes to matching the teacher."))
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig, "finetune": FinetuneConfig}
@@ -436,8 +444,12 @@ def validate(config: RunConfig) -> RunConfig:
         (0.0 <= config.finetune.sparsity < 1.0, "finetune.sparsity must be at least 0 and below 1 (0.5 zeroes half of each kernel)"),
         (0.0 < config.finetune.prune_end <= 1.0, "finetune.prune_end must be above 0 and at most 1"),
         (config.finetune.prune_frequency >= 1, "finetune.prune_frequency must be at least 1"),
+        (not (config.finetune.teacher and (config.finetune.base or config.finetune.sparsity)),
+         "a distilled student trains from scratch: distill, prune and fine-tune in separate runs"),
         (not config.finetune.sparsity or config.finetune.base, "finetune.sparsity prunes while fine-tuning: use `kerasllm "
                                                                 "compress RUN --method prune` or `kerasllm finetune`"),
+        (config.finetune.distill_temperature > 0, "finetune.distill_temperature must be above 0 (2 softens the teacher's outputs)"),
+        (0.0 <= config.finetune.distill_alpha <= 1.0, "finetune.distill_alpha must be between 0 and 1 (the labels' share of the loss)"),
         (config.finetune.unfreeze_after >= 0, "finetune.unfreeze_after must be 0 (never) or more"),
         (0 < config.finetune.unfreeze_learning_rate_ratio <= 1, "finetune.unfreeze_learning_rate_ratio must be in (0, 1]"),
     ]

@@ -1,10 +1,12 @@
-"""Trainer hooks: how fine-tuning (and later compression) changes a run without an edit to the trainer's loop.
+"""Trainer hooks: how fine-tuning, pruning and distillation change a run without an edit to the trainer's loop.
 
 The trainer calls each hook at fixed points of a run; every method has a do-nothing default,
 so a hook overrides only what it changes. `kerasllm.finetuning.FinetuneHook` is the
 built-in one (parent weights, freeze/unfreeze, LoRA adapters).
 
     build:    before_compile(model, context)      the model is built, inside the strategy's scope
+              trained_model(model, context)       the model the loop fits and checkpoints hold (a distiller around
+                                                  the run's model); the run's model itself by default
               after_compile(model, context, state) e.g. a resumed run past an unfreezing epoch
     restore:  restores_optimizer(state)           False: the checkpoint's optimizer variables no longer fit
               step_offset(state)                  optimizer steps that ran under an earlier optimizer
@@ -43,6 +45,9 @@ class Hook:
 
     def before_compile(self, model, context: BuildContext) -> None:
         pass
+
+    def trained_model(self, model, context: BuildContext):
+        return model
 
     def after_compile(self, model, context: BuildContext, state) -> None:
         pass
@@ -90,6 +95,11 @@ class Hooks(Hook):
     def before_compile(self, model, context):
         for hook in self.hooks:
             hook.before_compile(model, context)
+
+    def trained_model(self, model, context):
+        for hook in self.hooks:
+            model = hook.trained_model(model, context)
+        return model
 
     def after_compile(self, model, context, state):
         for hook in self.hooks:

@@ -62,6 +62,9 @@ def plan_new_run(name: str, out: Path | None, overwrite: bool, protected: list[P
     return Path(out)
 
 
+TRAINED_COMPRESSION = ("prune", "distill")  # `kerasllm compress` methods that train a run, which resumes like any other
+
+
 def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config_file: Path | None) -> Path:
     """`--resume RUN` with the other options: returns the config file to resolve (the run's own unless one is given)."""
     if not is_run_dir(resume):
@@ -69,8 +72,8 @@ def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config
     if out is not None or overwrite:
         raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
     summary = read_json(Path(resume) / METRICS_FILE) if (Path(resume) / METRICS_FILE).is_file() else {}
-    source = summary.get("compressed_from") if summary.get("compression", {}).get("method") != "prune" else None
-    if source:  # a quantized copy (a pruned run is a fine-tuning run: it resumes)
+    source = summary.get("compressed_from") if summary.get("compression", {}).get("method") not in TRAINED_COMPRESSION else None
+    if source:  # a quantized copy (a pruned or distilled run trained: it resumes)
         raise UserError(f"{resume} is a compressed copy of {source.get('path')} (`kerasllm compress`), with no training to "
                         f"continue; train or fine-tune {source.get('path')}, then compress it again")
     return config_file or Path(resume) / CONFIG_FILE

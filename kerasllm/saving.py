@@ -32,8 +32,9 @@ from kerasllm.files import MODEL_FILE, is_run_dir
 # policy in its own config, so a layer that another layer builds (the zoo's blocks, even Keras' MultiHeadAttention)
 # comes back in float and its quantized weights do not load; this map lets `load_model` quantize those layers first.
 QUANTIZED_LAYERS = "kerasllm-quantized-layers.json"
-# {layer path: kernel_zero} of GPTQ layers, which Keras 3.15.1's Dense.save_own_variables leaves out of the weights
-GPTQ_ZERO_POINTS = "kerasllm-gptq-zero-points.npz"
+# {layer path: kernel_zero} of GPTQ and AWQ layers, which Keras 3.15.1's Dense.save_own_variables leaves out of the
+# weights (the name is from when GPTQ was the only such mode)
+ZERO_POINTS = "kerasllm-gptq-zero-points.npz"
 UNRECOGNIZED = re.compile(r"Unrecognized keyword arguments passed to (\w+): (\{.*\})")
 SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -116,11 +117,11 @@ def save_model(model, path: Path) -> None:
         if quantized:
             with zipfile.ZipFile(partial, "a") as archive:
                 archive.writestr(QUANTIZED_LAYERS, json.dumps(quantized, indent=1))
-                zeros = compat.gptq_zero_points(model)
+                zeros = compat.calibrated_zero_points(model)
                 if zeros:
                     buffer = io.BytesIO()
                     np.savez(buffer, **zeros)
-                    archive.writestr(GPTQ_ZERO_POINTS, buffer.getvalue())
+                    archive.writestr(ZERO_POINTS, buffer.getvalue())
         os.replace(partial, path)
     except OSError as error:
         partial.unlink(missing_ok=True)
@@ -135,7 +136,7 @@ def _load_quantized(path: Path, quantized: dict, unsafe: bool):
 
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
-        zeros = dict(np.load(io.BytesIO(archive.read(GPTQ_ZERO_POINTS)))) if GPTQ_ZERO_POINTS in archive.namelist() else {}
+        zeros = dict(np.load(io.BytesIO(archive.read(ZERO_POINTS)))) if ZERO_POINTS in archive.namelist() else {}
     model = keras.saving.deserialize_keras_object(config, safe_mode=not unsafe)
     layers = {layer.path: layer for layer in compat.nested_layers(model)}
     for layer_path, policy in quantized.items():
@@ -143,7 +144,7 @@ def _load_quantized(path: Path, quantized: dict, unsafe: bool):
             raise UserError(f"{path} names a quantized layer {layer_path} that its model does not have; compress the source again")
         if not layers[layer_path].quantization_mode:  # a top-level layer comes back quantized from its own config
             compat.requantize(layers[layer_path], keras.dtype_policies.deserialize(policy))  # builds the quantized variables
-    with compat.gptq_zero_points_apart(model, zeros):
+    with compat.zero_points_apart(model, zeros):
         model.load_weights(path)
     return model
 

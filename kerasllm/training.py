@@ -6,7 +6,9 @@
    the newest checkpoint's state is read.
 2. **build**: the model inside the strategy's scope, compiled with the task's loss and
    metrics objects. Hooks (`kerasllm.hooks`) change the model here: fine-tuning starts from a parent's
-   weights and freezes layers or adds LoRA adapters (`kerasllm.finetuning.FinetuneHook`).
+   weights and freezes layers or adds LoRA adapters (`kerasllm.finetuning.FinetuneHook`); distillation
+   fits a `keras.distillation.Distiller` around the model (`kerasllm.distillation.DistillHook`), which the
+   loop and the checkpoints then hold, while `model.keras` is the model alone.
    Only now is the run folder written (`files.claim_run_dir`).
 3. **loop**: `fit` (Keras, the default) or `custom` (a `tf.function` step run with
    `strategy.run` and reduced with `strategy.reduce`; it runs where `fit` cannot, e.g.
@@ -41,6 +43,7 @@ from kerasllm import catalog, diagnostics, distribute, files, memory, optimizers
 from kerasllm.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.data.splits import check_unchanged
+from kerasllm.distillation import DistillHook
 from kerasllm.errors import UserError
 from kerasllm.finetuning import FinetuneHook, parameter_counts
 from kerasllm.hooks import BuildContext, Hook, Hooks
@@ -107,12 +110,14 @@ def write_run_files(run_dir: Path, config: RunConfig, data, overwrite: bool) -> 
 
 
 def hooks_for(config: RunConfig, parent=None, parent_record: dict | None = None, extra: tuple = ()) -> Hooks:
-    """The hooks a run's config asks for (a fine-tuning run's `FinetuneHook`), then `extra`."""
+    """The hooks a run's config asks for (fine-tuning, pruning, distillation), then `extra`."""
     found: list[Hook] = []
     if config.finetune.base:
         found.append(FinetuneHook(config, parent, parent_record))
     if config.finetune.sparsity:
         found.append(PruneHook(config))
+    if config.finetune.teacher:
+        found.append(DistillHook(config))
     return Hooks([*found, *extra])
 
 
@@ -212,7 +217,7 @@ class Trainer:
 
     # 2. build ----------------------------------------------------------------------------------
     def _recompile(self, schedule_steps: int, train: TrainConfig) -> None:
-        compile_model(self.model, self.spec, self.task, self.config, schedule_steps, train)
+        compile_model(self.trained, self.spec, self.task, self.config, schedule_steps, train)
 
     def build(self) -> None:
         """The model (changed by the hooks, compiled), restored from the checkpoint or written into a new run folder."""
@@ -224,13 +229,14 @@ class Trainer:
         self.context = BuildContext(self.spec, self.task, config, self.data, self.strategy, self._recompile)
         with self.strategy.scope():
             self.hooks.before_compile(self.model, self.context)
-            compile_model(self.model, self.spec, self.task, config, state.schedule_steps)
+            self.trained = self.hooks.trained_model(self.model, self.context)  # the model, or a distiller around it
+            compile_model(self.trained, self.spec, self.task, config, state.schedule_steps)
         self.hooks.after_compile(self.model, self.context, state)
-        self.training_loop = LOOPS[self.loop_name](self.model, self.task, self.spec, self.strategy, config)
+        self.training_loop = LOOPS[self.loop_name](self.trained, self.task, self.spec, self.strategy, config)
         self.created = False
         if self.checkpoint:
             with self.strategy.scope():
-                restore_checkpoint(self.checkpoint, self.model, with_optimizer=self.hooks.restores_optimizer(state), hooks=self.hooks)
+                restore_checkpoint(self.checkpoint, self.trained, with_optimizer=self.hooks.restores_optimizer(state), hooks=self.hooks)
             if self.chief:  # every check has passed: the run's "reproduce me" file may change now
                 files.write_text_atomic(self.run_dir / files.CONFIG_FILE, config.to_yaml())
         else:
@@ -303,7 +309,7 @@ class Trainer:
             if first >= last or self.state.stopped_early or (self.budget and self.budget.expired):
                 continue
             if self.hooks.start_phase(self.model, first, self.context):  # recompiled: a new optimizer, a new loop
-                self.training_loop = LOOPS[self.loop_name](self.model, self.task, self.spec, self.strategy, self.config)
+                self.training_loop = LOOPS[self.loop_name](self.trained, self.task, self.spec, self.strategy, self.config)
                 self.checkpointing.step_offset = self.hooks.step_offset(self.state)
             self.training_loop.fit(self.data.train(first, last, skip), epoch_validation, initial_epoch=first, epochs=last,
                                    steps_per_epoch=steps, callbacks=callbacks)
@@ -318,7 +324,7 @@ class Trainer:
         state, run_dir, data, model = self.state, self.run_dir, self.data, self.model
         best = run_dir / files.CHECKPOINTS_DIR / state.best_checkpoint
         if state.best_checkpoint and best.is_dir():
-            load_checkpoint_weights(best, model, self.hooks)
+            load_checkpoint_weights(best, self.trained, self.hooks)
         steps_this_session = state.global_step - self.first_step
         throughput = (data.items_per_step * steps_this_session / max(self.session_seconds, 1e-9) if steps_this_session
                       else self.summary.get(f"{data.unit}_per_second", 0.0))
@@ -331,7 +337,7 @@ class Trainer:
             **{f"{data.unit}_per_second": throughput},
             backend=keras.backend.backend(), strategy=distribute.describe(self.strategy, self.replicas), replicas=self.replicas,
             global_batch=self.global_batch, precision=self.config.runtime.precision,
-            jit_compile=(bool(getattr(model, "jit_compile", False)) if self.training_loop.name == "fit"
+            jit_compile=(bool(getattr(self.trained, "jit_compile", False)) if self.training_loop.name == "fit"
                          else self.config.runtime.jit_compile),
             loop=self.training_loop.name,
             overfitting=diagnostics.overfitting(state.history, self.spec.overfitting_fixes),

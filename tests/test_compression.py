@@ -159,7 +159,7 @@ def test_pruning_options_are_checked_first(runner, trained_run, tmp_path):
     assert_user_error(invoke(runner, "compress", trained_run, "--method", "prune", "--sparsity", "1.5", "--out", tmp_path / "p"),
                       "--sparsity must be above 0 and below 1")
     assert_user_error(invoke(runner, "compress", trained_run, "--method", "int8", "--sparsity", "0.3", "--out", tmp_path / "p"),
-                      "belong to --method prune")
+                      "--sparsity belongs to --method prune")
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--set", "finetune.sparsity=0.5", "--out", tmp_path / "p"),
                       "finetune.sparsity prunes while fine-tuning")
     assert not (tmp_path / "p").exists()
@@ -182,31 +182,32 @@ def test_an_image_classifier_prunes_too(runner, tmp_path):
 
 
 @pytest.mark.slow
-def test_gptq_quantizes_a_transformer_lm_block_by_block_and_the_copy_loads_and_answers(runner, lm_run, tmp_path):
-    """`--method gptq`: Keras' GPTQ on the run's own training text; the 4-bit copy loads again (kerasllm keeps the zero
-    points Keras 3.15.1 leaves out of the file), evaluates to the figure in its table, generates, and the same command
-    gives the same weights (calibration rows fixed)."""
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_gptq_and_awq_quantize_a_transformer_lm_block_by_block_and_the_copy_loads_and_answers(runner, lm_run, tmp_path, method):
+    """`--method gptq|awq`: Keras' GPTQ or AWQ on the run's own training text; the 4-bit copy loads again (kerasllm
+    keeps the zero points Keras 3.15.1 leaves out of the file), evaluates to the figure in its table, generates, and
+    the same command gives the same weights (calibration rows fixed)."""
     import numpy as np
 
     from kerasllm import compression, runs
 
-    out = tmp_path / "gptq"
-    result = invoke(runner, "compress", lm_run, "--method", "gptq", "--out", out, "--json")
+    out = tmp_path / method
+    result = invoke(runner, "compress", lm_run, "--method", method, "--out", out, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["compression"]["method"] == "gptq" and summary["compression"]["quantized_layers"] == 4  # qkv, out, MLP ×2
+    assert summary["compression"]["method"] == method and summary["compression"]["quantized_layers"] == 4  # qkv, out, MLP ×2
     assert summary["compression"]["kept_in_float"] == ["token_embedding (ReversibleEmbedding)", "position_embedding (PositionEmbedding)"]
     assert abs(summary["after"]["perplexity"] / summary["before"]["perplexity"] - 1) < 0.05
     model = saving.load_model(out)
-    assert saving.quantization_modes(model) == ["gptq"]
+    assert saving.quantization_modes(model) == [method]
     evaluated = json.loads(invoke(runner, "evaluate", out, "--json").stdout)
     assert evaluated["perplexity"] == pytest.approx(summary["after"]["perplexity"], rel=1e-5)
     assert invoke(runner, "generate", out, "--prompt", "The", "--max-length", "5").exit_code == 0
 
     run = runs.load_run(lm_run)
     again = saving.load_model(lm_run)
-    compression.gptq(again, run)
-    kernels = lambda m: [layer.quantized_kernel.numpy() for layer in m._flatten_layers() if getattr(layer, "quantization_mode", "") == "gptq"]
+    compression.calibrated(again, run, method)
+    kernels = lambda m: [layer.quantized_kernel.numpy() for layer in m._flatten_layers() if getattr(layer, "quantization_mode", "") == method]
     for first, second in zip(kernels(model), kernels(again), strict=True):
         np.testing.assert_array_equal(first, second)
 
