@@ -408,7 +408,9 @@ def foreign_ops(savedmodel: Path) -> tuple:
         for function in graph.graph_def.library.function:
             functions.add(function.signature.name)
             ops |= {node.op for node in function.node_def}
-    return tuple(sorted(op for op in ops - functions if not hasattr(tf.raw_ops, op)))
+    # XLA's ops (`XlaDynamicUpdateSlice`: a cache written at a runtime index) are core TensorFlow's, registered by tf2xla,
+    # though `tf.raw_ops` does not list them: a fresh process loads them without an import
+    return tuple(sorted(op for op in ops - functions if not hasattr(tf.raw_ops, op) and not op.startswith("Xla")))
 
 
 EXAMPLE_FILE = "example.json"  # beside an export: `<stem>.example.json`, the check batch and the source's top-1 outputs
@@ -421,7 +423,8 @@ def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, t
     single = not isinstance(batch, dict)
     named = [(source.name, target.relative_to(out.parent)) for source, target in companions if source.name != EXAMPLE_FILE]
     usage = export_guide.Usage(out, fmt, f"{out.stem}.{EXAMPLE_FILE}", named, single=single, tf_text=tf_text,
-                               signatures=[(endpoint.name, endpoint.example) for endpoint in endpoints or [] if endpoint.example])
+                               signatures=[(endpoint.name, endpoint.example, endpoint.usage) for endpoint in endpoints or []
+                                           if endpoint.example])
     if fmt in ("keras", "h5"):
         usage.imports = export_guide.keras_imports(model)
     if fmt == "tflite":

@@ -33,7 +33,7 @@ class Usage:
         companions: (run file name, the copy's path relative to the export folder), e.g. ("labels.json", "model.labels.json").
         imports: modules a Keras file needs for its layers (`kerasllm.zoo.layers`, `keras_hub`).
         feeds: TFLite: (the interpreter's input name, the example's input name) for each input.
-        signatures: SavedModel: (name, example text) of the signatures that take strings.
+        signatures: SavedModel: (name, example text, the line that calls it or "") of the signatures that take strings.
         tf_text: the SavedModel's signatures run TensorFlow Text ops.
         single: the model takes one tensor (not a dict of named inputs).
         next_tokens: the outputs are next-token scores and the tokenizer file lists its vocabulary (char, word).
@@ -77,8 +77,9 @@ def _load(usage: Usage) -> tuple[list[str], list[str]]:
         if usage.tf_text:
             imports.append("import tensorflow_text  # noqa: F401  registers the tokenizer ops the signatures use")
         lines = [f'loaded = tf.saved_model.load("{name}")', "outputs = np.asarray(loaded.serve(x))"]
-        lines += [f"print({signature!r}, [text.decode() for text in loaded.{signature}(tf.constant([{text!r}])).numpy()])"
-                  for signature, text in usage.signatures]
+        for signature, text, call in usage.signatures:
+            lines += (call.format(example=repr(text)).splitlines() if call else
+                      [f"print({signature!r}, [text.decode() for text in loaded.{signature}(tf.constant([{text!r}])).numpy()])"])
         return imports, lines
     feeds = "{" + ", ".join(f'"{feed}": x' if usage.single else f'"{feed}": x["{key}"]' for feed, key in usage.feeds) + "}"
     return (["import tensorflow as tf  # or: from ai_edge_litert.interpreter import Interpreter"],

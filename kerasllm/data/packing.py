@@ -51,6 +51,22 @@ class Packer:
             ids[row, :len(pieces)] = pieces
         return Packed(ids, truncated)
 
+    def tf_pack(self, texts):
+        """`pack` of single texts as TensorFlow ops (a SavedModel signature): (batch,) strings → (batch, length) ids."""
+        import tensorflow as tf
+
+        ids = self.tokenizer.tf_encode(texts)
+        if self.drop.size:
+            ids = tf.ragged.boolean_mask(ids, tf.ragged.map_flat_values(
+                lambda flat: tf.logical_not(tf.reduce_any(tf.equal(flat[:, None], tf.constant(self.drop)), axis=1)), ids))
+        head = [self.cls_id] if self.cls_id is not None else []
+        sep = [self.sep_id] if self.sep_id is not None else []
+        ids = ids[:, : self.length - len(head) - len(sep)]
+        batch = tf.shape(texts)[0]
+        columns = lambda values: tf.RaggedTensor.from_tensor(tf.tile(tf.constant([values], tf.int32), [batch, 1]))
+        ids = tf.concat([part for part in (columns(head) if head else None, ids, columns(sep) if sep else None) if part is not None], 1)
+        return ids.to_tensor(default_value=self.pad_id, shape=[None, self.length])
+
     def fit(self, first: np.ndarray, second: np.ndarray | None) -> tuple[list[int], bool]:
         head = [self.cls_id] if self.cls_id is not None else []
         sep = [self.sep_id] if self.sep_id is not None else []

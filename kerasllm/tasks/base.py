@@ -10,6 +10,7 @@ import numpy as np
 
 from kerasllm import generation
 from kerasllm.errors import UserError
+from kerasllm.quiet import captured_stderr
 from kerasllm.words import a
 
 # Lazy imports: Keras is imported inside methods: `kerasllm --help` and `kerasllm list` load this module and must not
@@ -64,7 +65,38 @@ class Endpoint:
     resources: list
     check: object
     example: str = ""  # a text the signature takes (the export folder's README calls it with this)
+    usage: str = ""  # the README's line calling it, `{example}` standing for the example (default: strings in, strings out)
 
+
+
+def classify_endpoint(model, output: str, class_names: list[str], to_inputs, resources: list, checked: tuple,
+                      example: str = "") -> Endpoint:
+    """`classify(inputs: (batch,) strings) -> {"label": (batch,) strings, "probabilities": (batch, classes)}`:
+    `to_inputs` turns the raw inputs (texts, encoded images) into the model's, in the graph. `checked` is (samples,
+    kerasllm's own probabilities for them): the loaded signature must give the same labels, probabilities within 1e-4."""
+    import tensorflow as tf
+
+    samples, expected = checked
+
+    names = tf.constant(class_names)
+
+    def classify(inputs):
+        outputs = tf.cast(model(to_inputs(inputs), training=False), tf.float32)
+        probabilities = tf.nn.softmax(outputs, axis=-1) if output == "logits" else outputs
+        return {"label": tf.gather(names, tf.argmax(probabilities, axis=-1)), "probabilities": probabilities}
+
+    def check(loaded) -> str:
+        with captured_stderr():  # oneDNN's one-time lines about int32 ops on this CPU
+            found = loaded.classify(tf.constant(samples))
+        labels = [label.decode("utf-8") for label in found["label"].numpy()]
+        wanted = [class_names[i] for i in np.argmax(expected, axis=-1)]
+        wrong = sum(a != b for a, b in zip(labels, wanted))
+        diff = float(np.max(np.abs(found["probabilities"].numpy() - expected)))
+        return f"{wrong} of {len(wanted)} labels differ, probabilities by up to {diff:.2g}" if wrong or diff > 1e-4 else ""
+
+    usage = ('found = loaded.classify(tf.constant([{example}]))\n'
+             'print("classify:", found["label"].numpy()[0].decode(), found["probabilities"].numpy()[0].round(3))')
+    return Endpoint("classify", classify, [tf.TensorSpec([None], tf.string)], resources, check, example=example, usage=usage)
 
 
 def format_value(value) -> str:

@@ -17,7 +17,9 @@ from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES, ImageSplit, load_images, read_image, to_channels
 from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
-from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables
+from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables, classify_endpoint
+
+CHECKED_IMAGES = 16  # validation images a SavedModel's `classify` is checked on
 
 
 class Labels:
@@ -128,6 +130,31 @@ class ImageClassification(Task):
         size = run.data_record.get("image_size", 16) if run else 16
         channels = run.data_record.get("channels", 1) if run else 1
         return np.random.default_rng(0).uniform(0, 255, size=(batch, size, size, channels)).astype("float32")
+
+    def savedmodel_endpoints(self, model, run) -> list:
+        """`classify(image_bytes: string) -> label, probabilities`: PNG, JPEG, GIF or BMP bytes decoded to the run's
+        channels and resized (bilinear) to its image size in the graph; checked against the model on the first
+        validation images, encoded as PNG."""
+        import keras
+        import tensorflow as tf
+
+        labels: Labels = run.artifacts["labels"]
+        size, channels = labels.image_size, labels.channels
+
+        def decode(encoded):
+            image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+            return keras.ops.image.resize(tf.cast(image, tf.float32)[None], (size, size), interpolation="bilinear")[0]
+
+        def to_inputs(encoded):
+            return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+
+        try:
+            images = load_split(run.config).x_validation[:CHECKED_IMAGES]
+        except (UserError, OSError):  # the training data moved: check on the export sample's random pixels
+            images = np.rint(self.export_sample(model, run)).astype(np.uint8)
+        samples = [tf.io.encode_png(image).numpy() for image in images]
+        expected = np.asarray(model.predict(images.astype(np.float32), verbose=0), np.float64)
+        return [classify_endpoint(model, run.spec.output, labels.class_names, to_inputs, [], (samples, expected))]
 
     def tables(self, results: dict, title: str) -> list[Table]:
         return classification_tables(super().tables(results, title), results)

@@ -25,7 +25,7 @@ from kerasllm.data.labelled import Examples, gather_splits, load_labelled
 from kerasllm.data.packing import Packer
 from kerasllm.data.splits import check_unchanged
 from kerasllm.errors import UserError
-from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables
+from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables, classify_endpoint
 from kerasllm.tokenizers import Tokenizer
 from kerasllm.words import count, were
 
@@ -40,6 +40,9 @@ class ClassificationConfig:
     def validate(self) -> None:
         if self.class_weight not in ("none", "balanced"):
             raise UserError("classification.class_weight must be none or balanced")
+
+
+CHECKED_TEXTS = 16  # validation texts a SavedModel's `classify` is checked on
 
 
 def label_value(label) -> str:
@@ -259,6 +262,20 @@ class TextClassification(Task):
         ids = np.random.default_rng(0).integers(7 if vocab > 8 else 1, vocab, size=(batch, length)).astype("int32")
         ids[:, length // 2:] = 0  # padding
         return ids
+
+    def savedmodel_endpoints(self, model, run) -> list:
+        """`classify(text: string) -> label, probabilities`, the tokenizer and packing in the graph; checked against
+        `kerasllm predict` on the first validation texts. A sentence-pair model and a keras-hub tokenizer have none."""
+        tokenizer = run.artifacts["tokenizer"]
+        if run.data_record.get("sentence_pairs") or not hasattr(tokenizer, "tf_encode"):
+            return []
+        packer = Packer(tokenizer, run.config.data.sequence_length)
+        try:
+            texts = [text for text in self.held_out(run, None)[0].texts if text.strip()][:CHECKED_TEXTS]
+        except (UserError, OSError):  # the training data moved: check on words from the vocabulary instead
+            texts = [" ".join(tokenizer.vocabulary[4:9])]
+        return [classify_endpoint(model, run.spec.output, run.artifacts["labels"].class_names, packer.tf_pack,
+                                  [tokenizer.lookup_table()], (texts, self.probabilities(model, run, texts)), example=texts[0])]
 
     def tables(self, results: dict, title: str) -> list[Table]:
         return classification_tables(super().tables(results, title), results)

@@ -17,7 +17,8 @@ from kerasllm import generation
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.text import evaluation_text, load_text
 from kerasllm.errors import UserError
-from kerasllm.tasks.base import PreparedData, Task
+from kerasllm.quiet import captured_stderr
+from kerasllm.tasks.base import Endpoint, PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
 
 SAMPLE_TEMPERATURE = 0.8
@@ -57,6 +58,28 @@ def summarize(loss_value: float, accuracy: float, kind: str, chars_per_token: fl
         results["bits_per_char"] = bits / max(chars_per_token, 1e-9)
     results["accuracy"] = accuracy
     return results
+
+
+CHECKED_TOKENS = 24  # new tokens a SavedModel's `generate` is checked on, per prompt
+
+
+def check_prompts(run, budget: int) -> list[str]:
+    """Prompts of a few lengths from the run's validation text (its words; "The " if the text has moved), each at
+    most `budget` tokens (0: any), so that its continuation fits the context."""
+    tokenizer = run.artifacts["tokenizer"]
+    try:
+        words = evaluation_text(run.data_record, None)[0].split(" ")
+    except (UserError, OSError):
+        words = []
+    prompts = [" ".join(words[start:start + count]) + " " for start, count in ((0, 1), (3, 2), (10, 4), (20, 6)) if len(words) > 30]
+    fits = lambda text: not budget or len(tokenizer.encode(text)) <= budget
+    found = []
+    for prompt in prompts:
+        while prompt and not fits(prompt):
+            prompt = prompt[1:]
+        if prompt.strip():
+            found.append(prompt)
+    return found or ["The "[: budget or 4]]
 
 
 class TextGeneration(Task):
@@ -137,6 +160,53 @@ class TextGeneration(Task):
                 on_note(f"the prompt has {length} tokens, more than the model's context of {context}; only its last {context} are used")
         return generation.generate(model, tokenizer, prompts, max_length, window=run.config.data.sequence_length, spec=run.spec,
                                    on_text=on_text, beam_width=beam, **{"temperature": 0.8, **sampling})
+
+    def savedmodel_endpoints(self, model, run) -> list:
+        """`generate(prompt: string, max_new_tokens: int32) -> string`: the continuation, greedy, with the tokenizer and
+        the model's cached decoding loop in the graph (`tf_greedy` of its decoder: transformer-lm's key/value cache,
+        lstm-textgen's carried states). In the graph a prompt keeps its last context - 1 tokens and the continuation
+        stops where the context is full. Checked against `kerasllm generate` (greedy) on pieces of the validation text."""
+        import tensorflow as tf
+
+        tokenizer = run.artifacts["tokenizer"]
+        decoder = generation.make_decoder(model, run.spec, run.config.data.sequence_length)
+        if self.name != "text-generation" or not hasattr(decoder, "tf_greedy") or not hasattr(tokenizer, "tf_encode"):
+            return []
+        context = getattr(decoder, "context", 0)
+        penalty = np.zeros(tokenizer.vocab_size, np.float32)
+        penalty[generation.banned_ids(tokenizer, allow_eos=False)] = -np.inf
+        empty = int(generation.encode_prompt(tokenizer, "")[-1])
+
+        def generate(prompts, max_new_tokens):
+            ids = tokenizer.tf_encode(prompts)
+            if context:
+                ids = ids[:, -(context - 1):]
+            lengths = tf.cast(ids.row_lengths(), tf.int32)
+            dense = tf.pad(ids.to_tensor(default_value=0), [[0, 0], [0, 1]])  # at least one column
+            if context:
+                dense = dense[:, :context]
+                dense = tf.pad(dense, [[0, 0], [0, context - tf.shape(dense)[1]]])
+            dense = tf.concat([tf.where(lengths == 0, empty, dense[:, 0])[:, None], dense[:, 1:]], axis=1)  # "" starts a line
+            lengths = tf.maximum(lengths, 1)
+            steps = tf.maximum(max_new_tokens, 0)
+            if context:
+                steps = tf.minimum(steps, context - tf.reduce_max(lengths))
+            return tokenizer.tf_decode(decoder.tf_greedy(dense, lengths, steps, tf.constant(penalty)))
+
+        steps = min(CHECKED_TOKENS, context // 2) if context else CHECKED_TOKENS
+        prompts = check_prompts(run, context - steps if context else 0)
+
+        def check(loaded) -> str:
+            with captured_stderr():  # oneDNN's "supports DT_INT32 only on platforms with AVX-512" at the first call
+                found = loaded.generate(tf.constant(prompts), tf.constant(steps)).numpy()
+            graph = [text.decode("utf-8") for text in found]
+            python = self.generate(model, run, prompts, max_length=steps, temperature=0.0)
+            wrong = [(p, g, t) for p, g, t in zip(prompts, graph, python) if g != t]
+            return f"{len(wrong)} of {len(prompts)} continuations, e.g. {wrong[0][0]!r}: {wrong[0][1]!r} vs {wrong[0][2]!r}" if wrong else ""
+
+        usage = 'print("generate:", loaded.generate(tf.constant([{example}]), tf.constant(40)).numpy()[0].decode())'
+        return [Endpoint("generate", generate, [tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)],
+                         [tokenizer.lookup_table()], check, example=prompts[0], usage=usage)]
 
     def export_sample(self, model, run, batch: int = 2) -> np.ndarray:
         length = run.data_record.get("input_length", 16) if run else 16
