@@ -65,6 +65,7 @@ class LSTMStepDecoder:
     def __init__(self, embedding, cells, output_kernel, output_bias):
         self.embedding, self.cells = embedding, cells  # cells: [(kernel, recurrent_kernel, bias)]
         self.output_kernel, self.output_bias = output_kernel, output_bias
+        self.model = None  # set by `from_model`: `tf_greedy` reads its variables
 
     @classmethod
     def from_model(cls, model):
@@ -85,7 +86,53 @@ class LSTMStepDecoder:
         cells = [(f32(layer.cell.kernel), f32(layer.cell.recurrent_kernel), f32(layer.cell.bias)) for layer in lstms]
         output = layers[-1]
         bias = f32(output.bias) if output.use_bias else np.zeros(output.units, np.float32)
-        return cls(f32(layers[0].embeddings), cells, f32(output.kernel), bias)
+        decoder = cls(f32(layers[0].embeddings), cells, f32(output.kernel), bias)
+        decoder.model = model
+        return decoder
+
+    def tf_greedy(self, ids, lengths, steps, penalty):
+        """Greedy decoding as TensorFlow ops only, for a SavedModel's `generate` signature, on the model's own
+        variables: `ids` (batch, time) prompts padded on the right, `lengths` (batch,), `steps` new tokens (a scalar
+        tensor), `penalty` (vocab,) added to the logits. The same cell arithmetic as `_advance`; returns (batch, steps)."""
+        import keras
+        import tensorflow as tf
+
+        layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        embeddings, output = layers[0].embeddings, layers[-1]
+        cells = [(layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias) for layer in layers[1:-1]]
+        batch = tf.shape(ids)[0]
+
+        def advance(state, tokens, active):
+            x, new_state = tf.gather(embeddings, tokens), []
+            for (kernel, recurrent, bias), (h, c) in zip(cells, state):
+                i, f, g, o = tf.split(tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias, 4, axis=-1)
+                c_next = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+                h_next = tf.sigmoid(o) * tf.tanh(c_next)
+                new_state.append((tf.where(active, h_next, h), tf.where(active, c_next, c)))
+                x = new_state[-1][0]
+            return x, new_state
+
+        def logits_of(top):
+            return tf.matmul(top, output.kernel) + (output.bias if output.use_bias else 0.0) + penalty
+
+        state = [(tf.zeros([batch, kernel.shape[1] // 4]),) * 2 for kernel, _, _ in cells]
+        last = tf.zeros([batch, cells[-1][0].shape[1] // 4])
+
+        def read(t, state, last):
+            active = (t < lengths)[:, None]
+            top, state = advance(state, ids[:, t], active)
+            return t + 1, state, tf.where(active, top, last)
+
+        _, state, last = tf.while_loop(lambda t, *_: t < tf.reduce_max(lengths), read, (tf.constant(0), state, last))
+
+        def write(i, logits, state, out):
+            token = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            top, state = advance(state, token, tf.ones([batch, 1], tf.bool))
+            return i + 1, logits_of(top), state, out.write(i, token)
+
+        _, _, _, out = tf.while_loop(lambda i, *_: i < steps, write,
+                                     (tf.constant(0), logits_of(last), state, tf.TensorArray(tf.int32, size=steps)))
+        return tf.transpose(out.stack())
 
     def _advance(self, state, tokens, active):
         """One time step for the rows in `active`; returns the top layer's output."""

@@ -243,6 +243,49 @@ class TransformerCacheDecoder:
             logits[group["rows"]] = group_logits
         return logits, state
 
+    def tf_greedy(self, ids, lengths, steps, penalty):
+        """Greedy decoding as TensorFlow ops only, for a SavedModel's `generate` signature: `ids` (batch, context)
+        prompts padded on the right, `lengths` (batch,) their lengths, `steps` new tokens (a scalar tensor; every
+        prompt + steps fits the context), `penalty` (vocab,) added to the logits (-inf: never picked). The prompts fill
+        the caches in one pass; each new token is then one position per row at its own index (`project_rows` and
+        `finish_rows`, as `kerasllm serve`'s rows step); padding written past a prompt is overwritten before it is
+        attended. Returns the new ids (batch, steps)."""
+        import tensorflow as tf
+
+        batch = tf.shape(ids)[0]
+        x = self.embedding(ids)
+        if self.positions is not None:
+            x = x + self.positions(x, start_index=0)
+        caches = []
+        for block in self.blocks:
+            empty = tf.zeros([batch, 2, self.context, self.num_heads, self.head_dim], self.model.compute_dtype)
+            x, cache = block(x, self_attention_cache=empty, self_attention_cache_update_index=0)
+            caches.append(cache)
+        last = tf.gather(x, lengths - 1, axis=1, batch_dims=1)  # (batch, hidden): each prompt's last position
+        logits = self.embedding(self.final_norm(last), reverse=True)
+        rows = tf.range(batch)
+
+        def step(i, logits, caches, out):
+            token = tf.argmax(tf.cast(logits, tf.float32) + penalty, axis=-1, output_type=tf.int32)
+            out = out.write(i, token)
+            index = lengths + i
+            h = self.embedding(token[:, None])
+            if self.positions is not None:
+                h = h + self.positions(h, start_index=index)
+            written = []
+            for block, cache in zip(self.blocks, caches):
+                query, key, value = block.project_rows(h, index)
+                for part, new in ((0, key), (1, value)):
+                    where = tf.stack([rows, tf.fill([batch], part), index], axis=1)
+                    cache = tf.tensor_scatter_nd_update(cache, where, tf.cast(new[:, 0], cache.dtype))
+                h = block.finish_rows(h, query, cache[:, 0], cache[:, 1], index)
+                written.append(cache)
+            return i + 1, self.embedding(self.final_norm(h[:, 0]), reverse=True), written, out
+
+        _, _, _, out = tf.while_loop(lambda i, *_: i < steps, step,
+                                     (tf.constant(0), logits, caches, tf.TensorArray(tf.int32, size=steps)))
+        return tf.transpose(out.stack())  # (batch, steps)
+
     # --- slots: one row per request, each at its own position (continuous batching, `kerasllm serve`) ----------
     @property
     def per_row(self) -> bool:
