@@ -665,7 +665,7 @@ def finetune(
 @handle_errors
 def export(
     source: ModelOrRun,
-    fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel or tflite.")] = "keras",
+    fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel, tflite or onnx (pip install \"kerasllm[onnx]\").")] = "keras",
     out: Annotated[Optional[Path], typer.Option(help="Output path (default: beside the source; run folders: RUN/export/).")] = None,
     quantize: Annotated[str, typer.Option(
         help="TFLite only: none, dynamic (int8 weights), float16 (float16 weights) or int8 (weights and activations, "
@@ -683,7 +683,7 @@ def export(
     Prints the copy against the source: max |diff|, top-1 agreement, file size and latency per batch.
 
     Examples: `kerasllm export runs/lstm-textgen-20261129-120000 --format tflite` · `kerasllm export my_model.h5` ·
-    `kerasllm export RUN --format tflite --quantize int8`
+    `kerasllm export RUN --format tflite --quantize int8` · `kerasllm export RUN --format onnx`
     """
     export_lib.check_format(fmt)  # before the (slow) model load
     export_lib.check_quantize(fmt, quantize)
@@ -718,7 +718,7 @@ def export(
         console.print(f"note: its signatures run TensorFlow Text ops ({', '.join(result.foreign_ops)}): `import tensorflow_text` "
                       "before `tf.saved_model.load`", highlight=False)
     if result.readme is not None:
-        console.print(f"how to run it with TensorFlow alone: {result.readme}", highlight=False)
+        console.print(f"how to run it with {'onnxruntime' if fmt == 'onnx' else 'TensorFlow'} alone: {result.readme}", highlight=False)
     elif run is not None:
         console.print(f"note: {out.parent / 'README.md'} is not kerasllm's, so no usage snippet was written there", highlight=False)
 

@@ -61,8 +61,6 @@ class StudentDistiller(keras.distillation.Distiller):
         if y_pred is None:
             y_pred = self(x, training=training)
         student_loss = self._student_loss(y, y_pred, sample_weight)  # the task's loss object: weights as in any run
-        if not training:  # validation: the student's own loss, comparable with a run of its model trained alone
-            return compat.scale_loss_for_replicas(student_loss)
         teacher = as_logits(self.teacher(x, training=False), self.teacher_output)
         student = as_logits(y_pred, self.student_output)
         if sample_weight is None:
@@ -71,9 +69,10 @@ class StudentDistiller(keras.distillation.Distiller):
             distillation_loss = weighted_kl(teacher, student, sample_weight, self.temperature)
         total = self.alpha * student_loss + (1.0 - self.alpha) * distillation_loss
         self.student_loss_tracker.update_state(student_loss)
-        self.distillation_loss_tracker.update_state(distillation_loss)
+        self.distillation_loss_tracker.update_state(distillation_loss)  # validation too: how far the student is from the teacher
         self.total_loss_tracker.update_state(total)
-        return compat.scale_loss_for_replicas(total)
+        # validation's loss is the student's own, comparable with a run of its model trained alone
+        return compat.scale_loss_for_replicas(total if training else student_loss)
 
 
 def weighted_kl(teacher, student, sample_weight, temperature: float):

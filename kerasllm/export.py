@@ -1,8 +1,9 @@
 """Export a model to another format and check the copy computes the same outputs.
 
 Formats: `keras` (.keras), `h5` (Keras 3's legacy HDF5), `savedmodel` (a TensorFlow
-SavedModel with a `serve` signature, plus the task's own, e.g. seq2seq's `translate(string) -> string`) and `tflite` (through a SavedModel, because
-`TFLiteConverter.from_keras_model` fails on Keras 3 models). After writing, the
+SavedModel with a `serve` signature, plus the task's own, e.g. seq2seq's `translate(string) -> string`), `tflite` (through a SavedModel, because
+`TFLiteConverter.from_keras_model` fails on Keras 3 models) and `onnx` (Keras' `model.export(format="onnx")`, which
+runs tf2onnx on TensorFlow; checked with onnxruntime; `pip install "kerasllm[onnx]"`). After writing, the
 export is loaded back and run on a sample batch; `max_abs_diff` must stay under
 the tolerance or the export is reported as failed.
 
@@ -33,7 +34,7 @@ from kerasllm.saving import load_model, quantized_layers, save_model
 # Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
 # module and must not load them.
 
-FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite"}
+FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite": ".tflite", "onnx": ".onnx"}
 
 
 QUANTIZE = ("none", "dynamic", "float16", "int8")
@@ -155,6 +156,9 @@ def check_fits(model, fmt: str) -> None:
     be read back from it."""
     import keras
 
+    if fmt == "onnx" and quantized_layers(model):
+        raise UserError("the ONNX export cannot take Keras-quantized layers; export this copy as keras or savedmodel, or its "
+                        "float source as onnx")
     if fmt == "tflite" and quantized_layers(model):
         raise UserError("the TFLite converter cannot take Keras-quantized layers (their int8 kernels feed float matmuls); "
                         "export this copy as keras or savedmodel, or its float source as tflite")
@@ -232,6 +236,8 @@ def write(model, fmt: str, out: Path, batch, endpoints: list | None = None, quan
                 raise UserError(f"the SavedModel's `{endpoint.name}` signature differs from kerasllm's: {problem}; "
                                 "nothing was written; report this model")
         return lambda inputs: np.asarray(loaded.serve(inputs))
+    if fmt == "onnx":
+        return _write_onnx(model, out, batch)
     # tflite: a SavedModel with a fixed input shape, then the converter.
     import tensorflow as tf
 
@@ -245,6 +251,48 @@ def write(model, fmt: str, out: Path, batch, endpoints: list | None = None, quan
             raise UserError(f"the TFLite converter cannot convert this model: {_converter_reason(error)}; export it as "
                             "keras or savedmodel") from error
     return _tflite_runner(out)
+
+
+def _write_onnx(model, out: Path, batch):
+    """Keras' ONNX export (tf2onnx on TensorFlow), then an onnxruntime session: `run(batch) -> outputs`.
+    tf2onnx writes a node it has no conversion for as the TensorFlow op itself, which no ONNX runtime registers (exact
+    GELU's `Erfc` under TensorFlow 2.21 and tf2onnx 1.17): the session refuses the file, and the error names the op."""
+    import logging
+    import re
+
+    try:
+        import onnxruntime
+        import tf2onnx
+    except ImportError as error:
+        raise UserError(f"--format onnx needs tf2onnx and onnxruntime ({error.name} is missing): pip install \"kerasllm[onnx]\"") from error
+    model.predict_on_batch(batch)  # Keras exports only a model that has been called
+    logger, level = logging.getLogger("tf2onnx"), logging.getLogger("tf2onnx").level
+    logger.setLevel(logging.CRITICAL)  # its "Tensorflow op [...] is not supported" lines: the error below names the op
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf2onnx 1.17 on NumPy 2: FutureWarning about np.object
+            model.export(str(out), format="onnx", verbose=False)
+    except Exception as error:  # tf2onnx's own failures, of many types
+        raise UserError(f"tf2onnx cannot convert this model: {str(error).splitlines()[0][:200]}; export it as savedmodel or "
+                        "tflite") from error
+    finally:
+        logger.setLevel(level)
+    try:
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    except Exception as error:
+        found = re.search(r"No Op registered for (\w+)", str(error))
+        what = f"its {found.group(1)} op" if found else str(error).splitlines()[0][:200]
+        import tensorflow as tf
+
+        raise UserError(f"tf2onnx {tf2onnx.__version__} cannot convert {what} under TensorFlow {tf.__version__} (the file would not "
+                        "load in onnxruntime); export it as savedmodel or tflite") from error
+    names = [node.name for node in session.get_inputs()]
+
+    def run(inputs):
+        feeds = {name: np.asarray(inputs if key is None else inputs[key]) for name, key in tflite_feeds(names, inputs)}
+        return np.asarray(session.run(None, feeds)[0])
+
+    return run
 
 
 def _set_quantization(converter, quantize: str, calibration) -> None:
@@ -433,6 +481,11 @@ def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, t
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             names = list(tf.lite.Interpreter(model_path=str(out)).get_signature_runner().get_input_details())
+        usage.feeds = [(name, key or "inputs") for name, key in tflite_feeds(names, batch)]
+    if fmt == "onnx":
+        import onnxruntime
+
+        names = [node.name for node in onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_inputs()]
         usage.feeds = [(name, key or "inputs") for name, key in tflite_feeds(names, batch)]
     tokenizer_file = next((source for source, _ in companions if source.name == TOKENIZER_FILE), None)
     if single and np.ndim(expected) == 3 and tokenizer_file is not None and tokenizer_file.is_file():

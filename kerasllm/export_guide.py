@@ -82,6 +82,9 @@ def _load(usage: Usage) -> tuple[list[str], list[str]]:
                       [f"print({signature!r}, [text.decode() for text in loaded.{signature}(tf.constant([{text!r}])).numpy()])"])
         return imports, lines
     feeds = "{" + ", ".join(f'"{feed}": x' if usage.single else f'"{feed}": x["{key}"]' for feed, key in usage.feeds) + "}"
+    if usage.fmt == "onnx":
+        return (["import onnxruntime"],
+                [f'session = onnxruntime.InferenceSession("{name}")', f"outputs = np.asarray(session.run(None, {feeds})[0])"])
     return (["import tensorflow as tf  # or: from ai_edge_litert.interpreter import Interpreter"],
             [f'runner = tf.lite.Interpreter(model_path="{name}").get_signature_runner()', f"(outputs,) = runner(**{feeds}).values()"])
 
@@ -127,6 +130,6 @@ def write_readme(folder: Path, usage: Usage, size: str) -> Path | None:
     kept = [match.group(0) for match in SECTION.finditer(old)
             if match.group("name") != usage.out.name and (Path(folder) / match.group("name")).exists()]
     text = (f"{MARK}\n# Exported models\n\nEach file below was checked against its source by `kerasllm export`. "
-            "The snippets use TensorFlow / Keras only.\n\n" + "\n".join([*kept, section(usage, size)]))
+            "The snippets use TensorFlow / Keras (an ONNX file: onnxruntime) only.\n\n" + "\n".join([*kept, section(usage, size)]))
     files.write_text_atomic(path, text)
     return path

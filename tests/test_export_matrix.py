@@ -1,4 +1,5 @@
-"""Every zoo model × every export format: a round trip with parity, or a one-line refusal up front that says why."""
+"""Every zoo model × every export format (TFLite also with dynamic-range and int8 quantization, and ONNX): a round trip
+with parity (a quantized file judged by top-1 agreement), or a one-line refusal that says why."""
 
 import json
 
@@ -7,7 +8,10 @@ import pytest
 from kerasllm import cli
 from tests.zoo_cases import cli_args, matrix_names, write_cases
 
-FORMATS = ("keras", "h5", "savedmodel", "tflite")
+# (format, --quantize): every format, and the TFLite converter's dynamic-range and full-integer quantization (float16
+# is the converter's weight cast, exercised in tests/test_export_quantize.py)
+FORMATS = (("keras", "none"), ("h5", "none"), ("savedmodel", "none"), ("tflite", "none"), ("tflite", "dynamic"), ("tflite", "int8"),
+           ("onnx", "none"))
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +37,23 @@ def zoo(tmp_path_factory, runner):
 @pytest.mark.parametrize("name", [*matrix_names(), "masked-lm"])
 def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_path, name):
     outcomes = {}
-    for fmt in FORMATS:
-        out = tmp_path / f"{name}.{'savedmodel' if fmt == 'savedmodel' else fmt}"
-        result = runner.invoke(cli.app, ["export", str(zoo[name]), "--format", fmt, "--out", str(out)])
+    for fmt, quantize in FORMATS:
+        key = fmt if quantize == "none" else f"{fmt} {quantize}"
+        out = tmp_path / f"{name}-{quantize}.{fmt}"
+        result = runner.invoke(cli.app, ["export", str(zoo[name]), "--format", fmt, "--quantize", quantize, "--out", str(out)])
         if result.exit_code == 0:
-            assert "max |diff|" in result.output and out.exists(), (fmt, result.output)
-            outcomes[fmt] = "ok"
+            assert "max |diff|" in result.output and "top-1 agreement" in result.output and out.exists(), (key, result.output)
+            outcomes[key] = "ok"
         else:
-            assert result.exit_code == 2, (fmt, result.output, repr(result.exception))
+            assert result.exit_code == 2, (key, result.output, repr(result.exception))
             lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and "Traceback" not in result.output and " cannot hold " in lines[0], (fmt, result.stderr)
+            assert len(lines) == 1 and "Traceback" not in result.output, (key, result.stderr)
+            assert any(words in lines[0] for words in (" cannot hold ", " cannot calibrate ", " cannot convert ")), (key, lines[0])
             assert not out.exists()
-            outcomes[fmt] = "refused: " + lines[0].removeprefix("error: ")
+            outcomes[key] = "refused: " + lines[0].removeprefix("error: ")
     print(json.dumps({name: outcomes}))
     assert outcomes["keras"] == outcomes["savedmodel"] == "ok"
+    assert outcomes["tflite dynamic"] == "ok" or outcomes["tflite"] != "ok"  # what converts in float converts with int8 weights
 
 
 @pytest.mark.slow

@@ -63,3 +63,23 @@ def test_what_quantizing_cannot_do_is_one_line(runner, trained_run, cnn_run, tmp
     result = invoke(runner, "export", trained_run, "--format", "tflite", "--quantize", "dynamic", "--out", tmp_path / "d.tflite")
     assert result.exit_code == 0 and figures(result.stdout)["agreement"] >= 90, result.output
     assert not (tmp_path / "m.tflite").exists() and not (tmp_path / "m.keras").exists()
+
+
+def test_an_onnx_file_runs_in_onnxruntime_beside_its_source(runner, cnn_run, trained_run, tmp_path):
+    """Keras' ONNX export (tf2onnx), loaded in onnxruntime and checked like every format; the folder's README runs it
+    with onnxruntime alone."""
+    for run_dir, name in ((cnn_run, "cnn"), (trained_run, "lstm")):
+        out = tmp_path / f"{name}.onnx"
+        result = invoke(runner, "export", run_dir, "--format", "onnx", "--out", out)
+        assert result.exit_code == 0, result.output
+        line = result.stdout.strip().splitlines()[0]
+        assert line.startswith(f"wrote {out} (onnx") and figures(line)["diff"] <= 1e-4 and figures(line)["agreement"] == 100, line
+        assert result.stdout.strip().splitlines()[-1] == f"how to run it with onnxruntime alone: {tmp_path / 'README.md'}"
+    assert 'session = onnxruntime.InferenceSession("lstm.onnx")' in (tmp_path / "README.md").read_text()
+
+
+def test_an_op_tf2onnx_cannot_convert_is_one_line_naming_it(runner, lm_run, tmp_path):
+    """transformer-lm's exact GELU becomes an `Erfc` node that no ONNX runtime registers (tf2onnx 1.17, TF 2.21)."""
+    out = tmp_path / "lm.onnx"
+    assert_user_error(invoke(runner, "export", lm_run, "--format", "onnx", "--out", out), "cannot convert its Erfc op")
+    assert not out.exists()
