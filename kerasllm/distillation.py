@@ -9,7 +9,8 @@ exact), progress and early stopping as every run. The loss of a training step is
 
 with T = `finetune.distill_temperature` and alpha = `finetune.distill_alpha` (Keras' `student_loss_weight`).
 Validation and the final metrics are the student's own task loss and metrics, as for any run of its model, so a
-distilled student compares with one trained from scratch. `model.keras` is the student alone.
+distilled student compares with one trained from scratch (validation also logs `val_distillation_loss`, the distance
+to the teacher). `model.keras` is the student alone.
 
 Two things Keras 3.15.1's `Distiller.compute_loss` leaves out are added here: sample weights (a chat run's reply
 mask, a seq2seq run's padding, class weights) weight both terms, and a model whose last layer is a softmax
@@ -102,7 +103,6 @@ class DistillHook(Hook):
 
     def __init__(self, config):
         self.config = config
-        self.teacher_spec_output = ""
 
     def trained_model(self, model, context: BuildContext):
         finetune, spec = self.config.finetune, context.spec
