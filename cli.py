@@ -827,10 +827,10 @@ def distill_run(source: Path, student: str | None, overrides: list[str], tempera
     outputs (Keras' Distiller through the trainer), then measure it against the run."""
     found = finetuning.resolve_base(str(source))
     compression.check_not_a_copy(source)
-    finetuning.load_base_model(found, unsafe)  # refuses a quantized teacher, or one that needs --unsafe, before training starts
     flags = config_lib.flag_overrides({"train.epochs": epochs, "data.source": data, "finetune.distill_temperature": temperature,
                                        "finetune.distill_alpha": alpha})
     spec, config = compression.distill_config(found, student, overrides, flags)
+    finetuning.load_base_model(found, unsafe)  # refuses a quantized teacher, or one that needs --unsafe, before training starts
     run_dir = train_compressed(f"{spec.name}-distill", found, config, out, overwrite, as_json,
                                artifacts=dict(found.run.artifacts))  # the teacher's tokenizer and labels
     return run_dir, compression.trained_report(source, run_dir, unsafe)

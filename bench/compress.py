@@ -1,7 +1,7 @@
 """Compression benchmarks (#12), one command: cnn-classifier on MNIST, or (--lm) a transformer-lm on tinyshakespeare.
 
     python bench/compress.py [--data-dir ../shared/data] [--epochs 1] [--run RUN]
-    python bench/compress.py --lm train [--lm-steps 150]     # or --lm RUN: int8, int4 and GPTQ copies of a transformer-lm
+    python bench/compress.py --lm train [--lm-steps 150]     # or --lm RUN: int8, int4, GPTQ and AWQ copies of a transformer-lm
 
 1. Trains `cnn-classifier` on MNIST for --epochs (or takes --run).
 2. LiteRT: exports the run as float32, dynamic-range and full-integer int8 TFLite files (`kerasllm export --format
@@ -104,10 +104,10 @@ def prune_rows(run_dir: Path, folder: Path, command: str) -> list[list[str]]:
 
 
 def lm_rows(run_dir: Path, folder: Path, command: str) -> list[list[str]]:
-    """`kerasllm compress RUN --method M` for int8, int4 and GPTQ (4-bit) on a transformer-lm: each copy's own before →
+    """`kerasllm compress RUN --method M` for int8, int4, GPTQ and AWQ (4-bit) on a transformer-lm: each copy's own before →
     after table (perplexity on the run's validation split, sizes, cached tokens/s), measured in its own process."""
     rows = []
-    for method in ("int8", "int4", "gptq"):
+    for method in ("int8", "int4", "gptq", "awq"):
         started = time.perf_counter()
         result = subprocess.run([sys.executable, "-m", "kerasllm", "compress", str(run_dir), "--method", method, "--json",
                                  "--out", str(folder / method)], check=True, capture_output=True, text=True)
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--run", help="an existing cnn-classifier run on MNIST (skips training)")
-    parser.add_argument("--lm", help="instead: quantize this transformer-lm run (int8, int4, gptq); `train` trains one "
+    parser.add_argument("--lm", help="instead: quantize this transformer-lm run (int8, int4, gptq, awq); `train` trains one "
                                      "(--preset small on tinyshakespeare, --lm-steps steps)")
     parser.add_argument("--lm-steps", type=int, default=150)
     args = parser.parse_args()

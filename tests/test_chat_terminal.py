@@ -33,9 +33,12 @@ def test_chat_repl_streams_keeps_the_session_through_ctrl_c_and_leaves_on_ctrl_d
         child.expect("you> ")
         child.sendline("Say hello to Ada.")
         child.expect("bot> ")
-        child.sendintr()  # the first reply compiles the decoder for seconds: Ctrl-C lands inside the answer
-        child.expect(r"\[stopped\]")
-        child.expect("you> ")  # the session goes on
+        child.sendintr()  # the first reply compiles the decoder for seconds: Ctrl-C usually lands inside the answer
+        # on a loaded machine the signal was seen only after the 12 tokens had streamed (the clean-clone CI of
+        # 2026-12-02): the reply then ends as usual; either way the session goes on
+        child.expect([r"\[stopped\]", "you> "])
+        if child.after != "you> ":
+            child.expect("you> ")
         child.sendline("Reverse: keras")
         child.expect("bot> ")
         child.expect("you> ")

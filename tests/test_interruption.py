@@ -1,5 +1,5 @@
 """kill -9 at a random moment, then `--resume`: a run ends where an uninterrupted run ends (four kinds of run in the slow
-tier, every zoo model with `KERASLLM_EVERY_KILL_CASE=1`).
+tier, every zoo model with `KERASLLM_FULL_SLOW=1`).
 
 Each model trains at its own defaults (steps per call, loop, dropout) with tiny sizes, `runtime.deterministic=true`
 and a step checkpoint every 2 steps; the kill lands after the first checkpoint, at a random moment (during a step,
@@ -8,7 +8,6 @@ take the custom training loop (`runtime.loop=custom`, the multi-worker and TPU l
 """
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import FULL_SLOW
 from tests.zoo_cases import cli_args, matrix_names, write_cases
 
 ROOT = Path(__file__).parent.parent
@@ -49,10 +49,10 @@ ALL_CASES = {**{name: (name, []) for name in matrix_names()},
              "transformer-lm, LoRA fine-tuning": ("transformer-lm", ["finetune.base=BASE", "finetune.method=lora", "finetune.lora_rank=2"])}
 # The slow tier kills four runs, each carrying other state in its checkpoints: XLA steps run 10 per call with dropout
 # (transformer-lm), the custom loop, a fine-tuning run's LoRA adapters, batch normalisation (cnn-classifier). The other
-# models resume exactly in-process below (a stopped run, not a killed one); `KERASLLM_EVERY_KILL_CASE=1` kills every
+# models resume exactly in-process below (a stopped run, not a killed one); `KERASLLM_FULL_SLOW=1` kills every
 # zoo model (about 10 more minutes on 2 cores).
 REPRESENTATIVE = ("transformer-lm", "transformer-lm, custom loop", "transformer-lm, LoRA fine-tuning", "cnn-classifier")
-CASES = ALL_CASES if os.environ.get("KERASLLM_EVERY_KILL_CASE") == "1" else {case: ALL_CASES[case] for case in REPRESENTATIVE}
+CASES = ALL_CASES if FULL_SLOW else {case: ALL_CASES[case] for case in REPRESENTATIVE}
 
 
 @pytest.fixture(scope="module")

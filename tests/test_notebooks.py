@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need
+from tests.conftest import FULL_SLOW, need
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# the slow tier runs two (the TPU branch on JAX, and a CPU fine-tune); all four with KERASLLM_FULL_SLOW=1 (tests/conftest.py)
+EXECUTED = [p for p in NOTEBOOKS if FULL_SLOW or p.stem in ("01_quickstart", "03_finetune")]
 TINY_LM = "--set model_args.num_layers=1 --set model_args.num_heads=2 --set model_args.hidden_dim=16 " \
           "--set data.sequence_length=16 --set train.batch_size=8 --set train.steps_per_epoch=3 --set train.sample_length=20 " \
           "--set runtime.steps_per_execution=1"
@@ -65,12 +67,12 @@ def executed(tmp_path_factory) -> dict:
 
     data = tmp_path_factory.mktemp("notebook-data")
     write_data(data)
-    folders = {path.stem: tmp_path_factory.mktemp(path.stem) for path in NOTEBOOKS}
+    folders = {path.stem: tmp_path_factory.mktemp(path.stem) for path in EXECUTED}
     two_devices = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")  # JAX's "TPU cores", on the CPU
     processes = {path.stem: subprocess.Popen([sys.executable, "-m", "tests.notebook_run", str(path),
                                               json.dumps(tiny_parameters(path.stem, data)), str(folders[path.stem])],
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT), env=two_devices)
-                 for path in NOTEBOOKS}
+                 for path in EXECUTED}
     found = {}
     for name, process in processes.items():
         _, stderr = process.communicate(timeout=900)
@@ -79,7 +81,7 @@ def executed(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("name", [p.stem for p in EXECUTED])
 def test_notebook_runs_with_tiny_parameters(executed, name):
     import nbformat
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, TINY_LM, need
+from tests.conftest import TINY, TINY_LM, full_slow_only, need
 from tests.test_cli import LEGACY_SCRIPT
 from tests.test_export_guide import agreement, run_snippet, snippets
 from tests.test_seq2seq import TINY as TINY_SEQ2SEQ
@@ -57,6 +57,7 @@ def test_the_text_generation_tour(tmp_path, corpus_file):
 
 
 @pytest.mark.slow
+@full_slow_only  # with KERASLLM_FULL_SLOW=1 (tests/conftest.py)
 def test_the_classification_and_finetuning_tour(tmp_path):
     (tmp_path / "数据").mkdir()
     sst = write_sst(tmp_path / "数据")  # a non-Latin path: matplotlib's missing-glyph warnings on the curves' title
@@ -90,6 +91,7 @@ def test_the_translation_tour(tmp_path):
 
 
 @pytest.mark.slow
+@full_slow_only  # with KERASLLM_FULL_SLOW=1 (tests/conftest.py)
 def test_the_jax_and_chat_tour(tmp_path, corpus_file):
     need("jax")
     run = tmp_path / "jax"
