@@ -1,12 +1,29 @@
-"""Shared by the benchmark scripts: the machine's description and appending rows to RESULTS.md."""
+"""Shared by the benchmark scripts: running kerasllm, time budgets, the machine's description and appending rows to RESULTS.md."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT = RESULTS.parent.parent
+
+
+def kerasllm(*args) -> float:
+    """Run `python -m kerasllm ARGS` from the repository root (failing on a non-zero exit); its wall time in seconds."""
+    print("running: kerasllm", " ".join(map(str, args)), flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "kerasllm", *map(str, args)], check=True, cwd=ROOT)
+    return time.perf_counter() - started
+
+
+def budget(minutes: float, epochs: int) -> list[str]:
+    """Options for a run of at most `epochs` epochs and `minutes` of training time."""
+    return ["--epochs", str(epochs), "--set", f"train.max_seconds={minutes * 60:g}"]
 
 
 def machine() -> str:

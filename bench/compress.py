@@ -27,18 +27,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import append_row, machine
+from common import append_row, kerasllm, machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-
-
-def kerasllm(*args) -> float:
-    command = [sys.executable, "-m", "kerasllm", *map(str, args)]
-    print("running: kerasllm", " ".join(map(str, args)), flush=True)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT)
-    return time.perf_counter() - started
 
 
 def interpreter(path: Path):

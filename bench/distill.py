@@ -25,28 +25,15 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from common import append_row, machine
+from common import append_row, budget, kerasllm, machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECTION = "Distillation against the same student from scratch, same wall-clock budget (#12, bench/distill.py)"
 HEADER = ["date", "task", "model", "parameters", "budget", "steps", "train seconds", "score", "machine", "command"]
-
-
-def kerasllm(*args) -> float:
-    command = [sys.executable, "-m", "kerasllm", *map(str, args)]
-    print("running: kerasllm", " ".join(map(str, args)), flush=True)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT)
-    return time.perf_counter() - started
-
-
-def budget(minutes: float, epochs: int) -> list[str]:
-    return ["--epochs", str(epochs), "--set", f"train.max_seconds={minutes * 60:g}"]
 
 
 def scratch_config(distilled: Path, folder: Path) -> Path:

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import append_row, machine
+from common import append_row, budget, machine
 
 HERE = Path(__file__).resolve().parent
 SHORT = ["--set", "data.sequence_length=64", "--set", "train.early_stopping_patience=0"]
@@ -38,10 +38,6 @@ def run(command: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(command, check=True)
     return time.perf_counter() - started
-
-
-def budget(minutes: float, epochs: int) -> list[str]:
-    return ["--epochs", str(epochs), "--set", f"train.max_seconds={minutes * 60:g}"]
 
 
 def test_scores(run_dir: Path, sst: Path) -> dict:
