@@ -128,9 +128,11 @@ class Checkpointing(keras.callbacks.Callback):
     """Keeps `TrainState`: history, the best epoch and early stopping on `train.monitor`, checkpoints (written by the
     chief only)."""
 
-    def __init__(self, run_dir: Path, state: TrainState, train: TrainConfig, chief: bool = True, hooks: Hooks = NO_HOOKS):
+    def __init__(self, run_dir: Path, state: TrainState, train: TrainConfig, chief: bool = True, hooks: Hooks = NO_HOOKS,
+                 timings=None):
         super().__init__()
         self.run_dir, self.state, self.chief, self.hooks = Path(run_dir), state, chief, hooks
+        self.timings = timings  # `kerasllm.timings.Timings`: writing checkpoints counts as `checkpoints`
         self.every_steps, self.patience, self.keep = train.checkpoint_every_steps, train.early_stopping_patience, train.keep_checkpoints
         self.monitor = train.monitor
         self.steps_done_at_start = 0  # set by the trainer when resuming inside an epoch
@@ -147,10 +149,13 @@ class Checkpointing(keras.callbacks.Callback):
         self.offset, self.steps_done_at_start = self.steps_done_at_start, 0
 
     def save(self) -> None:
-        self.state.train_seconds = self.seconds_at_start + time.perf_counter() - self.started
+        started = time.perf_counter()
+        self.state.train_seconds = self.seconds_at_start + started - self.started
         if self.chief:
             save_checkpoint(self.run_dir, self.model, self.state, self.hooks)
             prune_checkpoints(self.run_dir, self.keep, self.state.best_checkpoint)
+        if self.timings is not None:
+            self.timings.add("checkpoints", time.perf_counter() - started)
 
     def on_train_batch_end(self, batch, logs=None):
         done = self.offset + batch + 1  # steps done in this epoch
@@ -174,7 +179,9 @@ class Checkpointing(keras.callbacks.Callback):
             self.interrupted = self.model.stop_training = True
 
     def _end_epoch(self, epoch, logs=None):
-        logs = dict(logs or {}, learning_rate=current_learning_rate(self.model.optimizer))
+        # train_seconds: the training loop's time so far, over all sessions (time to a validation figure)
+        logs = dict(logs or {}, learning_rate=current_learning_rate(self.model.optimizer),
+                    train_seconds=self.seconds_at_start + time.perf_counter() - self.started)
         for key, value in logs.items():
             self.state.history.setdefault(key, []).append(float(value))
         state = self.state

@@ -30,24 +30,78 @@ class TimeBudget(keras.callbacks.Callback):
 
 class StepClock(keras.callbacks.Callback):
     """Step timing: the median seconds per step between batch callbacks (with `steps_per_execution`
-    a callback covers several steps), and the time of the last step (the gap from there to the loop
-    returning showed tf.data's idle wait)."""
+    a callback covers several steps), the time of the last step (the gap from there to the loop
+    returning showed tf.data's idle wait), the first call's seconds (which hold the train step's
+    compilation) and each validation's seconds, added to `timings` (`kerasllm.timings.Timings`) as
+    `validation`."""
 
-    def __init__(self):
+    def __init__(self, timings=None):
         super().__init__()
         self.last_step, self.previous, self.per_step = None, None, []
+        self.timings = timings
+        self.first_call = None  # (seconds, steps) of this session's first call into the train step
+        self.validations: list[float] = []
+        self.epoch_started = self.validation_started = None
 
     def on_epoch_begin(self, epoch, logs=None):
         self.previous = None  # the first interval of an epoch holds its start-up
+        self.epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         now = time.perf_counter()
+        if self.first_call is None and self.epoch_started is not None:
+            self.first_call = (now - self.epoch_started, batch + 1)
         if self.previous is not None and batch > self.previous[1]:
             self.per_step.append((now - self.previous[0]) / (batch - self.previous[1]))
         self.previous, self.last_step = (now, batch), now
 
+    def on_test_begin(self, logs=None):
+        self.validation_started = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        seconds = time.perf_counter() - self.validation_started
+        self.validations.append(seconds)
+        if self.timings is not None:
+            self.timings.add("validation", seconds)
+
     def median_step_seconds(self) -> float | None:
         return statistics.median(self.per_step) if self.per_step else None
+
+    def compilation_estimates(self) -> dict[str, float]:
+        """Seconds the first call into the train step, and the first validation, took beyond a steady one: their
+        compilation (tracing, XLA), estimated from this session's median step and later validations."""
+        found = {}
+        median = self.median_step_seconds()
+        if self.first_call and median:
+            found["train step compilation"] = self.first_call[0] - self.first_call[1] * median
+        if len(self.validations) > 1:
+            found["validation compilation"] = self.validations[0] - statistics.median(self.validations[1:])
+        return found
+
+
+class TimedTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback, its epoch-end writing counted in `timings` as `tensorboard`."""
+
+    def __init__(self, *args, timings=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.timings = timings
+
+    def _timed(self, method, *args):
+        started = time.perf_counter()
+        try:
+            return method(*args)
+        finally:
+            if self.timings is not None:
+                self.timings.add("tensorboard", time.perf_counter() - started)
+
+    def on_train_begin(self, logs=None):
+        self._timed(super().on_train_begin, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._timed(super().on_epoch_end, epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._timed(super().on_train_end, logs)
 
 
 class FitLoop:
@@ -150,7 +204,9 @@ class CustomLoop:
                 if self.model.stop_training:  # a time budget ends the epoch early
                     break
             logs = {"loss": total / max(step + 1, 1), **self._results(self.train_metrics)}
+            callback_list.on_test_begin()
             logs.update({f"val_{key}": value for key, value in self.evaluate(validation).items()})
+            callback_list.on_test_end()
             callback_list.on_epoch_end(epoch, logs)
             if self.model.stop_training:
                 break

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import keras
 
-from kerasllm import catalog, diagnostics, distribute, files, memory, optimizers, quiet, reports, saving
+from kerasllm import catalog, compat, diagnostics, distribute, files, memory, optimizers, quiet, reports, saving
 from kerasllm.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
 from kerasllm.config import RunConfig, TrainConfig
 from kerasllm.data.splits import check_unchanged
@@ -48,9 +48,10 @@ from kerasllm.errors import UserError
 from kerasllm.finetuning import FinetuneHook, parameter_counts
 from kerasllm.hooks import BuildContext, Hook, Hooks
 from kerasllm.interrupts import graceful_stop
-from kerasllm.loops import LOOPS, StepClock, TimeBudget, spread_subset
+from kerasllm.loops import LOOPS, StepClock, TimeBudget, TimedTensorBoard, spread_subset
 from kerasllm.progress import Reporter
 from kerasllm.pruning import PruneHook
+from kerasllm.timings import Timings, process_seconds
 
 # Lazy imports: TensorFlow is imported inside the function that needs it: on the JAX backend it is not used.
 
@@ -162,17 +163,24 @@ class Trainer:
         self.artifacts = artifacts
         self.spec = catalog.model(config.model)
         self.task = catalog.task_for(self.spec, config.train.objective)
+        self.timings = Timings()  # this session's wall time by section: metrics.json's `timings`
 
     def run(self) -> dict:
         """Train; returns the summary also written to metrics.json (`nothing_to_do` when a resumed run had finished)."""
         # first: a multi-worker strategy must be made before any TensorFlow op runs
+        started = process_seconds()
+        if started is not None:
+            self.timings.add("start-up", started)  # the process's start: Python, imports, the command line
         self.strategy = distribute.get_strategy(self.config.runtime.strategy, self.config.runtime.worker_timeout)
         with distribute.peer_failures(self.strategy, self.config.runtime.worker_timeout):
-            finished = self.prepare()
+            with self.timings.section("data"):
+                finished = self.prepare()
             if finished is not None:
                 return finished
-            self.build()
-            self.loop()
+            with self.timings.section("build"):
+                self.build()
+            with self.timings.section("training loop"):
+                self.loop()
             return self.finalize()
 
     # 1. prepare --------------------------------------------------------------------------------
@@ -239,12 +247,19 @@ class Trainer:
                 restore_checkpoint(self.checkpoint, self.trained, with_optimizer=self.hooks.restores_optimizer(state), hooks=self.hooks)
             if self.chief:  # every check has passed: the run's "reproduce me" file may change now
                 files.write_text_atomic(self.run_dir / files.CONFIG_FILE, config.to_yaml())
+            # the restored weights on the validation split: a check of the checkpoint, which also traces the validation
+            # step where a new run does, so both find their compiled programs under the same names (the cache)
+            compat.align_trace_names()
+            self.summary["at_resume"] = self._evaluate("evaluation at resume")
         else:
+            with self.strategy.scope():  # built now, as a resume's restore builds it (the same objects before the loop)
+                self.trained.optimizer.build(self.trained.trainable_variables)
+            compat.align_trace_names()
             if self.chief:
                 self.run_dir = write_run_files(self.run_dir, config, self.data, self.overwrite)
                 self.created = True
             self.summary = {"model": self.spec.name, "parameters": int(self.model.count_params()),
-                            "before_training": self.task.report(self.training_loop.evaluate(self.validation), self.data.record),
+                            "before_training": self._evaluate("evaluation before training"),
                             **self.hooks.summary(self.model)}
         warmup = optimizers.warmup_steps(config.train.warmup_steps, self.state.schedule_steps)
         shortened = ([f"train.warmup_steps={config.train.warmup_steps} is more than a quarter of the run's "
@@ -263,10 +278,10 @@ class Trainer:
     # 3. loop -----------------------------------------------------------------------------------
     def _callbacks(self) -> list:
         config, state = self.config, self.state
-        self.checkpointing = Checkpointing(self.run_dir, state, config.train, self.chief, self.hooks)
+        self.checkpointing = Checkpointing(self.run_dir, state, config.train, self.chief, self.hooks, self.timings)
         self.checkpointing.step_offset = self.hooks.step_offset(state)
         self.checkpointing.steps_per_epoch = self.data.steps_per_epoch
-        self.clock = StepClock()
+        self.clock = StepClock(self.timings)
         self.reporter = Reporter(self.progress, config.train.epochs, self.data.steps_per_epoch, self.data.items_per_step,
                                  self.data.unit, self.data.sample, self.console)
         self.budget = TimeBudget(config.train.max_seconds, state.train_seconds) if config.train.max_seconds else None
@@ -274,8 +289,8 @@ class Trainer:
         if self.budget:
             callbacks.insert(0, self.budget)
         if self.chief:
-            callbacks.insert(1, keras.callbacks.TensorBoard(self.run_dir / files.LOGS_DIR, write_graph=False, update_freq="epoch",
-                                                            profile_batch=0))
+            callbacks.insert(1, TimedTensorBoard(self.run_dir / files.LOGS_DIR, write_graph=False, update_freq="epoch", profile_batch=0,
+                                                 timings=self.timings))
         return callbacks
 
     def _phases(self) -> list[tuple]:
@@ -293,6 +308,7 @@ class Trainer:
         callbacks = self._callbacks()
         epoch_validation = spread_subset(self.validation, self.config.train.validation_steps)
         self.first_step, started, self.idle_after_last_step = self.state.global_step, time.perf_counter(), 0.0
+        compat.align_trace_names()  # a resumed run traces its train step under a new run's name: the cache finds it
         try:
             with graceful_stop(self.checkpointing.request_stop, where=str(self.run_dir)):
                 self._run_phases(callbacks, epoch_validation)
@@ -324,12 +340,13 @@ class Trainer:
         state, run_dir, data, model = self.state, self.run_dir, self.data, self.model
         best = run_dir / files.CHECKPOINTS_DIR / state.best_checkpoint
         if state.best_checkpoint and best.is_dir():
-            load_checkpoint_weights(best, self.trained, self.hooks)
+            with self.timings.section("best weights"):
+                load_checkpoint_weights(best, self.trained, self.hooks)
         steps_this_session = state.global_step - self.first_step
         throughput = (data.items_per_step * steps_this_session / max(self.session_seconds, 1e-9) if steps_this_session
                       else self.summary.get(f"{data.unit}_per_second", 0.0))
         self.summary.update(
-            after_training=self.task.report(self.training_loop.evaluate(self.validation), data.record),
+            after_training=self._evaluate("final evaluation"),
             epochs_completed=state.epoch, stopped_early=state.stopped_early,
             stopped_by_time_budget=bool(self.budget and self.budget.expired), best_checkpoint=state.best_checkpoint,
             train_seconds=state.train_seconds, steps=state.global_step, schedule_steps=state.schedule_steps,
@@ -348,15 +365,37 @@ class Trainer:
             self._write_results()
         return self.summary
 
+    def _evaluate(self, section: str) -> dict:
+        with self.timings.section(section):
+            return self.task.report(self.training_loop.evaluate(self.validation), self.data.record)
+
+    def _profile(self) -> dict:
+        """This session's wall time by section (seconds): start-up, data, build, the training loop split into its steps
+        (the median step × steps), the train and validation steps' compilation (estimated: their first call beyond a
+        steady one), validation, checkpoints, TensorBoard and the rest of the loop; the evaluations, the model file."""
+        steps = self.state.global_step - self.first_step
+        median = self.clock.median_step_seconds() or 0.0
+        self.timings.split("training loop", {"train steps": steps * median,
+                                             **{name: seconds for name, seconds in self.clock.compilation_estimates().items()
+                                                if name.startswith("train")}})
+        self.timings.split("validation", {name: seconds for name, seconds in self.clock.compilation_estimates().items()
+                                          if name.startswith("validation")})
+        if "training loop" in self.timings.seconds:
+            self.timings.seconds["training loop, other"] = self.timings.seconds.pop("training loop")
+        return self.timings.as_dict()
+
     def _write_results(self) -> None:
         run_dir, summary, spec = self.run_dir, self.summary, self.spec
-        saving.save_model(self.model, run_dir / files.MODEL_FILE)  # LoRA adapters are merged into the kernels as Keras saves
-        self.hooks.finalize(self.model, run_dir)
+        with self.timings.section("model file"):
+            saving.save_model(self.model, run_dir / files.MODEL_FILE)  # LoRA adapters are merged into the kernels as Keras saves
+            self.hooks.finalize(self.model, run_dir)
+        with self.timings.section("card and curves"):
+            reports.plot_curves(self.state.history, run_dir / files.CURVES_FILE, title=f"{spec.name} on {self.data.record.get('source')}")
+            files.write_text_atomic(run_dir / files.CARD_FILE, reports.model_card(spec, self.task, self.config, self.data.record, summary,
+                                                                                 run_dir))
+        summary["timings"] = self._profile()
         files.write_json(run_dir / files.METRICS_FILE, summary)
         files.write_json(run_dir / files.HISTORY_FILE, self.state.history)
-        reports.plot_curves(self.state.history, run_dir / files.CURVES_FILE, title=f"{spec.name} on {self.data.record.get('source')}")
-        files.write_text_atomic(run_dir / files.CARD_FILE, reports.model_card(spec, self.task, self.config, self.data.record, summary,
-                                                                             run_dir))
         if quiet.kept_text():
             files.write_text_atomic(run_dir / files.LIBRARY_LOG_FILE, quiet.kept_text())
 

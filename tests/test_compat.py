@@ -88,3 +88,11 @@ def test_reseed_makes_a_random_layers_draws_depend_on_the_seed_alone():
     compat.reseed(layer, 7, 3)
     again = keras.ops.convert_to_numpy(layer(images, training=True))
     np.testing.assert_array_equal(first, again)
+
+
+def test_align_trace_names_moves_tensorflows_counter_to_a_multiple():
+    from tensorflow.python.framework import ops
+
+    ops.uid()
+    compat.align_trace_names()
+    assert (ops.uid() - 1) % compat.TRACE_NAME_STEP == 0  # the next name after the aligned one

@@ -342,3 +342,40 @@ def test_resume_with_several_steps_per_call_matches_the_straight_run(corpus_file
     assert summary["steps"] == 8 and summary["epochs_completed"] == 2
     for a, b in zip(weights(straight), weights(resumed)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_run_says_where_its_time_went(straight_run):
+    """metrics.json `timings`: the session's wall by section; the training loop's parts add up to its time, and the
+    history keeps the loop's seconds at each epoch (time to a validation figure)."""
+    straight_run, _ = straight_run
+    metrics = files.read_json(straight_run / "metrics.json")
+    timings = metrics["timings"]
+    for name in ("start-up", "data", "build", "evaluation before training", "train steps", "validation", "checkpoints",
+                 "tensorboard", "final evaluation", "model file", "card and curves"):
+        assert timings[name] >= 0, name
+    assert timings["start-up"] > 0 and timings["train steps"] > 0 and timings["checkpoints"] > 0
+    loop = sum(timings.get(name, 0.0) for name in ("train step compilation", "train steps", "validation compilation", "validation",
+                                                   "checkpoints", "tensorboard", "training loop, other"))
+    assert loop == pytest.approx(metrics["train_seconds"], rel=0.25, abs=0.5)  # train_seconds stops at the last checkpoint
+    seconds = files.read_json(straight_run / "history.json")["train_seconds"]
+    assert len(seconds) == 2 and 0 < seconds[0] < seconds[1] <= metrics["train_seconds"] + 1e-6
+
+
+def test_timings_count_each_second_once():
+    import time
+
+    from kerasllm.timings import Timings
+
+    timings = Timings()
+    with timings.section("outer"):
+        started = time.perf_counter()
+        time.sleep(0.05)
+        timings.add("checkpoints", time.perf_counter() - started)  # measured inside the loop, counted once
+        with timings.section("inner"):
+            time.sleep(0.05)
+    assert timings.seconds["checkpoints"] >= 0.05 and timings.seconds["inner"] >= 0.05
+    assert 0 <= timings.seconds["outer"] < 0.03  # the sections add up to the wall they cover
+    timings = Timings()
+    timings.add("loop", 10.0)
+    timings.split("loop", {"steps": 7.0, "compilation": 5.0})  # more than is left: capped
+    assert timings.seconds == {"loop": 0.0, "steps": 7.0, "compilation": 3.0}
