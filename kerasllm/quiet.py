@@ -86,7 +86,9 @@ def unused_imports_hidden():
 
 def load_tensorflow(debug: bool = False) -> None:
     """Import TensorFlow and Keras and discover devices with start-up noise hidden (shown with `debug`)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if debug else "2")
+    # 3 hides C++ ERROR lines too: loading a cached XLA program logs one at ERROR level on every run (XLA:CPU's
+    # tuning features, "+prefer-no-gather", are not host features); kerasllm's own errors say what went wrong
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if debug else "3"
     with captured_stderr(not debug), unused_imports_hidden():
         import keras  # noqa: F401
         import tensorflow as tf

@@ -6,9 +6,12 @@ import contextlib
 import importlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# compiled XLA programs (kerasllm's persistent compilation cache) go to a folder of this session, not the user's cache
+os.environ.setdefault("KERASLLM_CACHE_DIR", tempfile.mkdtemp(prefix="kerasllm-test-cache-"))
 # cli.py's consoles read COLUMNS once, when they are made: a width inherited here (pytest-xdist's workers have one)
 # would hold them at it, instead of the width each test's CliRunner sets
 os.environ.pop("COLUMNS", None)

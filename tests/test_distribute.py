@@ -341,11 +341,12 @@ def test_in_memory_pipelines_shard_by_data_across_workers():
 
 
 def test_the_xla_cpu_default_is_for_tensorflow_only(monkeypatch):
+    monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")  # (the cache's own test is below)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     distribute.set_xla_defaults("jax")  # jaxlib's XLA rejects the old-runtime flag
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
     distribute.set_xla_defaults("tensorflow")
-    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=false {distribute.XLA_CPU_DEFAULT}"
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=false {distribute.xla_cpu_defaults()}"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
     distribute.set_xla_defaults("tensorflow")  # the user's own setting wins
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true"
@@ -355,3 +356,42 @@ def test_the_strategy_is_named_in_words():
     import tensorflow as tf
 
     assert distribute.describe(tf.distribute.get_strategy()) == "1 device (CPU)"
+
+
+def test_compiled_programs_are_kept_per_cpu_kind_unless_turned_off(monkeypatch, tmp_path):
+    """The persistent XLA compilation cache: TensorFlow's flag (or JAX's variable) names a folder under kerasllm's cache
+    home, one per backend version and CPU kind; a user's own folder wins; KERASLLM_COMPILATION_CACHE=0 turns it off."""
+    for name in ("TF_XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "KERASLLM_COMPILATION_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KERASLLM_CACHE_DIR", str(tmp_path / "cache"))
+    distribute.set_xla_defaults("tensorflow")
+    folder = distribute.compilation_cache_dir("tensorflow")
+    assert folder.parent == tmp_path / "cache" / "xla" and folder.is_dir()
+    assert folder.name.startswith("tensorflow-") and folder.name.endswith(distribute.cpu_fingerprint())
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={folder}"
+    distribute.set_xla_defaults("jax")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(distribute.compilation_cache_dir("jax")) != str(folder)
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/mine")
+    distribute.set_xla_defaults("tensorflow")
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"
+    monkeypatch.delenv("TF_XLA_FLAGS")
+    monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")
+    distribute.set_xla_defaults("tensorflow")
+    assert "TF_XLA_FLAGS" not in os.environ and distribute.compilation_cache_dir("tensorflow") is None
+    assert distribute.cache_home({"XDG_CACHE_HOME": "/x"}) == Path("/x/kerasllm")
+
+
+@pytest.mark.parametrize("vendor, expected", [
+    ("GenuineIntel", "--xla_cpu_use_thunk_runtime=false"),
+    ("AuthenticAMD", "--xla_cpu_use_thunk_runtime=false"),  # measured: no faster option on AMD EPYC
+    ("", "--xla_cpu_use_thunk_runtime=false"),  # an unknown kind gets the Intel flags
+])
+def test_each_cpu_kind_takes_its_measured_xla_flags(monkeypatch, vendor, expected):
+    monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(distribute, "cpu_vendor", lambda: vendor)
+    distribute.set_xla_defaults("tensorflow")
+    assert os.environ["XLA_FLAGS"] == expected
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=false")  # the user's own value of one flag wins, the others come
+    distribute.set_xla_defaults("tensorflow")
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_onednn=false --xla_cpu_use_thunk_runtime=false"
