@@ -854,6 +854,12 @@ def doctor(as_json: JsonFlag = False):
     table.add_row("devices", ", ".join(f"{d['type']} {d['name']}" for d in found["devices"]))
     table.add_row("--strategy auto", found["auto_strategy"])
     table.add_row("CPU bfloat16", "yes" if found["cpu_bfloat16"] else "no")
+    table.add_row("CPU kind", found["cpu_kind"])
+    table.add_row("XLA CPU defaults", f"{found['xla_cpu_defaults']} (measured fastest for this CPU kind; XLA_FLAGS now: "
+                  f"{found['xla_flags'] or 'empty'})")
+    cache = found["compilation_cache"]
+    table.add_row("compilation cache", f"{cache['folder']}: {cache['programs']} programs, {cache['megabytes']} MB" if cache else
+                  "off (KERASLLM_COMPILATION_CACHE=0)")
     console.print(table)
     if not found["traps"]:
         console.print("no known traps apply")

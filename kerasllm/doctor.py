@@ -113,9 +113,29 @@ AUTO_NAMES = {"tpu": "tpu (TPUStrategy / DataParallel over the TPU cores)", "mul
               "cpu": "cpu (the default strategy)"}
 
 
+def compilation_cache(backend: str) -> dict | None:
+    """The persistent compilation cache's folder, its programs and size; None when it is turned off."""
+    folder = distribute.compilation_cache_dir(backend)
+    if folder is None:
+        return None
+    entries = [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
+    return {"folder": str(folder), "programs": len(entries), "megabytes": round(sum(p.stat().st_size for p in entries) / 2**20, 1)}
+
+
+def step_defaults(backend: str, env: dict | None = None) -> dict:
+    """The fast-path defaults this process takes on this CPU: its kind, kerasllm's XLA CPU flags for it, and the XLA_FLAGS in
+    effect (the user's own first)."""
+    env = os.environ if env is None else env
+    vendor = distribute.cpu_vendor()
+    return {"cpu_kind": distribute.CPU_KINDS.get(vendor, vendor or "unknown"),
+            "xla_cpu_defaults": distribute.xla_cpu_defaults(vendor) if backend == "tensorflow" else "(none: JAX's XLA)",
+            "xla_flags": env.get("XLA_FLAGS", "")}
+
+
 def report() -> dict:
     found = versions()
     flags = cpu_flags()
-    return {"versions": found, **environment(),
+    backend = quiet.keras_backend()
+    return {"versions": found, **environment(), **step_defaults(backend), "compilation_cache": compilation_cache(backend),
             "cpu_bfloat16": bool(BF16_FLAGS & flags),
             "traps": traps(found, dict(os.environ), flags, tpu_present(), quiet.keras_backend())}

@@ -1,6 +1,7 @@
 """`kerasllm doctor`: versions, devices, the auto strategy, and each known trap (facts passed in, no hardware needed)."""
 
 import json
+import os
 
 from kerasllm.doctor import traps
 from tests.test_cli import invoke
@@ -22,6 +23,25 @@ def test_doctor_reports_versions_devices_and_the_auto_strategy(runner):
     assert found["auto_strategy"].startswith("cpu (the default strategy)")
     table = invoke(runner, "doctor")
     assert table.exit_code == 0 and "--strategy auto" in table.output and "tensorflow-text" in table.output
+    assert "XLA CPU defaults" in table.output and "compilation cache" in table.output
+
+
+def test_doctor_says_which_fast_path_defaults_this_cpu_takes(runner, monkeypatch):
+    """The XLA CPU flags measured fastest for this CPU kind, the XLA_FLAGS in effect, and the compilation cache."""
+    from kerasllm import distribute
+
+    for name in ("XLA_FLAGS", "TF_XLA_FLAGS"):  # restored after the test: doctor sets kerasllm's defaults in them
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setattr(distribute, "cpu_vendor", lambda: "AuthenticAMD")
+    found = json.loads(invoke(runner, "doctor", "--json").stdout)
+    assert found["cpu_kind"] == "AMD" and found["xla_cpu_defaults"] == distribute.XLA_CPU_DEFAULTS["AuthenticAMD"]
+    assert found["compilation_cache"]["folder"] == str(distribute.compilation_cache_dir("tensorflow"))
+    assert found["compilation_cache"]["programs"] >= 0
+    monkeypatch.setattr(distribute, "cpu_vendor", lambda: "GenuineIntel")
+    found = json.loads(invoke(runner, "doctor", "--json").stdout)
+    assert found["cpu_kind"] == "Intel" and found["xla_cpu_defaults"] == "--xla_cpu_use_thunk_runtime=false"
+    monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")
+    assert json.loads(invoke(runner, "doctor", "--json").stdout)["compilation_cache"] is None
 
 
 def test_no_trap_on_a_healthy_cpu_install():
