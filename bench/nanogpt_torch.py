@@ -6,7 +6,9 @@ A compact restatement of nanoGPT's `model.py` (pre-LayerNorm GPT, fused causal a
 GELU MLP, weight tying, N(0, 0.02) init with scaled residual projections) and `train.py`
 (random windows of `block_size`, AdamW betas (0.9, 0.99) with weight decay on matrices only,
 linear warmup then cosine decay, gradient clipping 1.0, `eval_iters` validation batches every
-`eval_interval` iterations). Prints one JSON line with the figures; needs `torch`.
+`eval_interval` iterations). Prints one JSON line with the figures (each validation's loss with the loop's and the
+process's seconds at that point, and the wall split into start-up, data, model, steps, validation and the rest);
+needs `torch`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import statistics
 import time
@@ -68,7 +71,26 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+def process_seconds() -> float:
+    """Seconds since this process started (Linux /proc), as kerasllm.timings measures it."""
+    with open("/proc/self/stat") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    with open("/proc/uptime") as handle:
+        return float(handle.read().split()[0]) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def model_and_optimizer(vocab: int, block: int):
+    """nanoGPT's CPU config (4 layers, 4 heads, 128 dims, no dropout) and AdamW with decay on matrices only."""
+    model = GPT(vocab, block, 4, 4, 128, 0.0)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=1e-3, betas=(0.9, 0.99))
+    return model, optimizer
+
+
 def main():
+    startup = process_seconds()  # Python and `import torch`
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--iters", type=int, default=2000)
@@ -77,6 +99,7 @@ def main():
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
+    tick = time.perf_counter()
     text = open(args.data, encoding="utf-8").read()
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text], dtype=np.int64)
@@ -89,11 +112,8 @@ def main():
         starts = torch.randint(len(data) - block, (batch,))
         return torch.stack([data[i:i + block] for i in starts]), torch.stack([data[i + 1:i + 1 + block] for i in starts])
 
-    model = GPT(len(chars), block, 4, 4, 128, 0.0)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=1e-3, betas=(0.9, 0.99))
+    data_seconds, tick = time.perf_counter() - tick, time.perf_counter()
+    model, optimizer = model_and_optimizer(len(chars), block)
 
     def lr_at(it, warmup=100, peak=1e-3, floor=1e-4, total=args.iters):
         if it < warmup:
@@ -108,11 +128,16 @@ def main():
         model.train()
         return float(np.mean(losses))
 
-    val_losses, step_times = {}, []
+    build_seconds = time.perf_counter() - tick
+    val_losses, step_times, evals, eval_seconds = {}, [], [], 0.0
     started = time.perf_counter()
     for it in range(args.iters + 1):
         if it % args.eval_interval == 0 or it == args.iters:
+            tick = time.perf_counter()
             val_losses[it] = estimate("val")
+            eval_seconds += time.perf_counter() - tick
+            evals.append({"iter": it, "val_loss": val_losses[it], "loop_seconds": time.perf_counter() - started,
+                          "process_seconds": process_seconds(), "tokens": it * batch * block})
         if it == args.iters:
             break
         for group in optimizer.param_groups:
@@ -125,11 +150,15 @@ def main():
         optimizer.step()
         step_times.append(time.perf_counter() - tick)
     loop = time.perf_counter() - started
+    steps = statistics.median(step_times) * len(step_times)  # as kerasllm counts its steps: median × steps
     print(json.dumps({
         "framework": f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)",
         "iters": args.iters, "val_loss": val_losses, "ms_per_iter_mean": 1000 * loop / args.iters,
         "ms_per_iter_median": 1000 * statistics.median(step_times), "tokens_per_second": args.iters * batch * block / loop,
-        "train_seconds": loop, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_seconds": loop, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "evals": evals,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "timings": {"start-up": startup, "data": data_seconds, "build": build_seconds, "train steps": steps,
+                    "validation": eval_seconds, "training loop, other": loop - steps - eval_seconds},
     }))
 
 
