@@ -5,7 +5,8 @@ of the runtime's baseline (RSS once TensorFlow and Keras are imported).
     python bench/memory.py [--presets tiny small] [--data ../shared/data/tinyshakespeare/input.txt] [--steps 5] [--set KEY=VALUE]
     python bench/memory.py --presets base --set train.batch_size=2   # GPT-2 small's shape: a batch that fits in RAM
 
-Each preset (and each variant: XLA on, XLA off) runs in its own process, through kerasllm's Trainer, phase by phase
+Each preset (and each variant: XLA on with an empty compilation cache, XLA on again with the programs the first run
+compiled in the cache, XLA off) runs in its own process, through kerasllm's Trainer, phase by phase
 (the imports, prepare: data and tokenizer, build: model and compile, loop: the steps with their XLA compilation and
 one validation, finalize); the process's peak RSS (`ru_maxrss`) is read after each phase.
 """
@@ -36,6 +37,7 @@ preset, data, steps, jit, out, more = sys.argv[1], sys.argv[2], int(sys.argv[3])
 marks = {"start": peak()}
 from kerasllm import catalog, distribute, memory, quiet
 from kerasllm import config as config_lib
+distribute.set_xla_defaults(quiet.keras_backend())  # as the command line does: XLA CPU flags, the compilation cache
 quiet.load_tensorflow()
 from kerasllm import training
 marks["imports (TensorFlow, Keras)"] = peak()
@@ -61,11 +63,12 @@ print(json.dumps({"marks": marks, "parameters": int(trainer.model.count_params()
 '''
 
 
-def measure(preset: str, data: str, steps: int, jit: bool, sets: list[str]) -> dict:
+def measure(preset: str, data: str, steps: int, jit: bool, sets: list[str], cache: Path) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         done = subprocess.run([sys.executable, "-c", CHILD, preset, data, str(steps), "1" if jit else "0", str(Path(folder) / "run"),
                                *sets],
-                              capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                              capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERASLLM_CACHE_DIR=str(cache)))
     if done.returncode != 0:
         raise SystemExit(f"{preset}: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -79,14 +82,15 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more settings for every run (KEY=VALUE)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
+    cache = Path(tempfile.mkdtemp())  # an empty compilation cache: the first XLA run compiles, the second loads
     for preset in args.presets:
-        for jit in (True, False):
-            found = measure(preset, args.data, args.steps, jit, args.sets)
+        for jit, label in ((True, "XLA on"), (True, "XLA on, compilation cache warm"), (False, "XLA off")):
+            found = measure(preset, args.data, args.steps, jit, args.sets, cache)
             marks = found["marks"]
             baseline = marks["imports (TensorFlow, Keras)"]
             need = baseline + found["fixed_mb"] + found["activations_mb"]
             top = max(marks.values())
-            print(f"\n{preset} (XLA {'on' if jit else 'off'}): {found['parameters']:,} parameters, batch {found['batch']} × "
+            print(f"\n{preset} ({label}): {found['parameters']:,} parameters, batch {found['batch']} × "
                   f"{found['length']} tokens, {found['seconds']:.0f} s")
             previous = 0.0
             for phase, value in marks.items():

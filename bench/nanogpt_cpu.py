@@ -29,34 +29,36 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import yaml
 from common import append_row, machine
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINTS = (250, 500, 1000, 2000)
 # where kerasllm's seconds go, in the order a run spends them (metrics.json `timings`)
-BEFORE_LOOP = ("start-up", "data", "build", "evaluation before training")
+BEFORE_LOOP = ("start-up", "data", "build", "evaluation before training", "evaluation at resume")
 LOOP = ("train step compilation", "train steps", "validation compilation", "validation", "checkpoints", "tensorboard",
         "training loop, other")
 AFTER_LOOP = ("best weights", "final evaluation", "model file", "card and curves")
 
 
 def timed(command: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) of the child, and stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - started
-    if result.returncode:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, max(peak, before) / 1024, result.stdout  # the largest child so far: run the biggest first
+    """Wall seconds, peak RSS (MB) of this child alone (`os.wait4`), and stdout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status):
+            sys.exit(f"{' '.join(command)} failed:\n{err.read()[-3000:]}")
+        return wall, usage.ru_maxrss / 1024, out.read()
 
 
 def kerasllm_run(label: str, command: list[str], run_dir: Path, cache: Path) -> dict:
@@ -67,7 +69,8 @@ def kerasllm_run(label: str, command: list[str], run_dir: Path, cache: Path) -> 
     timings = metrics["timings"]
     before = sum(timings.get(name, 0.0) for name in BEFORE_LOOP)
     steps_per_validation = metrics["steps"] // len(history["val_loss"]) if history["val_loss"] else 0
-    tokens_per_step = metrics["tokens_per_second"] * metrics["train_seconds"] / max(metrics["steps"], 1)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tokens_per_step = metrics["global_batch"] * config["data"]["sequence_length"]
     evals = [{"iter": steps_per_validation * (i + 1), "val_loss": loss, "loop_seconds": seconds, "process_seconds": before + seconds,
               "tokens": round(tokens_per_step * steps_per_validation * (i + 1))}
              for i, (loss, seconds) in enumerate(zip(history["val_loss"], history["train_seconds"]))]
@@ -122,15 +125,18 @@ def main() -> None:
 
     rows = [kerasllm_run("kerasllm (Keras 3 / TF, XLA)", [*nanogpt, "--out", str(scratch / "run")], scratch / "run", scratch / "cache")]
     if args.again:
+        programs = [len(list((scratch / "cache").rglob("*.pb")))]
         rows.append(kerasllm_run("kerasllm, the same run again (compilation cache warm)", [*nanogpt, "--out", str(scratch / "again")],
                                  scratch / "again", scratch / "cache"))
+        programs.append(len(list((scratch / "cache").rglob("*.pb"))))
         resume = ["kerasllm", "train", "--resume", str(scratch / "run"), "--epochs", str(args.iters // 250 + 1), "--quiet"]
         print("running:", " ".join(resume), flush=True)
         timed(resume, env=dict(os.environ, KERASLLM_CACHE_DIR=str(scratch / "cache")))
+        programs.append(len(list((scratch / "cache").rglob("*.pb"))))
         resumed = json.loads((scratch / "run" / "metrics.json").read_text())["timings"]
-        print(f"resumed for one more epoch: train step compilation {resumed.get('train step compilation', 0):.2f} s, "
-              f"validation compilation {resumed.get('validation compilation', 0):.2f} s, evaluation before training "
-              f"{resumed.get('evaluation before training', 0):.2f} s (none on a resume)")
+        verdict = "nothing compiled again" if len(set(programs)) == 1 else "new programs were compiled"
+        print(f"compiled programs in the cache after the first run, the second and the resume: {programs} ({verdict}); the "
+              f"resume's first train call took {resumed.get('train step compilation', 0):.2f} s beyond a steady one (tracing, loading)")
         rows.append({"framework": "kerasllm, --resume for one more epoch (cache warm)", "timings": resumed, "resume": True})
     reference = torch_run(args.torch_python, args.data, args.iters)
     if reference:
