@@ -68,3 +68,18 @@ def test_gather_positions_round_trips(tmp_path):
     states = keras.layers.Embedding(10, 4)(x)
     model = keras.Model([x, positions], layers.GatherPositions()(states, positions))
     round_trip(model, [sample, np.array([[0, 1], [2, 5]], "int32")], tmp_path)
+
+
+def test_rotary_positions_compute_what_keras_hubs_rotary_embedding_did():
+    """transformer-lm's rotary runs were built with keras-hub's `RotaryEmbedding`; `RotaryPositions` must rotate alike
+    (a start index, per-row positions as continuous batching passes them, one position per row)."""
+    import keras_hub
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 3, 8)).astype("float32")  # (batch, time, heads, head_dim)
+    ours, theirs = layers.RotaryPositions(), keras_hub.layers.RotaryEmbedding()
+    for kwargs in ({}, {"start_index": 7}, {"positions": np.array([[3, 4, 5, 6, 7], [0, 1, 2, 3, 4]])}):
+        np.testing.assert_allclose(np.asarray(ours(x, **kwargs)), np.asarray(theirs(x, **kwargs)), atol=1e-6)
+    one = x[:, :1]
+    rows = np.array([[9], [2]])
+    np.testing.assert_allclose(np.asarray(ours(one, positions=rows)), np.asarray(theirs(one, positions=rows)), atol=1e-6)
+    assert not np.allclose(np.asarray(ours(x, start_index=1)), np.asarray(ours(x)))

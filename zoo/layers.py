@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import keras
 
-# Lazy imports: keras-hub is imported inside `build` only for rotary positions (RotaryEmbedding): a learned-position
-# model never loads it.
-
 
 @keras.saving.register_keras_serializable(package="kerasllm")
 class ResizeImages(keras.layers.Layer):
@@ -90,11 +87,56 @@ class PositionEmbedding(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kerasllm")
+class RotaryPositions(keras.layers.Layer):
+    """Rotary position embedding (RoFormer; the "rotate half" form): (batch, time, heads, head_dim) → the same, each
+    pair of features (i, i + head_dim/2) rotated by position × max_wavelength^(-2i/head_dim).
+
+    The computation of keras-hub's `RotaryEmbedding` with its defaults (which transformer-lm used before, so runs
+    saved then generate the same; tests/test_layers.py compares the two), without importing keras-hub: that import
+    took ~2 s and ~150 MB of every rotary run's start.
+
+    Args:
+        max_wavelength: the longest wavelength.
+
+    Example:
+        >>> RotaryPositions()(np.ones((1, 3, 2, 4), "float32"), start_index=2).shape
+        (1, 3, 2, 4)
+    """
+
+    def __init__(self, max_wavelength: int = 10000, **kwargs):
+        super().__init__(**kwargs)
+        self.max_wavelength = max_wavelength
+
+    def call(self, inputs, start_index=0, positions=None):
+        """`positions`: (batch, time) or (time,) positions of each row's tokens; else start_index, start_index + 1, …"""
+        ops = keras.ops
+        dim = ops.shape(inputs)[-1]
+        inverse = ops.power(ops.cast(self.max_wavelength, "float32"), -(ops.arange(0, dim, 2, dtype="float32") / dim))
+        if positions is None:
+            positions = ops.arange(ops.shape(inputs)[1], dtype="float32") + ops.cast(start_index, "float32")
+        positions = ops.cast(positions, "float32")
+        if len(ops.shape(positions)) == 1:
+            positions = ops.expand_dims(positions, 0)
+        freq = ops.einsum("bi,j->bij", positions, inverse)  # (batch or 1, time, head_dim / 2)
+        angles = ops.reshape(ops.stack((freq, freq), axis=-2), (*ops.shape(freq)[:-1], dim))[:, :, None, :]
+        cos, sin = ops.cast(ops.cos(angles), self.compute_dtype), ops.cast(ops.sin(angles), self.compute_dtype)
+        first, second = ops.split(inputs, 2, axis=-1)
+        rotated = ops.reshape(ops.stack((-second, first), axis=-2), ops.shape(inputs))  # stack, not concatenate: as keras-hub
+        return inputs * cos + rotated * sin
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return dict(super().get_config(), max_wavelength=self.max_wavelength)
+
+
+@keras.saving.register_keras_serializable(package="kerasllm")
 class DecoderBlock(keras.layers.Layer):
     """A pre-LayerNorm causal self-attention + GELU MLP block (GPT-2's), with learned or rotary positions.
 
     Queries, keys and values come from one fused Dense; attention is `keras.ops.dot_product_attention` with a causal
-    mask. With `rotary=True` queries and keys are rotated by position with keras-hub's `RotaryEmbedding`. Called like
+    mask. With `rotary=True` queries and keys are rotated by position (`RotaryPositions`). Called like
     keras-hub's `TransformerDecoder`: with `self_attention_cache` (batch, 2, max_sequence_length, heads, head_dim) and
     `self_attention_cache_update_index` it returns `(outputs, new_cache)`; the index may be a traced tensor, also
     under XLA (the cache is written with a dynamic update, not a slice).
@@ -138,9 +180,7 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_in = keras.layers.Dense(self.intermediate_dim, activation="gelu", kernel_initializer=init(), name="mlp_in")
         self.mlp_out = keras.layers.Dense(hidden, kernel_initializer=init(), name="mlp_out")
         if self.rotary_positions:
-            import keras_hub
-
-            self.rotary = keras_hub.layers.RotaryEmbedding(name="rotary")
+            self.rotary = RotaryPositions(name="rotary")
         self.attention_dropout = keras.layers.Dropout(self.dropout)
         self.mlp_dropout = keras.layers.Dropout(self.dropout)
         self.attention_norm.build(input_shape)

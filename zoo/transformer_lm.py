@@ -5,13 +5,13 @@ Token embedding (+ learned position embedding, or rotary positions inside attent
 MLP, with dropout → a final LayerNorm → logits from the token embedding, transposed
 (tied weights). The loss is computed from the logits.
 
-Built from `keras.layers`/`keras.ops` only, so the model runs on any Keras backend: Keras'
-`ReversibleEmbedding` (the tied output), and zoo/layers.py's `PositionEmbedding` and `DecoderBlock` (fused
-QKV projection, `keras.ops.dot_product_attention`; with `position=rotary`, queries and keys are rotated with
-keras-hub's `RotaryEmbedding`). They replaced keras-hub's `TransformerDecoder`/`PositionEmbedding`: on nanoGPT's
-CPU config `python bench/transformer_layers.py` measured 0.94× the step time and a peak of 1,107 against 1,407 MB
-(keras-hub, TensorFlow Text and scikit-learn are no longer imported; bench/RESULTS.md). Models saved with the keras-hub layers still load and
-generate.
+Built from `keras.layers`/`keras.ops` only, so the model runs on any Keras backend: Keras' `ReversibleEmbedding` (the
+tied output), and zoo/layers.py's `PositionEmbedding` and `DecoderBlock` (fused QKV projection,
+`keras.ops.dot_product_attention`; with `position=rotary`, queries and keys are rotated by `RotaryPositions`, keras-hub's
+`RotaryEmbedding` computation without the keras-hub import). They replaced keras-hub's `TransformerDecoder` and
+`PositionEmbedding`: on nanoGPT's CPU config `python bench/transformer_layers.py` measured 0.94× the step time and a
+peak of 1,107 against 1,407 MB (keras-hub, TensorFlow Text and scikit-learn are no longer imported; bench/RESULTS.md).
+Models saved with the keras-hub layers still load and generate.
 
 Generation uses `TransformerCacheDecoder`: the prompt fills a key/value cache once, then every new token costs
 one position, in a step compiled with XLA on static shapes.
