@@ -126,6 +126,11 @@ def set_xla_defaults(backend: str) -> None:
             os.environ["TF_XLA_FLAGS"] = f"{tf_flags} --tf_xla_persistent_cache_directory={folder}".strip()
     else:
         os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(folder))
+        if "jax" in sys.modules:  # imported already (JAX reads the variable once, as it loads): set its config directly
+            import jax
+
+            if not jax.config.jax_compilation_cache_dir:
+                jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def tf_config(env: dict | None = None) -> dict | None:

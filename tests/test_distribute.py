@@ -395,3 +395,18 @@ def test_each_cpu_kind_takes_its_measured_xla_flags(monkeypatch, vendor, expecte
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=false")  # the user's own value of one flag wins, the others come
     distribute.set_xla_defaults("tensorflow")
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_onednn=false --xla_cpu_use_thunk_runtime=false"
+
+
+def test_jax_imported_already_gets_the_cache_folder_in_its_config(monkeypatch, tmp_path):
+    """JAX reads JAX_COMPILATION_CACHE_DIR once, as it loads; a command that imported it first still gets the cache."""
+    jax = pytest.importorskip("jax")
+    for name in ("JAX_COMPILATION_CACHE_DIR", "KERASLLM_COMPILATION_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KERASLLM_CACHE_DIR", str(tmp_path))
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        distribute.set_xla_defaults("jax")
+        assert jax.config.jax_compilation_cache_dir == str(distribute.compilation_cache_dir("jax"))
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
