@@ -249,8 +249,11 @@ class Trainer:
                 files.write_text_atomic(self.run_dir / files.CONFIG_FILE, config.to_yaml())
             # the restored weights on the validation split: a check of the checkpoint, which also traces the validation
             # step where a new run does, so both find their compiled programs under the same names (the cache)
-            compat.align_trace_names()
+            seeds = [keras.ops.convert_to_numpy(seed) for seed in compat.seed_states(self.trained)]
+            compat.align_trace_names()  # after reading the seeds: that makes tensors, whose names count too
             self.summary["at_resume"] = self._evaluate("evaluation at resume")
+            for seed, value in zip(compat.seed_states(self.trained), seeds):  # evaluating draws from the dropout RNGs:
+                seed.assign(value)  # the checkpoint's states again, or the resumed run would not be exact
         else:
             with self.strategy.scope():  # built now, as a resume's restore builds it (the same objects before the loop)
                 self.trained.optimizer.build(self.trained.trainable_variables)
