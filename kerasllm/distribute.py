@@ -62,9 +62,13 @@ def cpu_vendor() -> str:
 def xla_cpu_defaults(vendor: str | None = None) -> str:
     """kerasllm's XLA CPU flags for this kind of CPU (TensorFlow backend); the Intel ones where the kind is unknown."""
     return XLA_CPU_DEFAULTS.get(cpu_vendor() if vendor is None else vendor, XLA_CPU_DEFAULT)
-# Compiled XLA programs are kept on disk, so a second identical run, or a resumed one, loads its train step instead
-# of compiling it again (9 s of a 96 s run at nanoGPT's CPU config; bench/RESULTS.md). `KERASLLM_COMPILATION_CACHE=0`
-# turns this off; `KERASLLM_CACHE_DIR` moves the folder (default: $XDG_CACHE_HOME/kerasllm, else ~/.cache/kerasllm).
+
+
+# Compiled XLA programs are kept on disk, so a second identical run, or a resumed one, loads its programs instead of
+# compiling them again (XLA's compilation: 1.7-2.5 s of a ~100 s run at nanoGPT's CPU config on TensorFlow, which still
+# traces the step; on JAX a second run's first train call went 6.3 -> 0.8 s; bench/RESULTS.md).
+# `KERASLLM_COMPILATION_CACHE=0` turns this off; `KERASLLM_CACHE_DIR` moves the folder (default:
+# $XDG_CACHE_HOME/kerasllm, else ~/.cache/kerasllm).
 CACHE_SWITCH, CACHE_HOME = "KERASLLM_COMPILATION_CACHE", "KERASLLM_CACHE_DIR"
 
 
@@ -107,8 +111,9 @@ def compilation_cache_dir(backend: str, env: dict | None = None) -> Path | None:
 
 def set_xla_defaults(backend: str) -> None:
     """Before TensorFlow (or JAX) loads: XLA_FLAGS gets kerasllm's CPU defaults for this CPU kind, each unless the user
-    set that flag (TensorFlow only: the XLA inside jaxlib no longer has the old runtime and rejects the flag), and compiled programs go to the
-    persistent compilation cache (`compilation_cache_dir`) unless the user set one or turned it off."""
+    set that flag (TensorFlow only: the XLA inside jaxlib no longer has the old runtime and rejects the flag), and
+    compiled programs go to the persistent compilation cache (`compilation_cache_dir`) unless the user set one or
+    turned it off."""
     flags = os.environ.get("XLA_FLAGS", "")
     if backend == "tensorflow":
         mine = [flag for flag in xla_cpu_defaults().split() if flag.partition("=")[0] not in flags]
