@@ -50,13 +50,18 @@ XLA_CPU_DEFAULTS = {"GenuineIntel": XLA_CPU_DEFAULT, "AuthenticAMD": XLA_CPU_DEF
 CPU_KINDS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}
 
 
-def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), '' where it cannot be read."""
+def cpuinfo(field: str) -> str:
+    """The first CPU's `field` in /proc/cpuinfo (vendor_id, model name, flags, ...), '' where it cannot be read."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
-    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
+    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.partition(":")[0].strip() == field), "")
+
+
+def cpu_vendor() -> str:
+    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), '' where it cannot be read."""
+    return cpuinfo("vendor_id")
 
 
 def xla_cpu_defaults(vendor: str | None = None) -> str:
@@ -86,11 +91,7 @@ def cpu_fingerprint() -> str:
     import hashlib
     import platform
 
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        wanted = [line.partition(":")[2].strip() for line in text.splitlines() if line.startswith(("model name", "flags"))][:2]
-    except OSError:
-        wanted = [platform.processor()]
+    wanted = [cpuinfo("model name"), cpuinfo("flags")] if Path("/proc/cpuinfo").is_file() else [platform.processor()]
     return hashlib.sha256("\n".join([platform.machine(), *wanted]).encode()).hexdigest()[:12]
 
 

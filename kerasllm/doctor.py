@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
-from pathlib import Path
 
 from kerasllm import distribute, quiet
 from kerasllm.distribute import tpu_present
@@ -31,12 +30,7 @@ def versions() -> dict:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return set(distribute.cpuinfo("flags").split())
 
 
 def _minor(version: str | None) -> str | None:
@@ -138,4 +132,4 @@ def report() -> dict:
     backend = quiet.keras_backend()
     return {"versions": found, **environment(), **step_defaults(backend), "compilation_cache": compilation_cache(backend),
             "cpu_bfloat16": bool(BF16_FLAGS & flags),
-            "traps": traps(found, dict(os.environ), flags, tpu_present(), quiet.keras_backend())}
+            "traps": traps(found, dict(os.environ), flags, tpu_present(), backend)}
