@@ -16,15 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the source tree: this Python need not have kerasllm installed
+from kerasllm.timings import process_seconds  # noqa: E402  measured as kerasllm measures its own runs (stdlib only)
 
 
 class Block(nn.Module):
@@ -69,14 +73,6 @@ class GPT(nn.Module):
             x = block(x)
         logits = self.lm_head(self.ln_f(x))
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-
-def process_seconds() -> float:
-    """Seconds since this process started (Linux /proc), as kerasllm.timings measures it."""
-    with open("/proc/self/stat") as handle:
-        fields = handle.read().rpartition(")")[2].split()
-    with open("/proc/uptime") as handle:
-        return float(handle.read().split()[0]) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def model_and_optimizer(vocab: int, block: int):

@@ -378,11 +378,10 @@ class Trainer:
         steady one), validation, checkpoints, TensorBoard and the rest of the loop; the evaluations, the model file."""
         steps = self.state.global_step - self.first_step
         median = self.clock.median_step_seconds() or 0.0
+        compilation = self.clock.compilation_estimates()  # "train step compilation", "validation compilation"
         self.timings.split("training loop", {"train steps": steps * median,
-                                             **{name: seconds for name, seconds in self.clock.compilation_estimates().items()
-                                                if name.startswith("train")}})
-        self.timings.split("validation", {name: seconds for name, seconds in self.clock.compilation_estimates().items()
-                                          if name.startswith("validation")})
+                                             **{name: value for name, value in compilation.items() if name.startswith("train")}})
+        self.timings.split("validation", {name: value for name, value in compilation.items() if name.startswith("validation")})
         if "training loop" in self.timings.seconds:
             self.timings.seconds["training loop, other"] = self.timings.seconds.pop("training loop")
         return self.timings.as_dict()
