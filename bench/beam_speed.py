@@ -32,9 +32,9 @@ def main() -> None:
     import numpy as np
 
     from kerasllm import runs
+    from kerasllm.core.quiet import load_tensorflow
+    from kerasllm.export.saving import load_model
     from kerasllm.generation import beam_search
-    from kerasllm.quiet import load_tensorflow
-    from kerasllm.saving import load_model
     from kerasllm.tasks.seq2seq import decode, pack_sources, seq2seq_decoder
 
     load_tensorflow()

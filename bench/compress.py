@@ -133,7 +133,7 @@ def main() -> None:
         run_dir = Path(args.run) if args.run else folder / "cnn"
         if not args.run:
             kerasllm("train", "cnn-classifier", "--data", Path(args.data_dir) / "mnist", "--epochs", args.epochs, "--out", run_dir, "--quiet")
-        from kerasllm.quiet import load_tensorflow
+        from kerasllm.core.quiet import load_tensorflow
 
         load_tensorflow()
         for row in litert_rows(run_dir, folder, command):

@@ -22,7 +22,7 @@ REPEATS, CALLS = 50, 20
 
 
 def main() -> None:
-    from kerasllm.quiet import load_tensorflow
+    from kerasllm.core.quiet import load_tensorflow
 
     load_tensorflow()
     import tensorflow as tf

@@ -34,11 +34,11 @@ def main() -> None:
         print(f"training the main job into {run_dir} ...", flush=True)
         subprocess.run(["kerasllm", "train", "lstm-textgen", "--out", str(run_dir), "--quiet"], check=True)
 
-    from kerasllm.quiet import load_tensorflow
+    from kerasllm.core.quiet import load_tensorflow
 
     load_tensorflow()
     from kerasllm import generation, runs
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     run = runs.load_run(run_dir)
     model = load_model(run.model_path)

@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=255)
     parser.add_argument("--prompt-tokens", type=int, default=1)
     args = parser.parse_args()
-    from kerasllm.quiet import load_tensorflow
+    from kerasllm.core.quiet import load_tensorflow
 
     load_tensorflow()
     import keras

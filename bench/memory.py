@@ -1,5 +1,5 @@
 """Where a training run's memory goes: peak RSS of `train transformer-lm --preset P` for a few steps, phase by phase,
-against what the run needs (weights + gradients + two Adam moments + activations, `kerasllm.memory.step_bytes`) on top
+against what the run needs (weights + gradients + two Adam moments + activations, `kerasllm.train.memory.step_bytes`) on top
 of the runtime's baseline (RSS once TensorFlow and Keras are imported).
 
     python bench/memory.py [--presets tiny small] [--data ../shared/data/tinyshakespeare/input.txt] [--steps 5] [--set KEY=VALUE]
@@ -35,11 +35,13 @@ def peak():
 
 preset, data, steps, jit, out, more = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", Path(sys.argv[5]), sys.argv[6:]
 marks = {"start": peak()}
-from kerasllm import catalog, distribute, memory, quiet
-from kerasllm import config as config_lib
+from kerasllm import catalog, distribute
+from kerasllm.train import memory
+from kerasllm.core import quiet
+from kerasllm.core import config as config_lib
 distribute.set_xla_defaults(quiet.keras_backend())  # as the command line does: XLA CPU flags, the compilation cache
 quiet.load_tensorflow()
-from kerasllm import training
+from kerasllm.train import trainer as training
 marks["imports (TensorFlow, Keras)"] = peak()
 spec = catalog.model("transformer-lm")
 sets = [f"data.source={data}", "train.epochs=1", f"train.steps_per_epoch={steps}", f"runtime.jit_compile={str(jit).lower()}",

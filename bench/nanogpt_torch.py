@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the source tree: this Python need not have kerasllm installed
-from kerasllm.timings import process_seconds  # noqa: E402  measured as kerasllm measures its own runs (stdlib only)
+from kerasllm.train.timings import process_seconds  # noqa: E402  measured as kerasllm measures its own runs (stdlib only)
 
 
 class Block(nn.Module):

@@ -40,8 +40,8 @@ def run(command: list[str]) -> float:
 def load(run_dir: Path, checkpoint: Path | None = None):
     """The run and its model (optionally with a checkpoint's weights)."""
     from kerasllm import runs
-    from kerasllm.quiet import load_tensorflow
-    from kerasllm.saving import load_model
+    from kerasllm.core.quiet import load_tensorflow
+    from kerasllm.export.saving import load_model
 
     load_tensorflow()
     model = load_model(run_dir / "model.keras")

@@ -154,9 +154,9 @@ def engine_alone(run: Path, slots: int, clients: int, requests: int, max_tokens:
     """The engine without HTTP: `clients × requests` requests submitted at once (they wait for slots), sampled as the
     clients' are; generated tokens per second of wall."""
     from kerasllm import generation, runs
-    from kerasllm.quiet import load_tensorflow
-    from kerasllm.saving import load_model
-    from kerasllm.serving import Engine, Request
+    from kerasllm.core.quiet import load_tensorflow
+    from kerasllm.export.saving import load_model
+    from kerasllm.serve.engine import Engine, Request
 
     load_tensorflow()
     found = runs.load_run(run)

@@ -66,7 +66,7 @@ def einsum_attention(query, key, value, mask=None, **_):
 
 def child(name: str, steps: int) -> None:
     sys.path.insert(0, str(HERE.parent))
-    from kerasllm.quiet import load_tensorflow
+    from kerasllm.core.quiet import load_tensorflow
 
     load_tensorflow()
     import keras

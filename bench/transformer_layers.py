@@ -6,7 +6,7 @@ The issue asked for transformer-lm on `keras_hub.layers` unless hand-written lay
 variants build nanoGPT's CPU config (4 layers, 4 heads, 128 dims, context 64, 65 tokens, no dropout) and
 train it with the same recipe as bench/nanogpt_cpu.yaml (AdamW lr 1e-3, betas 0.9/0.99, weight decay 0.1,
 global clip 1.0, XLA, 50 steps per execution, batch 12) on random windows (speed does not depend on the
-data), each in a fresh process started through `kerasllm.quiet.load_tensorflow`, alternating:
+data), each in a fresh process started through `kerasllm.core.quiet.load_tensorflow`, alternating:
 
 - `keras-hub`: `keras_hub.layers.ReversibleEmbedding`, `PositionEmbedding`, `TransformerDecoder(normalize_first=True)`
   (what transformer-lm was built from before);
@@ -58,7 +58,7 @@ def zoo_model():
 
 def child(variant: str, steps: int) -> None:
     sys.path.insert(0, str(HERE.parent))
-    from kerasllm.quiet import load_tensorflow
+    from kerasllm.core.quiet import load_tensorflow
 
     load_tensorflow()
     import keras

@@ -13,9 +13,9 @@ import dataclasses
 from importlib import metadata
 
 from kerasllm import tasks, zoo
-from kerasllm.errors import UserError
-from kerasllm.registry import Registry
-from kerasllm.spec import ModelSpec
+from kerasllm.core.errors import UserError
+from kerasllm.core.registry import Registry
+from kerasllm.core.spec import ModelSpec
 from kerasllm.tasks import Task
 
 ENTRY_POINT_GROUP = "kerasllm.zoo"

@@ -27,9 +27,9 @@ import re
 import sys
 from pathlib import Path
 
-from kerasllm import interrupts, words
-from kerasllm.config import PRECISIONS, STRATEGIES
-from kerasllm.errors import UserError
+from kerasllm.core import interrupts, words
+from kerasllm.core.config import PRECISIONS, STRATEGIES
+from kerasllm.core.errors import UserError
 
 # Lazy imports: TensorFlow, Keras and JAX are imported inside functions: `kerasllm --help` and `kerasllm list` load
 # this module and must not load them, and the backend must be set before Keras loads.

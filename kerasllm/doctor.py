@@ -11,7 +11,8 @@ import os
 import platform
 from importlib import metadata
 
-from kerasllm import distribute, quiet
+from kerasllm import distribute
+from kerasllm.core import quiet
 from kerasllm.distribute import tpu_present
 
 # Lazy imports: TensorFlow, Keras and JAX are imported inside functions: the backend must be set before Keras loads.

@@ -18,7 +18,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from kerasllm.errors import UserError
+from kerasllm.core.errors import UserError
 
 # Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
 # module and must not load them.

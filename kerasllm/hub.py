@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import compat, files, generation, network
-from kerasllm.errors import UserError
-from kerasllm.quiet import captured_stderr
+from kerasllm import generation
+from kerasllm.core import compat, files, network
+from kerasllm.core.errors import UserError
+from kerasllm.core.quiet import captured_stderr
 
 # Lazy imports: keras-hub is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.

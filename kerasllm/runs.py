@@ -2,7 +2,7 @@
 
 Also the checks a command makes before it writes a run: a new run's folder (`plan_new_run`) and what a resume
 may change (`check_resume_options`, `check_resume_config`). The folder's layout, its file names and its safe
-writes live in `kerasllm.files`, floors below.
+writes live in `kerasllm.core.files`, floors below.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kerasllm import catalog, distribute
-from kerasllm import config as config_lib
-from kerasllm.errors import UserError
-from kerasllm.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, METRICS_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json
-from kerasllm.spec import ModelSpec
+from kerasllm.core import config as config_lib
+from kerasllm.core.errors import UserError
+from kerasllm.core.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, METRICS_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json
+from kerasllm.core.spec import ModelSpec
 from kerasllm.tasks import Task
 
 

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import files
-from kerasllm.config import TOKENIZERS
-from kerasllm.errors import UserError
+from kerasllm.core import files
+from kerasllm.core.config import TOKENIZERS
+from kerasllm.core.errors import UserError
+from kerasllm.core.quiet import captured_stderr
 from kerasllm.hub import HubTokenizer
-from kerasllm.quiet import captured_stderr
 
 # Lazy imports: TensorFlow, tensorflow-text and sentencepiece are imported inside methods: `kerasllm --help` and
 # `kerasllm list` load this module and must not load them.

@@ -23,8 +23,9 @@ if index >= 0:
 
 import numpy as np  # noqa: E402
 
-from kerasllm import catalog, training  # noqa: E402
-from kerasllm import config as config_lib  # noqa: E402
+from kerasllm import catalog  # noqa: E402
+from kerasllm.core import config as config_lib  # noqa: E402
+from kerasllm.train import trainer as training  # noqa: E402
 from tests.zoo_cases import cases  # noqa: E402
 
 settings = cases(folder)[model_name]  # the test wrote the data

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from kerasllm import cli
-from kerasllm.conversation import ChatSession
+from kerasllm.core.errors import UserError
 from kerasllm.data.chat import ChatTemplate, chat_rows, fit_history, load_conversations
-from kerasllm.errors import UserError
+from kerasllm.serve.session import ChatSession
 from kerasllm.tokenizers import Tokenizer
 from tests.conftest import write_jsonl
 
@@ -174,7 +174,7 @@ def test_train_task_chat_writes_a_chat_run(chat_run, runner):
 
 def test_finetune_task_chat_grows_the_base_vocabulary(tmp_path, lm_run, chat_data, runner):
     from kerasllm import runs
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     base = lm_run
     out = tmp_path / "tuned"

@@ -96,7 +96,7 @@ def tuned(presets, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned, chat_run, lm_run):
-    from kerasllm.server import create_app
+    from kerasllm.serve.app import create_app
     from tests.test_serve import load, openai, running
 
     assert json.loads((tuned / "chat_template.json").read_text())["kind"] == "llama3"

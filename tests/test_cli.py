@@ -235,7 +235,7 @@ def test_installed_script_answers_help_and_list_without_tensorflow():
 
 @pytest.mark.slow
 def test_tensorflow_loads_without_the_packages_it_would_import_for_nothing():
-    probe = ("import json, sys\nfrom kerasllm.quiet import UNUSED_AT_START, load_tensorflow\nload_tensorflow()\n"
+    probe = ("import json, sys\nfrom kerasllm.core.quiet import UNUSED_AT_START, load_tensorflow\nload_tensorflow()\n"
              "loaded = [m for m in UNUSED_AT_START if m in sys.modules]\nimport matplotlib, tensorflow as tf\n"
              "print(json.dumps([loaded, float(tf.constant(2.0))]))")
     env = dict(os.environ, KERAS_BACKEND="tensorflow")
@@ -250,7 +250,7 @@ def test_tensorflow_loads_without_the_packages_it_would_import_for_nothing():
 
 
 def test_the_backend_is_found_as_keras_finds_it(tmp_path, monkeypatch):
-    from kerasllm.quiet import keras_backend
+    from kerasllm.core.quiet import keras_backend
 
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))

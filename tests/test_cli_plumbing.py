@@ -4,14 +4,16 @@ from pathlib import Path
 
 import pytest
 
-from kerasllm import cli, files
+from kerasllm import cli
+from kerasllm.core import files
 from tests.test_cli import assert_user_error, invoke
 
 
 @pytest.fixture
 def received(monkeypatch):
-    """Replace the trainer: record what `kerasllm train` / `finetune` pass it and return a finished summary."""
-    import kerasllm.training
+    """Replace the recipes' entry to the trainer: record what `kerasllm train` / `finetune` pass it and return a finished
+    summary."""
+    from kerasllm.recipes import runner
 
     calls = []
 
@@ -19,7 +21,7 @@ def received(monkeypatch):
         calls.append((config, Path(run_dir), options))
         return {"nothing_to_do": True, "epochs_completed": config.train.epochs, "run": str(run_dir)}
 
-    monkeypatch.setattr(kerasllm.training, "train", fake_train)
+    monkeypatch.setattr(runner, "train", fake_train)
     return calls
 
 
@@ -106,7 +108,7 @@ def test_no_developer_path_in_code_or_help():
 
 
 def test_plurals_and_articles():
-    from kerasllm.words import a, count, were
+    from kerasllm.core.words import a, count, were
 
     assert (count(1, "epoch"), count(2, "epoch"), count(1200, "batch", "batches")) == ("1 epoch", "2 epochs", "1,200 batches")
     assert (were(1), were(0)) == ("was", "were")
@@ -117,7 +119,7 @@ def test_plurals_and_articles():
 def test_the_card_names_the_metric_that_picked_the_best_epoch():
     from types import SimpleNamespace
 
-    from kerasllm.reports import _best_by
+    from kerasllm.train.reports import _best_by
 
     assert _best_by(SimpleNamespace(train=SimpleNamespace(monitor="val_loss"))) == "lowest validation loss (`val_loss`)"
     assert _best_by(SimpleNamespace(train=SimpleNamespace(monitor="val_accuracy"))) == "highest validation accuracy (`val_accuracy`)"
@@ -129,7 +131,7 @@ def test_piped_progress_is_whole_lines_at_any_width():
 
     from rich.console import Console
 
-    from kerasllm.progress import Reporter
+    from kerasllm.train.progress import Reporter
 
     out = io.StringIO()
     reporter = Reporter("rich", 12, 2160, 2048, "tokens", console=Console(file=out, width=40, soft_wrap=True))
@@ -171,7 +173,7 @@ def test_library_warnings_and_log_records_are_kept_not_printed(capsys):
     import logging
     import warnings
 
-    from kerasllm import quiet
+    from kerasllm.core import quiet
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -1,4 +1,4 @@
-"""Every private Keras / keras-hub API kerasllm uses (kerasllm/compat.py), called on a tiny model.
+"""Every private Keras / keras-hub API kerasllm uses (kerasllm/core/compat.py), called on a tiny model.
 
 A Keras release that renames or changes one fails here, with the function's name, instead of deep inside a run.
 """
@@ -6,7 +6,7 @@ A Keras release that renames or changes one fails here, with the function's name
 import keras
 import numpy as np
 
-from kerasllm import compat  # noqa: E402
+from kerasllm.core import compat  # noqa: E402
 
 
 def tiny_model():
@@ -96,3 +96,23 @@ def test_align_trace_names_moves_tensorflows_counter_to_a_multiple():
     ops.uid()
     compat.align_trace_names()
     assert (ops.uid() - 1) % compat.TRACE_NAME_STEP == 0  # the next name after the aligned one
+
+
+def test_typer_private_apis_are_there():
+    """The flag-type patch (`compat.hide_flag_types`) and the command context (`compat.current_command_context`)."""
+    import typer
+    import typer.core
+    from typer.testing import CliRunner
+
+    compat.hide_flag_types()
+    compat.hide_flag_types()  # twice patches once
+    assert getattr(typer.core.TyperOption.display_type_rich, "kerasllm_patched", False)
+    seen = []
+    app = typer.Typer()
+
+    @app.command()
+    def one(flag: bool = typer.Option(False, "--flag")):
+        seen.append(compat.current_command_context().params)
+
+    assert CliRunner().invoke(app, ["--flag"]).exit_code == 0 and seen == [{"flag": True}]
+    assert compat.current_command_context() is None

@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from kerasllm import files, saving
+from kerasllm.core import files
+from kerasllm.export import saving
 from tests.test_cli import assert_user_error, invoke
 
 
@@ -96,7 +97,7 @@ def test_a_model_with_code_is_refused_in_safe_mode(runner, trained_run, tmp_path
 def test_the_magnitude_mask_zeroes_the_smallest_share_and_the_schedule_is_tf_mots():
     import numpy as np
 
-    from kerasllm.pruning import magnitude_mask, sparsity_at, updates_after
+    from kerasllm.recipes.prune import magnitude_mask, sparsity_at, updates_after
 
     weights = np.array([[0.5, -0.1, 0.3], [-0.7, 0.2, 0.05]], "float32")
     np.testing.assert_array_equal(magnitude_mask(weights, 0.5), [[1, 0, 1], [1, 0, 0]])  # |0.05|, |0.1|, |0.2| go
@@ -189,7 +190,8 @@ def test_gptq_and_awq_quantize_a_transformer_lm_block_by_block_and_the_copy_load
     the same command gives the same weights (calibration rows fixed)."""
     import numpy as np
 
-    from kerasllm import compression, runs
+    from kerasllm import runs
+    from kerasllm.recipes import compress as compression
 
     out = tmp_path / method
     result = invoke(runner, "compress", lm_run, "--method", method, "--out", out, "--json")

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from kerasllm import catalog
-from kerasllm import config as config_lib
-from kerasllm.errors import UserError
+from kerasllm.core import config as config_lib
+from kerasllm.core.errors import UserError
 
 SPEC = catalog.model("lstm-textgen")
 

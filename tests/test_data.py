@@ -3,10 +3,10 @@ import gzip
 import numpy as np
 import pytest
 
-from kerasllm import network
+from kerasllm.core import network
+from kerasllm.core.errors import UserError
 from kerasllm.data import pipeline
 from kerasllm.data.text import load_text, reload_validation
-from kerasllm.errors import UserError
 from kerasllm.tokenizers import Tokenizer
 from tests.conftest import mock_tfds
 

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from kerasllm import files, saving
+from kerasllm.core import files
+from kerasllm.export import saving
 from tests.conftest import TINY_LM
 from tests.test_cli import assert_user_error, invoke
 from tests.test_text_classification import TINY_LSTM, TINY_TRANSFORMER, write_sst
@@ -124,7 +125,7 @@ def test_the_distillation_loss_is_keras_logits_distillation_and_weights_mask_it(
     same per position, averaged over the weighted positions only; softmax outputs compare through their logs."""
     import keras
 
-    from kerasllm.distillation import StudentDistiller, as_logits, weighted_kl
+    from kerasllm.recipes.distill import StudentDistiller, as_logits, weighted_kl
 
     def kl(t, s, temperature=3.0):
         p, q = [np.exp(x / temperature) / np.exp(x / temperature).sum(-1, keepdims=True) for x in (t, s)]

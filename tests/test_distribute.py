@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from kerasllm import distribute
-from kerasllm.errors import UserError
+from kerasllm.core.errors import UserError
 from tests.conftest import need
 
 ROOT = Path(__file__).parent.parent
@@ -116,7 +116,7 @@ def test_backend_must_be_set_before_keras_and_be_known():
 
 def test_precision_and_worker_timeout_are_validated():
     from kerasllm import catalog
-    from kerasllm import config as config_lib
+    from kerasllm.core import config as config_lib
 
     spec = catalog.model("lstm-textgen")
     with pytest.raises(UserError, match="runtime.precision must be float32, mixed_bfloat16 or mixed_float16"):
@@ -305,8 +305,9 @@ def test_a_worker_that_never_starts_ends_the_others_with_one_line(zoo_data, tmp_
 def test_mixed_precision_keeps_logits_and_loss_in_float32(zoo_data, tmp_path, model, precision, loop):
     import keras
 
-    from kerasllm import catalog, training
-    from kerasllm import config as config_lib
+    from kerasllm import catalog
+    from kerasllm.core import config as config_lib
+    from kerasllm.train import trainer as training
     from tests.zoo_cases import cases
 
     config = config_lib.resolve(catalog.model(model), None, [*cases(zoo_data)[model], "train.steps_per_epoch=2",

@@ -24,7 +24,7 @@ def agreement(output: str) -> float:
 
 
 def test_the_readme_keeps_other_sections_and_never_touches_a_foreign_one(tmp_path):
-    from kerasllm import export_guide
+    from kerasllm.export import guide as export_guide
 
     for name in ("a.keras", "b.tflite"):
         (tmp_path / name).write_text("x")

@@ -61,7 +61,7 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
 def test_every_zoo_model_compresses_to_int8(runner, zoo, tmp_path, name):
     """`kerasllm compress --method int8` on each tiny run: the copy loads, its task metric is measured before and after,
     and `evaluate` on the copy gives the copy's figure (quantized layers nested in other layers load again)."""
-    from kerasllm import compression
+    from kerasllm.recipes import compress as compression
 
     copy = tmp_path / "int8"
     compressed = runner.invoke(cli.app, ["compress", str(zoo[name]), "--method", "int8", "--out", str(copy), "--json"])

@@ -1,11 +1,13 @@
-"""Export checks that run before any model loads (kerasllm/export.py) and keras-hub preset detection (kerasllm/hub.py)."""
+"""Export checks that run before any model loads (kerasllm/export/formats.py) and keras-hub preset detection (kerasllm/hub.py)."""
 
 from pathlib import Path
 
 import pytest
 
-from kerasllm import export, files, hub
-from kerasllm.errors import UserError
+from kerasllm import hub
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
+from kerasllm.export import formats as export
 
 
 def test_formats_and_default_paths(tmp_path):
@@ -76,7 +78,7 @@ def test_an_export_never_writes_into_a_runs_own_files(tmp_path):
 
 
 def test_offline_a_preset_handle_is_one_line_before_any_retry(monkeypatch):
-    from kerasllm import network
+    from kerasllm.core import network
 
     monkeypatch.setattr(network, "_reachable", {"huggingface.co": False})
     with pytest.raises(UserError) as error:
@@ -87,7 +89,7 @@ def test_offline_a_preset_handle_is_one_line_before_any_retry(monkeypatch):
 
 
 def test_preset_names_read_from_keras_hubs_files_agree_with_its_lists():
-    from kerasllm import compat
+    from kerasllm.core import compat
 
     handles = compat.hub_preset_handles()  # read without importing keras-hub (tests/test_tour.py times it)
     assert handles["gpt2_base_en"].startswith("kaggle://keras/gpt2/keras/gpt2_base_en/")

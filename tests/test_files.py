@@ -1,12 +1,12 @@
-"""The bottom floor: run-folder names, safe writes, what may be replaced (kerasllm/files.py)."""
+"""The bottom floor: run-folder names, safe writes, what may be replaced (kerasllm/core/files.py)."""
 
 import hashlib
 import json
 
 import pytest
 
-from kerasllm import files
-from kerasllm.errors import UserError
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kerasllm import catalog, generation, runs
-from kerasllm.errors import UserError
+from kerasllm.core.errors import UserError
 from kerasllm.generation import filter_logits, sample_next
 
 
@@ -100,7 +100,7 @@ def test_max_length_zero_generates_nothing():
 
 
 def test_stateful_lstm_decoder_matches_the_windowed_path_token_for_token(trained_run):
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     run = runs.load_run(trained_run)
     model = load_model(trained_run / "model.keras")

@@ -1,14 +1,15 @@
-"""Trainer hooks (kerasllm/hooks.py) and the fine-tuning hook's decisions, without training."""
+"""Trainer hooks (kerasllm/train/hooks.py) and the fine-tuning hook's decisions, without training."""
 
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from kerasllm import catalog, hooks
-from kerasllm import config as config_lib
-from kerasllm.checkpoints import TrainState
-from kerasllm.finetuning import FinetuneHook, transfer_weights
+from kerasllm import catalog
+from kerasllm.core import config as config_lib
+from kerasllm.recipes.finetune import FinetuneHook, transfer_weights
+from kerasllm.train import hooks
+from kerasllm.train.checkpoints import TrainState
 
 
 class Recorder(hooks.Hook):
@@ -76,7 +77,7 @@ def test_transfer_weights_copies_matching_layers_and_skips_new_heads():
 
 
 def test_hooks_for_adds_the_finetune_hook_only_to_finetuning_runs():
-    from kerasllm.training import hooks_for
+    from kerasllm.recipes.runner import hooks_for
 
     plain = config_lib.resolve(catalog.model("lstm-textgen"), None, [])
     assert hooks_for(plain).hooks == []
@@ -88,8 +89,8 @@ def test_bounds_are_checked_against_the_model_before_any_work():
     import keras
 
     from kerasllm import generation
-    from kerasllm.errors import UserError
-    from kerasllm.finetuning import check_lora_rank
+    from kerasllm.core.errors import UserError
+    from kerasllm.recipes.finetune import check_lora_rank
 
     query = keras.layers.EinsumDense("abc,cde->abde", output_shape=(None, 2, 8), name="query")  # 16 wide, 2 heads of 8
     query.build((None, 5, 16))

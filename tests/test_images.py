@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from kerasllm import evaluation
+from kerasllm.core.errors import UserError
 from kerasllm.data.images import load_images, read_idx, to_channels
-from kerasllm.errors import UserError
 from tests.conftest import mock_tfds
 from tests.test_cli import assert_user_error, invoke
 

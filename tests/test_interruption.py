@@ -67,7 +67,7 @@ def lm_base(zoo_settings, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, request, case):
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     name, extra = CASES[case]
     own = zoo_settings[name]
@@ -111,7 +111,7 @@ def test_the_models_not_killed_resume_exactly_in_process(zoo_settings, tmp_path,
     model.keras gone, as a kill leaves it) and resumed ends with the straight run's weights; in this process, without
     the cost of three fresh ones."""
     from kerasllm import cli
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     name, _ = ALL_CASES[case]
     settings = [*zoo_settings[name], "train.epochs=2", "train.steps_per_epoch=4", "runtime.deterministic=true", "train.validation_steps=2"]

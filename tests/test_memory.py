@@ -1,10 +1,10 @@
-"""A batch that cannot fit is refused before any work: the lower bound on a step's memory (kerasllm.memory)."""
+"""A batch that cannot fit is refused before any work: the lower bound on a step's memory (kerasllm.train.memory)."""
 
 import keras
 import pytest
 
-from kerasllm import memory
-from kerasllm.errors import UserError
+from kerasllm.core.errors import UserError
+from kerasllm.train import memory
 
 MB = 1024**2
 

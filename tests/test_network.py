@@ -1,11 +1,11 @@
-"""kerasllm/network.py: the up-front reachability check, on loopback only."""
+"""kerasllm/core/network.py: the up-front reachability check, on loopback only."""
 
 import socket
 
 import pytest
 
-from kerasllm import network
-from kerasllm.errors import UserError
+from kerasllm.core import network
+from kerasllm.core.errors import UserError
 
 
 def test_reachable_on_loopback_and_remembered(monkeypatch):

@@ -16,7 +16,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def offline(monkeypatch):
-    from kerasllm import network
+    from kerasllm.core import network
 
     monkeypatch.setattr(network, "_reachable", {"www.kaggle.com": False, "huggingface.co": False})
 

@@ -4,9 +4,10 @@ from importlib import metadata
 
 import pytest
 
-from kerasllm import catalog, registry, tasks
-from kerasllm.errors import UserError
-from kerasllm.spec import ModelSpec
+from kerasllm import catalog, tasks
+from kerasllm.core import registry
+from kerasllm.core.errors import UserError
+from kerasllm.core.spec import ModelSpec
 from kerasllm.zoo import cnn_classifier, lstm_textgen
 
 
@@ -44,7 +45,7 @@ def test_plugin_registers_through_the_entry_point_lookup(tmp_path, monkeypatch):
     """A fake installed distribution (a .dist-info folder on sys.path) found by importlib.metadata."""
     (tmp_path / "my_zoo_plugin.py").write_text(textwrap.dedent("""
         import dataclasses
-        from kerasllm.spec import ModelSpec
+        from kerasllm.core.spec import ModelSpec
         from kerasllm.zoo import cnn_classifier, lstm_textgen
 
         def specs():

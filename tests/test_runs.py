@@ -5,9 +5,12 @@ import shutil
 
 import pytest
 
-from kerasllm import catalog, diagnostics, files, reports, runs, saving
-from kerasllm import config as config_lib
-from kerasllm.errors import UserError
+from kerasllm import catalog, runs
+from kerasllm.core import config as config_lib
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
+from kerasllm.export import saving
+from kerasllm.train import diagnostics, reports
 
 
 def test_load_run_reads_config_spec_task_and_artifacts(trained_run):

@@ -65,7 +65,7 @@ def test_a_failed_build_leaves_no_run_folder(runner, tmp_path, corpus_file):
     import dataclasses
 
     from kerasllm import catalog
-    from kerasllm.errors import UserError
+    from kerasllm.core.errors import UserError
 
     def broken(hparams, info):
         raise UserError("embedding_dim 8 is too small for this vocabulary; raise model_args.embedding_dim")
@@ -221,12 +221,12 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(runner, trained_run
 
 
 def test_ctrl_c_names_the_real_run_folder(runner, corpus_file, trained_run, tmp_path, monkeypatch):
-    import kerasllm.training
+    import kerasllm.train.trainer
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kerasllm.training, "train", interrupted)
+    monkeypatch.setattr(kerasllm.train.trainer, "train", interrupted)
     result = invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", tmp_path / "run", *tiny_args())
     assert result.exit_code == 130 and "RUN_FOLDER" not in result.output
     assert "nothing was kept" in result.stderr
@@ -243,8 +243,8 @@ def test_evaluate_from_another_folder_uses_absolute_data_paths(runner, trained_r
 
 
 def test_builtin_corpus_of_another_python_release_says_why(runner, tmp_path):
+    from kerasllm.core.errors import UserError
     from kerasllm.data.splits import check_unchanged
-    from kerasllm.errors import UserError
 
     then = {"source": "builtin:python-docs", "sha256": "a", "python_version": "3.11.7"}
     with pytest.raises(UserError, match=r"Python 3\.11\.7.*pass --data builtin:python-docs"):
@@ -272,8 +272,8 @@ def test_sixteen_bit_png_is_scaled_not_saturated(tmp_path):
 
 
 def test_nan_in_a_float_npz_is_refused(tmp_path):
+    from kerasllm.core.errors import UserError
     from kerasllm.data.images import load_images
-    from kerasllm.errors import UserError
 
     x = np.random.default_rng(0).random((10, 4, 4)).astype(np.float32)
     x[3, 1, 1] = np.nan
@@ -306,8 +306,8 @@ def test_hidden_folders_are_not_classes(tmp_path):
 def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
     from PIL import Image
 
+    from kerasllm.core.errors import UserError
     from kerasllm.data.images import read_image
-    from kerasllm.errors import UserError
 
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4,096 pixels is "too many" now
@@ -387,7 +387,7 @@ def test_a_process_that_cannot_reach_a_steps_end_still_ends_on_sigterm(tmp_path)
     import signal
     import time
 
-    script = ("import time\nfrom kerasllm.interrupts import graceful_stop\nprint('ready', flush=True)\n"
+    script = ("import time\nfrom kerasllm.core.interrupts import graceful_stop\nprint('ready', flush=True)\n"
               "with graceful_stop(lambda: None, grace_seconds=1.0, where='RUN'):\n    time.sleep(120)  # never checks the request\n")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     assert process.stdout.readline().strip() == "ready"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from kerasllm import cli
+from kerasllm.core.errors import UserError
 from kerasllm.data.parallel import load_pairs
-from kerasllm.errors import UserError
 
 WORDS = "red blue green cat dog sun moon tree".split()
 TINY = ["--set", "data.tokenizer=word", "--set", "data.vocab_size=50", "--set", "data.sequence_length=10",
@@ -53,7 +53,7 @@ def reverse_run(tmp_path_factory, runner):
 
 def loaded(run_dir):
     from kerasllm import runs
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     return runs.load_run(run_dir), load_model(run_dir / "model.keras")
 
@@ -287,7 +287,8 @@ def test_parameter_counts_match_the_built_models():
 
 
 def test_the_next_step_hint_uses_a_source_from_the_runs_own_data(tmp_path):
-    from kerasllm import files, tasks
+    from kerasllm import tasks
+    from kerasllm.core import files
     from kerasllm.tasks.seq2seq import example_prompt
 
     abstract = "We propose a method for training deep networks with loss scaling chosen automatically, which " * 3

@@ -43,8 +43,8 @@ def running(app):
 
 def load(run_dir, **limits):
     from kerasllm import runs
-    from kerasllm.saving import load_model
-    from kerasllm.server import load_served
+    from kerasllm.export.saving import load_model
+    from kerasllm.serve.app import load_served
 
     run = runs.load_run(run_dir)
     return load_served(run, load_model(run_dir / "model.keras"), limits.get("max_batch", 4), limits.get("max_queue", 64),
@@ -66,7 +66,7 @@ def served(chat_run, plain_run):
 
 @pytest.fixture(scope="module")
 def url(served):
-    from kerasllm.server import create_app
+    from kerasllm.serve.app import create_app
 
     with running(create_app(served)) as base:
         yield base
@@ -142,7 +142,7 @@ def test_prompt_longer_than_the_context_is_named(url):
 
 
 def test_an_api_key_is_required_when_set(served):
-    from kerasllm.server import create_app
+    from kerasllm.serve.app import create_app
 
     with running(create_app(served, api_key="secret")) as base:
         assert httpx.get(f"{base}/v1/models").status_code == 401
@@ -178,7 +178,7 @@ def test_concurrent_greedy_answers_equal_answers_alone(client, served):
 
 
 def test_a_full_queue_answers_429_and_a_gone_client_frees_its_slot(plain_run):
-    from kerasllm.server import create_app
+    from kerasllm.serve.app import create_app
 
     one = load(plain_run, max_batch=1, max_queue=0, max_tokens=100_000)
     try:
@@ -202,7 +202,7 @@ def test_a_full_queue_answers_429_and_a_gone_client_frees_its_slot(plain_run):
 def test_rows_step_like_the_one_row_decoder(plain_run):
     """The batched step with a position per row gives the logits the one-row cached decoder gives."""
     from kerasllm import runs
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     run = runs.load_run(plain_run)
     decoder = run.spec.decoder(load_model(plain_run / "model.keras"))
@@ -237,7 +237,7 @@ def test_serve_refuses_a_model_it_cannot_batch(trained_run, runner):
 
 
 def test_a_failing_step_ends_its_requests_with_500_and_the_server_goes_on(plain_run):
-    from kerasllm.server import create_app
+    from kerasllm.serve.app import create_app
 
     one = load(plain_run, max_batch=2)
     real, failures = one.engine.decoder.step_rows, []
@@ -290,7 +290,7 @@ def test_the_step_attends_over_the_shortest_window_that_holds_every_busy_row():
 def test_a_stream_writes_its_first_token_at_once_and_then_at_most_once_per_interval(plain_run):
     """`--stream-interval`: the first chunk is not held back; later tokens go out several to a write; the text is the
     text a non-streamed request gets."""
-    from kerasllm.server import create_app
+    from kerasllm.serve.app import create_app
 
     one = load(plain_run, max_batch=2)
     try:

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from kerasllm import runs, saving
+from kerasllm import runs
+from kerasllm.export import saving
 from tests.test_cli import invoke
 from tests.test_images import make_class_folder, tiny_cnn_args
 from tests.test_text_classification import TINY_TRANSFORMER, write_sst

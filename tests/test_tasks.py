@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from kerasllm import catalog, tasks
-from kerasllm.config import doc
+from kerasllm.core.config import doc
+from kerasllm.core.spec import ModelSpec
 from kerasllm.data import DataInfo
-from kerasllm.spec import ModelSpec
 from kerasllm.tasks.base import PreparedData, Task
 from tests.test_cli import assert_user_error, invoke
 
@@ -84,7 +84,7 @@ def parity_model():
 
 
 def test_a_new_task_and_model_train_and_evaluate_through_the_cli(runner, tmp_path, parity_model):
-    before = {name: Path(name).read_text() for name in ("cli.py", "kerasllm/training.py")}
+    before = {name: Path(name).read_text() for name in ("cli.py", "kerasllm/train/trainer.py")}
     out = tmp_path / "parity"
     result = invoke(runner, "train", "parity-mlp", "--out", out)
     assert result.exit_code == 0, result.output
@@ -100,7 +100,7 @@ def test_a_new_task_and_model_train_and_evaluate_through_the_cli(runner, tmp_pat
 
 
 def test_unknown_task_names_are_one_line_errors():
-    from kerasllm.errors import UserError
+    from kerasllm.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown task 'image-clasification'; did you mean 'image-classification'"):
         tasks.get("image-clasification")

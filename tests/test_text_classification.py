@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from kerasllm import cli
+from kerasllm.core.errors import UserError
 from kerasllm.data.labelled import LOCAL_FORMATS, load_labelled
-from kerasllm.errors import UserError
 from kerasllm.tasks.text_classification import ClassLabels
 from tests.test_cli import assert_user_error
 
@@ -240,7 +240,7 @@ def backbone_weights(model):
 
 
 def load(path):
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     return load_model(path)
 
@@ -283,10 +283,11 @@ def test_unfreeze_after_trains_the_whole_model_later(runner, mlm_base, sst, tmp_
 
 @pytest.mark.slow
 def test_lora_trains_only_adapters_and_the_merged_model_reproduces_them(runner, mlm_base, sst, tmp_path):
-    from kerasllm import finetuning, runs
+    from kerasllm import runs
     from kerasllm.catalog import model as get
-    from kerasllm.config import from_dict, read_config_file
-    from kerasllm.finetuning import transfer_weights
+    from kerasllm.core.config import from_dict, read_config_file
+    from kerasllm.recipes import finetune as finetuning
+    from kerasllm.recipes.finetune import transfer_weights
 
     out = tmp_path / "lora"
     result = invoke(runner, "finetune", mlm_base, "--data", sst, "--method", "lora", "--lora-rank", "2", "--out", out,
@@ -406,7 +407,7 @@ def test_finetune_a_local_keras_hub_preset(runner, presets, sst, tmp_path, which
 
 
 def test_an_unreachable_preset_handle_is_one_line(runner, sst, tmp_path, monkeypatch):
-    from kerasllm import network
+    from kerasllm.core import network
 
     monkeypatch.setattr(network, "_reachable", {"www.kaggle.com": False})  # offline, whatever this machine has
     result = invoke(runner, "finetune", "kaggle://keras/bert/keras/bert_tiny_en_uncased/2", "--data", sst, "--out", tmp_path / "x")

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from kerasllm.core.errors import UserError
 from kerasllm.data.text import builtin_text
-from kerasllm.errors import UserError
 from kerasllm.generation import StreamDecoder
 from kerasllm.tokenizers import KINDS, REPLACEMENT, Tokenizer
 

@@ -6,9 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerasllm import catalog, checkpoints, files, loops, optimizers, training
-from kerasllm import config as config_lib
-from kerasllm.errors import UserError
+from kerasllm import catalog
+from kerasllm.core import config as config_lib
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
+from kerasllm.train import checkpoints, loops, optimizers
+from kerasllm.train import trainer as training
 from tests.conftest import TINY
 
 SPEC = catalog.model("lstm-textgen")
@@ -63,7 +66,7 @@ def test_resume_without_a_checkpoint_is_a_user_error(tmp_path, corpus_file):
 
 
 def test_optimizer_recipe():
-    from kerasllm.config import TrainConfig
+    from kerasllm.core.config import TrainConfig
 
     optimizer = optimizers.make_optimizer(TrainConfig(learning_rate=1e-2, warmup_steps=10, min_learning_rate_ratio=0.1), total_steps=110)
     schedule = optimizer.learning_rate if callable(optimizer.learning_rate) else optimizer._learning_rate
@@ -123,7 +126,9 @@ MIRRORED_SCRIPT = """
 import json, sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from kerasllm import config as config_lib, catalog, training
+from kerasllm import catalog
+from kerasllm.core import config as config_lib
+from kerasllm.train import trainer as training
 spec = catalog.model("transformer-lm")
 settings = ["data.source=" + sys.argv[1], "model_args.num_layers=1", "model_args.num_heads=2", "model_args.hidden_dim=16",
             "model_args.max_sequence_length=16", "model_args.dropout=0.0", "data.sequence_length=16", "train.epochs=1",
@@ -250,7 +255,7 @@ def test_overfitting_is_reported_with_fixes(tmp_path):
 
 
 def test_a_healthy_run_is_not_called_overfitting():
-    from kerasllm.diagnostics import overfitting
+    from kerasllm.train.diagnostics import overfitting
 
     assert overfitting({"loss": [3.0, 2.5, 2.2], "val_loss": [3.1, 2.7, 2.4]}) is None
     assert overfitting({"loss": [3.0, 2.5, 2.2, 2.0], "val_loss": [2.9, 2.6, 2.8, 3.0]})["best_epoch"] == 2
@@ -304,7 +309,7 @@ def test_validation_steps_spread_over_the_split():
 def test_adamw_can_exempt_biases_and_norms_from_weight_decay():
     import keras
 
-    from kerasllm.config import TrainConfig
+    from kerasllm.core.config import TrainConfig
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2), keras.layers.LayerNormalization()])
     for decay_all, expected in ((True, [True] * 4), (False, [True, False, False, False])):
@@ -364,7 +369,7 @@ def test_a_run_says_where_its_time_went(straight_run):
 def test_timings_count_each_second_once():
     import time
 
-    from kerasllm.timings import Timings
+    from kerasllm.train.timings import Timings
 
     timings = Timings()
     with timings.section("outer"):

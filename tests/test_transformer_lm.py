@@ -101,7 +101,7 @@ def keras_hub_layout(position_layer: bool = True):
 
 def test_a_model_built_from_keras_hub_layers_still_decodes_with_the_cache(tmp_path):
 
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     path = tmp_path / "old.keras"
     keras_hub_layout().save(path)
@@ -184,7 +184,7 @@ def test_train_evaluate_generate_and_save_load_through_the_cli(runner, corpus_fi
     assert other["data"] == str(corpus_file)
     # model + tokenizer saved and loaded reproduce the logits
     from kerasllm import runs
-    from kerasllm.saving import load_model
+    from kerasllm.export.saving import load_model
 
     run = runs.load_run(out)
     ids = run.artifacts["tokenizer"].encode("The data model")[None]

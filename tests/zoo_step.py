@@ -29,7 +29,8 @@ else:
 
 from typer.testing import CliRunner  # noqa: E402
 
-from kerasllm import cli, files  # noqa: E402
+from kerasllm import cli  # noqa: E402
+from kerasllm.core import files  # noqa: E402
 from tests.zoo_cases import cli_args, write_cases  # noqa: E402
 
 # (strategy, per-replica batch, XLA): the same global batch of 8 on one device and over two. On TensorFlow the

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kerasllm import hub
-from kerasllm.config import doc
+from kerasllm.core.config import doc
+from kerasllm.core.errors import UserError
+from kerasllm.core.spec import ModelSpec
 from kerasllm.data import DataInfo
-from kerasllm.errors import UserError
-from kerasllm.spec import ModelSpec
 
 # Lazy imports: zoo.layers (which imports Keras) is imported inside `build`: `kerasllm --help` and `kerasllm list`
 # load this module and must not load them.

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kerasllm.config import doc
+from kerasllm.core.config import doc
+from kerasllm.core.errors import UserError
+from kerasllm.core.spec import ModelSpec
 from kerasllm.data import DataInfo
-from kerasllm.errors import UserError
-from kerasllm.spec import ModelSpec
 
 # Lazy imports: Keras, keras-hub and TensorFlow (and zoo.layers, which imports Keras) are imported inside functions:
 # `kerasllm --help` and `kerasllm list` load this module and must not load them.

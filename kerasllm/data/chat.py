@@ -28,10 +28,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from kerasllm import files
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
+from kerasllm.core.words import count
 from kerasllm.data.text import read_text_file
-from kerasllm.errors import UserError
-from kerasllm.words import count
 
 ROLES = ("system", "user", "assistant")
 CHAT_SPECIALS = ("[SYSTEM]", "[USER]", "[ASSISTANT]")

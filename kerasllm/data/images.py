@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.core.errors import UserError
+from kerasllm.core.files import absent
 from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import GZIP_MAGIC, gunzip
-from kerasllm.errors import UserError
-from kerasllm.files import absent
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 IDX_NAMES = {

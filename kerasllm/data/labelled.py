@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.core.errors import UserError
+from kerasllm.core.files import absent
 from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import read_text_file, text_files
-from kerasllm.errors import UserError
-from kerasllm.files import absent
 
 # Lazy imports: TensorFlow is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerasllm.errors import UserError
+from kerasllm.core.errors import UserError
 
 
 @dataclass

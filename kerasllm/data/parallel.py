@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.core.errors import UserError
+from kerasllm.core.files import absent
 from kerasllm.data import tfds as tfds_source
 from kerasllm.data.text import read_text_file
-from kerasllm.errors import UserError
-from kerasllm.files import absent
 
 SPLITS = {"train": ("train",), "validation": ("val", "valid", "dev", "validation")}
 NOT_LANGUAGES = {"md", "txt", "csv", "tsv", "py", "zip", "tar", "src", "tgt", "trg", "out", "raw", "tok", "bpe"}

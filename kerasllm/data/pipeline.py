@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from kerasllm.core.errors import UserError
+from kerasllm.core.words import count
 from kerasllm.distribute import shard_policy
-from kerasllm.errors import UserError
-from kerasllm.words import count
 
 # Lazy imports: TensorFlow is imported inside functions: `kerasllm --help` and `kerasllm list` load this module and
 # must not load them.

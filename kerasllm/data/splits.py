@@ -9,7 +9,7 @@ import hashlib
 import platform
 from dataclasses import dataclass
 
-from kerasllm.errors import UserError
+from kerasllm.core.errors import UserError
 
 
 @dataclass

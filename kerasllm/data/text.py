@@ -21,9 +21,9 @@ from pathlib import Path
 from kerasllm.data.splits import TextSplit, check_unchanged, python_version, split_by_fraction, text_split
 
 __all__ = ["TextSplit", "check_unchanged", "evaluation_text", "load_text", "reload_validation"]
+from kerasllm.core.errors import UserError
+from kerasllm.core.files import absent
 from kerasllm.data import tfds as tfds_source
-from kerasllm.errors import UserError
-from kerasllm.files import absent
 from kerasllm.tokenizers import BASE_SPECIALS
 
 BUILTIN_CORPORA = {

@@ -7,9 +7,9 @@ that exists (no network, a broken download) is an error, never taken for
 
 from __future__ import annotations
 
-from kerasllm import network
+from kerasllm.core import network
+from kerasllm.core.errors import UserError
 from kerasllm.data.splits import text_split
-from kerasllm.errors import UserError
 
 # Lazy imports: TensorFlow and tensorflow-datasets are imported inside functions: `kerasllm --help` and `kerasllm
 # list` load this module and must not load them.

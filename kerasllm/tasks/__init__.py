@@ -9,7 +9,7 @@ edit to `cli.py` or the trainer. No task module imports TensorFlow at import tim
 
 from __future__ import annotations
 
-from kerasllm.registry import Registry
+from kerasllm.core.registry import Registry
 from kerasllm.tasks.base import PreparedData, Task
 from kerasllm.tasks.chat import Chat
 from kerasllm.tasks.image_classification import ImageClassification

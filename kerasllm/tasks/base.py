@@ -9,9 +9,9 @@ from typing import Any, Callable
 import numpy as np
 
 from kerasllm import generation
-from kerasllm.errors import UserError
-from kerasllm.quiet import captured_stderr
-from kerasllm.words import a
+from kerasllm.core.errors import UserError
+from kerasllm.core.quiet import captured_stderr
+from kerasllm.core.words import a
 
 # Lazy imports: Keras is imported inside methods: `kerasllm --help` and `kerasllm list` load this module and must not
 # load them.

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm import generation
+from kerasllm.core.errors import UserError
+from kerasllm.core.words import count
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.chat import (
     ChatTemplate,
@@ -29,10 +31,8 @@ from kerasllm.data.chat import (
     split_conversations,
 )
 from kerasllm.data.splits import check_unchanged
-from kerasllm.errors import UserError
 from kerasllm.tasks.text_generation import TextGeneration
 from kerasllm.tokenizers import Tokenizer
-from kerasllm.words import count
 
 DEFAULT_DATA = "builtin:chat-skills"
 SPLIT_SEED = 0  # the validation split does not move with train.seed, so `evaluate` finds it again

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import evaluation, files
+from kerasllm import evaluation
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES, ImageSplit, load_images, read_image, to_channels
 from kerasllm.data.splits import check_unchanged
-from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables, classify_endpoint
 
 CHECKED_IMAGES = 16  # validation images a SavedModel's `classify` is checked on

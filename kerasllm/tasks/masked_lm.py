@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.core.errors import UserError
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.packing import Packer
 from kerasllm.data.text import evaluation_text, load_text
-from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
 

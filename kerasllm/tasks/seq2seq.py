@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import files
-from kerasllm.config import absolute_source, doc
+from kerasllm.core import files
+from kerasllm.core.config import absolute_source, doc
+from kerasllm.core.errors import UserError
+from kerasllm.core.words import count, were
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.parallel import Pairs, gather, load_pairs
 from kerasllm.data.splits import check_unchanged
-from kerasllm.errors import UserError
 from kerasllm.evaluation import text_scores
 from kerasllm.generation import beam_search_batch, check_beam_fits
 from kerasllm.tasks.base import Endpoint, PreparedData, Table, Task
 from kerasllm.tokenizers import Tokenizer
-from kerasllm.words import count, were
 
 # Lazy imports: Keras and TensorFlow are imported inside methods: `kerasllm --help` and `kerasllm list` load this
 # module and must not load them.

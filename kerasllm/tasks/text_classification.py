@@ -17,17 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from kerasllm import evaluation, files
-from kerasllm.config import absolute_source, doc
+from kerasllm import evaluation
+from kerasllm.core import files
+from kerasllm.core.config import absolute_source, doc
+from kerasllm.core.errors import UserError
+from kerasllm.core.words import count, were
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.images import IMAGE_SUFFIXES
 from kerasllm.data.labelled import Examples, gather_splits, load_labelled
 from kerasllm.data.packing import Packer
 from kerasllm.data.splits import check_unchanged
-from kerasllm.errors import UserError
 from kerasllm.tasks.base import PreparedData, Table, Task, classification_tables, classify_endpoint
 from kerasllm.tokenizers import Tokenizer
-from kerasllm.words import count, were
 
 
 @dataclass

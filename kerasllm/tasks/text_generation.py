@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm import generation
+from kerasllm.core.errors import UserError
+from kerasllm.core.quiet import captured_stderr
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.text import evaluation_text, load_text
-from kerasllm.errors import UserError
-from kerasllm.quiet import captured_stderr
 from kerasllm.tasks.base import Endpoint, PreparedData, Task
 from kerasllm.tokenizers import Tokenizer
 

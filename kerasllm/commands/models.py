@@ -1,0 +1,118 @@
+"""The zoo and this installation: `list`, `info`, `doctor`, `download`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kerasllm import catalog, hub
+from kerasllm.commands.common import JsonFlag, console, handle_errors, load_tensorflow, new_table, print_json
+from kerasllm.core import config as config_lib
+from kerasllm.core.errors import UserError
+
+
+@handle_errors
+def list_models(as_json: JsonFlag = False):
+    """List the registered models.
+
+    Example: `kerasllm list --json`
+    """
+    rows = [  # parameters: null where the preset decides them (hub-classifier), not 0
+        {"name": s.name, "task": s.task, "parameters": s.count_params(s.hparams()) or None, "default_data": s.default_data,
+         "description": s.description}
+        for s in catalog.models().items()
+    ]
+    if as_json:
+        return print_json(rows)
+    table = new_table("name", "task", "parameters", "default data", "description", title="kerasllm models",
+                      whole=("name", "task"))  # names are what the user types
+    for row in rows:
+        parameters = f"{row['parameters']:,}" if row["parameters"] else "(the preset's)"
+        table.add_row(row["name"], row["task"], parameters, row["default_data"], row["description"])
+    console.print(table)
+
+
+@handle_errors
+def info(name: Annotated[str, typer.Argument(help="Registered model name (see `kerasllm list`).")], as_json: JsonFlag = False):
+    """Show a model's hyperparameters and the training settings, with defaults and help.
+
+    Example: `kerasllm info lstm-textgen`
+    """
+    spec = catalog.model(name)
+    sections = {"model_args": spec.hparams, **config_lib.SECTIONS, **spec.sections}
+    defaults = config_lib.default_config(spec)
+    tasks = {spec.task, *spec.objectives.values()}
+    rows = [  # only the keys this model's tasks read (no labelled-text columns for a language model)
+        {"key": f"{section}.{field}", "type": type_name, "default": getattr(getattr(defaults, section), field), "help": help_text}
+        for section, cls in sections.items()
+        for field, type_name, _, help_text in config_lib.fields_help(cls) if config_lib.applies(cls, field, tasks)
+    ]
+    if as_json:
+        return print_json({"name": spec.name, "task": spec.task, "default_data": spec.default_data, "keys": rows,
+                           "presets": spec.presets})
+    console.print(f"[bold]{spec.name}[/] ({spec.task}): {spec.description}")
+    table = new_table("key", "type", "default", "help", whole=("key",))  # a key is copied into --set
+    table.columns[0].no_wrap = True  # keys are what `--set` takes: never cut
+    for row in rows:
+        table.add_row(row["key"], row["type"], repr(row["default"]), row["help"])
+    console.print(table)
+    for preset, values in spec.presets.items():
+        console.print(f"preset [bold]{preset}[/]: " + ", ".join(f"{k}={v!r}" for k, v in values.items()), highlight=False)
+    console.print("Change any key with `--set key=value` or a `--config` file; start from a preset with `--preset NAME`.")
+
+
+@handle_errors
+def download(
+    preset: Annotated[str, typer.Argument(help="A keras-hub preset: a bare name (gpt2_base_en, bert_tiny_en_uncased), kaggle://… or hf://….")],
+    out: Annotated[Optional[Path], typer.Option(help="The folder to save it in (default: presets/NAME).")] = None,
+):
+    """Save a keras-hub preset (weights, config, tokenizer) into a local folder, once, with a network; every command
+    that takes a preset (`finetune`, `generate`) then takes that folder, offline.
+
+    Example: `kerasllm download gpt2_base_en` · `kerasllm generate presets/gpt2_base_en --prompt "Hello"`
+    """
+    handle = hub.resolve(preset)
+    if handle is None:
+        raise UserError(f"{preset} is not a keras-hub preset; pass a bare preset name (see keras-hub's list), kaggle://… or hf://…")
+    out = out or Path("presets") / preset.rstrip("/").split("/")[-1].removeprefix("kaggle:").removeprefix("hf:")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; pass another --out (nothing there is overwritten)")
+    hub.check_reachable(handle, "files", hub.DOWNLOAD_ELSEWHERE)  # offline: one line in seconds, before TensorFlow loads
+    load_tensorflow()
+    saved = hub.download(handle, out)
+    console.print(f"saved {handle} to {out}: {', '.join(saved)}", highlight=False)
+    console.print(f"next: kerasllm generate {out} --prompt \"…\"  ·  kerasllm finetune {out} --data …", highlight=False)
+
+
+@handle_errors
+def doctor(as_json: JsonFlag = False):
+    """Check this installation: versions, Keras backend, devices, the strategy `auto` picks, and known traps with fixes.
+
+    Example: `kerasllm doctor --json`
+    """
+    from kerasllm.doctor import report
+
+    load_tensorflow()
+    found = report()
+    if as_json:
+        return print_json(found)
+    table = new_table("what", "found", title="kerasllm doctor")
+    for name, version in found["versions"].items():
+        table.add_row(name, version or "not installed")
+    table.add_row("Keras backend", found["keras_backend"])
+    table.add_row("devices", ", ".join(f"{d['type']} {d['name']}" for d in found["devices"]))
+    table.add_row("--strategy auto", found["auto_strategy"])
+    table.add_row("CPU bfloat16", "yes" if found["cpu_bfloat16"] else "no")
+    table.add_row("CPU kind", found["cpu_kind"])
+    table.add_row("XLA CPU defaults", f"{found['xla_cpu_defaults']} (measured fastest for this CPU kind; XLA_FLAGS now: "
+                  f"{found['xla_flags'] or 'empty'})")
+    cache = found["compilation_cache"]
+    table.add_row("compilation cache", f"{cache['folder']}: {cache['programs']} programs, {cache['megabytes']} MB" if cache else
+                  "off (KERASLLM_COMPILATION_CACHE=0)")
+    console.print(table)
+    if not found["traps"]:
+        console.print("no known traps apply")
+    for trap in found["traps"]:
+        console.print(f"[yellow]trap:[/] {trap['trap']}: {trap['detail']}; fix: {trap['fix']}", highlight=False)
