@@ -129,3 +129,11 @@ def mock_tfds(name: str, splits: dict, tmp_path, num_examples: int = 8):
     builder.info.write_to_directory(builder.data_dir)
     with tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir), policy=tfds.testing.MockPolicy.USE_FILES):
         yield
+
+
+def assert_says(message: str, *facts: str) -> None:
+    """A user-facing message is one line that holds each fact a user needs (the bad value, the fix), in any wording."""
+    lines = message.strip().splitlines()
+    assert len(lines) == 1, message
+    missing = [fact for fact in facts if fact not in lines[0]]
+    assert not missing, (missing, message)

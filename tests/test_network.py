@@ -6,6 +6,7 @@ import pytest
 
 from kerasllm.core import network
 from kerasllm.core.errors import UserError
+from tests.conftest import assert_says
 
 
 def test_reachable_on_loopback_and_remembered(monkeypatch):
@@ -27,4 +28,4 @@ def test_require_is_one_line(monkeypatch):
     monkeypatch.setattr(network, "_reachable", {"example.invalid": False})
     with pytest.raises(UserError) as error:
         network.require("example.invalid", "fetch a thing", "pass a local copy")
-    assert str(error.value) == "cannot reach example.invalid to fetch a thing (no network?); pass a local copy"
+    assert_says(str(error.value), "cannot reach example.invalid", "fetch a thing", "pass a local copy")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_args
+from tests.conftest import assert_says, tiny_args
 from tests.test_cli import assert_user_error, invoke
 
 ROOT = Path(__file__).parent.parent
@@ -75,7 +75,7 @@ def test_a_failed_build_leaves_no_run_folder(runner, tmp_path, corpus_file):
         result = invoke(runner, "train", "broken-lstm", "--data", corpus_file, "--out", tmp_path / "run", *tiny_args())
     assert "broken-lstm" not in catalog.names()
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.stderr.strip() == "error: embedding_dim 8 is too small for this vocabulary; raise model_args.embedding_dim"
+    assert_says(result.stderr, "error: ", "embedding_dim 8", "raise model_args.embedding_dim")
     assert not (tmp_path / "run").exists()
 
 
@@ -369,7 +369,7 @@ def test_a_signal_checkpoints_then_says_how_to_resume_and_resume_is_exact(corpus
     process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == f"interrupted; continue with `kerasllm train --resume {stopped}`"
+    assert_says(stderr.strip().splitlines()[-1], "interrupted", f"`kerasllm train --resume {stopped}`")
     newest = sorted((stopped / "checkpoints").iterdir())[-1]
     state = json.loads((newest / "state.json").read_text())
     assert state["epoch"] < 4 and not (stopped / "model.keras").exists()  # stopped part-way, at a step's end
@@ -395,8 +395,7 @@ def test_a_process_that_cannot_reach_a_steps_end_still_ends_on_sigterm(tmp_path)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 128 + signal.SIGTERM
-    assert stderr.strip() == ("stopped: training did not reach a step's end within 1 s of the signal (waiting on another "
-                              "worker?); continue with `kerasllm train --resume RUN`")
+    assert_says(stderr, "stopped: ", "within 1 s", "`kerasllm train --resume RUN`")
 
 
 # --- a path that is there but is not what was asked for -------------------------------------

@@ -367,19 +367,18 @@ def test_a_run_says_where_its_time_went(straight_run):
 
 
 def test_timings_count_each_second_once():
-    import time
-
     from kerasllm.train.timings import Timings
 
-    timings = Timings()
+    now = [100.0]
+    timings = Timings(clock=lambda: now[0])  # a clock the test moves: no wall time
     with timings.section("outer"):
-        started = time.perf_counter()
-        time.sleep(0.05)
-        timings.add("checkpoints", time.perf_counter() - started)  # measured inside the loop, counted once
+        now[0] += 1.0  # the outer section's own second
+        now[0] += 2.0
+        timings.add("checkpoints", 2.0)  # measured inside the loop, counted once
         with timings.section("inner"):
-            time.sleep(0.05)
-    assert timings.seconds["checkpoints"] >= 0.05 and timings.seconds["inner"] >= 0.05
-    assert 0 <= timings.seconds["outer"] < 0.03  # the sections add up to the wall they cover
+            now[0] += 4.0
+        now[0] += 0.5
+    assert timings.seconds == {"checkpoints": 2.0, "inner": 4.0, "outer": 1.5}  # the sections add up to the wall they cover
     timings = Timings()
     timings.add("loop", 10.0)
     timings.split("loop", {"steps": 7.0, "compilation": 5.0})  # more than is left: capped

@@ -21,9 +21,14 @@ import time
 
 
 class Timings:
-    """Seconds per named section, exclusive of the sections and additions inside it."""
+    """Seconds per named section, exclusive of the sections and additions inside it.
 
-    def __init__(self):
+    Args:
+        clock: a function that returns seconds (default `time.perf_counter`; tests pass a fake one).
+    """
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
         self.seconds: dict[str, float] = {}
         self._open: list[float] = []  # per open section: seconds already counted by something inside it
 
@@ -35,13 +40,13 @@ class Timings:
 
     @contextlib.contextmanager
     def section(self, name: str):
-        started = time.perf_counter()
+        started = self.clock()
         self._open.append(0.0)
         try:
             yield
         finally:
             inner = self._open.pop()
-            elapsed = time.perf_counter() - started
+            elapsed = self.clock() - started
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - inner
             if self._open:
                 self._open[-1] += elapsed
