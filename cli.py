@@ -36,12 +36,14 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    context: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and TensorFlow's start-up log.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")] = False,
     backend: BackendOption = None,
 ):
-    if not debug:
+    if not debug:  # the libraries' warnings and log records go to the run's library.log, not the terminal
         quiet.keep_library_output()
+        context.call_on_close(quiet.restore_library_output)  # put back when the command ends
     if backend:
         distribute.set_backend(backend)
 

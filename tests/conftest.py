@@ -22,11 +22,9 @@ from typer.testing import CliRunner
 from kerasllm import cli
 from kerasllm.data.text import builtin_text
 
-# The slow tier's heaviest cases that repeat what others cover (two of the four README tours, two of the four
-# notebooks, kill -9 of every zoo model beyond four kinds of run) run only with `KERASLLM_FULL_SLOW=1`: a default slow
-# tier fits `.ci/run`'s 30 minutes on two cores, and `KERASLLM_FULL_SLOW=1 python -m pytest -q -m slow -n 2` runs all.
-FULL_SLOW = os.environ.get("KERASLLM_FULL_SLOW") == "1"
-full_slow_only = pytest.mark.skipif(not FULL_SLOW, reason="one of the heaviest slow cases: run with KERASLLM_FULL_SLOW=1")
+# Three tiers: the fast one (the default), `-m "slow and not heavy"` (.ci/run: every wing once, one model per family)
+# and `-m heavy` (.ci/heavy: the every-model matrices, all notebooks, the README tours, kill -9 of every model). A
+# heavy test is also marked slow, so the fast tier never runs it.
 
 
 def need(module: str):

@@ -175,13 +175,39 @@ def test_library_warnings_and_log_records_are_kept_not_printed(capsys):
 
     from kerasllm.core import quiet
 
+    mark = quiet.heard_mark()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         quiet.keep_library_output()
-        warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer.", UserWarning, stacklevel=1)
-        logging.getLogger("tensorflow").warning("5 out of the last 5 calls to <function> triggered tf.function retracing")
-        logging.getLogger("urllib3").info("below WARNING: not even kept")
+        try:
+            warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer.", UserWarning, stacklevel=1)
+            logging.getLogger("tensorflow").warning("5 out of the last 5 calls to <function> triggered tf.function retracing")
+            logging.getLogger("urllib3").info("below WARNING: not even kept")
+        finally:
+            quiet.restore_library_output()
     assert capsys.readouterr() == ("", "")
-    kept = quiet.kept_text()
+    kept = quiet.heard_since(mark)
     assert "UserWarning: Do not pass an `input_shape`" in kept and "tensorflow WARNING: 5 out of the last 5 calls" in kept
     assert "not even kept" not in kept
+    assert quiet.heard_since(quiet.heard_mark()) == ""  # a later run hears only what comes after its mark
+
+
+def test_a_command_puts_back_the_warnings_display_and_the_library_loggers(runner):
+    import logging
+    import warnings
+
+    from kerasllm import cli
+
+    shown, handlers = warnings.showwarning, list(logging.getLogger("tensorflow").handlers)
+    assert runner.invoke(cli.app, ["info", "lstm-textgen"]).exit_code == 0
+    assert warnings.showwarning is shown and logging.getLogger("tensorflow").handlers == handlers
+    assert logging.getLogger("py.warnings").handlers == [] or all(type(h).__name__ != "_Keep" for h in logging.getLogger("py.warnings").handlers)
+
+
+def test_the_kept_lines_are_bounded():
+    from kerasllm.core import quiet
+
+    heard = quiet._Heard(limit=3)
+    for number in range(10):
+        heard.add(f"line {number}")
+    assert [line for _, line in heard.lines] == ["line 7", "line 8", "line 9"] and heard.count == 10

@@ -45,6 +45,7 @@ def test_a_second_identical_run_and_a_resume_compile_nothing_again(corpus_file, 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the heavy tier (.ci/heavy): a third run of the same model
 def test_the_cache_can_be_turned_off(corpus_file, tmp_path, monkeypatch):
     monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")
     settings = [arg if arg != "runtime.jit_compile=false" else "runtime.jit_compile=true" for arg in TINY_LM]

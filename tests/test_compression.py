@@ -183,7 +183,7 @@ def test_an_image_classifier_prunes_too(runner, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["gptq", "awq"])
+@pytest.mark.parametrize("method", ["gptq", pytest.param("awq", marks=pytest.mark.heavy)])
 def test_gptq_and_awq_quantize_a_transformer_lm_block_by_block_and_the_copy_loads_and_answers(runner, lm_run, tmp_path, method):
     """`--method gptq|awq`: Keras' GPTQ or AWQ on the run's own training text; the 4-bit copy loads again (kerasllm
     keeps the zero points Keras 3.15.1 leaves out of the file), evaluates to the figure in its table, generates, and

@@ -168,6 +168,7 @@ def zoo_results(zoo_runs, mode: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the heavy tier (.ci/heavy): every model
 def test_every_model_trains_with_xla_and_mirrored_over_two_logical_cpus(zoo_runs):
     """The TPU proxy (Keras fit compiled whole by XLA: static shapes, no py_function) and MirroredStrategy over 2
     logical CPUs at the same global batch."""
@@ -233,7 +234,7 @@ def zoo_data(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["lstm-textgen", "transformer-lm"])
+@pytest.mark.parametrize("model", ["lstm-textgen", pytest.param("transformer-lm", marks=pytest.mark.heavy)])
 def test_two_workers_stay_in_sync_and_match_one_process(zoo_data, tmp_path, model):
     chief_run, other_run = tmp_path / "chief", tmp_path / "other"
     summaries = two_workers([chief_run, other_run], model, zoo_data)
@@ -248,6 +249,7 @@ def test_two_workers_stay_in_sync_and_match_one_process(zoo_data, tmp_path, mode
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the heavy tier (.ci/heavy): two more workers; the slow tier's two workers and kill -9 cover both halves
 def test_two_workers_resume_from_the_chiefs_checkpoint(zoo_data, tmp_path):
     run = tmp_path / "run"
     two_workers([run, run], "lstm-textgen", zoo_data, 1)

@@ -34,6 +34,7 @@ def zoo(tmp_path_factory, runner):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # every model: the heavy tier (.ci/heavy)
 @pytest.mark.parametrize("name", [*matrix_names(), "masked-lm"])
 def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_path, name):
     outcomes = {}
@@ -57,6 +58,7 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # every model: the heavy tier (.ci/heavy)
 @pytest.mark.parametrize("name", matrix_names())
 def test_every_zoo_model_compresses_to_int8(runner, zoo, tmp_path, name):
     """`kerasllm compress --method int8` on each tiny run: the copy loads, its task metric is measured before and after,

@@ -1,5 +1,5 @@
-"""kill -9 at a random moment, then `--resume`: a run ends where an uninterrupted run ends (four kinds of run in the slow
-tier, every zoo model with `KERASLLM_FULL_SLOW=1`).
+"""kill -9 at a random moment, then `--resume`: a run ends where an uninterrupted run ends (one run in the slow tier,
+every zoo model and kind of run in the heavy tier).
 
 Each model trains at its own defaults (steps per call, loop, dropout) with tiny sizes, `runtime.deterministic=true`
 and a step checkpoint every 2 steps; the kill lands after the first checkpoint, at a random moment (during a step,
@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import FULL_SLOW
 from tests.zoo_cases import cli_args, matrix_names, write_cases
 
 ROOT = Path(__file__).parent.parent
@@ -47,13 +46,11 @@ def run(args: list[str], **kwargs):
 ALL_CASES = {**{name: (name, []) for name in matrix_names()},
              "transformer-lm, custom loop": ("transformer-lm", ["runtime.loop=custom"]),
              "transformer-lm, LoRA fine-tuning": ("transformer-lm", ["finetune.base=BASE", "finetune.method=lora", "finetune.lora_rank=2"])}
-# The slow tier kills four runs, each carrying other state in its checkpoints: XLA steps run 10 per call with dropout
-# (transformer-lm), the custom loop, a fine-tuning run's LoRA adapters, batch normalisation (cnn-classifier). The other
-# models resume exactly in-process below (a stopped run, not a killed one); `KERASLLM_FULL_SLOW=1` kills every
-# zoo model (about 10 more minutes on 2 cores).
-REPRESENTATIVE = ("transformer-lm", "transformer-lm, custom loop", "transformer-lm, LoRA fine-tuning", "cnn-classifier")
-CASES = ALL_CASES if FULL_SLOW else {case: ALL_CASES[case] for case in REPRESENTATIVE}
-
+# The slow tier kills one run, transformer-lm (XLA steps run 10 per call, with dropout), and resumes every other zoo
+# model exactly in-process below (a stopped run, not a killed one). The heavy tier (.ci/heavy) kills every case: each
+# zoo model, the custom loop, a fine-tuning run's LoRA adapters.
+KILLED_IN_SLOW = ("transformer-lm",)
+CASES = [case if case in KILLED_IN_SLOW else pytest.param(case, marks=pytest.mark.heavy) for case in ALL_CASES]
 
 @pytest.fixture(scope="module")
 def lm_base(zoo_settings, tmp_path_factory):
@@ -69,7 +66,7 @@ def lm_base(zoo_settings, tmp_path_factory):
 def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, request, case):
     from kerasllm.export.saving import load_model
 
-    name, extra = CASES[case]
+    name, extra = ALL_CASES[case]
     own = zoo_settings[name]
     if "finetune.base=BASE" in extra:  # the base's architecture is inherited
         extra = [item.replace("BASE", str(request.getfixturevalue("lm_base"))) for item in extra]
@@ -105,7 +102,7 @@ def test_kill_9_then_resume_ends_with_the_same_weights(zoo_settings, tmp_path, r
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [case for case in ALL_CASES if case not in CASES])
+@pytest.mark.parametrize("case", [case for case, (_, extra) in ALL_CASES.items() if not extra and case not in KILLED_IN_SLOW])
 def test_the_models_not_killed_resume_exactly_in_process(zoo_settings, tmp_path, runner, case):
     """The zoo models the slow tier does not kill: a run stopped after its first epoch (its last checkpoint and
     model.keras gone, as a kill leaves it) and resumed ends with the straight run's weights; in this process, without

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FULL_SLOW, need
+from tests.conftest import need
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-# the slow tier runs two (the TPU branch on JAX, and a CPU fine-tune); all four with KERASLLM_FULL_SLOW=1 (tests/conftest.py)
-EXECUTED = [p for p in NOTEBOOKS if FULL_SLOW or p.stem in ("01_quickstart", "03_finetune")]
+# the heavy tier (.ci/heavy) runs all four notebooks; the fast tier checks that each calls kerasllm only
+EXECUTED = NOTEBOOKS
 TINY_LM = "--set model_args.num_layers=1 --set model_args.num_heads=2 --set model_args.hidden_dim=16 " \
           "--set data.sequence_length=16 --set train.batch_size=8 --set train.steps_per_epoch=3 --set train.sample_length=20 " \
           "--set runtime.steps_per_execution=1"
@@ -81,6 +81,7 @@ def executed(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", [p.stem for p in EXECUTED])
 def test_notebook_runs_with_tiny_parameters(executed, name):
     import nbformat

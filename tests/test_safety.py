@@ -346,7 +346,7 @@ def test_a_user_error_after_tensorflow_loads_is_one_line_on_stderr(trained_run, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signal_name", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.heavy)])
 def test_a_signal_checkpoints_then_says_how_to_resume_and_resume_is_exact(corpus_file, tmp_path, signal_name):
     """SIGTERM is handled as Ctrl-C is: a checkpoint at the next step's end, one line, exit 130; the resumed run ends
     with the same weights as a run that was never stopped."""

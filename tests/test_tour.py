@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, TINY_LM, full_slow_only, need
+from tests.conftest import TINY, TINY_LM, need
 from tests.test_cli import LEGACY_SCRIPT
 from tests.test_export_guide import agreement, run_snippet, snippets
 from tests.test_seq2seq import TINY as TINY_SEQ2SEQ
 from tests.test_seq2seq import reverse_pairs
 from tests.test_text_classification import write_sst
+
+pytestmark = pytest.mark.heavy  # the README tours run in the heavy tier (.ci/heavy)
 
 OWN = ("note: ", "warning: ")  # the prefixes of kerasllm's own lines on stderr
 # A user's shell: without the XLA_FLAGS that in-process tests leave behind (kerasllm sets its TensorFlow default there)
@@ -57,7 +59,6 @@ def test_the_text_generation_tour(tmp_path, corpus_file):
 
 
 @pytest.mark.slow
-@full_slow_only  # with KERASLLM_FULL_SLOW=1 (tests/conftest.py)
 def test_the_classification_and_finetuning_tour(tmp_path):
     (tmp_path / "数据").mkdir()
     sst = write_sst(tmp_path / "数据")  # a non-Latin path: matplotlib's missing-glyph warnings on the curves' title
@@ -91,7 +92,6 @@ def test_the_translation_tour(tmp_path):
 
 
 @pytest.mark.slow
-@full_slow_only  # with KERASLLM_FULL_SLOW=1 (tests/conftest.py)
 def test_the_jax_and_chat_tour(tmp_path, corpus_file):
     need("jax")
     run = tmp_path / "jax"

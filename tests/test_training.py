@@ -112,6 +112,7 @@ def test_fit_and_custom_loops_give_the_same_weights_for_lstm_textgen(corpus_file
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the heavy tier (.ci/heavy): lstm-textgen's twin above stays in the slow tier
 def test_fit_and_custom_loops_give_the_same_weights_for_cnn_classifier(tmp_path):
     spec = catalog.model("cnn-classifier")
     settings = ["model_args.width=8", "model_args.depth=2", "train.batch_size=16", "train.steps_per_epoch=3",
@@ -146,6 +147,7 @@ print(json.dumps(out))
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # the heavy tier (.ci/heavy): the strategy matrix
 def test_xla_over_two_logical_cpus_runs_the_custom_loop_and_matches_one_device(corpus_file, tmp_path):
     """fit cannot compile a step over several devices with XLA; loop auto takes the custom loop, which compiles each
     replica's step (the transformer's sparse embedding gradient is made dense so every replica all-reduces the same

@@ -9,13 +9,13 @@ was caught is written to the real stderr before the error goes on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
 import sys
 import tempfile
-import warnings
 
 # Lazy imports: TensorFlow and Keras are imported inside `load_tensorflow`, whose job is to import them quietly.
 
@@ -47,8 +47,10 @@ def captured_stderr(enabled: bool = True):
 
 
 # Packages TensorFlow and Keras import at start-up when installed, for features kerasllm never uses: JAX for
-# TFLite's `experimental_from_jax` (~110 MB), scikit-learn for Keras' sklearn wrappers (~60 MB), matplotlib for
-# `keras.visualization` (~25 MB), SciPy for tf.keras-1 sparse inputs. All are optional imports there.
+# TFLite's `experimental_from_jax`, scikit-learn for Keras' sklearn wrappers, matplotlib for `keras.visualization`,
+# SciPy for tf.keras-1 sparse inputs. All are optional imports there. Hiding them pays for itself: with all four
+# installed (the test extras), `load_tensorflow` peaks at 661 MB in 2.3 s hidden against 909 MB in 3.6 s not
+# (about 248 MB and 1.2–1.8 s less: bench/RESULTS.md, "Start-up", `python bench/quiet_start.py`).
 UNUSED_AT_START = ("jax", "sklearn", "matplotlib", "scipy")
 NEEDED_BY_JAX = ("jax", "scipy")  # Keras' JAX backend imports jax.experimental.sparse, which imports SciPy
 
@@ -100,26 +102,50 @@ def load_tensorflow(debug: bool = False) -> None:
 
 
 # Python loggers of the libraries under kerasllm; their records (TensorFlow's "… triggered tf.function retracing",
-# absl, urllib3's retries, matplotlib's font search …) are kept rather than printed unless --debug.
+# absl, urllib3's retries, matplotlib's font search …) are kept rather than printed unless --debug. Python warnings
+# reach them through `logging.captureWarnings` (the "py.warnings" logger).
 LIBRARY_LOGGERS = ("tensorflow", "absl", "keras", "keras_hub", "jax", "urllib3", "matplotlib", "h5py", "PIL", "httpx", "kagglehub",
-                   "huggingface_hub", "tensorflow_datasets")
-KEPT: list[str] = []  # what the libraries said, in order: a run writes it to its library.log
+                   "huggingface_hub", "tensorflow_datasets", "py.warnings")
+KEPT_LINES = 5_000  # the most lines kept (a server that runs for days keeps the newest): a run's library.log is bounded
+
+
+class _Heard:
+    """What the libraries said, newest last, numbered so that a run can ask for what it heard itself."""
+
+    def __init__(self, limit: int = KEPT_LINES):
+        self.lines: collections.deque = collections.deque(maxlen=limit)
+        self.count = 0
+
+    def add(self, line: str) -> None:
+        self.count += 1
+        self.lines.append((self.count, line.rstrip("\n")))
+
+
+HEARD = _Heard()
 
 
 class _Keep(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        KEPT.append(f"{record.name} {record.levelname}: {record.getMessage()}")
+        if record.name == "py.warnings":  # "FILE:LINE: Category: message" as warnings.formatwarning writes it
+            file_line, _, rest = record.getMessage().strip().partition(": ")
+            HEARD.add(f"{rest.splitlines()[0] if rest else file_line} ({file_line})")
+        else:
+            HEARD.add(f"{record.name} {record.levelname}: {record.getMessage()}")
 
 
-def _keep_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    KEPT.append(f"{category.__name__}: {message} ({filename}:{lineno})")
+_saved: dict | None = None  # the loggers' own settings while they are kept, to put back
 
 
 def keep_library_output() -> None:
-    """Keep Python warnings and the libraries' log records in `KEPT` instead of printing them (Keras' UserWarnings
+    """Keep Python warnings and the libraries' log records (`HEARD`) instead of printing them (Keras' UserWarnings
     while an old `.h5` file migrates, HDF5's "legacy" note, matplotlib's missing glyphs for non-Latin paths …).
-    kerasllm says what a user needs in its own words; `--debug` leaves all of this on stderr."""
-    warnings.showwarning = _keep_warning
+    kerasllm says what a user needs in its own words; `--debug` leaves all of this on stderr. Called again (once
+    TensorFlow has given its logger a handler of its own), it keeps that one's records too; `restore_library_output`
+    puts back what was there before the first call."""
+    global _saved
+    if _saved is None:
+        _saved = {name: _settings(logging.getLogger(name)) for name in LIBRARY_LOGGERS}
+        logging.captureWarnings(True)  # warnings.showwarning is logging's now; captureWarnings(False) puts it back
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers = [_Keep()]  # TensorFlow's own stderr handler too ("WARNING:tensorflow:… retracing" on serve)
@@ -128,6 +154,29 @@ def keep_library_output() -> None:
             logger.setLevel(logging.WARNING)
 
 
-def kept_text() -> str:
-    """What the libraries said while warnings were kept ('' when nothing)."""
-    return "".join(line.rstrip("\n") + "\n" for line in KEPT)
+def _settings(logger: logging.Logger) -> tuple:
+    return list(logger.handlers), logger.propagate, logger.level
+
+
+def restore_library_output() -> None:
+    """Put back the warnings display and the loggers as they were before `keep_library_output` (the CLI does this when
+    a command ends, so a program or a test that runs a command finds its own settings afterwards)."""
+    global _saved
+    if _saved is None:
+        return
+    logging.captureWarnings(False)
+    for name, (handlers, propagate, level) in _saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = handlers, propagate
+        logger.setLevel(level)
+    _saved = None
+
+
+def heard_mark() -> int:
+    """A mark: `heard_since(mark)` is what the libraries said after it (a run takes one as it starts)."""
+    return HEARD.count
+
+
+def heard_since(mark: int = 0) -> str:
+    """What the libraries said after `mark` and is still kept ('' when nothing)."""
+    return "".join(line + "\n" for number, line in HEARD.lines if number > mark)

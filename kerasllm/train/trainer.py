@@ -154,6 +154,7 @@ class Trainer:
         self.spec = catalog.model(config.model)
         self.task = catalog.task_for(self.spec, config.train.objective)
         self.timings = Timings()  # this session's wall time by section: metrics.json's `timings`
+        self.heard_from = quiet.heard_mark()  # library.log holds what the libraries said from here on
 
     def run(self) -> dict:
         """Train; returns the summary also written to metrics.json (`nothing_to_do` when a resumed run had finished)."""
@@ -388,8 +389,9 @@ class Trainer:
         summary["timings"] = self._profile()
         files.write_json(run_dir / files.METRICS_FILE, summary)
         files.write_json(run_dir / files.HISTORY_FILE, self.state.history)
-        if quiet.kept_text():
-            files.write_text_atomic(run_dir / files.LIBRARY_LOG_FILE, quiet.kept_text())
+        heard = quiet.heard_since(self.heard_from)  # what the libraries said during this run, not before it
+        if heard:
+            files.write_text_atomic(run_dir / files.LIBRARY_LOG_FILE, heard)
 
 
 def train(config: RunConfig, run_dir: Path, *, hooks: Hooks | None = None, artifacts: dict | None = None, **options) -> dict:
