@@ -124,6 +124,11 @@ def test_an_error_through_the_client(client):
     ("/v1/chat/completions", {"model": "chat", "messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "n": 3}, 400, "n"),
+    ("/v1/completions", {"model": "plain", "prompt": ["a", "b"]}, 400, "prompt"),  # one prompt per request
+    ("/v1/completions", {"model": "plain", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "stream": "yes"}, 400, "stream"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "top_p": float("nan")}, 400, "top_p"),
+    ("/v1/chat/completions", [{"role": "user", "content": "x"}], 400, None),  # not an object
     ("/v1/nothing", {}, 404, None),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_goes_on(url, path, body, status, param):
@@ -134,6 +139,12 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(url, path, body, 
     assert error["message"] and error["type"] and error["param"] == param
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.post(f"{url}/v1/completions", json={"model": "plain", "prompt": "a", "max_tokens": 2}).status_code == 200
+
+
+def test_fields_clients_send_that_kerasllm_does_not_use_are_accepted(url):
+    response = httpx.post(f"{url}/v1/completions", json={"model": "plain", "prompt": "a", "max_tokens": 2, "user": "u1",
+                                                         "presence_penalty": 0, "stop": "\n"})
+    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
 def test_prompt_longer_than_the_context_is_named(url):

@@ -20,9 +20,10 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass, field
+from typing import Annotated, List, Optional, Union
 
 import numpy as np
-from fastapi import Request as HttpRequest  # at module level: FastAPI resolves the handlers' annotations here
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from kerasllm import generation
 from kerasllm.core.errors import UserError
@@ -59,61 +60,83 @@ class Served:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-# --- request checking --------------------------------------------------------------------------
+# --- request bodies ----------------------------------------------------------------------------
+# OpenAI's fields and ranges as Pydantic models: FastAPI validates a body before the handler runs, and a field out of
+# range is a 400 with OpenAI's error body naming it (`validation_error`). Fields OpenAI clients send that kerasllm does
+# not use (user, presence_penalty, …) are accepted and ignored, as OpenAI's own server accepts unknown extras.
 
-def _number(body: dict, key: str, default, low: float, high: float, integer: bool = False):
-    value = body.get(key, default)
-    if value is None:
-        return default
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not low <= value <= high:
-        span = f"an integer from {low:g}" if integer else f"a number from {low:g}"
-        raise ApiError(400, f"{key} must be {span} to {high:g}, not {value!r}", param=key, code="invalid_value")
+def _finite(value):
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
     return value
 
 
-def sampling(body: dict, served: Served, default_tokens: int) -> dict:
-    """The sampling options of a request body, checked (OpenAI's ranges; `top_k` is an extension)."""
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = min(default_tokens, served.max_tokens)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ApiError(400, f"max_tokens must be a positive integer, not {max_tokens!r}", param="max_tokens", code="invalid_value")
-    if max_tokens > served.max_tokens:
-        raise ApiError(400, f"max_tokens {max_tokens} is more than this server allows ({served.max_tokens}; see serve --max-tokens)",
-                       param="max_tokens", code="invalid_value")
-    if body.get("n", 1) != 1:
-        raise ApiError(400, "n must be 1 (one choice per request)", param="n", code="invalid_value")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) for s in stop):
-        raise ApiError(400, f"stop must be a string or a list of at most {MAX_STOP} strings", param="stop", code="invalid_value")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, f"seed must be an integer, not {seed!r}", param="seed", code="invalid_value")
-    return {"max_tokens": max_tokens, "temperature": float(_number(body, "temperature", 1.0, 0, 2)),
-            "top_p": float(_number(body, "top_p", 1.0, 1e-9, 1)), "top_k": int(_number(body, "top_k", 0, 0, 1 << 30, integer=True)),
-            "seed": seed, "stop": tuple(stop)}
+Number = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_finite)]
 
 
-def completion_prompt(body: dict, served: Served) -> np.ndarray:
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise ApiError(400, "prompt must be a string (one prompt per request)", param="prompt", code="invalid_value")
-    return generation.encode_prompt(served.tokenizer, prompt)
+class SamplingBody(BaseModel):
+    """What /v1/completions and /v1/chat/completions share (`top_k` is an extension, as in vLLM and llama.cpp)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Optional[str] = None
+    stream: StrictBool = False
+    max_tokens: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    max_completion_tokens: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    temperature: Optional[Annotated[Number, Field(ge=0, le=2)]] = None
+    top_p: Optional[Annotated[Number, Field(gt=0, le=1)]] = None
+    top_k: Optional[Annotated[StrictInt, Field(ge=0, le=1 << 30)]] = None
+    n: Optional[Annotated[StrictInt, Field(ge=1, le=1)]] = None  # one choice per request
+    stop: Optional[Union[StrictStr, Annotated[List[StrictStr], Field(max_length=MAX_STOP)]]] = None
+    seed: Optional[StrictInt] = None
+
+    def sampling(self, served: Served, default_tokens: int) -> dict:
+        """The engine's options; `max_tokens` bounded by the server's `--max-tokens`."""
+        max_tokens = self.max_completion_tokens or self.max_tokens or min(default_tokens, served.max_tokens)
+        if max_tokens > served.max_tokens:
+            raise ApiError(400, f"max_tokens {max_tokens} is more than this server allows ({served.max_tokens}; see serve --max-tokens)",
+                           param="max_tokens", code="invalid_value")
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return {"max_tokens": max_tokens, "temperature": float(1.0 if self.temperature is None else self.temperature),
+                "top_p": float(1.0 if self.top_p is None else self.top_p), "top_k": int(self.top_k or 0), "seed": self.seed,
+                "stop": tuple(stop)}
 
 
-def chat_prompt(body: dict, served: Served) -> np.ndarray:
+class CompletionBody(SamplingBody):
+    prompt: Union[StrictStr, Annotated[List[StrictStr], Field(min_length=1, max_length=1)]] = ""  # one prompt per request
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ChatBody(SamplingBody):
+    messages: Annotated[List[dict], Field(min_length=1)]  # each checked as kerasllm's chat data is (`check_messages`)
+
+
+def validation_error(error) -> ApiError:
+    """A body FastAPI could not validate, as OpenAI's 400: the first problem, with the field it is in (`param`)."""
+    first = error.errors()[0]
+    where = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"the request body is not valid JSON ({first.get('ctx', {}).get('error', first.get('msg'))})",
+                        code="invalid_json")
+    param = where[0] if where and not where[0].isdigit() else None
+    if param is None:
+        return ApiError(400, f"the request body must be a JSON object ({first.get('msg')})", code="invalid_json")
+    given = f", not {first['input']!r}" if "input" in first and not isinstance(first["input"], (dict, list)) else ""
+    return ApiError(400, f"{'.'.join(where)}: {first.get('msg', 'invalid').lower()}{given}", param=param, code="invalid_value")
+
+
+def completion_prompt(body: CompletionBody, served: Served) -> np.ndarray:
+    return generation.encode_prompt(served.tokenizer, body.text())
+
+
+def chat_prompt(body: ChatBody, served: Served) -> np.ndarray:
     if served.template is None:
         raise ApiError(400, f"model {served.name} is a plain language model (it was not tuned for chat); use /v1/completions",
                        param="model", code="model_not_chat")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "messages must be a non-empty list of {role, content} objects", param="messages", code="invalid_value")
     try:
-        checked = check_messages(messages, "messages", need_assistant=False)
+        checked = check_messages(body.messages, "messages", need_assistant=False)
     except UserError as error:
         raise ApiError(400, str(error), param="messages", code="invalid_value") from None
     return served.template.prompt(served.tokenizer, checked)
@@ -199,6 +222,11 @@ class Answer:
         return "".join(parts), reason, usage
 
 
+# Server-sent events are framed here rather than by FastAPI's EventSourceResponse (one write per event): the text ready
+# together goes out in one write, at most one per `--stream-interval` after the first token; fewer writes and wake-ups
+# are one of the levers that took the 16-client load from 2.57× to 3.37× the tokens/s of one request at a time
+# (bench/RESULTS.md, "Serving", lever 3).
+
 def _sse(value) -> str:
     return f"data: {json.dumps(value, ensure_ascii=False)}\n\n"
 
@@ -246,21 +274,13 @@ async def whole_response(answer: Answer, head: dict, chat: bool) -> dict:
     return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
 
 
-async def parse_body(request: HttpRequest, by_name: dict) -> tuple[dict, Served]:
-    """A request's JSON object and the model it names (the first one served when it names none)."""
-    try:
-        body = json.loads(await request.body() or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"the request body is not valid JSON ({getattr(error, 'msg', error)})", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
-    name = body.get("model") or next(iter(by_name))
+def named_model(body: SamplingBody, by_name: dict) -> Served:
+    """The model a request names (the first one served when it names none)."""
+    name = body.model or next(iter(by_name))
     if name not in by_name:
         raise ApiError(404, f"The model `{name}` does not exist; this server has {', '.join(by_name)}", param="model",
                        code="model_not_found")
-    if not isinstance(body.get("stream", False), bool):
-        raise ApiError(400, "stream must be true or false", param="stream", code="invalid_value")
-    return body, by_name[name]
+    return by_name[name]
 
 
 def install_errors(app, api_key: str | None) -> None:
@@ -272,7 +292,7 @@ def install_errors(app, api_key: str | None) -> None:
     answer = lambda error: JSONResponse(error.body(), status_code=error.status)
     app.add_exception_handler(ApiError, lambda _, error: answer(error))
     app.add_exception_handler(HTTPException, lambda _, error: answer(ApiError(error.status_code, str(error.detail))))
-    app.add_exception_handler(RequestValidationError, lambda _, error: answer(ApiError(400, f"invalid request: {error.errors()[0].get('msg')}")))
+    app.add_exception_handler(RequestValidationError, lambda _, error: answer(validation_error(error)))
 
     if api_key:
         app.add_middleware(KeyCheck, api_key=api_key, refuse=answer)
@@ -280,7 +300,8 @@ def install_errors(app, api_key: str | None) -> None:
 
 class KeyCheck:
     """The API key check on /v1/ as plain ASGI middleware: Starlette's `@app.middleware("http")` wraps every streamed
-    chunk in one more queue hop (under 16 streaming clients it held a fifth of the server's time)."""
+    chunk in one more queue hop (under 16 streaming clients it held a fifth of the server's time; bench/RESULTS.md,
+    "Serving", lever 3)."""
 
     def __init__(self, app, api_key: str, refuse):
         self.app, self.expected, self.refuse = app, f"Bearer {api_key}".encode(), refuse
@@ -305,16 +326,16 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
     app = FastAPI(title="kerasllm", docs_url=None, redoc_url=None, openapi_url=None)
     install_errors(app, api_key)
 
-    async def respond(request: HttpRequest, chat: bool):
-        body, served = await parse_body(request, by_name)
+    async def respond(body: SamplingBody, chat: bool):
+        served = named_model(body, by_name)
         if chat:
-            options = dict(sampling(body, served, served.max_tokens), allow_eos=True)
+            options = dict(body.sampling(served, served.max_tokens), allow_eos=True)
             answer = Answer(served, chat_prompt(body, served), options)
         else:
-            options = dict(sampling(body, served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
+            options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
             answer = Answer(served, completion_prompt(body, served), options)
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": served.name}
-        if body.get("stream"):
+        if body.stream:
             return StreamingResponse(stream_events(answer, head, chat, stream_interval), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         return await whole_response(answer, head, chat)
@@ -329,12 +350,12 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
                                            for s in models]}
 
     @app.post("/v1/completions")
-    async def completions(request: HttpRequest):
-        return await respond(request, chat=False)
+    async def completions(body: CompletionBody):
+        return await respond(body, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: HttpRequest):
-        return await respond(request, chat=True)
+    async def chat_completions(body: ChatBody):
+        return await respond(body, chat=True)
 
     return app
 
