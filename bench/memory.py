@@ -48,18 +48,17 @@ sets = [f"data.source={data}", "train.epochs=1", f"train.steps_per_epoch={steps}
         "runtime.steps_per_execution=1", "train.sample_length=0", "train.validation_steps=2", *more]
 config = config_lib.resolve(spec, None, sets, preset=preset)
 trainer = training.Trainer(config, out, training.RunOptions(progress="quiet"))
-trainer.strategy = distribute.get_strategy("auto")
 started = time.time()
-trainer.prepare()
+prepared = trainer.prepare(distribute.get_strategy("auto"))
 marks["prepare (data, tokenizer)"] = peak()
-trainer.build()
+built = trainer.build(prepared)
 marks["build (model, compile)"] = peak()
-trainer.loop()
+looped = trainer.loop(prepared, built)
 marks["loop (XLA compilation, steps, validation)" if jit else "loop (steps, validation)"] = peak()
-trainer.finalize()
+trainer.finalize(prepared, built, looped)
 marks["finalize (model.keras, card)"] = peak()
-fixed, per_example = memory.step_bytes(trainer.model, config.data.sequence_length, training=True)
-print(json.dumps({"marks": marks, "parameters": int(trainer.model.count_params()), "batch": config.train.batch_size,
+fixed, per_example = memory.step_bytes(built.model, config.data.sequence_length, training=True)
+print(json.dumps({"marks": marks, "parameters": int(built.model.count_params()), "batch": config.train.batch_size,
                   "length": config.data.sequence_length, "fixed_mb": fixed / 2**20,
                   "activations_mb": per_example * config.train.batch_size / 2**20, "seconds": time.time() - started}))
 '''
