@@ -27,6 +27,7 @@ from kerasllm.core import config as config_lib
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.export import formats as export_lib
+from kerasllm.export import measure
 from kerasllm.export.saving import load_model, model_path
 from kerasllm.recipes import compress as compression
 
@@ -71,7 +72,7 @@ def export(
     export_lib.check_quantize_fits(model, quantize)  # before the calibration data is read
     sample = run.task.export_sample(model, run) if run is not None else None
     endpoints = run.task.savedmodel_endpoints(model, run) if run is not None and fmt == "savedmodel" else []
-    calibration = (export_lib.calibration_batches(run, sample, config_lib.absolute_source(calibration_data) if calibration_data else None)
+    calibration = (measure.calibration_batches(run, sample, config_lib.absolute_source(calibration_data) if calibration_data else None)
                    if quantize == "int8" else [])
     companions = export_lib.companion_paths(path.parent if run is not None else None, out, fmt)
     result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints,

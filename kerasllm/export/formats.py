@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from kerasllm.core.errors import UserError
 from kerasllm.core.files import COMPANION_FILES, EXPORT_DIR, TOKENIZER_FILE, check_replaceable, is_run_dir
 from kerasllm.core.quiet import captured_stderr
 from kerasllm.export import guide as export_guide
+from kerasllm.export.measure import agreement, human_size, median_ms, size_of
 from kerasllm.export.saving import load_model, quantized_layers, save_model
 
 # Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
@@ -41,7 +41,6 @@ FORMATS = {"keras": ".keras", "h5": ".h5", "savedmodel": ".savedmodel", "tflite"
 QUANTIZE = ("none", "dynamic", "float16", "int8")
 TOLERANCE = 1e-4  # largest |difference| for a float copy
 DISAGREEMENT = 0.1  # largest share of top-1 disagreements for a quantized copy (the default --tolerance there)
-LATENCY_REPEATS = 10
 
 
 @dataclass
@@ -71,15 +70,6 @@ class ExportResult:
         return (f"wrote {self.path} ({self.format}{', ' + self.quantize if quantized else ''}, {human_size(self.size_bytes)}); "
                 f"against the source: max |diff| {self.max_abs_diff:.3g}{'' if quantized else f' (tolerance {self.tolerance:g})'}, "
                 f"top-1 agreement {self.agreement:.2%}{judged}; latency per batch {self.source_ms:.2f} → {self.copy_ms:.2f} ms")
-
-
-def human_size(size: int) -> str:
-    return f"{size / 1024**2:,.2f} MB" if size >= 1024**2 else f"{size / 1024:,.1f} KB"
-
-
-def size_of(path: Path) -> int:
-    path = Path(path)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def check_quantize(fmt: str, quantize: str) -> str:
@@ -316,26 +306,6 @@ def _converter_reason(error: Exception) -> str:
     return lines[0].split("error:", 1)[-1].strip()[:240]
 
 
-def agreement(expected: np.ndarray, actual: np.ndarray) -> float:
-    """Share of positions whose highest output (top-1 class or next token) is the same."""
-    expected, actual = np.asarray(expected), np.asarray(actual)
-    if expected.ndim < 2 or expected.shape[-1] < 2:  # one output per example: the sign of a logit
-        return float(np.mean((expected > 0) == (actual > 0)))
-    return float(np.mean(np.argmax(expected, -1) == np.argmax(actual, -1)))
-
-
-def median_ms(run, batch, repeats: int = LATENCY_REPEATS, warmups: int = 1) -> float:
-    """Median wall time in ms of `run(batch)`, after `warmups` calls (a first call compiles or allocates)."""
-    for _ in range(warmups):
-        run(batch)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(batch)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.median(times))
-
-
 def companion_paths(run_dir: Path | None, out: Path, fmt: str) -> list[tuple[Path, Path]]:
     """(run file, its copy) for what the exported model needs beside it (tokenizers, labels, chat template): inside a
     SavedModel's `assets.extra/`, else beside the file as `<name>.<file>` (model.tflite → model.tokenizer.json)."""
@@ -492,34 +462,6 @@ def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, t
     if single and np.ndim(expected) == 3 and tokenizer_file is not None and tokenizer_file.is_file():
         usage.next_tokens = "vocabulary" in json.loads(tokenizer_file.read_text(encoding="utf-8"))
     return usage
-
-
-def calibration_batches(run, like, source: str | None = None, count: int = 16) -> list:
-    """Batches of real inputs shaped like `like` (the export's fixed input): the run's training data (its first
-    epoch's order), or `source` read the way the run reads its data."""
-    import dataclasses
-
-    config = run.config if source is None else dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, source=source))
-    data = run.task.prepare(config, run.spec, run.artifacts)
-    size = len(next(iter(like.values()))) if isinstance(like, dict) else len(like)
-    rows = []
-    for element in data.train(0, 1, 0).unbatch().take(count * size):
-        x = element[0] if isinstance(element, tuple) else element
-        rows.append({k: np.asarray(v) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x))
-    batches = []
-    for start in range(0, len(rows) - size + 1, size):
-        group = rows[start:start + size]
-        batch = ({k: np.stack([r[k] for r in group]).astype(like[k].dtype) for k in like} if isinstance(like, dict)
-                 else np.stack(group).astype(like.dtype))
-        shapes = {k: v.shape for k, v in batch.items()} if isinstance(batch, dict) else batch.shape
-        wanted = {k: v.shape for k, v in like.items()} if isinstance(like, dict) else like.shape
-        if shapes != wanted:
-            raise UserError(f"the calibration data gives inputs of shape {shapes}, and the export takes {wanted}; "
-                            "pass data prepared like the run's")
-        batches.append(batch)
-    if not batches:
-        raise UserError(f"the calibration data has fewer than {size} examples; pass more")
-    return batches
 
 
 def _remove(path: Path) -> None:

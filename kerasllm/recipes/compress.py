@@ -28,7 +28,7 @@ from kerasllm.core import compat, files
 from kerasllm.core.errors import UserError
 from kerasllm.core.quiet import captured_stderr
 from kerasllm.export import saving
-from kerasllm.export.formats import calibration_batches, human_size, median_ms
+from kerasllm.export.measure import calibration_batches, human_size, median_ms
 
 # Lazy imports: Keras and TensorFlow load inside functions (`kerasllm --help` and `kerasllm list` load the CLI, which
 # imports this module).
