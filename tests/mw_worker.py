@@ -1,4 +1,4 @@
-"""One worker of a two-worker job on 127.0.0.1, for tests/test_distribute.py.
+"""One worker of a two-worker job on 127.0.0.1, for tests/train/test_distribute.py.
 
     python -m tests.mw_worker INDEX PORT0,PORT1 RUN_DIR MODEL DATA_FOLDER [EPOCHS] [resume|die]
 

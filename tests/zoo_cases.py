@@ -16,7 +16,7 @@ ONE_STEP = ["train.epochs=1", "train.steps_per_epoch=1", "train.sample_length=0"
 
 # Models the every-model matrices (export formats, exact resume, replicas) leave out, and where they are tested instead.
 NOT_IN_THE_MATRICES = {
-    "hub-causal-lm": "made by `finetune PRESET --task chat` only (no `train`, no dropout setting): tests/test_chat_presets.py",
+    "hub-causal-lm": "made by `finetune PRESET --task chat` only (no `train`, no dropout setting): tests/serve/test_chat_presets.py",
 }
 
 
@@ -35,8 +35,8 @@ def cli_args(name: str, settings: list[str], run_dir: Path) -> list[str]:
 
 def write_data(folder: Path) -> None:
     """The local data of every case (it builds keras-hub models: TensorFlow starts)."""
-    from tests.test_seq2seq import reverse_pairs
-    from tests.test_text_classification import save_tiny_presets, write_sst
+    from tests.tasks.test_seq2seq import reverse_pairs
+    from tests.tasks.test_text_classification import save_tiny_presets, write_sst
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

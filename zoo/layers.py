@@ -92,7 +92,7 @@ class RotaryPositions(keras.layers.Layer):
     pair of features (i, i + head_dim/2) rotated by position × max_wavelength^(-2i/head_dim).
 
     The computation of keras-hub's `RotaryEmbedding` with its defaults (which transformer-lm used before, so runs
-    saved then generate the same; tests/test_layers.py compares the two), without importing keras-hub: that import
+    saved then generate the same; tests/zoo_models/test_layers.py compares the two), without importing keras-hub: that import
     took ~2 s and ~150 MB of every rotary run's start.
 
     Args:

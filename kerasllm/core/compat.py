@@ -1,7 +1,7 @@
 """Every use of a private Keras or keras-hub API, in one place.
 
 Each function says why no public API does the job and which version it was checked
-against (`KERAS_CHECKED`, `KERAS_HUB_CHECKED`); `tests/test_compat.py` calls each one on
+against (`KERAS_CHECKED`, `KERAS_HUB_CHECKED`); `tests/core/test_compat.py` calls each one on
 a tiny model, so a Keras release that renames or changes one fails there, loudly,
 instead of deep inside a training run. Keras and keras-hub are imported inside the
 functions: they are heavy third-party libraries, and this floor is imported by

@@ -59,7 +59,7 @@ class StudentDistiller(keras.distillation.Distiller):
         """Keras' LogitsDistillation, its KL loss given as an instance: the default, the string "kl_divergence",
         resolves to Keras' plain function, which `LogitsDistillation.compute_loss` does not recognise as KL, so it
         skipped the softmaxes and the T² and compared the clipped raw logits (checked on Keras 3.15.1;
-        tests/test_distillation.py compares the loss with the formula)."""
+        tests/recipes/test_distillation.py compares the loss with the formula)."""
         return keras.distillation.LogitsDistillation(temperature=temperature, loss=keras.losses.KLDivergence())
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

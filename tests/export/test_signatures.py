@@ -11,9 +11,9 @@ import pytest
 
 from kerasllm import runs
 from kerasllm.export import saving
-from tests.test_cli import invoke
-from tests.test_images import make_class_folder, tiny_cnn_args
-from tests.test_text_classification import TINY_TRANSFORMER, write_sst
+from tests.commands.test_cli import invoke
+from tests.tasks.test_images import make_class_folder, tiny_cnn_args
+from tests.tasks.test_text_classification import TINY_TRANSFORMER, write_sst
 
 FRESH = """
 import json, sys

@@ -9,9 +9,9 @@ import pytest
 
 from kerasllm.core import files
 from kerasllm.export import saving
+from tests.commands.test_cli import assert_user_error, invoke
 from tests.conftest import TINY_LM
-from tests.test_cli import assert_user_error, invoke
-from tests.test_text_classification import TINY_LSTM, TINY_TRANSFORMER, write_sst
+from tests.tasks.test_text_classification import TINY_LSTM, TINY_TRANSFORMER, write_sst
 
 SMALLER = ["--set", "model_args.hidden_dim=8", "--set", "model_args.num_heads=1"]
 

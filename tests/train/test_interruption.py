@@ -20,7 +20,7 @@ import pytest
 
 from tests.zoo_cases import cli_args, matrix_names, write_cases
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 10  # per epoch: a multiple of every model's steps per call (transformer-lm: 10)
 
 

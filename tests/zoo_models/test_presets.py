@@ -4,8 +4,8 @@
 
 import pytest
 
-from tests.test_cli import assert_user_error, invoke
-from tests.test_text_classification import save_tiny_presets
+from tests.commands.test_cli import assert_user_error, invoke
+from tests.tasks.test_text_classification import save_tiny_presets
 
 
 @pytest.fixture(scope="module")

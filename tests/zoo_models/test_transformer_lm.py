@@ -12,8 +12,8 @@ import pytest
 from kerasllm import catalog, generation
 from kerasllm.data import DataInfo
 from kerasllm.zoo.transformer_lm import PRESETS, TransformerCacheDecoder, TransformerLMConfig, build, count_params
+from tests.commands.test_cli import assert_user_error, invoke
 from tests.conftest import need
-from tests.test_cli import assert_user_error, invoke
 
 VOCAB = 40
 TINY_TLM = ["model_args.num_layers=2", "model_args.num_heads=2", "model_args.hidden_dim=32", "model_args.max_sequence_length=32",
@@ -228,7 +228,7 @@ def test_one_training_step_on_the_jax_backend(position):
     need("jax")
     env = dict(os.environ, KERAS_BACKEND="jax")
     result = subprocess.run([sys.executable, "-c", JAX_STEP.format(position=position)], capture_output=True, text=True, env=env,
-                            cwd=str(Path(__file__).parent.parent), timeout=300)
+                            cwd=str(Path(__file__).resolve().parents[2]), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     losses = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(losses) == 2 and all(np.isfinite(losses)) and losses[1] < losses[0]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.commands.test_cli import assert_user_error, invoke
 from tests.conftest import assert_says, tiny_args
-from tests.test_cli import assert_user_error, invoke
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- --overwrite --------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ def test_values_are_validated_in_one_line(runner, trained_run, tmp_path, args, m
 
 @pytest.mark.slow
 def test_a_model_of_another_type_inside_a_run(runner, trained_run, tmp_path):
-    from tests.test_images import tiny_cnn_args
+    from tests.tasks.test_images import tiny_cnn_args
 
     cnn = tmp_path / "cnn"
     assert invoke(runner, "train", "cnn-classifier", "--out", cnn, "--quiet", *tiny_cnn_args()).exit_code == 0

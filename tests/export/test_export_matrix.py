@@ -9,7 +9,7 @@ from kerasllm import cli
 from tests.zoo_cases import cli_args, matrix_names, write_cases
 
 # (format, --quantize): every format, and the TFLite converter's dynamic-range and full-integer quantization (float16
-# is the converter's weight cast, exercised in tests/test_export_quantize.py)
+# is the converter's weight cast, exercised in tests/export/test_export_quantize.py)
 FORMATS = (("keras", "none"), ("h5", "none"), ("savedmodel", "none"), ("tflite", "none"), ("tflite", "dynamic"), ("tflite", "int8"),
            ("onnx", "none"))
 

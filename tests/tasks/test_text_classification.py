@@ -13,7 +13,7 @@ from kerasllm import cli
 from kerasllm.core.errors import UserError
 from kerasllm.data.labelled import LOCAL_FORMATS, load_labelled
 from kerasllm.tasks.text_classification import ClassLabels
-from tests.test_cli import assert_user_error
+from tests.commands.test_cli import assert_user_error
 
 GOOD = ["great", "wonderful", "funny", "moving", "brilliant", "charming"]
 BAD = ["dull", "boring", "awful", "tedious", "clumsy", "flat"]
@@ -103,7 +103,7 @@ def test_bad_tables_are_one_line_errors(tmp_path, content, options, message):
 
 
 def test_tfds_text_classification_sets_load_with_mock_data(tmp_path):
-    from conftest import mock_tfds
+    from tests.conftest import mock_tfds
 
     with mock_tfds("imdb_reviews", {"train": 8, "test": 8, "unsupervised": 8}, tmp_path):
         split = load_labelled("tfds:imdb_reviews", 0.25)

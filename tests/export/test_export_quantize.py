@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from tests.test_cli import assert_user_error, invoke
-from tests.test_images import make_class_folder, tiny_cnn_args
+from tests.commands.test_cli import assert_user_error, invoke
+from tests.tasks.test_images import make_class_folder, tiny_cnn_args
 
 
 @pytest.fixture(scope="module")

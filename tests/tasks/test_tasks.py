@@ -12,7 +12,7 @@ from kerasllm.core.config import doc
 from kerasllm.core.spec import ModelSpec
 from kerasllm.data import DataInfo
 from kerasllm.tasks.base import PreparedData, Task
-from tests.test_cli import assert_user_error, invoke
+from tests.commands.test_cli import assert_user_error, invoke
 
 
 class ParityTask(Task):
@@ -109,7 +109,7 @@ def test_unknown_task_names_are_one_line_errors():
 
 
 def test_image_runs_have_an_image_model_card(runner, tmp_path):
-    from tests.test_images import tiny_cnn_args
+    from tests.tasks.test_images import tiny_cnn_args
 
     out = tmp_path / "digits"
     result = invoke(runner, "train", "cnn-classifier", "--out", out, "--quiet", *tiny_cnn_args())

@@ -91,7 +91,7 @@ def test_offline_a_preset_handle_is_one_line_before_any_retry(monkeypatch):
 def test_preset_names_read_from_keras_hubs_files_agree_with_its_lists():
     from kerasllm.core import compat
 
-    handles = compat.hub_preset_handles()  # read without importing keras-hub (tests/test_tour.py times it)
+    handles = compat.hub_preset_handles()  # read without importing keras-hub (tests/commands/test_tour.py times it)
     assert handles["gpt2_base_en"].startswith("kaggle://keras/gpt2/keras/gpt2_base_en/")
     import keras_hub  # the lists keras-hub registers when imported: every backbone preset is there, with the same handle
 

@@ -4,7 +4,7 @@ import json
 import os
 
 from kerasllm.doctor import traps
-from tests.test_cli import invoke
+from tests.commands.test_cli import invoke
 
 FOUND = {"tensorflow": "2.21.0", "tensorflow-text": "2.21.1", "jax": None, "tensorflow-tpu": None}
 BF16 = {"avx512f", "avx512_bf16"}

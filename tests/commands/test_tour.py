@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands.test_cli import LEGACY_SCRIPT
 from tests.conftest import TINY, TINY_LM, need
-from tests.test_cli import LEGACY_SCRIPT
-from tests.test_export_guide import agreement, run_snippet, snippets
-from tests.test_seq2seq import TINY as TINY_SEQ2SEQ
-from tests.test_seq2seq import reverse_pairs
-from tests.test_text_classification import write_sst
+from tests.export.test_export_guide import agreement, run_snippet, snippets
+from tests.tasks.test_seq2seq import TINY as TINY_SEQ2SEQ
+from tests.tasks.test_seq2seq import reverse_pairs
+from tests.tasks.test_text_classification import write_sst
 
 pytestmark = pytest.mark.heavy  # the README tours run in the heavy tier (.ci/heavy)
 

@@ -10,8 +10,8 @@ from PIL import Image
 from kerasllm import evaluation
 from kerasllm.core.errors import UserError
 from kerasllm.data.images import load_images, read_idx, to_channels
+from tests.commands.test_cli import assert_user_error, invoke
 from tests.conftest import mock_tfds
-from tests.test_cli import assert_user_error, invoke
 
 TINY_CNN = ["model_args.width=4", "model_args.depth=1", "model_args.convs_per_block=1", "train.batch_size=8",
             "train.steps_per_epoch=2", "train.epochs=1", "train.warmup_steps=1", "runtime.jit_compile=false"]

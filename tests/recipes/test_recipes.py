@@ -41,7 +41,7 @@ def test_the_built_in_recipes_are_chosen_by_the_config_in_order():
 
 
 def test_a_new_recipe_is_registered_like_a_plugin_and_trains_through_the_unchanged_trainer(corpus_file, tmp_path):
-    probe = runner.Recipe("probe", lambda config: config.train.seed == 4242, "tests.test_recipes:ProbeHook", order=50)
+    probe = runner.Recipe("probe", lambda config: config.train.seed == 4242, "tests.recipes.test_recipes:ProbeHook", order=50)
     config = config_lib.resolve(catalog.model("lstm-textgen"), None, [*TINY, f"data.source={corpus_file}", "train.seed=4242",
                                                                       "train.epochs=1", "train.sample_length=0"])
     with runner.RECIPES.registered("probe", probe):

@@ -6,7 +6,7 @@ import pytest
 
 from kerasllm import cli
 from kerasllm.core import files
-from tests.test_cli import assert_user_error, invoke
+from tests.commands.test_cli import assert_user_error, invoke
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_flags_show_no_value_type_in_help(runner):
 
 def test_no_developer_path_in_code_or_help():
     """`../shared/data` is where this project's benchmarks read their data, not a path a user has."""
-    root = Path(__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]
     sources = list(root.joinpath("kerasllm").rglob("*.py"))  # kerasllm/zoo and kerasllm/cli.py link to zoo/ and cli.py
     found = [str(path) for path in sources if "shared/data" in "".join(
         line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if not line.lstrip().startswith("#"))]

@@ -158,7 +158,7 @@ def test_xla_over_two_logical_cpus_runs_the_custom_loop_and_matches_one_device(c
     import sys
 
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(corpus_file), str(tmp_path)],
-                            capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).parent.parent))
+                            capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[2]))
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["cpu"][:4] == [1, "1 device (CPU)", "fit", True]

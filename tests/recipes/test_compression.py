@@ -7,7 +7,7 @@ import pytest
 
 from kerasllm.core import files
 from kerasllm.export import saving
-from tests.test_cli import assert_user_error, invoke
+from tests.commands.test_cli import assert_user_error, invoke
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_pruning_options_are_checked_first(runner, trained_run, tmp_path):
 
 def test_an_image_classifier_prunes_too(runner, tmp_path):
     """Fine-tuning an image run inherits nothing but its model_args (its classes are read from the data again)."""
-    from tests.test_images import make_class_folder, tiny_cnn_args
+    from tests.tasks.test_images import make_class_folder, tiny_cnn_args
 
     root = make_class_folder(tmp_path / "pets", per_class=10)
     run, pruned = tmp_path / "cnn", tmp_path / "pruned"

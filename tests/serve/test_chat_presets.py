@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.chat_presets import save_chat_presets, write_conversations
-from tests.test_cli import invoke
+from tests.commands.test_cli import invoke
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|eot_id|>"},
                 {"role": "assistant", "content": "Hello!"}]
@@ -97,7 +97,7 @@ def tuned(presets, tmp_path_factory):
 @pytest.mark.slow
 def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned, chat_run, lm_run):
     from kerasllm.serve.app import create_app
-    from tests.test_serve import load, openai, running
+    from tests.serve.test_serve import load, openai, running
 
     assert json.loads((tuned / "chat_template.json").read_text())["kind"] == "llama3"
     record = json.loads((tuned / "data.json").read_text())
@@ -135,7 +135,7 @@ def test_a_preset_tuned_for_chat_answers_everywhere(runner, tuned, chat_run, lm_
 
 
 def test_a_preset_cannot_be_tuned_for_another_task(runner, presets, tmp_path):
-    from tests.test_cli import assert_user_error
+    from tests.commands.test_cli import assert_user_error
 
     result = invoke(runner, "finetune", presets["gpt2"], "--task", "seq2seq", "--data", tmp_path / "x.jsonl", "--out", tmp_path / "o")
     assert_user_error(result, "a keras-hub preset fine-tunes for chat or text-classification, not seq2seq")

@@ -1,5 +1,5 @@
 """The README an export folder gets: one section per export, with a snippet that runs it outside kerasllm (the README
-tours in tests/test_tour.py run those snippets for every format, each in a fresh process)."""
+tours in tests/commands/test_tour.py run those snippets for every format, each in a fresh process)."""
 
 import re
 import subprocess

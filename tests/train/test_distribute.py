@@ -17,7 +17,7 @@ from kerasllm import distribute
 from kerasllm.core.errors import UserError
 from tests.conftest import need
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
 ONE = {"cluster": {"worker": ["a:1"]}, "task": {}}
 
@@ -325,8 +325,8 @@ def test_mixed_precision_keeps_logits_and_loss_in_float32(zoo_data, tmp_path, mo
 
 
 def test_strategy_tpu_without_a_tpu_is_one_line(runner, corpus_file, tmp_path):
+    from tests.commands.test_cli import assert_user_error, invoke
     from tests.conftest import tiny_args
-    from tests.test_cli import assert_user_error, invoke
 
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--strategy", "tpu", "--out", tmp_path / "r",
                              *tiny_args()), "--strategy tpu but this machine shows no TPU")

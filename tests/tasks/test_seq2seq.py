@@ -151,7 +151,7 @@ def test_a_jsonl_line_without_the_field_is_one_line(runner, tmp_path):
 
 
 def test_tfds_translation_set_with_mock_data(tmp_path):
-    from conftest import mock_tfds
+    from tests.conftest import mock_tfds
 
     with mock_tfds("ted_hrlr_translate/pt_to_en", {"train": 8, "validation": 8, "test": 8}, tmp_path):
         split = load_pairs("tfds:ted_hrlr_translate/pt_to_en", Data(source_lang="pt", target_lang="en"))
