@@ -221,18 +221,63 @@ def zero_points_apart(model, zeros: dict):
 
 @contextlib.contextmanager
 def calibration_samples(samples):
-    """Keras' GPTQ and AWQ with these calibration rows (samples, length) as they are: `get_dataloader` cuts windows at
-    an offset from `hash(("gptq-calib", seed))`, which string hashing makes different in every process (checked on
-    Keras 3.15.1), so the same command gave different models. AWQ imports the function by name, so both are patched."""
+    """Keras' GPTQ and AWQ with these calibration rows (samples, length) as they are, and with the statistics they
+    calibrate on really gathered.
+
+    1. `get_dataloader` cuts windows at an offset from `hash(("gptq-calib", seed))`, which string hashing makes
+       different in every process (checked on Keras 3.15.1), so the same command gave different models. AWQ imports
+       the function by name, so both are patched.
+    2. Both gather each layer's input statistics (GPTQ's Hessian, AWQ's activation magnitudes) by patching
+       `layer.call` while a block runs on the rows. But `model.quantize` gives the layers their GPTQ or AWQ dtype
+       policy first, and `Layer.__call__` runs `quantized_call`, never `call`, for a layer with a quantization mode
+       (checked on Keras 3.15.1): nothing was gathered, every AWQ scale stayed 1.0 and GPTQ's Hessian 0, so both wrote
+       the same round-to-nearest kernels. The statistics are gathered here from `quantized_call` (and `call`).
+    """
     from keras.src.quantizers import awq_core, gptq_core
 
-    original = gptq_core.get_dataloader
+    saved = (gptq_core.get_dataloader, gptq_core.stream_hessians, awq_core.stream_activations)
     rows = lambda *args, **kwargs: np.asarray(samples, np.int32)[:, None, :]
     gptq_core.get_dataloader = awq_core.get_dataloader = rows
+    gptq_core.stream_hessians = _streaming("update_hessian_with_batch")
+    awq_core.stream_activations = _streaming("update_activation_magnitudes")
     try:
         yield
     finally:
-        gptq_core.get_dataloader = awq_core.get_dataloader = original
+        gptq_core.get_dataloader = awq_core.get_dataloader = saved[0]
+        gptq_core.stream_hessians, awq_core.stream_activations = saved[1], saved[2]
+
+
+def _streaming(update: str):
+    """Keras' `stream_hessians` / `stream_activations` (layers_map, objects), hooked on the calls a quantized layer
+    really makes: each input, flattened to (-1, the layer's input width), goes to `objects[name].<update>`."""
+
+    @contextlib.contextmanager
+    def stream(layers_map, objects):
+        from keras import ops
+
+        def hook(name, original):
+            def call(*args, **kwargs):
+                inputs = args[0] if args else kwargs["inputs"]
+                getattr(objects[name], update)(ops.reshape(inputs, (-1, objects[name].rows)))
+                return original(*args, **kwargs)
+
+            return call
+
+        patched = []
+        try:
+            for name, layer in layers_map.items():
+                for method in ("call", "quantized_call"):
+                    patched.append((layer, method, vars(layer).get(method)))
+                    setattr(layer, method, hook(name, getattr(layer, method)))
+            yield
+        finally:
+            for layer, method, own in reversed(patched):
+                if own is None:
+                    delattr(layer, method)  # the class's method again
+                else:
+                    setattr(layer, method, own)
+
+    return stream
 
 
 TRACE_NAME_STEP = 1 << 16

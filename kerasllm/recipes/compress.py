@@ -123,22 +123,32 @@ def block_structure(model, spec_name: str, method: str) -> dict:
 
 
 def calibrated(model, run, method: str) -> tuple[int, list[str]]:
-    """GPTQ (Frantar et al., 2022) or AWQ (Lin et al., 2023) through Keras' `model.quantize(method)`: 4-bit weights in
-    groups of 128 inputs, each block's Dense layers quantized in turn on calibration rows from the run's own training
-    data. GPTQ corrects each layer's rounding with the Hessian of its inputs; AWQ scales the input channels that carry
-    the largest activations before rounding, the scale chosen by a grid search on the block's output."""
-    from keras.quantizers import AWQConfig, GPTQConfig
-
+    """GPTQ or AWQ on `model`, calibrated on rows of the run's own training data (`quantize_calibrated`); returns (layers
+    quantized, "name (Kind)" of each weight layer left in float)."""
     structure = block_structure(model, run.spec.name, method)
     rows = np.concatenate(calibration_batches(run, run.task.export_sample(model, run), count=CALIBRATION_BATCHES))
+    quantize_calibrated(model, rows, method, structure, run.artifacts.get("tokenizer"))
+    quantized = saving.quantized_layers(model)
+    return len(quantized), kept_in_float(model, set(quantized))
+
+
+def quantize_calibrated(model, rows: np.ndarray, method: str, structure: dict, tokenizer=None) -> None:
+    """GPTQ (Frantar et al., 2022) or AWQ (Lin et al., 2023) through Keras' `model.quantize(method)`: 4-bit weights in
+    groups of 128 inputs, each block's Dense layers quantized in turn on the calibration `rows` (samples, length), the
+    block's inputs the previous blocks' outputs. GPTQ rounds each layer's weights column by column, correcting the
+    error with the Hessian of the layer's inputs; AWQ multiplies each input channel by s = m^α before rounding (m: the
+    channel's largest input magnitude on the rows), dividing it out again after, with α chosen on a grid of 21 from 0 to
+    1 by the smallest error of the rounded weights weighted by m² (Keras' stand-in for the layer's output error), so the
+    channels that carry the largest activations keep the most precision."""
+    from keras.quantizers import AWQConfig, GPTQConfig
+
     make = GPTQConfig if method == "gptq" else AWQConfig
-    config = make(dataset=rows, tokenizer=run.artifacts.get("tokenizer"), weight_bits=CALIBRATED_BITS, group_size=CALIBRATED_GROUP,
-                  num_samples=len(rows), sequence_length=rows.shape[1], quantization_layer_structure=structure)
+    config = make(dataset=rows, tokenizer=tokenizer if tokenizer is not None else "rows", weight_bits=CALIBRATED_BITS,
+                  group_size=CALIBRATED_GROUP, num_samples=len(rows), sequence_length=rows.shape[1],
+                  quantization_layer_structure=structure)
     with warnings.catch_warnings(), compat.calibration_samples(rows), captured_stderr(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # and Keras' progress bar (stdout) and logs: the command prints its own table
         model.quantize(method, config=config)
-    quantized = saving.quantized_layers(model)
-    return len(quantized), kept_in_float(model, set(quantized))
 
 
 def kept_in_float(model, quantized: set[str]) -> list[str]:

@@ -219,3 +219,44 @@ def test_gptq_is_for_transformer_language_models(runner, trained_run, tmp_path):
     assert_user_error(result, "gptq quantizes a Transformer language model block by block, calibrated on its text, and "
                               "lstm-textgen is not one; use --method int4")
     assert not (tmp_path / "g").exists()
+
+
+def tiny_lm_with_an_outlier_channel(outlier: int = 3):
+    """A transformer-lm block whose inputs carry one channel 30× larger than the others (as LLMs' activations do)."""
+    import keras
+
+    from kerasllm import catalog
+    from kerasllm.core import config as config_lib
+    from kerasllm.data import DataInfo
+
+    keras.utils.set_random_seed(7)
+    spec = catalog.model("transformer-lm")
+    config = config_lib.resolve(spec, None, ["model_args.num_layers=1", "model_args.hidden_dim=32", "model_args.num_heads=2",
+                                             "data.sequence_length=16"])
+    model = spec.build(config.model_args, DataInfo(vocab_size=50, sequence_length=16, pad_id=0))
+    embedding = model.get_layer("token_embedding").embeddings
+    table = keras.ops.convert_to_numpy(embedding).copy()
+    table[:, outlier] *= 30.0
+    embedding.assign(table)
+    return model
+
+
+def test_awq_scales_the_salient_channels_and_differs_from_gptq():
+    """Both gather their statistics on the calibration rows (before #33 neither did: every AWQ scale was 1.0, GPTQ's
+    Hessian 0, and both wrote the same round-to-nearest kernels); AWQ picks scales ≠ 1, the largest on the channel
+    with the largest activations, and its kernels are not GPTQ's."""
+    import numpy as np
+
+    from kerasllm.recipes import compress
+
+    rows = np.random.default_rng(0).integers(1, 50, size=(8, 16)).astype("int32")
+    models = {method: tiny_lm_with_an_outlier_channel() for method in ("gptq", "awq")}
+    for method, model in models.items():
+        compress.quantize_calibrated(model, rows, method, compress.block_structure(model, "transformer-lm", method))
+    qkv = {method: model.get_layer("block_0").qkv for method, model in models.items()}
+    scales = np.asarray(qkv["awq"].awq_scales)
+    assert not np.allclose(scales, 1.0) and int(np.argmax(scales)) == 3 and scales[3] > 1.2 * np.median(scales)
+    assert not np.array_equal(np.asarray(qkv["awq"].quantized_kernel), np.asarray(qkv["gptq"].quantized_kernel))
+    for method, model in models.items():  # every quantized layer was calibrated, none left at its float kernel
+        block = model.get_layer("block_0")
+        assert all(getattr(layer, f"is_{method}_calibrated") for layer in (block.qkv, block.attention_output, block.mlp_in, block.mlp_out))
