@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from kerasllm import __version__, distribute
 from kerasllm.commands import exporting, models, serving, training, using
-from kerasllm.commands.common import BackendOption
+from kerasllm.commands.common import BackendOption, errors
 from kerasllm.core import compat, quiet
 
 compat.hide_flag_types()
+compat.one_line_usage_errors(lambda line: errors.print(f"[bold red]error:[/] {escape(line)}", highlight=False))
 
 app = typer.Typer(
     help="kerasllm: a Keras 3 model zoo. Train, evaluate, generate with and export language and vision models.\n\n"
@@ -50,6 +52,7 @@ def main_options(
 
 app.command("list")(models.list_models)
 app.command()(models.info)
+app.command("runs")(models.list_runs)
 app.command()(training.train)
 app.command()(using.evaluate)
 app.command()(using.generate)

@@ -67,12 +67,17 @@ TRAINED_COMPRESSION = ("prune", "distill")  # `kerasllm compress` methods that t
 
 def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config_file: Path | None) -> Path:
     """`--resume RUN` with the other options: returns the config file to resolve (the run's own unless one is given)."""
-    if not is_run_dir(resume):
+    summary = read_json(Path(resume) / METRICS_FILE) if (Path(resume) / METRICS_FILE).is_file() else {}
+    source = summary.get("compressed_from") if summary.get("compression", {}).get("method") not in TRAINED_COMPRESSION else None
+    if not is_run_dir(resume) and not (source and summary.get("incomplete")):
         raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
     if out is not None or overwrite:
         raise UserError("--resume continues the run in its own folder; drop --out/--overwrite")
-    summary = read_json(Path(resume) / METRICS_FILE) if (Path(resume) / METRICS_FILE).is_file() else {}
-    source = summary.get("compressed_from") if summary.get("compression", {}).get("method") not in TRAINED_COMPRESSION else None
+    if source and summary.get("incomplete"):  # `kerasllm compress` was stopped before the copy was whole
+        method = summary.get("compression", {}).get("method", "METHOD")
+        raise UserError(f"{resume} is a compressed copy of {source.get('path')} that `kerasllm compress` did not finish, with no "
+                        f"training to continue; write it again with `kerasllm compress {source.get('path')} --method {method} "
+                        f"--out {resume} --overwrite`")
     if source:  # a quantized copy (a pruned or distilled run trained: it resumes)
         raise UserError(f"{resume} is a compressed copy of {source.get('path')} (`kerasllm compress`), with no training to "
                         f"continue; train or fine-tune {source.get('path')}, then compress it again")
@@ -85,3 +90,44 @@ def check_resume_config(resume: Path, config: config_lib.RunConfig) -> None:
     changed = [section for section in ("model", "model_args", "data") if config.to_dict()[section] != saved.to_dict()[section]]
     if changed:
         raise UserError(f"--resume cannot change {', '.join(changed)} of a run; start a new run instead")
+
+
+def summaries(folder: Path) -> list[dict]:
+    """One row per run folder directly inside `folder` (newest first), read from its files without loading TensorFlow:
+    name, path, model, task, kind (trained, fine-tuned, compressed), source (a copy's or a fine-tune's), the headline
+    metric after training, size on disk, when it was made."""
+    import datetime
+
+    rows = []
+    for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        if not is_run_dir(path) or not (path / MARKER_FILE).is_file():  # only folders kerasllm made
+            continue
+        saved = config_lib.read_config_file(path / CONFIG_FILE)
+        metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
+        source = (metrics.get("compressed_from") or metrics.get("parent") or {}).get("path") or saved.get("finetune", {}).get("base") or ""
+        kind = ("compressed" if metrics.get("compressed_from") else "fine-tuned" if saved.get("finetune", {}).get("base") else "trained")
+        headline = next(iter((metrics.get("after_training") or {}).items()), None)
+        made = (path / MARKER_FILE).stat().st_mtime
+        rows.append({"name": path.name, "path": str(path), "model": saved.get("model", ""), "task": _task_name(saved), "kind": kind,
+                     "source": source, "metric": {headline[0]: headline[1]} if headline else {},
+                     "complete": (path / MODEL_FILE).is_file() and "after_training" in metrics,
+                     "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+                     "made": datetime.datetime.fromtimestamp(made, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")})
+    return sorted(rows, key=lambda row: (Path(row["path"]) / MARKER_FILE).stat().st_mtime, reverse=True)
+
+
+def _task_name(saved: dict) -> str:
+    try:
+        spec = catalog.model(saved.get("model", ""))
+        return catalog.task_for(spec, saved.get("train", {}).get("objective", "")).name
+    except UserError:
+        return "?"
+
+
+def latest(folder: Path, model: str) -> Path:
+    """The newest complete run of `model` that trained (not a compressed copy), for scripts: `RUN=$(kerasllm runs --latest M)`."""
+    catalog.model(model)  # an unknown name is one line, with a did-you-mean
+    found = [row for row in summaries(folder) if row["model"] == model and row["kind"] != "compressed" and row["complete"]]
+    if not found:
+        raise UserError(f"no finished {model} run in {folder}; train one with `kerasllm train {model}`")
+    return Path(found[0]["path"])

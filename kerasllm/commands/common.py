@@ -11,6 +11,7 @@ from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Column, Table
 
 from kerasllm import distribute, runs
@@ -44,6 +45,7 @@ BackendOption = Annotated[Optional[str], typer.Option(
 TaskOption = Annotated[Optional[str], typer.Option(help="Train for this task: chat tunes transformer-lm on conversations "
                                                            "(JSONL: OpenAI messages, Alpaca or Dolly), the loss on the replies only.")]
 EpochsOption = Annotated[Optional[int], typer.Option(help="Sets train.epochs.")]
+BatchSizeOption = Annotated[Optional[int], typer.Option(help="Sets train.batch_size.")]
 SetOption = Annotated[Optional[List[str]], typer.Option("--set", help="Override a config key: --set train.learning_rate=1e-3 (repeatable).")]
 RunOutOption = Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/NAME-UTCTIME).")]
 RunOverwriteFlag = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out run folder (only one made by kerasllm).")]
@@ -113,6 +115,11 @@ def note(line: str) -> None:
     errors.print(f"note: {line}", highlight=False)
 
 
+def warn(line: str) -> None:
+    """One `warning:` line on stderr: a result that may be of no use."""
+    errors.print(f"[yellow]warning:[/] {line}", highlight=False)
+
+
 def write(text: str) -> None:
     """Streamed text on stdout, as it comes."""
     sys.stdout.write(text)
@@ -154,7 +161,7 @@ def show_summary(spec, run_dir: Path, summary: dict, mode: str) -> None:
                   highlight=False)
     if summary.get("overfitting"):
         report = summary["overfitting"]
-        console.print(f"[yellow]overfitting:[/] {report['reason']}. The saved model keeps epoch {report['best_epoch']}. "
+        console.print(f"[yellow]overfitting:[/] {report['reason']}. The saved model keeps epoch {report['kept_epoch']}. "
                       f"What helps: {'; '.join(report['fixes'])}.", highlight=False)
     for line in summary.get("notes", []):
         console.print(f"[yellow]note:[/] {line}", highlight=False)
@@ -173,6 +180,24 @@ def load_run_and_model(source: Path, unsafe: bool):
     model = load_model(path, unsafe=unsafe)
     check_model_fits(model, run)
     return run, model
+
+
+def show_table(headers: list[str], rows: list[list[str]], title: str = "", whole: tuple = ()) -> None:
+    """A table when it fits the terminal's width; narrower, each row as a record (its first cell, then `header: cell`
+    lines), so that no number or path is split across lines. Piped, there is no width to fit: always the table."""
+    table = new_table(*headers, title=title or None, whole=whole)
+    for row in rows:
+        table.add_row(*row)
+    natural = Measurement.get(console, console.options.update(max_width=100_000), table).maximum
+    if console.width is None or natural <= console.width:
+        return console.print(table)
+    if title:
+        console.print(f"[bold]{title}[/]", highlight=False)
+    for row in rows:
+        console.print(f"[bold]{row[0]}[/]", highlight=False)
+        for header, cell in zip(headers[1:], row[1:]):
+            if cell:
+                console.print(f"  {header}: {cell}", highlight=False, soft_wrap=False, markup=False)
 
 
 def table_of(rows, *headers: str, **options) -> Table:

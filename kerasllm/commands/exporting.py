@@ -22,6 +22,7 @@ from kerasllm.commands.common import (
     note,
     print_json,
     table_of,
+    warn,
 )
 from kerasllm.core import config as config_lib
 from kerasllm.core import files
@@ -76,7 +77,8 @@ def export(
                    if quantize == "int8" else [])
     companions = export_lib.companion_paths(path.parent if run is not None else None, out, fmt)
     result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints,
-                               quantize=quantize, calibration=calibration, companions=companions, guide=run is not None)
+                               quantize=quantize, calibration=calibration, companions=companions, guide=run is not None,
+                               unsafe=unsafe)
     console.print(result.line(), highlight=False)
     if companions:
         where = "inside it, in assets.extra/" if fmt == "savedmodel" else "beside it"
@@ -111,6 +113,9 @@ def compress(
     epochs: Annotated[Optional[int], typer.Option(help="--method prune or distill: epochs of training (default: the run's).")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="--method prune or distill: train on this data (default: the run's).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="The new run folder (default: runs/MODEL-METHOD-TIME).")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(
+        help="Warn when the copy's headline metric is worse than the source's by more than this share of it (default: "
+             "perplexity 0.10, accuracy 0.03, BLEU 0.05).")] = None,
     overwrite: RunOverwriteFlag = False,
     as_json: JsonFlag = False,
     unsafe: UnsafeFlag = False,
@@ -127,6 +132,8 @@ def compress(
     · `kerasllm compress LM_RUN --method distill --student tiny` · `kerasllm compress CLS_RUN --method distill --student lstm-classifier`
     """
     compression.check_method(method)
+    if max_drop is not None and not 0 <= max_drop < 1:
+        raise UserError(f"--max-drop must be a share from 0 to below 1 (0.05: 5 % worse), not {max_drop:g}")
     if not files.is_run_dir(source):
         raise UserError(f"{source} is not a run folder; compress takes a run folder made by `kerasllm train` or `finetune`")
     compression.check_method_options(method, {"--sparsity": sparsity != 0.5, "--student": student is not None,
@@ -147,8 +154,12 @@ def compress(
         target, summary = distill.run(source, student, set_values or [], settings, **trains)
     else:
         target, summary = compression.compress(source, method, out, overwrite=overwrite, unsafe=unsafe, on_note=note)
+    warned = compression.warnings_for(summary, max_drop)
+    compression.record_warnings(target, warned)
     if as_json:
-        return print_json({"run": str(target), **summary})
+        return print_json({"run": str(target), **summary, "warnings": warned})
+    for line in warned:
+        warn(line)
     console.print(table_of(compression.table_rows(summary), "", "before", "after", "after / before",
                            title=f"{summary['model']}: {method}, {source} → {target}"))
     console.print(f"wrote {target}", highlight=False)

@@ -1,4 +1,4 @@
-"""The zoo and this installation: `list`, `info`, `doctor`, `download`."""
+"""The zoo, its runs and this installation: `list`, `info`, `runs`, `doctor`, `download`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from kerasllm import catalog, hub
-from kerasllm.commands.common import JsonFlag, console, handle_errors, load_tensorflow, new_table, print_json
+from kerasllm import catalog, hub, runs
+from kerasllm.commands.common import JsonFlag, console, handle_errors, load_tensorflow, new_table, print_json, show_table
 from kerasllm.core import config as config_lib
 from kerasllm.core.errors import UserError
+from kerasllm.core.words import count
+from kerasllm.export.measure import human_size
 
 
 @handle_errors
@@ -26,12 +28,9 @@ def list_models(as_json: JsonFlag = False):
     ]
     if as_json:
         return print_json(rows)
-    table = new_table("name", "task", "parameters", "default data", "description", title="kerasllm models",
-                      whole=("name", "task"))  # names are what the user types
-    for row in rows:
-        parameters = f"{row['parameters']:,}" if row["parameters"] else "(the preset's)"
-        table.add_row(row["name"], row["task"], parameters, row["default_data"], row["description"])
-    console.print(table)
+    show_table(["name", "task", "parameters", "default data", "description"],
+               [[row["name"], row["task"], f"{row['parameters']:,}" if row["parameters"] else "(the preset's)", row["default_data"],
+                 row["description"]] for row in rows], title="kerasllm models", whole=("name", "task"))  # names: what the user types
 
 
 @handle_errors
@@ -53,14 +52,38 @@ def info(name: Annotated[str, typer.Argument(help="Registered model name (see `k
         return print_json({"name": spec.name, "task": spec.task, "default_data": spec.default_data, "keys": rows,
                            "presets": spec.presets})
     console.print(f"[bold]{spec.name}[/] ({spec.task}): {spec.description}")
-    table = new_table("key", "type", "default", "help", whole=("key",))  # a key is copied into --set
-    table.columns[0].no_wrap = True  # keys are what `--set` takes: never cut
-    for row in rows:
-        table.add_row(row["key"], row["type"], repr(row["default"]), row["help"])
-    console.print(table)
+    show_table(["key", "type", "default", "help"], [[row["key"], row["type"], repr(row["default"]), row["help"]] for row in rows],
+               whole=("key",))  # a key is copied into --set: never cut
     for preset, values in spec.presets.items():
         console.print(f"preset [bold]{preset}[/]: " + ", ".join(f"{k}={v!r}" for k, v in values.items()), highlight=False)
     console.print("Change any key with `--set key=value` or a `--config` file; start from a preset with `--preset NAME`.")
+
+
+@handle_errors
+def list_runs(
+    folder: Annotated[Path, typer.Argument(help="The folder that holds the runs.")] = Path("runs"),
+    model: Annotated[Optional[str], typer.Option(help="Only this model's runs.")] = None,
+    latest: Annotated[Optional[str], typer.Option(help="Print only the path of this model's newest finished run that trained "
+                                                       "(not a compressed copy), for scripts.")] = None,
+    as_json: JsonFlag = False,
+):
+    """List the runs in a folder, newest first: name, model, task, kind, source, headline metric, size, date.
+
+    Examples: `kerasllm runs` · `kerasllm runs --model transformer-lm --json` · `RUN=$(kerasllm runs --latest lstm-textgen)`
+    """
+    if latest is not None:
+        return print(runs.latest(folder, latest))
+    rows = [row for row in runs.summaries(folder) if model is None or row["model"] == model]
+    if as_json:
+        return print_json(rows)
+    if not rows:
+        return console.print(f"no runs in {folder}{' of ' + model if model else ''}; train one with `kerasllm train MODEL`", highlight=False)
+    cells = [[row["name"], row["model"], row["task"], row["kind"] + (f" of {Path(row['source']).name}" if row["source"] else ""),
+              ", ".join(f"{key} {value:.4g}" for key, value in row["metric"].items()) or ("unfinished" if not row["complete"] else ""),
+              human_size(row["size_bytes"]), row["made"]] for row in rows]
+    show_table(["run", "model", "task", "kind", "metric", "size", "made"], cells, title=f"runs in {folder}", whole=("run",))
+    total = sum(row["size_bytes"] for row in rows)
+    console.print(f"{count(len(rows), 'run')}, {human_size(total)} on disk", highlight=False)
 
 
 @handle_errors

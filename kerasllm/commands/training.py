@@ -10,6 +10,7 @@ import typer
 from kerasllm import catalog, distribute, runs
 from kerasllm.commands.common import (
     BackendOption,
+    BatchSizeOption,
     DataOption,
     EpochsOption,
     JsonFlag,
@@ -37,8 +38,6 @@ from kerasllm.doctor import bfloat16_note
 from kerasllm.recipes import finetune as finetuning
 from kerasllm.recipes import runner
 from kerasllm.train.reports import parameter_counts
-
-BatchSizeOption = Annotated[Optional[int], typer.Option(help="Sets train.batch_size.")]
 
 
 @handle_errors
@@ -138,6 +137,7 @@ def finetune(
                                                       "(at finetune.unfreeze_learning_rate_ratio × the learning rate).")] = 0,
     task: TaskOption = None,
     epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
     overrides: SetOption = None,
     out: RunOutOption = None,
     overwrite: RunOverwriteFlag = False,
@@ -162,7 +162,8 @@ def finetune(
     distribute.set_backend(backend)
     if method not in config_lib.FINETUNE_METHODS:
         raise UserError(f"--method must be {config_lib.one_of(config_lib.FINETUNE_METHODS)}, not {method!r}")
-    flags = config_lib.flag_overrides({"train.epochs": epochs, "train.seed": seed, "runtime.strategy": strategy})
+    flags = config_lib.flag_overrides({"train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
+                                       "runtime.strategy": strategy})
     load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden
     found = finetuning.resolve_base(base)
     if task is not None:

@@ -100,15 +100,28 @@ def generate(
     options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam)
     preset = None if source.is_file() or files.is_run_dir(source) else hub.resolve(str(source))
     if preset is not None:  # a keras-hub causal LM: kerasllm's samplers over its own cache
+        check_continues(max_length)
         hub.check_reachable(preset, "model")  # offline: one line in seconds, before TensorFlow loads
         load_tensorflow()
         lm = hub.PresetLM(preset)
         generation.write_generations(lambda texts, **more: lm.generate(texts, **options, **more), prompts, write, continues_prompt=True)
         return
+    if not source.exists():
+        raise UserError(f"{source} does not exist; pass a run folder, a .keras or .h5 file, or a keras-hub preset: a bare name "
+                        "(gpt2_base_en) or a folder `kerasllm download NAME` saved")
     run, model = load_run_and_model(source, unsafe)
     if not run.task.can_generate:
         raise UserError(f"{run.spec.name} is {a(run.task.name)} model; generate needs a text-generation or seq2seq model")
+    if run.task.name != "seq2seq":  # a seq2seq run reads 0 as "the target rows' length"
+        check_continues(max_length)
     run.task.write_generations(model, run, prompts, write=write, on_note=note, **options)
+
+
+def check_continues(max_length: int) -> None:
+    """A language model's continuation needs at least one new token."""
+    if max_length < 1:
+        raise UserError(f"--max-length {max_length} leaves no token to generate; pass 1 or more (0 means the target rows' "
+                        "length for seq2seq models only)")
 
 
 @handle_errors

@@ -334,3 +334,24 @@ def current_command_context():
     except ImportError:  # Typer before it carried click
         from click import get_current_context
     return get_current_context(silent=True)
+
+
+def one_line_usage_errors(show) -> None:
+    """A bad option value or a missing argument (Typer's usage errors, exit code 2) as one line, `show(line)`, instead
+    of Typer's usage line, help hint and boxed message. Typer calls `typer.rich_utils.rich_format_error(error)` for them
+    (not a documented API; checked on `TYPER_CHECKED`); a Typer without it is left as it is."""
+    import typer.rich_utils as rich_utils
+
+    shown = getattr(rich_utils, "rich_format_error", None)
+    if shown is None or getattr(shown, "kerasllm_patched", False):
+        return
+
+    def one_line(error) -> None:
+        if type(error).__name__ == "NoArgsIsHelpError":  # `kerasllm` alone: the help, as Typer prints it
+            return shown(error)
+        context = getattr(error, "ctx", None)
+        hint = f"; see `{context.command_path} --help`" if context is not None else ""
+        show(f"{error.format_message().rstrip('.')}{hint}")
+
+    one_line.kerasllm_patched = True
+    rich_utils.rich_format_error = one_line

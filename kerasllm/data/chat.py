@@ -132,7 +132,17 @@ def read_jsonl(path: Path) -> Conversations:
         conversations.append(messages_of(record, shape, where))
     if not conversations:
         raise UserError(f"{path} holds no conversation; chat data must be JSONL of {SHAPES_HELP}")
-    return Conversations(conversations, shape, str(path), {"sha256": files.file_sha256(path)})
+    kept = [c for c in conversations if any(m["role"] == "assistant" and m["content"].strip() for m in c)]
+    if not kept:
+        raise UserError(f"every conversation in {path} has only empty assistant messages, so there is nothing to learn; "
+                        "fill in the replies")
+    record = {"sha256": files.file_sha256(path)}
+    if len(kept) < len(conversations):  # the loss covers the replies only: an empty one teaches nothing
+        record["without_a_reply"] = len(conversations) - len(kept)
+    empty_asks = sum(1 for c in kept if any(m["role"] == "user" and not m["content"].strip() for m in c))
+    if empty_asks:
+        record["empty_user_messages"] = empty_asks
+    return Conversations(kept, shape, str(path), record)
 
 
 def load_conversations(source: str) -> Conversations:

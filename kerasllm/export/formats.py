@@ -54,6 +54,7 @@ class ExportResult:
     size_bytes: int = 0
     source_ms: float = 0.0  # median latency per check batch, source and copy, side by side
     copy_ms: float = 0.0
+    batch_size: int = 0  # rows in the check batch the latency is measured on
     readme: Path | None = None  # the export folder's README.md, with a snippet that runs this export
     foreign_ops: tuple = ()  # a SavedModel's ops from outside core TensorFlow (TensorFlow Text's): loading needs `import tensorflow_text`
 
@@ -69,7 +70,13 @@ class ExportResult:
         judged = f", at least {1 - self.tolerance:.0%} needed" if quantized else ""
         return (f"wrote {self.path} ({self.format}{', ' + self.quantize if quantized else ''}, {human_size(self.size_bytes)}); "
                 f"against the source: max |diff| {self.max_abs_diff:.3g}{'' if quantized else f' (tolerance {self.tolerance:g})'}, "
-                f"top-1 agreement {self.agreement:.2%}{judged}; latency per batch {self.source_ms:.2f} → {self.copy_ms:.2f} ms")
+                f"top-1 agreement {self.agreement:.2%}{judged}; latency per batch of {self.batch_size} {self.source_ms:.2f} → "
+                f"{self.copy_ms:.2f} ms")
+
+
+def rows_in(batch) -> int:
+    """The examples in a batch of model inputs (an array, or a dict of them)."""
+    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
 
 
 def check_quantize(fmt: str, quantize: str) -> str:
@@ -200,14 +207,14 @@ def tflite_feeds(names: list[str], batch) -> list[tuple[str, str | None]]:
     return [(name, next(key for key in keys if name.endswith(key))) for name in names]
 
 
-def write(model, fmt: str, out: Path, batch, endpoints: list | None = None, quantize: str = "none", calibration=()):
-    """Write `model` as `fmt` at `out`; return `run(batch) -> outputs` of the export, loaded back. A SavedModel also
-    gets `endpoints` (checked after loading); a TFLite file is quantized as `quantize` says (`calibration`: batches
-    shaped like `batch`, for int8)."""
+def write(model, fmt: str, out: Path, batch, endpoints: list | None = None, quantize: str = "none", calibration=(), unsafe: bool = False):
+    """Write `model` as `fmt` at `out`; return `run(batch) -> outputs` of the export, loaded back (a .keras or .h5 file
+    outside Keras safe mode with `unsafe`, as its source was). A SavedModel also gets `endpoints` (checked after
+    loading); a TFLite file is quantized as `quantize` says (`calibration`: batches shaped like `batch`, for int8)."""
     endpoints = endpoints or []
     if fmt in ("keras", "h5"):
         save_model(model, out) if fmt == "keras" else model.save(out)  # a quantized model's layer map goes into .keras
-        loaded = load_model(out)
+        loaded = load_model(out, unsafe=unsafe)
         return lambda inputs: np.asarray(loaded.predict_on_batch(inputs))
     if fmt == "savedmodel":
         import keras
@@ -350,13 +357,14 @@ def _check_request(model, fmt: str, quantize: str, tolerance: float | None, out:
 
 def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwrite: bool = False,  # noqa: PLR0913 (the command's options)
            sample=None, endpoints: list | None = None, quantize: str = "none", calibration=(), companions=(),
-           guide: bool = False) -> ExportResult:
+           guide: bool = False, unsafe: bool = False) -> ExportResult:
     """Export, load back and check against the source on the sample batch and the calibration batches: max |diff|
     within `tolerance` (float copies; 1e-4 by default), or top-1 disagreement within it (quantized; 0.1 by default).
     Raises `UserError` otherwise. `sample` is a batch of model inputs (token ids or pixels of 16 positions when
     None). The export is written beside `out` and renamed into place once it passes, so a
     failed export never replaces an earlier one. With `guide`, the check batch and the source's top-1 outputs go
-    beside it (`<stem>.example.json`) and the folder's README.md gets a snippet that runs it (`export_guide`)."""
+    beside it (`<stem>.example.json`) and the folder's README.md gets a snippet that runs it (`export_guide`). With
+    `unsafe`, a .keras or .h5 copy is loaded back outside safe mode (the user trusts the code its source holds)."""
     out = Path(out)
     tolerance = _check_request(model, fmt, quantize, tolerance, out, overwrite)
     batch = sample if sample is not None else sample_batch(model)
@@ -372,6 +380,14 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
     if taken:
         shutil.rmtree(scratch)
         raise UserError(f"{taken[0]} already exists; pass --overwrite to replace it or choose another --out")
+    # --overwrite replaces this export's own files only: a companion the folder's other exports of this name read too
+    # (model.tflite and model.onnx share model.tokenizer.json) is never replaced by another model's
+    siblings = [out.with_suffix(suffix) for suffix in FORMATS.values() if out.with_suffix(suffix) != out and out.with_suffix(suffix).exists()]
+    shared = [target for _, target in beside if target.exists()]
+    if shared and siblings:
+        shutil.rmtree(scratch)
+        raise UserError(f"{shared[0]} is read by {siblings[0]} too, and this model's differs, so --overwrite would leave "
+                        f"{siblings[0].name} beside another model's; choose another --out (e.g. {out.with_stem(out.stem + '_2').name})")
     staging = out.with_name(f".{out.stem}.partial{out.suffix}")
     calibration = list(calibration)
     try:
@@ -380,13 +396,14 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
         # the converter and interpreter log to fd 2 from C++ ("fully_quantize: 0, …", "Created TensorFlow Lite XNNPACK
         # delegate for CPU"); a failure shows what was caught
         with captured_stderr():
-            run_copy = write(model, fmt, staging, batch, endpoints, quantize, calibration)
+            run_copy = write(model, fmt, staging, batch, endpoints, quantize, calibration, unsafe)
             checks = [batch, *calibration[:8]]
             expected = [source_outputs, *(np.asarray(model.predict_on_batch(b)) for b in checks[1:])]
             actual = [run_copy(b) for b in checks]
             result = ExportResult(out, fmt, max(float(np.max(np.abs(a - e))) for a, e in zip(actual, expected)), tolerance,
                                   quantize, float(np.mean([agreement(e, a) for e, a in zip(expected, actual)])),
-                                  size_of(staging), median_ms(model.predict_on_batch, batch), median_ms(run_copy, batch))
+                                  size_of(staging), median_ms(model.predict_on_batch, batch), median_ms(run_copy, batch),
+                                  batch_size=rows_in(batch))
         if fmt == "savedmodel":
             result.foreign_ops = foreign_ops(staging)
         if not result.ok:

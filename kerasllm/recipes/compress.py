@@ -27,6 +27,7 @@ from kerasllm import runs
 from kerasllm.core import compat, files
 from kerasllm.core.errors import UserError
 from kerasllm.core.quiet import captured_stderr
+from kerasllm.core.words import count
 from kerasllm.export import saving
 from kerasllm.export.measure import calibration_batches, human_size, median_ms
 
@@ -84,6 +85,40 @@ def check_method_options(method: str, given: dict) -> None:
         owners = " or ".join(sorted(m for m, names in METHOD_OPTIONS.items() if stray[0] in names))
         raise UserError(f"{', '.join(stray)} belong{'s' if len(stray) == 1 else ''} to --method {owners}; drop "
                         f"{'it' if len(stray) == 1 else 'them'} for --method {method}")
+
+
+# How far a copy's headline metric (its task's first quality metric) may fall before `compress` warns, as a share of the
+# source's value (`--max-drop`): perplexity may rise 10 %, accuracy and macro-F1 fall 3 %, BLEU and chrF 5 %.
+MAX_DROP = {"perplexity": 0.10, "accuracy": 0.03, "macro_f1": 0.03, "bleu": 0.05, "chrf": 0.05}
+LOWER_IS_BETTER = ("perplexity", "loss", "bits_per_char")
+
+
+def warnings_for(summary: dict, max_drop: float | None = None) -> list[str]:
+    """What a user must hear about a copy in one line each: larger than its source, or its headline metric fallen more
+    than `max_drop` (a share of the source's value; default by metric, `MAX_DROP`)."""
+    before, after = summary["before"], summary["after"]
+    found = []
+    if after.get("size_bytes") and before.get("size_bytes") and after["size_bytes"] > before["size_bytes"]:
+        found.append(f"the copy is larger than its source ({human_size(before['size_bytes'])} → {human_size(after['size_bytes'])}, "
+                     f"{after['size_bytes'] / before['size_bytes']:.1f}×): it saves nothing"
+                     + ("; distill into a smaller --student" if summary.get("compression", {}).get("method") == "distill" else ""))
+    metrics = [key for key in before if (key in MAX_DROP or key in LOWER_IS_BETTER) and isinstance(after.get(key), (int, float))]
+    metric = metrics[0] if metrics else None  # the task's first quality metric
+    if metric is None or not before.get(metric):
+        return found
+    bound = MAX_DROP.get(metric, 0.05) if max_drop is None else max_drop
+    worse = (after[metric] - before[metric]) / before[metric] if metric in LOWER_IS_BETTER else (before[metric] - after[metric]) / before[metric]
+    if worse > bound:
+        found.append(f"{metric} went {before[metric]:.4g} → {after[metric]:.4g}, {worse:.0%} worse, past --max-drop {bound:.0%}: "
+                     "the copy may be of no use; try a milder setting (a lower --sparsity, more --epochs, a larger student)")
+    return found
+
+
+def record_warnings(target: Path, lines: list[str]) -> None:
+    """The warnings go into the copy's metrics.json (`warnings`) as well as on the terminal."""
+    if lines:
+        path = Path(target) / files.METRICS_FILE
+        files.write_json(path, dict(files.read_json(path), warnings=lines))
 
 
 def check_method(method: str) -> str:
@@ -277,10 +312,14 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
         raise UserError(f"{method} quantizes Dense, EinsumDense and Embedding layers, and {run.spec.name} has none that "
                         f"take it{' (' + ', '.join(left) + ' stay in float)' if left else ''}; try another method")
     if left and on_note:
-        on_note(f"{method}: {len(left)} layer(s) kept in float, which {method} does not take: {', '.join(left)}")
+        on_note(f"{method}: {count(len(left), 'layer')} kept in float, which {method} does not take: {', '.join(left)}")
     parameters = int(float_model.count_params())
     in_low_precision = weight_parameters(float_model, set(saving.quantized_layers(quantized_model)))
     target = files.claim_run_dir(target, overwrite, run.spec.name)
+    source_record = {"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)}
+    # first: a copy stopped before it is complete says what it is, and how to write it again (`train --resume` reads it)
+    files.write_json(target / files.METRICS_FILE, {"model": run.spec.name, "compressed_from": source_record,
+                                                   "compression": {"method": method}, "incomplete": True})
     copy_run_files(run.path, target)
     saving.save_model(quantized_model, target / files.MODEL_FILE)
     copy = runs.load_run(target)
@@ -289,7 +328,7 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
         before = measure_source(float_model, run, target)
         after = measure(reloaded, copy, copy.model_path, in_low_precision, parameters)
     summary = {"model": run.spec.name, "parameters": parameters,
-               "compressed_from": {"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)},
+               "compressed_from": source_record,
                "compression": {"method": method, "quantized_layers": layers, "kept_in_float": left,
                                "source_file_bytes": run.model_path.stat().st_size},
                "before": before.to_dict(), "after": after.to_dict(),

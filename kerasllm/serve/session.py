@@ -29,6 +29,7 @@ class ChatSession:
     def __init__(self, reply: Callable, system: str | None = None):
         self.reply, self.system = reply, system
         self.messages: list[dict] = []
+        self.noted: set[str] = set()  # notes said once per conversation (that it outgrew the context, say)
 
     @property
     def conversation(self) -> list[dict]:
@@ -43,7 +44,7 @@ class ChatSession:
         argument = argument.strip()
         if name == "/reset":
             dropped = len(self.messages)
-            self.messages = []
+            self.messages, self.noted = [], set()
             return f"conversation reset ({count(dropped, 'message')} forgotten)"
         if name == "/system":
             self.system = argument or None
@@ -81,8 +82,14 @@ class ChatSession:
             parts.append(piece)
             on_text(piece)
 
+        def note_once(line: str) -> None:  # the context note, once: the conversation only grows after it
+            kind = line.split(";")[0]
+            if on_note and kind not in self.noted:
+                self.noted.add(kind)
+                on_note(line)
+
         try:
-            self.reply(self.conversation, stream, on_note)
+            self.reply(self.conversation, stream, note_once)
         finally:
             self.messages.append({"role": "assistant", "content": "".join(parts)})
         return "".join(parts)
@@ -107,9 +114,23 @@ def talk(session: ChatSession, write: Callable, say: Callable, note: Callable, r
         if said is not None:
             say(said)
             continue
+        reply(session, line, write, note)
+
+
+def reply(session: ChatSession, line: str, write: Callable, note: Callable) -> None:
+    """One turn: "bot> " with the reply's first text (a note goes before it, not inside it), " [stopped]" on Ctrl-C."""
+    started = []
+
+    def reply_text(piece: str) -> None:
+        if not started:
+            write("bot> ")
+            started.append(piece)
+        write(piece)
+
+    try:
+        session.ask(line, reply_text, note)
+    except KeyboardInterrupt:
+        reply_text(" [stopped]")
+    if not started:
         write("bot> ")
-        try:
-            session.ask(line, write, note)
-        except KeyboardInterrupt:
-            write(" [stopped]")
-        write("\n")
+    write("\n")

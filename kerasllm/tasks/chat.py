@@ -116,6 +116,17 @@ class Chat(TextGeneration):
             artifacts=[tokenizer, template], sample=sample if train.sample_length > 0 else None,
         )
 
+    def notes(self, record: dict) -> list[str]:
+        """Conversations left out for an empty reply, and kept ones that ask with an empty message."""
+        found = []
+        if record.get("without_a_reply"):
+            found.append(f"{count(record['without_a_reply'], 'conversation')} of {record['source']} left out: every assistant "
+                         "message in them is empty, and the loss covers the replies only")
+        if record.get("empty_user_messages"):
+            found.append(f"{count(record['empty_user_messages'], 'conversation')} of {record['source']} "
+                         f"{'has' if record['empty_user_messages'] == 1 else 'have'} an empty user message (kept)")
+        return found
+
     def load_artifacts(self, run_dir: Path) -> dict:
         template = ChatTemplate.load(run_dir)
         return {"tokenizer": template.bind(Tokenizer.load(run_dir)), "chat_template": template}

@@ -291,7 +291,7 @@ class TextClassification(Task):
             + f"; largest/smallest class {record.get('imbalance_ratio', 1):.2f}×"
             + ("; balanced class weights." if record.get("class_weights") else "."),
             f"Tokenizer: {record.get('tokenizer')}, {record.get('vocab_size')} tokens; rows of {record.get('sequence_length')} tokens "
-            f"({record.get('truncated_train_examples', 0):,} training examples truncated).",
+            f"({count(record.get('truncated_train_examples', 0), 'training example')} truncated).",
         ]
         return lines
 

@@ -16,15 +16,32 @@ import keras
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training once `max_seconds` of training time (all sessions) have passed."""
+    """Stops training before `max_seconds` of training time (all sessions) have passed: after a call into the graph,
+    training stops when the deadline has passed or when one more call, as long as the last steady one, would pass it.
+    A call can hold many steps (`steps_per_execution`, or a whole epoch): the budget binds within one call's time
+    either way. The first call of a session holds the step's compilation, so it predicts nothing.
 
-    def __init__(self, max_seconds: float, seconds_before: float):
+    Args:
+        max_seconds: the budget (`train.max_seconds`).
+        seconds_before: training seconds earlier sessions of the run used.
+        clock: a function that returns seconds (default `time.perf_counter`; tests pass a fake one).
+    """
+
+    def __init__(self, max_seconds: float, seconds_before: float, clock=time.perf_counter):
         super().__init__()
-        self.deadline = time.perf_counter() + max_seconds - seconds_before
+        self.clock = clock
+        self.deadline = clock() + max_seconds - seconds_before
         self.expired = False
+        self.call_started, self.calls = None, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.call_started = self.clock()
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() >= self.deadline:
+        now = self.clock()
+        self.calls += 1
+        steady = now - self.call_started if self.call_started is not None and self.calls > 1 else 0.0
+        if now >= self.deadline or now + steady > self.deadline:
             self.expired = self.model.stop_training = True
 
 
@@ -51,6 +68,8 @@ class StepClock(keras.callbacks.Callback):
         now = time.perf_counter()
         if self.first_call is None and self.epoch_started is not None:
             self.first_call = (now - self.epoch_started, batch + 1)
+        elif self.previous is None and self.epoch_started is not None:  # a later epoch's first call: a steady one too
+            self.per_step.append((now - self.epoch_started) / (batch + 1))  # (one call per epoch has no other interval)
         if self.previous is not None and batch > self.previous[1]:
             self.per_step.append((now - self.previous[0]) / (batch - self.previous[1]))
         self.previous, self.last_step = (now, batch), now
@@ -65,7 +84,10 @@ class StepClock(keras.callbacks.Callback):
             self.timings.add("validation", seconds)
 
     def median_step_seconds(self) -> float | None:
-        return statistics.median(self.per_step) if self.per_step else None
+        """The median step's seconds; with a single call in the session, its seconds per step (compilation included)."""
+        if self.per_step:
+            return statistics.median(self.per_step)
+        return self.first_call[0] / self.first_call[1] if self.first_call else None
 
     def compilation_estimates(self) -> dict[str, float]:
         """Seconds the first call into the train step, and the first validation, took beyond a steady one: their

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.core.words import count
+
 
 def parameter_counts(model) -> dict:
     """Trainable and total parameters of a built model, and the trainable share (metrics.json's `parameter_counts`)."""
@@ -57,8 +59,16 @@ def _metrics_table(summary: dict) -> str:
 def overfitting_lines(report: dict | None) -> list[str]:
     if not report:
         return []
-    return [f"**Overfitting**: {report['reason']}. The saved model keeps epoch {report['best_epoch']}. What helps:",
+    return [f"**Overfitting**: {report['reason']}. The saved model keeps epoch {report['kept_epoch']}. What helps:",
             *[f"- {fix}" for fix in report["fixes"]], ""]
+
+
+def _pictures(task, run_dir: Path) -> str:
+    """The learning curves (curves.png), and where a classifier's confusion matrix will be."""
+    lines = ["![Learning curves: loss (and accuracy) per epoch, training and validation](curves.png)"]
+    if task.can_predict:  # classifiers: `kerasllm evaluate` draws the confusion matrix
+        lines.append(f"`kerasllm evaluate {run_dir}` draws the confusion matrix into `confusion_matrix.png` beside this card.")
+    return "\n\n".join(lines)
 
 
 def model_card(spec, task, config, data_record: dict, summary: dict, run_dir: Path) -> str:
@@ -71,7 +81,7 @@ def model_card(spec, task, config, data_record: dict, summary: dict, run_dir: Pa
     return f"""# {spec.name} — {spec.description}
 
 Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, \
-strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)), loop `{summary.get('loop')}`.
+strategy {summary.get('strategy')} ({count(summary.get('replicas') or 1, 'replica')}), loop `{summary.get('loop')}`.
 {lineage}
 ## Data
 {newline.join(task.data_lines(data_record))}
@@ -82,6 +92,8 @@ strategy {summary.get('strategy')} ({summary.get('replicas')} replica(s)), loop 
 Epochs: {summary.get('epochs_completed')} (stopped early: {summary.get('stopped_early')}); steps: {summary.get('steps')};
 training time {summary.get('train_seconds', 0):.1f} s. `model.keras` holds the weights of the epoch with the {_best_by(config)} \
 ({summary.get('best_checkpoint')}).
+
+{_pictures(task, run_dir)}
 
 {newline.join(overfitting_lines(summary.get('overfitting')))}
 ## Reproduce

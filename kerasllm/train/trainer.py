@@ -41,6 +41,7 @@ import keras
 
 from kerasllm import catalog, distribute
 from kerasllm.core import compat, files, quiet
+from kerasllm.core import config as config_lib
 from kerasllm.core.config import RunConfig, TrainConfig
 from kerasllm.core.errors import UserError
 from kerasllm.core.interrupts import graceful_stop
@@ -257,9 +258,11 @@ class Trainer:
         """The summary's settings, on_built, the strategy line; metrics.json as it stands before the loop."""
         config, schedule_steps = self.config, prepared.state.schedule_steps
         warmup = optimizers.warmup_steps(config.train.warmup_steps, schedule_steps)
+        # a note only for a warmup the user chose: the model's own recipe is shortened on a short run without a word
+        chosen = config.train.warmup_steps != config_lib.default_config(self.spec).train.warmup_steps
         shortened = ([f"train.warmup_steps={config.train.warmup_steps} is more than a quarter of the run's "
                       f"{schedule_steps:,} steps, so warmup took {warmup} (a tenth) and the learning rate "
-                      "reached its peak"] if warmup != config.train.warmup_steps and config.train.schedule == "cosine" else [])
+                      "reached its peak"] if chosen and warmup != config.train.warmup_steps and config.train.schedule == "cosine" else [])
         prepared.summary.update(epochs_planned=config.train.epochs, parameter_counts=parameter_counts(built.model),
                                 notes=self.task.notes(prepared.data.record) + shortened, warmup_steps=warmup)
         if self.options.on_built:
@@ -330,9 +333,11 @@ class Trainer:
         """The best epoch's weights, final metrics, model.keras and the run's records."""
         state, data, summary = prepared.state, prepared.data, prepared.summary
         best = built.run_dir / files.CHECKPOINTS_DIR / state.best_checkpoint
+        kept_epoch = state.epoch  # the one source of "the epoch model.keras keeps": the weights loaded here
         if state.best_checkpoint and best.is_dir():
             with self.timings.section("best weights"):
                 load_checkpoint_weights(best, built.trained, self.hooks)
+            kept_epoch = read_state(best).epoch
         steps_this_session = state.global_step - looped.first_step
         throughput = (data.items_per_step * steps_this_session / max(looped.session_seconds, 1e-9) if steps_this_session
                       else summary.get(f"{data.unit}_per_second", 0.0))
@@ -348,7 +353,7 @@ class Trainer:
             jit_compile=(bool(getattr(built.trained, "jit_compile", False)) if built.training_loop.name == "fit"
                          else self.config.runtime.jit_compile),
             loop=built.training_loop.name,
-            overfitting=diagnostics.overfitting(state.history, self.spec.overfitting_fixes),
+            kept_epoch=kept_epoch, overfitting=diagnostics.overfitting(state.history, self.spec.overfitting_fixes, kept_epoch),
             command=self.options.command or " ".join(sys.argv),
             **self.hooks.results(built.model),
         )

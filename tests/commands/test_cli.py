@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kerasllm import cli
-from tests.conftest import need, tiny_args
+from tests.conftest import assert_says, need, tiny_args
 
 
 def invoke(runner, *args):
@@ -287,3 +287,38 @@ def test_sentencepiece_vocabulary_too_small_says_how_large(runner, corpus_file, 
     assert_user_error(invoke(runner, "train", "lstm-textgen", "--data", corpus_file, "--out", tmp_path / "sp", *tiny_args(),
                              "--set", "data.tokenizer=sentencepiece", "--set", "data.vocab_size=100"), "raise it to at least")
     assert not (tmp_path / "sp").exists()
+
+
+@pytest.mark.parametrize("args, facts", [
+    (["generate", "RUN", "--length", "abc"], ["--max-length", "integer", "generate --help"]),
+    (["compress", "RUN", "--sparsity", "abc"], ["--sparsity", "number"]),
+    (["serve"], ["Missing argument", "serve --help"]),
+])
+def test_a_bad_option_value_is_one_line_not_a_usage_box(runner, args, facts):
+    result = invoke(runner, *args)
+    assert result.exit_code == 2 and "╭" not in result.output and "Usage:" not in result.output
+    assert_says(result.stderr, "error: ", *facts)
+
+
+def test_runs_lists_the_runs_and_names_the_latest_of_a_model(runner, trained_run, tmp_path):
+    """#33: `ls -d runs/transformer-lm-* | tail -1` picked a compressed copy once there was one."""
+    import shutil
+
+    folder = tmp_path / "runs"
+    shutil.copytree(trained_run, folder / "lstm-textgen-20261201-120000")
+    copy = invoke(runner, "compress", folder / "lstm-textgen-20261201-120000", "--method", "int8", "--out", folder / "lstm-textgen-zz-int8")
+    assert copy.exit_code == 0, copy.output
+    rows = json.loads(invoke(runner, "runs", folder, "--json").stdout)
+    assert [row["kind"] for row in rows] == ["compressed", "trained"] and rows[0]["source"].endswith("lstm-textgen-20261201-120000")
+    assert rows[1]["metric"] and rows[1]["complete"] and rows[0]["size_bytes"] > 0
+    latest = invoke(runner, "runs", folder, "--latest", "lstm-textgen")
+    assert latest.exit_code == 0 and latest.stdout.strip() == str(folder / "lstm-textgen-20261201-120000")  # not the copy
+    table = invoke(runner, "runs", folder)
+    assert "lstm-textgen-zz-int8" in table.stdout and "compressed of lstm-textgen-20261201-120000" in table.stdout
+    assert "2 runs" in table.stdout
+    assert_user_error(invoke(runner, "runs", folder, "--latest", "transformer-lm"), "no finished transformer-lm run")
+
+
+def test_generate_of_a_missing_folder_names_presets_and_download(runner, tmp_path):
+    result = invoke(runner, "generate", tmp_path / "presets" / "gpt2", "--prompt", "x")
+    assert_says(result.stderr, "does not exist", "keras-hub preset", "kerasllm download")

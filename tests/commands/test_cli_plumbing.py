@@ -71,9 +71,10 @@ def test_a_non_chief_worker_needs_out(runner, tmp_path, received, monkeypatch):
 
 def test_finetune_inherits_the_base_and_takes_the_flags(runner, trained_run, tmp_path, received, corpus_file):
     result = invoke(runner, "finetune", trained_run, "--data", corpus_file, "--method", "full", "--epochs", "2", "--seed", "9",
-                    "--out", tmp_path / "ft", "--quiet")
+                    "--batch-size", "4", "--out", tmp_path / "ft", "--quiet")
     assert result.exit_code == 0, result.output
     ((config, run_dir, options),) = received
+    assert config.train.batch_size == 4  # --batch-size, declared once, offered by train and finetune
     assert config.finetune.base == str((trained_run / files.MODEL_FILE).resolve())
     assert config.finetune.base_sha256 == files.file_sha256(trained_run / files.MODEL_FILE)
     assert (config.train.epochs, config.train.seed, config.model_args.units) == (2, 9, 16)

@@ -20,7 +20,7 @@ def run_snippet(folder: Path, code: str) -> str:
 
 
 def agreement(output: str) -> float:
-    return float(re.search(r"top-1 agreement with kerasllm: ([0-9.]+)", output).group(1))
+    return float(re.search(r"top-1 agreement with kerasllm on these \d+ example outputs: ([0-9.]+)", output).group(1))
 
 
 def test_the_readme_keeps_other_sections_and_never_touches_a_foreign_one(tmp_path):

@@ -20,7 +20,7 @@ def cnn_run(tmp_path_factory, runner):
 
 
 def figures(line: str) -> dict:
-    found = re.search(r"max \|diff\| ([\d.e+-]+).*top-1 agreement ([\d.]+)%.*latency per batch ([\d.]+) → ([\d.]+) ms", line)
+    found = re.search(r"max \|diff\| ([\d.e+-]+).*top-1 agreement ([\d.]+)%.*latency per batch of \d+ ([\d.]+) → ([\d.]+) ms", line)
     assert found, line
     return {"diff": float(found[1]), "agreement": float(found[2]), "source_ms": float(found[3]), "copy_ms": float(found[4])}
 

@@ -131,3 +131,27 @@ def test_a_bare_preset_name_is_its_kaggle_handle(tmp_path):
     assert hub.named_handle("no_such_preset") is None and hub.named_handle("runs/x") is None
     (tmp_path / "gpt2_base_en").mkdir()
     assert hub.named_handle(str(tmp_path / "gpt2_base_en")) is None  # a folder of that name is the user's
+
+
+def test_another_models_export_never_replaces_a_companion_the_folders_other_exports_read(trained_run, runner, tmp_path):
+    """#33's data loss: `export RUN_A --out RUN_B/export/model.keras --overwrite` replaced RUN_B's model.tokenizer.json,
+    which RUN_B's model.h5 beside it still reads."""
+    import json
+    import shutil
+
+    from kerasllm import cli
+
+    run_b = Path(shutil.copytree(trained_run, tmp_path / "b"))
+    run_a = Path(shutil.copytree(trained_run, tmp_path / "a"))
+    tokenizer = run_a / files.TOKENIZER_FILE  # another model's tokenizer: the same text, other bytes
+    tokenizer.write_text(json.dumps(json.loads(tokenizer.read_text()), indent=1))
+    assert runner.invoke(cli.app, ["export", str(run_b), "--format", "h5"]).exit_code == 0
+    companion = run_b / files.EXPORT_DIR / "model.tokenizer.json"
+    before = companion.read_bytes()
+    out = run_b / files.EXPORT_DIR / "model.keras"
+    result = runner.invoke(cli.app, ["export", str(run_a), "--format", "keras", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 2 and "model.tokenizer.json is read by" in result.output and "model.h5" in result.output
+    assert companion.read_bytes() == before and not out.exists()
+    other = run_b / files.EXPORT_DIR / "a.keras"  # under its own name it goes beside them
+    assert runner.invoke(cli.app, ["export", str(run_a), "--format", "keras", "--out", str(other)]).exit_code == 0
+    assert companion.read_bytes() == before

@@ -260,3 +260,42 @@ def test_awq_scales_the_salient_channels_and_differs_from_gptq():
     for method, model in models.items():  # every quantized layer was calibrated, none left at its float kernel
         block = model.get_layer("block_0")
         assert all(getattr(layer, f"is_{method}_calibrated") for layer in (block.qkv, block.attention_output, block.mlp_in, block.mlp_out))
+
+
+def test_a_copy_stopped_midway_says_how_to_write_it_again(runner, trained_run, tmp_path, monkeypatch):
+    """A compress killed before its copy was whole: `train --resume COPY` advises compressing again into that folder,
+    not training a fresh float model under the copy's name (#33)."""
+    from kerasllm.recipes import compress
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compress, "copy_run_files", killed)  # the folder as a kill -9 right after it was claimed leaves it
+    out = tmp_path / "copy"
+    assert invoke(runner, "compress", trained_run, "--method", "int8", "--out", out).exit_code == 130
+    monkeypatch.undo()
+    result = invoke(runner, "train", "--resume", out)
+    assert_user_error(result, f"`kerasllm compress {trained_run.resolve()} --method int8 --out {out} --overwrite`")
+    assert invoke(runner, "compress", trained_run, "--method", "int8", "--out", out, "--overwrite").exit_code == 0
+
+
+def test_a_copy_that_is_larger_or_much_worse_is_named_in_one_line_each():
+    """#33: pruning a digits run at 0.8 took accuracy 97.2 % → 11.1 % with no word, and a distilled "tiny" student came
+    out 48× larger than its teacher."""
+    from kerasllm.recipes.compress import warnings_for
+
+    pruned = {"before": {"size_bytes": 300_000, "accuracy": 0.972, "macro_f1": 0.97},
+              "after": {"size_bytes": 300_000, "accuracy": 0.111, "macro_f1": 0.04}, "compression": {"method": "prune"}}
+    (line,) = warnings_for(pruned)
+    assert "accuracy went 0.972 → 0.111" in line and "past --max-drop 3%" in line
+    assert warnings_for(pruned, max_drop=0.95) == []  # the user's bound
+    distilled = {"before": {"size_bytes": 60_000, "perplexity": 5.0}, "after": {"size_bytes": 2_900_000, "perplexity": 5.2},
+                 "compression": {"method": "distill"}}
+    (line,) = warnings_for(distilled)  # perplexity 4 % worse: within its 10 %
+    assert "larger than its source" in line and "48.3×" in line and "smaller --student" in line
+    fine = {"before": {"size_bytes": 100, "perplexity": 5.0, "accuracy": 0.5}, "after": {"size_bytes": 30, "perplexity": 5.01, "accuracy": 0.1}}
+    assert warnings_for(fine) == []  # the headline metric is the task's first (perplexity), not accuracy
+
+
+def test_max_drop_is_a_share(runner, trained_run):
+    assert_user_error(invoke(runner, "compress", trained_run, "--max-drop", "5"), "--max-drop must be a share")

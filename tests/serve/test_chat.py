@@ -192,3 +192,47 @@ def test_finetune_task_chat_grows_the_base_vocabulary(tmp_path, lm_run, chat_dat
 def test_task_chat_is_refused_for_a_model_without_it(runner):
     result = runner.invoke(cli.app, ["train", "lstm-textgen", "--task", "chat"])
     assert result.exit_code == 2 and "cannot be trained for the chat task" in result.output
+
+
+def test_conversations_with_empty_replies_are_left_out_with_a_note(tmp_path):
+    from kerasllm.tasks.chat import Chat
+
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]},
+        {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+    ])
+    loaded = load_conversations(str(path))
+    assert len(loaded.conversations) == 2 and loaded.record["without_a_reply"] == 1 and loaded.record["empty_user_messages"] == 1
+    notes = Chat().notes(dict(loaded.record, source=str(path)))
+    assert len(notes) == 2 and "1 conversation" in notes[0] and "left out" in notes[0] and "empty user message" in notes[1]
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}])
+    with pytest.raises(UserError, match="only empty assistant messages"):
+        load_conversations(str(empty))
+
+
+def test_no_reply_of_zero_tokens(runner, trained_run):
+    from tests.commands.test_cli import assert_user_error, invoke
+
+    assert_user_error(invoke(runner, "generate", trained_run, "--prompt", "The ", "--max-length", "0"), "--max-length 0")
+    assert_user_error(invoke(runner, "chat", trained_run, "--max-length", "0"), "--max-length 0")
+
+
+def test_the_context_note_comes_once_and_before_the_reply():
+    """#33: chat's context note came between `bot>` and the reply, on every turn."""
+    from kerasllm.serve.session import reply
+
+    def answer(messages, on_text, on_note):
+        on_note("the conversation is longer than the model's context of 8 tokens; its oldest 2 messages are left out")
+        on_text("hello")
+        return "hello"
+
+    shown = []
+    session = ChatSession(answer)
+    for _ in range(2):
+        reply(session, "hi", lambda text: shown.append(("out", text)), lambda line: shown.append(("note", line)))
+    assert [kind for kind, _ in shown] == ["note", "out", "out", "out", "out", "out", "out"]  # note, then bot> hello \n, twice
+    assert "".join(text for kind, text in shown if kind == "out") == "bot> hello\nbot> hello\n"
+    session.command("/reset")
+    reply(session, "hi", lambda text: None, lambda line: shown.append(("note", line)))
+    assert sum(kind == "note" for kind, _ in shown) == 2  # a new conversation hears it again

@@ -92,6 +92,7 @@ def test_a_new_task_and_model_train_and_evaluate_through_the_cli(runner, tmp_pat
     card = (out / "README.md").read_text()
     assert "Task: bit-parity" in card and "Random 8-bit vectors from seed 7" in card
     assert "characters" not in card and "Vocabulary" not in card and "generate" not in card
+    assert "](curves.png)" in card and (out / "curves.png").is_file()  # the card shows its learning curves
     evaluated = invoke(runner, "evaluate", out)
     assert evaluated.exit_code == 0, evaluated.output
     assert "parity-mlp on fresh" in evaluated.output and "accuracy" in evaluated.output

@@ -182,6 +182,7 @@ def test_every_model_trains_with_xla_and_mirrored_over_two_logical_cpus(zoo_runs
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # every model: the heavy tier (.ci/heavy); the slow tier trains transformer-lm on JAX (tests/zoo_models)
 def test_every_model_trains_on_jax_with_data_parallel_over_two_devices(zoo_runs):
     for name, runs in zoo_results(zoo_runs, "jax").items():
         one, two = runs["cpu"], runs["mirrored"]
