@@ -28,6 +28,7 @@ from kerasllm.core import compat
 from kerasllm.core.errors import UserError
 from kerasllm.core.files import COMPANION_FILES, EXPORT_DIR, TOKENIZER_FILE, check_replaceable, is_run_dir
 from kerasllm.core.quiet import captured_stderr
+from kerasllm.core.words import count
 from kerasllm.export import guide as export_guide
 from kerasllm.export.measure import agreement, human_size, median_ms, size_of
 from kerasllm.export.saving import load_model, quantized_layers, save_model
@@ -165,10 +166,10 @@ def check_fits(model, fmt: str) -> None:
     if quantized_layers(model):
         raise UserError("the h5 format cannot hold quantized layers (it stores float layers only); export this model as "
                         "keras or savedmodel")
-    steps = sorted({type(op).__name__ for op in getattr(model, "operations", []) if not isinstance(op, keras.layers.Layer)})
-    if steps:
-        raise UserError(f"the h5 format cannot hold this model's Keras operations ({', '.join(steps)}: h5 stores layers only); "
-                        "export it as keras, savedmodel or tflite")
+    steps = [op for op in getattr(model, "operations", []) if not isinstance(op, keras.layers.Layer)]
+    if steps:  # a mask or a reshape computed between layers (keras.ops.not_equal …): what a user can act on is the format
+        raise UserError(f"the h5 format cannot hold this model: it stores layers only, and the model also computes "
+                        f"{count(len(steps), 'step')} between them (a padding mask, say); export it as keras, savedmodel or tflite")
 
 
 def _input_signature(model, batch):
