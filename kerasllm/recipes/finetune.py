@@ -372,6 +372,8 @@ class FinetuneHook(Hook):
             unfreeze(model)
             context.recompile((train.epochs - self.unfreeze_epoch) * self.steps_per_epoch, after)
         self.unfrozen = True
+        context.announce(f"epoch {self.unfreeze_epoch + 1}: the whole model trains from here (--unfreeze-after "
+                         f"{self.config.finetune.unfreeze_after}), at learning rate {after.learning_rate:g}")
 
     # restore
     def restores_optimizer(self, state) -> bool:

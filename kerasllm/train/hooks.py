@@ -30,7 +30,8 @@ from typing import Any, Callable
 @dataclass
 class BuildContext:
     """What a hook may use while the trainer builds and trains: the run's spec, task, config, prepared data and
-    strategy, and `recompile(schedule_steps, train_config)`, which compiles the model again with a fresh optimizer."""
+    strategy, `recompile(schedule_steps, train_config)`, which compiles the model again with a fresh optimizer, and
+    `announce(line)`, which tells the user what the hook just did (shown with the rich progress, else nowhere)."""
 
     spec: Any
     task: Any
@@ -38,6 +39,7 @@ class BuildContext:
     data: Any
     strategy: Any
     recompile: Callable[[int, Any], None]
+    announce: Callable[[str], None] = lambda line: None  # one line to the user while training (with the progress)
 
 
 class Hook:

@@ -213,7 +213,7 @@ class Trainer:
         def recompile(schedule_steps: int, train: TrainConfig) -> None:  # a hook's new phase: a fresh optimizer
             compile_model(trained, self.spec, self.task, config, schedule_steps, train)
 
-        context = BuildContext(self.spec, self.task, config, data, strategy, recompile)
+        context = BuildContext(self.spec, self.task, config, data, strategy, recompile, self._announce_line)
         with strategy.scope():
             self.hooks.before_compile(model, context)
             trained = self.hooks.trained_model(model, context)  # the model, or a distiller around it
@@ -253,6 +253,10 @@ class Trainer:
         prepared.summary = {"model": self.spec.name, "parameters": int(built.model.count_params()),
                             "before_training": self._evaluate("evaluation before training", prepared, built),
                             **self.hooks.summary(built.model)}
+
+    def _announce_line(self, line: str) -> None:
+        if self.options.console is not None and self.options.progress == "rich":
+            self.options.console.print(line, highlight=False)
 
     def _announce(self, prepared: Prepared, built: Built) -> None:
         """The summary's settings, on_built, the strategy line; metrics.json as it stands before the loop."""

@@ -107,3 +107,20 @@ def test_bounds_are_checked_against_the_model_before_any_work():
         generation.check_options(0.8, 0, 1.0, 1_000_000)
     with pytest.raises(UserError, match=r"--beam 70 is more beams than the model has tokens \(65\); use at most 65"):
         generation.check_beam_fits(70, 65)
+
+
+def test_unfreezing_tells_the_user_when_it_happens():
+    """#33: `finetune --unfreeze-after N` printed nothing when it unfroze."""
+    import contextlib
+
+    import keras
+
+    said, compiled = [], []
+    hook = FinetuneHook(finetune_config("finetune.method=freeze", "finetune.unfreeze_after=1"))
+    hook.steps_per_epoch, hook.unfreeze_epoch, hook.unfrozen = 10, 1, False
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2, name="head", trainable=False)(x))
+    context = SimpleNamespace(strategy=SimpleNamespace(scope=contextlib.nullcontext), recompile=lambda *args: compiled.append(args),
+                              announce=said.append)
+    assert hook.start_phase(model, 1, context) and compiled
+    assert len(said) == 1 and "epoch 2: the whole model trains from here (--unfreeze-after 1)" in said[0]
