@@ -105,7 +105,9 @@ def snippet(usage: Usage) -> str:
                   'print("classes:", [class_names[i] for i in top1])']
     elif usage.next_tokens and files.TOKENIZER_FILE in companions:
         lines += [f'vocabulary = json.load(open("{companions[files.TOKENIZER_FILE]}"))["vocabulary"]',
-                  'print("next tokens:", ["".join(vocabulary[i] for i in row) for row in top1])']
+                  # the most likely token after each example's last position (earlier positions each predict one token on
+                  # from a prefix, which joined together reads like a broken model)
+                  'print("next token after each example:", [vocabulary[row[-1]] for row in top1])']
     return "\n".join(lines) + "\n"
 
 

@@ -52,7 +52,7 @@ def test_the_text_generation_tour(tmp_path, corpus_file):
     assert sorted(code) == ["model.savedmodel", "model.tflite"]
     for name, snippet in code.items():
         output = run_snippet(run / "export", snippet)
-        assert agreement(output) == 1.0 and "next tokens: [" in output, (name, output)  # decoded with the tokenizer file
+        assert agreement(output) == 1.0 and "next token after each example: [" in output, (name, output)  # decoded with the tokenizer file
     subprocess.run([sys.executable, "-c", LEGACY_SCRIPT], cwd=tmp_path, check=True, capture_output=True,
                    env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"))
     kerasllm(tmp_path, "export", "my_model.h5", "--format", "keras")  # Keras' UserWarnings while it migrates
