@@ -106,9 +106,11 @@ def summaries(folder: Path) -> list[dict]:
         metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
         source = (metrics.get("compressed_from") or metrics.get("parent") or {}).get("path") or saved.get("finetune", {}).get("base") or ""
         kind = ("compressed" if metrics.get("compressed_from") else "fine-tuned" if saved.get("finetune", {}).get("base") else "trained")
-        headline = next(iter((metrics.get("after_training") or {}).items()), None)
+        after, task = metrics.get("after_training") or {}, _task(saved)
+        key = next((name for name in (task.quality if task else ()) if name in after), next(iter(after), None))
+        headline = (key, after[key]) if key else None
         made = (path / MARKER_FILE).stat().st_mtime
-        rows.append({"name": path.name, "path": str(path), "model": saved.get("model", ""), "task": _task_name(saved), "kind": kind,
+        rows.append({"name": path.name, "path": str(path), "model": saved.get("model", ""), "task": task.name if task else "?", "kind": kind,
                      "source": source, "metric": {headline[0]: headline[1]} if headline else {},
                      "complete": (path / MODEL_FILE).is_file() and "after_training" in metrics,
                      "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
@@ -116,12 +118,13 @@ def summaries(folder: Path) -> list[dict]:
     return sorted(rows, key=lambda row: (Path(row["path"]) / MARKER_FILE).stat().st_mtime, reverse=True)
 
 
-def _task_name(saved: dict) -> str:
+def _task(saved: dict):
+    """The task a saved config trains (its objective's), or None when its model is not registered here."""
     try:
         spec = catalog.model(saved.get("model", ""))
-        return catalog.task_for(spec, saved.get("train", {}).get("objective", "")).name
+        return catalog.task_for(spec, saved.get("train", {}).get("objective", ""))
     except UserError:
-        return "?"
+        return None
 
 
 def latest(folder: Path, model: str) -> Path:
