@@ -98,24 +98,24 @@ def summaries(folder: Path) -> list[dict]:
     metric after training, size on disk, when it was made."""
     import datetime
 
-    rows = []
+    found = []  # (when made, row)
     for path in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         if not is_run_dir(path) or not (path / MARKER_FILE).is_file():  # only folders kerasllm made
             continue
         saved = config_lib.read_config_file(path / CONFIG_FILE)
         metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
-        source = (metrics.get("compressed_from") or metrics.get("parent") or {}).get("path") or saved.get("finetune", {}).get("base") or ""
-        kind = ("compressed" if metrics.get("compressed_from") else "fine-tuned" if saved.get("finetune", {}).get("base") else "trained")
+        base = saved.get("finetune", {}).get("base") or ""
+        source = (metrics.get("compressed_from") or metrics.get("parent") or {}).get("path") or base
+        kind = "compressed" if metrics.get("compressed_from") else "fine-tuned" if base else "trained"
         after, task = metrics.get("after_training") or {}, _task(saved)
         key = next((name for name in (task.quality if task else ()) if name in after), next(iter(after), None))
-        headline = (key, after[key]) if key else None
         made = (path / MARKER_FILE).stat().st_mtime
-        rows.append({"name": path.name, "path": str(path), "model": saved.get("model", ""), "task": task.name if task else "?", "kind": kind,
-                     "source": source, "metric": {headline[0]: headline[1]} if headline else {},
-                     "complete": (path / MODEL_FILE).is_file() and "after_training" in metrics,
-                     "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
-                     "made": datetime.datetime.fromtimestamp(made, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")})
-    return sorted(rows, key=lambda row: (Path(row["path"]) / MARKER_FILE).stat().st_mtime, reverse=True)
+        found.append((made, {"name": path.name, "path": str(path), "model": saved.get("model", ""), "task": task.name if task else "?",
+                             "kind": kind, "source": source, "metric": {key: after[key]} if key else {},
+                             "complete": (path / MODEL_FILE).is_file() and "after_training" in metrics,
+                             "size_bytes": sum(p.stat().st_size for p in path.rglob("*") if p.is_file()),
+                             "made": datetime.datetime.fromtimestamp(made, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}))
+    return [row for _, row in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
 
 def _task(saved: dict):

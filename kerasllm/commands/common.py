@@ -18,6 +18,7 @@ from kerasllm import distribute, runs
 from kerasllm.core import compat, files, quiet
 from kerasllm.core.errors import RunInterrupted, UserError
 from kerasllm.core.words import count
+from kerasllm.data.text import read_text_file
 from kerasllm.export.saving import check_model_fits, load_model, model_path
 
 
@@ -185,9 +186,7 @@ def load_run_and_model(source: Path, unsafe: bool):
 def show_table(headers: list[str], rows: list[list[str]], title: str = "", whole: tuple = ()) -> None:
     """A table when it fits the terminal's width; narrower, each row as a record (its first cell, then `header: cell`
     lines), so that no number or path is split across lines. Piped, there is no width to fit: always the table."""
-    table = new_table(*headers, title=title or None, whole=whole)
-    for row in rows:
-        table.add_row(*row)
+    table = table_of(rows, *headers, title=title or None, whole=whole)
     natural = Measurement.get(console, console.options.update(max_width=100_000), table).maximum
     if console.width is None or natural <= console.width:
         return console.print(table)
@@ -208,10 +207,14 @@ def table_of(rows, *headers: str, **options) -> Table:
     return table
 
 
+def check_new_tokens(max_length: int, hint: str = "") -> None:
+    """A reply or a continuation needs at least one new token (`hint`: what else the option may mean, or its default)."""
+    if max_length < 1:
+        raise UserError(f"--max-length {max_length} leaves no token to generate; pass 1 or more{hint}")
+
+
 def lines_of(file: Path, what: str) -> list[str]:
     """The non-empty lines of a `--file` (prompts, inputs), or one line naming the problem."""
-    from kerasllm.data.text import read_text_file
-
     if not file.is_file():
         raise UserError(f"--file {file} {files.absent(file)}; pass a text file with one {what} per line")
     return [line for line in read_text_file(file).splitlines() if line.strip()]

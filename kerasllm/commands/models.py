@@ -12,6 +12,7 @@ from kerasllm.commands.common import JsonFlag, console, handle_errors, load_tens
 from kerasllm.core import config as config_lib
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import count
+from kerasllm.doctor import report
 from kerasllm.export.measure import human_size
 
 
@@ -115,8 +116,6 @@ def doctor(as_json: JsonFlag = False):
 
     Example: `kerasllm doctor --json`
     """
-    from kerasllm.doctor import report
-
     load_tensorflow()
     found = report()
     if as_json:

@@ -16,6 +16,7 @@ from kerasllm.commands.common import (
     TopKOption,
     TopPOption,
     UnsafeFlag,
+    check_new_tokens,
     console,
     debugging,
     handle_errors,
@@ -49,8 +50,7 @@ def chat(
     Example: `kerasllm chat runs/transformer-lm-20261201-120000 --temperature 0.5`
     """
     generation.check_options(temperature, top_k, top_p, max_length)
-    if max_length < 1:
-        raise UserError(f"--max-length {max_length} leaves no token for a reply; pass 1 or more (default 200)")
+    check_new_tokens(max_length, " (default 200)")
     run, model = load_run_and_model(source, unsafe)
     if run.task.name != "chat":
         raise UserError(f"{source} is {a(run.task.name)} model, not tuned for chat; tune it with "

@@ -17,6 +17,7 @@ from kerasllm.commands.common import (
     TopKOption,
     TopPOption,
     UnsafeFlag,
+    check_new_tokens,
     console,
     handle_errors,
     lines_of,
@@ -33,6 +34,8 @@ from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import a
 from kerasllm.train import memory
+
+SEQ2SEQ_ZERO = " (0 means the target rows' length for seq2seq models only)"
 
 
 @handle_errors
@@ -100,7 +103,7 @@ def generate(
     options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam)
     preset = None if source.is_file() or files.is_run_dir(source) else hub.resolve(str(source))
     if preset is not None:  # a keras-hub causal LM: kerasllm's samplers over its own cache
-        check_continues(max_length)
+        check_new_tokens(max_length, SEQ2SEQ_ZERO)
         hub.check_reachable(preset, "model")  # offline: one line in seconds, before TensorFlow loads
         load_tensorflow()
         lm = hub.PresetLM(preset)
@@ -113,15 +116,8 @@ def generate(
     if not run.task.can_generate:
         raise UserError(f"{run.spec.name} is {a(run.task.name)} model; generate needs a text-generation or seq2seq model")
     if run.task.name != "seq2seq":  # a seq2seq run reads 0 as "the target rows' length"
-        check_continues(max_length)
+        check_new_tokens(max_length, SEQ2SEQ_ZERO)
     run.task.write_generations(model, run, prompts, write=write, on_note=note, **options)
-
-
-def check_continues(max_length: int) -> None:
-    """A language model's continuation needs at least one new token."""
-    if max_length < 1:
-        raise UserError(f"--max-length {max_length} leaves no token to generate; pass 1 or more (0 means the target rows' "
-                        "length for seq2seq models only)")
 
 
 @handle_errors
