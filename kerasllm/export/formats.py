@@ -30,7 +30,7 @@ from kerasllm.core.files import COMPANION_FILES, EXPORT_DIR, TOKENIZER_FILE, che
 from kerasllm.core.quiet import captured_stderr
 from kerasllm.core.words import count
 from kerasllm.export import guide as export_guide
-from kerasllm.export.measure import agreement, human_size, median_ms, size_of
+from kerasllm.export.measure import agreement, human_size, median_ms, rows_in, size_of
 from kerasllm.export.saving import load_model, quantized_layers, save_model
 
 # Lazy imports: Keras and TensorFlow are imported inside functions: `kerasllm --help` and `kerasllm list` load this
@@ -73,11 +73,6 @@ class ExportResult:
                 f"against the source: max |diff| {self.max_abs_diff:.3g}{'' if quantized else f' (tolerance {self.tolerance:g})'}, "
                 f"top-1 agreement {self.agreement:.2%}{judged}; latency per batch of {self.batch_size} {self.source_ms:.2f} → "
                 f"{self.copy_ms:.2f} ms")
-
-
-def rows_in(batch) -> int:
-    """The examples in a batch of model inputs (an array, or a dict of them)."""
-    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
 
 
 def check_quantize(fmt: str, quantize: str) -> str:

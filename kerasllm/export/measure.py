@@ -43,6 +43,11 @@ def median_ms(run, batch, repeats: int = LATENCY_REPEATS, warmups: int = 1) -> f
     return float(np.median(times))
 
 
+def rows_in(batch) -> int:
+    """The examples in a batch of model inputs (an array, or a dict of them)."""
+    return len(next(iter(batch.values()))) if isinstance(batch, dict) else len(batch)
+
+
 def calibration_batches(run, like, source: str | None = None, count: int = 16) -> list:
     """Batches of real inputs shaped like `like` (the export's fixed input): the run's training data (its first
     epoch's order), or `source` read the way the run reads its data."""
@@ -50,7 +55,7 @@ def calibration_batches(run, like, source: str | None = None, count: int = 16) -
 
     config = run.config if source is None else dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, source=source))
     data = run.task.prepare(config, run.spec, run.artifacts)
-    size = len(next(iter(like.values()))) if isinstance(like, dict) else len(like)
+    size = rows_in(like)
     rows = []
     for element in data.train(0, 1, 0).unbatch().take(count * size):
         x = element[0] if isinstance(element, tuple) else element
