@@ -35,7 +35,8 @@ def main() -> None:
     from kerasllm.core.quiet import load_tensorflow
     from kerasllm.export.saving import load_model
     from kerasllm.generation import beam_search
-    from kerasllm.tasks.seq2seq import decode, pack_sources, seq2seq_decoder
+    from kerasllm.tasks.seq2seq import pack_sources
+    from kerasllm.tasks.seq2seq_decoding import decode, seq2seq_decoder
 
     load_tensorflow()
     run = runs.load_run(options.run)

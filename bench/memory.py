@@ -35,11 +35,11 @@ def peak():
 
 preset, data, steps, jit, out, more = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1", Path(sys.argv[5]), sys.argv[6:]
 marks = {"start": peak()}
-from kerasllm import catalog, distribute
+from kerasllm import catalog, compilation, distribute
 from kerasllm.train import memory
 from kerasllm.core import quiet
 from kerasllm.core import config as config_lib
-distribute.set_xla_defaults(quiet.keras_backend())  # as the command line does: XLA CPU flags, the compilation cache
+compilation.set_xla_defaults(quiet.keras_backend())  # as the command line does: XLA CPU flags, the compilation cache
 quiet.load_tensorflow()
 from kerasllm.train import trainer as training
 marks["imports (TensorFlow, Keras)"] = peak()

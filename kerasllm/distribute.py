@@ -28,115 +28,16 @@ import sys
 from pathlib import Path
 
 from kerasllm.core import interrupts, words
-from kerasllm.core.config import PRECISIONS, STRATEGIES
 from kerasllm.core.errors import UserError
+from kerasllm.core.validation import PRECISIONS, STRATEGIES
 
 # Lazy imports: TensorFlow, Keras and JAX are imported inside functions: `kerasllm --help` and `kerasllm list` load
 # this module and must not load them, and the backend must be set before Keras loads.
 
-__all__ = ["PRECISIONS", "STRATEGIES"]  # the names live in config; here is what they mean
+__all__ = ["PRECISIONS", "STRATEGIES"]  # the names live in core.validation; here is what they mean
 BACKENDS = ("tensorflow", "jax")
 # Where Keras `fit` cannot run the step (keras#20585 for MultiWorkerMirroredStrategy, keras#19448 on TPU VMs).
 CUSTOM_LOOP_ONLY = ("multi-worker", "tpu")
-
-
-# XLA's CPU options that ran transformer-lm's compiled train step fastest, per CPU kind (nanoGPT's CPU config, 2 cores,
-# `python bench/step_levers.py`, bench/RESULTS.md); a user's own XLA_FLAGS come first, flag by flag:
-# - Intel Xeon: XLA's older CPU runtime (28.9 against 33.8 ms per step; oneDNN in XLA 31.9 ms);
-# - AMD EPYC: the same; the older runtime, the newer one and oneDNN in XLA ran within the machine's noise
-#   (34.7-38.7, 36.6-44.1 and 34.3-40.9 ms per step in alternating runs), bfloat16 and JAX slower.
-XLA_CPU_DEFAULT = "--xla_cpu_use_thunk_runtime=false"
-XLA_CPU_DEFAULTS = {"GenuineIntel": XLA_CPU_DEFAULT, "AuthenticAMD": XLA_CPU_DEFAULT}
-CPU_KINDS = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}
-
-
-def cpuinfo(field: str) -> str:
-    """The first CPU's `field` in /proc/cpuinfo (vendor_id, model name, flags, ...), '' where it cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line.partition(":")[2].strip() for line in text.splitlines() if line.partition(":")[0].strip() == field), "")
-
-
-def cpu_vendor() -> str:
-    """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), '' where it cannot be read."""
-    return cpuinfo("vendor_id")
-
-
-def xla_cpu_defaults(vendor: str | None = None) -> str:
-    """kerasllm's XLA CPU flags for this kind of CPU (TensorFlow backend); the Intel ones where the kind is unknown."""
-    return XLA_CPU_DEFAULTS.get(cpu_vendor() if vendor is None else vendor, XLA_CPU_DEFAULT)
-
-
-# Compiled XLA programs are kept on disk, so a second identical run, or a resumed one, loads its programs instead of
-# compiling them again (XLA's compilation: 1.7-2.5 s of a ~100 s run at nanoGPT's CPU config on TensorFlow, which still
-# traces the step; on JAX a second run's first train call went 6.3 -> 0.8 s; bench/RESULTS.md).
-# `KERASLLM_COMPILATION_CACHE=0` turns this off; `KERASLLM_CACHE_DIR` moves the folder (default:
-# $XDG_CACHE_HOME/kerasllm, else ~/.cache/kerasllm).
-CACHE_SWITCH, CACHE_HOME = "KERASLLM_COMPILATION_CACHE", "KERASLLM_CACHE_DIR"
-
-
-def cache_home(env: dict | None = None) -> Path:
-    """kerasllm's cache folder: KERASLLM_CACHE_DIR, else $XDG_CACHE_HOME/kerasllm, else ~/.cache/kerasllm."""
-    env = os.environ if env is None else env
-    if env.get(CACHE_HOME):
-        return Path(env[CACHE_HOME]).expanduser()
-    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kerasllm"
-
-
-def cpu_fingerprint() -> str:
-    """A short name for this CPU's kind: its model name and instruction-set flags (an XLA program compiled for one CPU
-    may use instructions another lacks, so each kind of CPU gets its own compilation cache)."""
-    import hashlib
-    import platform
-
-    wanted = [cpuinfo("model name"), cpuinfo("flags")] if Path("/proc/cpuinfo").is_file() else [platform.processor()]
-    return hashlib.sha256("\n".join([platform.machine(), *wanted]).encode()).hexdigest()[:12]
-
-
-def compilation_cache_dir(backend: str, env: dict | None = None) -> Path | None:
-    """Where `backend`'s compiled XLA programs are kept for this CPU kind and library version; None when turned off."""
-    env = os.environ if env is None else env
-    if env.get(CACHE_SWITCH, "1").strip().lower() in ("0", "false", "off", "no"):
-        return None
-    from importlib import metadata
-
-    package = "tensorflow" if backend == "tensorflow" else "jaxlib"
-    try:
-        version = metadata.version(package)
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    return cache_home(env) / "xla" / f"{backend}-{version}-{cpu_fingerprint()}"
-
-
-def set_xla_defaults(backend: str) -> None:
-    """Before TensorFlow (or JAX) loads: XLA_FLAGS gets kerasllm's CPU defaults for this CPU kind, each unless the user
-    set that flag (TensorFlow only: the XLA inside jaxlib no longer has the old runtime and rejects the flag), and
-    compiled programs go to the persistent compilation cache (`compilation_cache_dir`) unless the user set one or
-    turned it off."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if backend == "tensorflow":
-        mine = [flag for flag in xla_cpu_defaults().split() if flag.partition("=")[0] not in flags]
-        os.environ["XLA_FLAGS"] = " ".join([flags, *mine]).strip()
-    folder = compilation_cache_dir(backend)
-    if folder is None:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only home: compile every time, as without the cache
-        return
-    if backend == "tensorflow":
-        tf_flags = os.environ.get("TF_XLA_FLAGS", "")
-        if "tf_xla_persistent_cache_directory" not in tf_flags:
-            os.environ["TF_XLA_FLAGS"] = f"{tf_flags} --tf_xla_persistent_cache_directory={folder}".strip()
-    else:
-        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(folder))
-        if "jax" in sys.modules:  # imported already (JAX reads the variable once, as it loads): set its config directly
-            import jax
-
-            if not jax.config.jax_compilation_cache_dir:
-                jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 def tf_config(env: dict | None = None) -> dict | None:

@@ -11,7 +11,7 @@ import os
 import platform
 from importlib import metadata
 
-from kerasllm import distribute
+from kerasllm import compilation, distribute
 from kerasllm.core import quiet
 from kerasllm.distribute import tpu_present
 
@@ -31,7 +31,7 @@ def versions() -> dict:
 
 
 def cpu_flags() -> set[str]:
-    return set(distribute.cpuinfo("flags").split())
+    return set(compilation.cpuinfo("flags").split())
 
 
 def _minor(version: str | None) -> str | None:
@@ -110,7 +110,7 @@ AUTO_NAMES = {"tpu": "tpu (TPUStrategy / DataParallel over the TPU cores)", "mul
 
 def compilation_cache(backend: str) -> dict | None:
     """The persistent compilation cache's folder, its programs and size; None when it is turned off."""
-    folder = distribute.compilation_cache_dir(backend)
+    folder = compilation.compilation_cache_dir(backend)
     if folder is None:
         return None
     entries = [path for path in folder.rglob("*") if path.is_file()] if folder.is_dir() else []
@@ -121,9 +121,9 @@ def step_defaults(backend: str, env: dict | None = None) -> dict:
     """The fast-path defaults this process takes on this CPU: its kind, kerasllm's XLA CPU flags for it, and the XLA_FLAGS in
     effect (the user's own first)."""
     env = os.environ if env is None else env
-    vendor = distribute.cpu_vendor()
-    return {"cpu_kind": distribute.CPU_KINDS.get(vendor, vendor or "unknown"),
-            "xla_cpu_defaults": distribute.xla_cpu_defaults(vendor) if backend == "tensorflow" else "(none: JAX's XLA)",
+    vendor = compilation.cpu_vendor()
+    return {"cpu_kind": compilation.CPU_KINDS.get(vendor, vendor or "unknown"),
+            "xla_cpu_defaults": compilation.xla_cpu_defaults(vendor) if backend == "tensorflow" else "(none: JAX's XLA)",
             "xla_flags": env.get("XLA_FLAGS", "")}
 
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from kerasllm.core import files
-from kerasllm.core.config import TOKENIZERS
 from kerasllm.core.errors import UserError
 from kerasllm.core.quiet import captured_stderr
+from kerasllm.core.validation import TOKENIZERS
 from kerasllm.hub import HubTokenizer
 
 # Lazy imports: TensorFlow, tensorflow-text and sentencepiece are imported inside methods: `kerasllm --help` and

@@ -4,7 +4,7 @@ Made by `kerasllm finetune PRESET --task chat --data conv.jsonl` (a local preset
 handle when online): keras-hub's own `CausalLM.from_preset` builds the model (backbone and language-model head, no
 preprocessor); the token ids are its one input (every position attends: rows are padded at the end, and a causal
 model's real tokens never see the padding). The chat template is the preset's family's (Gemma, Llama 3, ChatML) or a
-plain `User:` / `Assistant:` one (`kerasllm.data.chat.PresetTemplate`). Replies and `kerasllm serve` decode with the
+plain `User:` / `Assistant:` one (`kerasllm.data.chat_templates.PresetTemplate`). Replies and `kerasllm serve` decode with the
 preset's own key/value cache (`kerasllm.hub.CausalLMDecoder`).
 """
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Column, Table
 
-from kerasllm import distribute, runs
+from kerasllm import compilation, runs
 from kerasllm.core import compat, files, quiet
 from kerasllm.core.errors import RunInterrupted, UserError
 from kerasllm.core.words import count
@@ -97,7 +97,7 @@ def handle_errors(command):
 
 def load_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up lines hidden (shown with --debug)."""
-    distribute.set_xla_defaults(quiet.keras_backend())
+    compilation.set_xla_defaults(quiet.keras_backend())
     quiet.load_tensorflow(debug=debugging())
 
 

@@ -29,6 +29,7 @@ from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.export import formats as export_lib
 from kerasllm.export import measure
+from kerasllm.export.companions import companion_paths
 from kerasllm.export.saving import load_model, model_path
 from kerasllm.recipes import compress as compression
 
@@ -75,7 +76,7 @@ def export(
     endpoints = run.task.savedmodel_endpoints(model, run) if run is not None and fmt == "savedmodel" else []
     calibration = (measure.calibration_batches(run, sample, config_lib.absolute_source(calibration_data) if calibration_data else None)
                    if quantize == "int8" else [])
-    companions = export_lib.companion_paths(path.parent if run is not None else None, out, fmt)
+    companions = companion_paths(path.parent if run is not None else None, out, fmt)
     result = export_lib.export(model, fmt, out, tolerance=tolerance, overwrite=overwrite, sample=sample, endpoints=endpoints,
                                quantize=quantize, calibration=calibration, companions=companions, guide=run is not None,
                                unsafe=unsafe)

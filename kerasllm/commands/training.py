@@ -33,6 +33,7 @@ from kerasllm.commands.common import (
     show_summary,
 )
 from kerasllm.core import config as config_lib
+from kerasllm.core import validation
 from kerasllm.core.errors import UserError
 from kerasllm.doctor import bfloat16_note
 from kerasllm.recipes import finetune as finetuning
@@ -160,8 +161,8 @@ def finetune(
     * `kerasllm finetune my_bert_preset/ --data reviews.csv --method freeze --unfreeze-after 1 --epochs 3`
     """
     distribute.set_backend(backend)
-    if method not in config_lib.FINETUNE_METHODS:
-        raise UserError(f"--method must be {config_lib.one_of(config_lib.FINETUNE_METHODS)}, not {method!r}")
+    if method not in validation.FINETUNE_METHODS:
+        raise UserError(f"--method must be {validation.one_of(validation.FINETUNE_METHODS)}, not {method!r}")
     flags = config_lib.flag_overrides({"train.epochs": epochs, "train.batch_size": batch_size, "train.seed": seed,
                                        "runtime.strategy": strategy})
     load_tensorflow()  # a preset base loads keras-hub (and TensorFlow) already: keep its start-up lines hidden

@@ -29,8 +29,7 @@ from kerasllm.commands.common import (
     table_of,
     write,
 )
-from kerasllm.core import config as config_lib
-from kerasllm.core import files
+from kerasllm.core import files, validation
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import a
 from kerasllm.train import memory
@@ -97,8 +96,8 @@ def generate(
     `kerasllm generate gpt2_base_en --prompt "The weather today" --max-length 40 --top-k 50`
     """
     generation.check_options(temperature, top_k, top_p, max_length, beam)
-    if seed is not None and not 0 <= seed <= config_lib.SEED_MAX:
-        raise UserError(f"--seed must be between 0 and {config_lib.SEED_MAX}")
+    if seed is not None and not 0 <= seed <= validation.SEED_MAX:
+        raise UserError(f"--seed must be between 0 and {validation.SEED_MAX}")
     prompts = [*(prompt or []), *(lines_of(file, "prompt") if file is not None else [])] or [""]
     options = dict(max_length=max_length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [], beam=beam)
     preset = None if source.is_file() or files.is_run_dir(source) else hub.resolve(str(source))

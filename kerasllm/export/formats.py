@@ -26,10 +26,11 @@ import numpy as np
 
 from kerasllm.core import compat
 from kerasllm.core.errors import UserError
-from kerasllm.core.files import COMPANION_FILES, EXPORT_DIR, TOKENIZER_FILE, check_replaceable, is_run_dir
+from kerasllm.core.files import EXPORT_DIR, TOKENIZER_FILE, check_replaceable, is_run_dir
 from kerasllm.core.quiet import captured_stderr
 from kerasllm.core.words import count
 from kerasllm.export import guide as export_guide
+from kerasllm.export.companions import copy_over, remove, same
 from kerasllm.export.measure import agreement, human_size, median_ms, rows_in, size_of
 from kerasllm.export.saving import load_model, quantized_layers, save_model
 
@@ -309,34 +310,6 @@ def _converter_reason(error: Exception) -> str:
     return lines[0].split("error:", 1)[-1].strip()[:240]
 
 
-def companion_paths(run_dir: Path | None, out: Path, fmt: str) -> list[tuple[Path, Path]]:
-    """(run file, its copy) for what the exported model needs beside it (tokenizers, labels, chat template): inside a
-    SavedModel's `assets.extra/`, else beside the file as `<name>.<file>` (model.tflite → model.tokenizer.json)."""
-    if run_dir is None:
-        return []
-    found = [Path(run_dir) / name for name in COMPANION_FILES if (Path(run_dir) / name).exists()]
-    if fmt == "savedmodel":
-        return [(path, Path(out) / "assets.extra" / path.name) for path in found]
-    return [(path, Path(out).with_name(f"{Path(out).stem}.{path.name}")) for path in found]
-
-
-def _same(source: Path, target: Path) -> bool:
-    """`target` is a copy of `source` already (an export in another format of the same run wrote it)."""
-    if source.is_dir():
-        inside = [path.relative_to(source) for path in source.rglob("*") if path.is_file()]
-        return target.is_dir() and all((target / name).is_file() and _same(source / name, target / name) for name in inside)
-    return target.is_file() and target.stat().st_size == source.stat().st_size and target.read_bytes() == source.read_bytes()
-
-
-def _copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove(target)
-    if source.is_dir():
-        shutil.copytree(source, target)
-    else:
-        shutil.copy2(source, target)
-
-
 def _check_request(model, fmt: str, quantize: str, tolerance: float | None, out: Path, overwrite: bool) -> float:
     """Refuse what cannot be exported before anything is written; the tolerance to use."""
     check_format(fmt)
@@ -371,7 +344,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
         example = scratch / EXAMPLE_FILE
         example.write_text(export_guide.example_record(batch, source_outputs), encoding="utf-8")
         companions.append((example, out.with_name(f"{out.stem}.{EXAMPLE_FILE}")))
-    beside = [(source, target) for source, target in companions if not target.is_relative_to(out) and not _same(source, target)]
+    beside = [(source, target) for source, target in companions if not target.is_relative_to(out) and not same(source, target)]
     taken = [target for _, target in beside if target.exists() and not overwrite]  # another run's, or edited
     if taken:
         shutil.rmtree(scratch)
@@ -388,7 +361,7 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
     calibration = list(calibration)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _remove(staging)
+        remove(staging)
         # the converter and interpreter log to fd 2 from C++ ("fully_quantize: 0, …", "Created TensorFlow Lite XNNPACK
         # delegate for CPU"); a failure shows what was caught
         with captured_stderr():
@@ -410,18 +383,18 @@ def export(model, fmt: str, out: Path, *, tolerance: float | None = None, overwr
                             + ("" if quantize != "none" else "; report this model and format"))
         for source, target in companions:  # inside a SavedModel: written into it before it is renamed into place
             if target.is_relative_to(out):
-                _copy(source, staging / target.relative_to(out))
-        _remove(out)
+                copy_over(source, staging / target.relative_to(out))
+        remove(out)
         os.replace(staging, out)
         for source, target in beside:
-            _copy(source, target)
+            copy_over(source, target)
         if guide:
             result.readme = export_guide.write_readme(out.parent, _usage(model, fmt, out, batch, expected[0], companions, endpoints,
                                                                          bool(result.foreign_ops)), human_size(result.size_bytes))
     except OSError as error:
         raise UserError(f"cannot write {out} ({error.strerror or error}); choose a writable --out") from error
     finally:
-        _remove(staging)
+        remove(staging)
         shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -475,10 +448,3 @@ def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, t
     if single and np.ndim(expected) == 3 and tokenizer_file is not None and tokenizer_file.is_file():
         usage.next_tokens = "vocabulary" in json.loads(tokenizer_file.read_text(encoding="utf-8"))
     return usage
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

@@ -22,14 +22,13 @@ from kerasllm.core.errors import UserError
 from kerasllm.core.words import count
 from kerasllm.data import DataInfo, pipeline
 from kerasllm.data.chat import (
-    ChatTemplate,
-    PresetTemplate,
     chat_rows,
     check_messages,
     fit_history,
     load_conversations,
     split_conversations,
 )
+from kerasllm.data.chat_templates import ChatTemplate, PresetTemplate
 from kerasllm.data.splits import check_unchanged
 from kerasllm.tasks.text_generation import TextGeneration
 from kerasllm.tokenizers import Tokenizer

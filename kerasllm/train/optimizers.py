@@ -38,7 +38,7 @@ def make_optimizer(train: TrainConfig, total_steps: int):
         optimizer = keras.optimizers.Adam(learning_rate, beta_1=train.beta_1, beta_2=train.beta_2, **clip)
     elif train.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(learning_rate, momentum=train.momentum, **clip)
-    else:  # config.OPTIMIZERS names the choices; validate() refuses others
+    else:  # validation.OPTIMIZERS names the choices; validate() refuses others
         raise ValueError(f"no optimizer {train.optimizer!r}")
     compat.clip_across_replicas(optimizer)
     return optimizer

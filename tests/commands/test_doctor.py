@@ -28,16 +28,16 @@ def test_doctor_reports_versions_devices_and_the_auto_strategy(runner):
 
 def test_doctor_says_which_fast_path_defaults_this_cpu_takes(runner, monkeypatch):
     """The XLA CPU flags measured fastest for this CPU kind, the XLA_FLAGS in effect, and the compilation cache."""
-    from kerasllm import distribute
+    from kerasllm import compilation
 
     for name in ("XLA_FLAGS", "TF_XLA_FLAGS"):  # restored after the test: doctor sets kerasllm's defaults in them
         monkeypatch.setenv(name, os.environ.get(name, ""))
-    monkeypatch.setattr(distribute, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(compilation, "cpu_vendor", lambda: "AuthenticAMD")
     found = json.loads(invoke(runner, "doctor", "--json").stdout)
-    assert found["cpu_kind"] == "AMD" and found["xla_cpu_defaults"] == distribute.XLA_CPU_DEFAULTS["AuthenticAMD"]
-    assert found["compilation_cache"]["folder"] == str(distribute.compilation_cache_dir("tensorflow"))
+    assert found["cpu_kind"] == "AMD" and found["xla_cpu_defaults"] == compilation.XLA_CPU_DEFAULTS["AuthenticAMD"]
+    assert found["compilation_cache"]["folder"] == str(compilation.compilation_cache_dir("tensorflow"))
     assert found["compilation_cache"]["programs"] >= 0
-    monkeypatch.setattr(distribute, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(compilation, "cpu_vendor", lambda: "GenuineIntel")
     found = json.loads(invoke(runner, "doctor", "--json").stdout)
     assert found["cpu_kind"] == "Intel" and found["xla_cpu_defaults"] == "--xla_cpu_use_thunk_runtime=false"
     monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")

@@ -7,6 +7,7 @@ import pytest
 from kerasllm import hub
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
+from kerasllm.export import companions
 from kerasllm.export import formats as export
 from tests.conftest import assert_says
 
@@ -112,7 +113,7 @@ def test_an_export_carries_what_the_model_needs_beside_it(trained_run, runner, t
     copy = trained_run / files.EXPORT_DIR / "model.tokenizer.json"
     assert copy.read_bytes() == (trained_run / files.TOKENIZER_FILE).read_bytes()
     assert "beside it: model.tokenizer.json" in result.output
-    assert export.companion_paths(trained_run, trained_run / "export" / "m.savedmodel", "savedmodel") == [
+    assert companions.companion_paths(trained_run, trained_run / "export" / "m.savedmodel", "savedmodel") == [
         (trained_run / files.TOKENIZER_FILE, trained_run / "export" / "m.savedmodel" / "assets.extra" / files.TOKENIZER_FILE)]
     copy.write_text("edited by hand")
     (trained_run / files.EXPORT_DIR / "model.keras").unlink()  # the model is free, the file beside it is not

@@ -10,7 +10,8 @@ import pytest
 
 from kerasllm import cli
 from kerasllm.core.errors import UserError
-from kerasllm.data.chat import ChatTemplate, chat_rows, fit_history, load_conversations
+from kerasllm.data.chat import chat_rows, fit_history, load_conversations
+from kerasllm.data.chat_templates import ChatTemplate
 from kerasllm.serve.session import ChatSession
 from kerasllm.tokenizers import Tokenizer
 from tests.conftest import write_jsonl

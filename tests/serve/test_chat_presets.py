@@ -58,7 +58,7 @@ def spelled(tokenizer, ids) -> str:
 @pytest.mark.parametrize("family", ["gpt2", "llama3", "gemma"])
 def test_each_family_gets_its_own_template_with_the_loss_on_replies_only(presets, family, tmp_path):
     from kerasllm import hub
-    from kerasllm.data.chat import ChatTemplate
+    from kerasllm.data.chat_templates import ChatTemplate
     from kerasllm.tasks.chat import template_for
 
     tokenizer = hub.load_tokenizer(str(presets[family]))

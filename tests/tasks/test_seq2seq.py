@@ -205,7 +205,7 @@ def test_padding_does_not_change_the_outputs(model):
 
 
 def test_cached_and_uncached_decoding_agree(model):
-    from kerasllm.tasks.seq2seq import RecomputeDecoder
+    from kerasllm.tasks.seq2seq_decoding import RecomputeDecoder
     from kerasllm.zoo.transformer_seq2seq import Seq2SeqCacheDecoder
 
     sources = np.asarray([[5, 6, 7, 3, 0, 0], [9, 3, 0, 0, 0, 0]], np.int32)
@@ -221,7 +221,8 @@ def test_cached_and_uncached_decoding_agree(model):
 
 @pytest.mark.slow
 def test_beam_width_one_equals_greedy_and_beams_score_at_least_as_well(reverse_run):
-    from kerasllm.tasks.seq2seq import decode, pack_sources, seq2seq_decoder
+    from kerasllm.tasks.seq2seq import pack_sources
+    from kerasllm.tasks.seq2seq_decoding import decode, seq2seq_decoder
 
     run, model = loaded(reverse_run)
     tokenizer = run.artifacts["tokenizer"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kerasllm import distribute
+from kerasllm import compilation, distribute
 from kerasllm.core.errors import UserError
 from tests.conftest import need
 
@@ -347,12 +347,12 @@ def test_in_memory_pipelines_shard_by_data_across_workers():
 def test_the_xla_cpu_default_is_for_tensorflow_only(monkeypatch):
     monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")  # (the cache's own test is below)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
-    distribute.set_xla_defaults("jax")  # jaxlib's XLA rejects the old-runtime flag
+    compilation.set_xla_defaults("jax")  # jaxlib's XLA rejects the old-runtime flag
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
-    distribute.set_xla_defaults("tensorflow")
-    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=false {distribute.xla_cpu_defaults()}"
+    compilation.set_xla_defaults("tensorflow")
+    assert os.environ["XLA_FLAGS"] == f"--xla_cpu_multi_thread_eigen=false {compilation.xla_cpu_defaults()}"
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=true")
-    distribute.set_xla_defaults("tensorflow")  # the user's own setting wins
+    compilation.set_xla_defaults("tensorflow")  # the user's own setting wins
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_thunk_runtime=true"
 
 
@@ -368,21 +368,21 @@ def test_compiled_programs_are_kept_per_cpu_kind_unless_turned_off(monkeypatch, 
     for name in ("TF_XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "KERASLLM_COMPILATION_CACHE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KERASLLM_CACHE_DIR", str(tmp_path / "cache"))
-    distribute.set_xla_defaults("tensorflow")
-    folder = distribute.compilation_cache_dir("tensorflow")
+    compilation.set_xla_defaults("tensorflow")
+    folder = compilation.compilation_cache_dir("tensorflow")
     assert folder.parent == tmp_path / "cache" / "xla" and folder.is_dir()
-    assert folder.name.startswith("tensorflow-") and folder.name.endswith(distribute.cpu_fingerprint())
+    assert folder.name.startswith("tensorflow-") and folder.name.endswith(compilation.cpu_fingerprint())
     assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={folder}"
-    distribute.set_xla_defaults("jax")
-    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(distribute.compilation_cache_dir("jax")) != str(folder)
+    compilation.set_xla_defaults("jax")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(compilation.compilation_cache_dir("jax")) != str(folder)
     monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/mine")
-    distribute.set_xla_defaults("tensorflow")
+    compilation.set_xla_defaults("tensorflow")
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine"
     monkeypatch.delenv("TF_XLA_FLAGS")
     monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")
-    distribute.set_xla_defaults("tensorflow")
-    assert "TF_XLA_FLAGS" not in os.environ and distribute.compilation_cache_dir("tensorflow") is None
-    assert distribute.cache_home({"XDG_CACHE_HOME": "/x"}) == Path("/x/kerasllm")
+    compilation.set_xla_defaults("tensorflow")
+    assert "TF_XLA_FLAGS" not in os.environ and compilation.compilation_cache_dir("tensorflow") is None
+    assert compilation.cache_home({"XDG_CACHE_HOME": "/x"}) == Path("/x/kerasllm")
 
 
 @pytest.mark.parametrize("vendor, expected", [
@@ -393,11 +393,11 @@ def test_compiled_programs_are_kept_per_cpu_kind_unless_turned_off(monkeypatch, 
 def test_each_cpu_kind_takes_its_measured_xla_flags(monkeypatch, vendor, expected):
     monkeypatch.setenv("KERASLLM_COMPILATION_CACHE", "0")
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    monkeypatch.setattr(distribute, "cpu_vendor", lambda: vendor)
-    distribute.set_xla_defaults("tensorflow")
+    monkeypatch.setattr(compilation, "cpu_vendor", lambda: vendor)
+    compilation.set_xla_defaults("tensorflow")
     assert os.environ["XLA_FLAGS"] == expected
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_onednn=false")  # the user's own value of one flag wins, the others come
-    distribute.set_xla_defaults("tensorflow")
+    compilation.set_xla_defaults("tensorflow")
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_onednn=false --xla_cpu_use_thunk_runtime=false"
 
 
@@ -410,7 +410,7 @@ def test_jax_imported_already_gets_the_cache_folder_in_its_config(monkeypatch, t
     before = jax.config.jax_compilation_cache_dir
     jax.config.update("jax_compilation_cache_dir", None)
     try:
-        distribute.set_xla_defaults("jax")
-        assert jax.config.jax_compilation_cache_dir == str(distribute.compilation_cache_dir("jax"))
+        compilation.set_xla_defaults("jax")
+        assert jax.config.jax_compilation_cache_dir == str(compilation.compilation_cache_dir("jax"))
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
