@@ -1,15 +1,16 @@
 """The model a run trains: built inside the strategy's scope with the run's precision, compiled with the task's loss
-and metrics and the run's optimizer; the seeds set; a new run's folder written."""
+and metrics and the run's optimizer (named in `TrainConfig`: AdamW, Adam or SGD, with warmup + cosine decay and
+gradient clipping); the seeds set."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import keras
 
-from kerasllm.core import files
+from kerasllm.core import compat
 from kerasllm.core.config import RunConfig, TrainConfig
-from kerasllm.train import optimizers
 
 # Keras is imported at the top: only the trainer imports this module, once Keras has loaded.
 
@@ -22,15 +23,38 @@ def seed_everything(config: RunConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def compile_model(model, spec, task, config: RunConfig, schedule_steps: int, train: TrainConfig | None = None) -> None:
+def compile_model(model, spec, task, config: RunConfig, schedule_steps: int, train: TrainConfig | None = None) -> int:
+    """Compile with the task's loss and metrics and the run's optimizer; returns the warmup steps its schedule takes."""
     metrics = {"weighted_metrics" if task.weighted_metrics else "metrics": task.metrics(spec)}
     model.compile(
-        optimizer=optimizers.make_optimizer(train or config.train, schedule_steps),
+        optimizer=make_optimizer(train or config.train, schedule_steps),
         loss=task.loss(spec, config),
         **metrics,
         jit_compile=config.runtime.jit_compile,
         steps_per_execution=config.runtime.steps_per_execution,
     )
+    return warmup_steps((train or config.train).warmup_steps, schedule_steps)
+
+
+@dataclass
+class Recompile:
+    """`recompile(schedule_steps, train)`: the trained model (`model`, set once a hook has chosen it) compiled again
+    with a fresh optimizer: a hook's new phase (`kerasllm.train.hooks.BuildContext.recompile`)."""
+
+    spec: Any
+    task: Any
+    config: RunConfig
+    model: Any = None
+
+    def __call__(self, schedule_steps: int, train: TrainConfig) -> int:
+        return compile_model(self.model, self.spec, self.task, self.config, schedule_steps, train)
+
+
+def build_optimizer(model, strategy) -> None:
+    """A new run's optimizer variables, built now, as a resumed run's restore builds them: the same objects before
+    the loop."""
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
 
 
 def float32_outputs(model):
@@ -59,10 +83,47 @@ def build_model(spec, config: RunConfig, data, strategy):
     return model
 
 
-def write_run_files(run_dir: Path, config: RunConfig, data, overwrite: bool) -> Path:
-    run_dir = files.claim_run_dir(run_dir, overwrite, config.model)
-    files.write_text_atomic(run_dir / files.CONFIG_FILE, config.to_yaml())
-    files.write_json(run_dir / files.DATA_FILE, data.record)
-    for artifact in data.artifacts:
-        artifact.save(run_dir)
-    return run_dir
+# --- the optimizer -------------------------------------------------------------------------------
+
+def warmup_steps(asked: int, total_steps: int) -> int:
+    """The warmup a run of `total_steps` gets: as asked, unless that is more than a quarter of the run (a short run, or
+    many replicas sharing the data: an 8-core TPU ran 76 steps against 100 of warmup), then a tenth of it."""
+    if total_steps > 0 and asked > total_steps // 4:
+        return min(asked, max(total_steps // 10, 1))
+    return asked
+
+
+def make_optimizer(train: TrainConfig, total_steps: int):
+    """The optimizer named in the config, with warmup (`warmup_steps`) + cosine decay and gradient clipping."""
+    learning_rate = train.learning_rate
+    if train.schedule == "cosine":
+        warmup = min(warmup_steps(train.warmup_steps, total_steps), max(total_steps - 1, 0))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else train.learning_rate,
+            decay_steps=max(total_steps - warmup, 1),
+            alpha=train.min_learning_rate_ratio,
+            warmup_target=train.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    clip = {"global_clipnorm": train.clip_norm} if train.clip_norm > 0 else {}
+    if train.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=train.weight_decay, beta_1=train.beta_1, beta_2=train.beta_2,
+                                           **clip)
+        if not train.decay_all_weights:  # as GPT-2 / nanoGPT: biases and normalisation scales are not decayed
+            optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    elif train.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate, beta_1=train.beta_1, beta_2=train.beta_2, **clip)
+    elif train.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=train.momentum, **clip)
+    else:  # validation.OPTIMIZERS names the choices; validate() refuses others
+        raise ValueError(f"no optimizer {train.optimizer!r}")
+    compat.clip_across_replicas(optimizer)
+    return optimizer
+
+
+def current_learning_rate(optimizer) -> float:
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def optimizer_step(optimizer) -> int:
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))

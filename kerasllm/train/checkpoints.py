@@ -9,6 +9,7 @@ the best are kept.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -24,8 +25,8 @@ import numpy as np
 from kerasllm.core import compat, files
 from kerasllm.core.config import TrainConfig
 from kerasllm.core.errors import UserError
+from kerasllm.train.building import current_learning_rate, optimizer_step
 from kerasllm.train.hooks import NO_HOOKS, Hooks
-from kerasllm.train.optimizers import current_learning_rate, optimizer_step
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8})$")
 
@@ -39,6 +40,7 @@ class TrainState:
     global_step: int = 0
     best_val_loss: float = math.inf  # the best value of `train.monitor` so far, lower is better (accuracies are negated)
     best_checkpoint: str = ""
+    best_epoch: int = 0  # the epoch whose weights `best_checkpoint` holds (what model.keras keeps)
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     schedule_steps: int = 0  # total steps of the learning-rate schedule, fixed at the start
@@ -96,11 +98,25 @@ def prune_checkpoints(run_dir: Path, keep: int, best: str) -> None:
 def read_state(folder: Path) -> TrainState:
     saved = files.read_json(folder / files.CHECKPOINT_STATE)
     known = {f.name for f in dataclasses.fields(TrainState)}
-    return TrainState(**{key: value for key, value in saved.items() if key in known})
+    state = TrainState(**{key: value for key, value in saved.items() if key in known})
+    if state.best_checkpoint and not state.best_epoch:  # written before kerasllm kept `best_epoch`: the best's own
+        best = Path(folder).parent / state.best_checkpoint
+        found = (best / files.CHECKPOINT_STATE).is_file() and best != Path(folder)
+        state.best_epoch = read_state(best).epoch if found else state.epoch
+    return state
 
 
-def restore_checkpoint(folder: Path, model, with_optimizer: bool = True, hooks: Hooks = NO_HOOKS) -> None:
-    """Load weights (and, unless the optimizer was just replaced, its variables) into a compiled model."""
+def restore_checkpoint(folder: Path, model, with_optimizer: bool = True, hooks: Hooks = NO_HOOKS, strategy=None) -> list:
+    """Load weights (and, unless the optimizer was just replaced, its variables) and the dropout RNG states into a
+    compiled model (inside `strategy.scope()` when given). Returns those RNG states as numpy arrays: evaluating the
+    restored weights, a check of the checkpoint, draws from them, so the caller assigns them again before training."""
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        load_seeds(folder, model)  # (not in the weights file: the same whether before or after it)
+        _restore(folder, model, with_optimizer, hooks)
+    return [keras.ops.convert_to_numpy(seed) for seed in compat.seed_states(model)]
+
+
+def _restore(folder: Path, model, with_optimizer: bool, hooks: Hooks) -> None:
     if with_optimizer:
         model.optimizer.build(model.trainable_variables)  # so that load_weights fills the optimizer too
     try:
@@ -112,8 +128,25 @@ def restore_checkpoint(folder: Path, model, with_optimizer: bool = True, hooks: 
                         "delete it to resume from an earlier one") from error
 
 
+def load_best(run_dir: Path, state: TrainState, model, hooks: Hooks = NO_HOOKS) -> int:
+    """The best checkpoint's weights into `model` (where it still exists; its dropout RNG states do not matter to a
+    saved model); returns the epoch whose weights the model now holds: the one source of "the epoch model.keras keeps"
+    (the last epoch where no best was kept)."""
+    best = Path(run_dir) / files.CHECKPOINTS_DIR / state.best_checkpoint
+    if not (state.best_checkpoint and best.is_dir()):
+        return state.epoch
+    load_checkpoint_weights(best, model, hooks)
+    return state.best_epoch or state.epoch
+
+
 def load_checkpoint_weights(folder: Path, model, hooks: Hooks = NO_HOOKS) -> None:
+    """The checkpoint's weights (and optimizer variables, where built) into `model`, then the hooks' own state."""
     model.load_weights(folder / files.CHECKPOINT_WEIGHTS)
+    hooks.on_checkpoint_restore(model, folder)
+
+
+def load_seeds(folder: Path, model) -> None:
+    """The dropout RNG states as the checkpoint had them (exact resume)."""
     seeds = folder / files.CHECKPOINT_SEEDS
     if seeds.is_file():  # checkpoints written before kerasllm kept them have none
         with np.load(seeds) as saved:
@@ -121,7 +154,6 @@ def load_checkpoint_weights(folder: Path, model, hooks: Hooks = NO_HOOKS) -> Non
             if len(saved.files) == len(states):
                 for index, state in enumerate(states):
                     state.assign(saved[f"arr_{index}"])
-    hooks.on_checkpoint_restore(model, folder)
 
 
 class Checkpointing(keras.callbacks.Callback):
@@ -193,7 +225,7 @@ class Checkpointing(keras.callbacks.Callback):
         score = float(value) if "loss" in self.monitor else -float(value)  # lower is better
         if score < state.best_val_loss and self.hooks.may_be_best(state):
             state.best_val_loss, state.epochs_without_improvement = score, 0
-            state.best_checkpoint = f"step-{state.global_step:08d}"
+            state.best_checkpoint, state.best_epoch = f"step-{state.global_step:08d}", state.epoch
         else:
             state.epochs_without_improvement += 1
         if self.patience and state.epochs_without_improvement >= self.patience:

@@ -1,4 +1,14 @@
-"""Reports written into a run folder: learning curves (PNG) and the model card (README.md)."""
+"""What a run writes about itself: its folder's records, the learning curves (PNG), the model card (README.md) and the
+overfitting note.
+
+`write_run_folder` claims a new run's folder and writes what it is made of (config.yaml, data.json, the tokenizer or
+labels, metrics.json so far); `write_results` writes what it ends with (model.keras, the card,
+metrics.json, history.json, library.log). Checkpoints are `kerasllm.train.checkpoints`'.
+
+Overfitting (`overfitting`) is reported when, after the epoch with the lowest validation loss, validation loss rose
+for `RISING_EPOCHS` epochs or more while training loss kept falling, or when the final validation loss is more than
+`GAP_RATIO` above the training loss and no longer at its best.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,37 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasllm.core import files, quiet
 from kerasllm.core.words import count
+from kerasllm.export import saving
+
+RISING_EPOCHS = 2
+MIN_EPOCHS = 3  # fewer epochs than this get no overfitting report
+GAP_RATIO = 0.3
+GENERAL_FIXES = ("more data", "early stopping (train.early_stopping_patience) keeps the best epoch")
+
+
+def overfitting(history: dict, fixes: tuple = (), kept_epoch: int | None = None, rising_epochs: int = RISING_EPOCHS,
+                gap_ratio: float = GAP_RATIO) -> dict | None:
+    """`{"reason", "best_epoch", "kept_epoch", "fixes"}` when the history shows overfitting, else None. `best_epoch` is
+    the epoch of the lowest validation loss (what the reason reads); `kept_epoch` is the epoch whose weights the saved
+    model holds, as the trainer chose it (by `train.monitor`, which may be an accuracy; default: `best_epoch`)."""
+    train, val = history.get("loss", []), history.get("val_loss", [])
+    if len(val) < MIN_EPOCHS or len(train) != len(val):  # two epochs say too little to call it (a smoke-test run)
+        return None
+    best = min(range(len(val)), key=val.__getitem__)
+    after = range(best + 1, len(val))
+    reason = None
+    rising = sum(1 for i in after if val[i] > val[i - 1] and train[i] < train[i - 1])
+    if rising >= rising_epochs:
+        reason = (f"validation loss rose in {rising} of the {len(after)} epochs after epoch {best + 1} "
+                  f"({val[best]:.4f} → {val[-1]:.4f}) while training loss fell ({train[best]:.4f} → {train[-1]:.4f})")
+    elif best < len(val) - 1 and val[-1] > train[-1] * (1 + gap_ratio):
+        reason = (f"the final validation loss {val[-1]:.4f} is {val[-1] / max(train[-1], 1e-12) - 1:.0%} above the "
+                  f"training loss {train[-1]:.4f}, and its best was at epoch {best + 1}")
+    if reason is None:
+        return None
+    return {"reason": reason, "best_epoch": best + 1, "kept_epoch": kept_epoch or best + 1, "fixes": list(fixes or GENERAL_FIXES)}
 
 
 def parameter_counts(model) -> dict:
@@ -111,3 +151,45 @@ kerasllm train --config {Path(run_dir) / 'config.yaml'}
 ```yaml
 {yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)}```
 """
+
+
+def warmup_notes(train, default_warmup: int, warmup: int, schedule_steps: int) -> list[str]:
+    """metrics.json's note when the warmup a user chose (`train.warmup_steps`, not the model's default) was shortened to
+    `warmup` steps on a short run (`kerasllm.train.building.warmup_steps`); the model's own recipe is shortened
+    without a word."""
+    if train.warmup_steps == default_warmup or warmup == train.warmup_steps or train.schedule != "cosine":
+        return []
+    return [f"train.warmup_steps={train.warmup_steps} is more than a quarter of the run's {schedule_steps:,} steps, so "
+            f"warmup took {warmup} (a tenth) and the learning rate reached its peak"]
+
+
+def write_run_folder(run_dir: Path, config, data, summary: dict, *, new: bool, overwrite: bool = False) -> Path:
+    """The run folder's records as they stand before the loop, once every check has passed: a new run's folder claimed
+    (`files.claim_run_dir`: the marker; `overwrite` replaces only a run folder) with data.json and the data's artifacts
+    (tokenizer, labels, chat template); then, new or resumed, config.yaml (the "reproduce me" file: a resumed run's new
+    epoch count, say) and metrics.json so far."""
+    if new:
+        run_dir = files.claim_run_dir(run_dir, overwrite, config.model)
+        files.write_json(run_dir / files.DATA_FILE, data.record)
+        for artifact in data.artifacts:
+            artifact.save(run_dir)
+    files.write_text_atomic(run_dir / files.CONFIG_FILE, config.to_yaml())
+    files.write_json(run_dir / files.METRICS_FILE, summary)
+    return run_dir
+
+
+def write_results(run_dir: Path, model, finish, card: str, summary: dict, history: dict, timings, heard_from: int) -> None:
+    """A finished run's records: model.keras (written beside, then renamed; LoRA adapters merged into the kernels as
+    Keras saves), `finish(model, run_dir)` (the recipe's last word: a pruned model's sparsity), the card, metrics.json
+    with `timings` (a `kerasllm.train.timings.Timings`, the model file's own section in it), history.json and
+    library.log: what the libraries said since `heard_from` (`quiet.heard_mark`), this run's and no other's."""
+    with timings.section("model file"):
+        saving.save_model(model, run_dir / files.MODEL_FILE)
+        finish(model, run_dir)
+    summary["timings"] = timings.as_dict()
+    files.write_text_atomic(run_dir / files.CARD_FILE, card)
+    files.write_json(run_dir / files.METRICS_FILE, summary)
+    files.write_json(run_dir / files.HISTORY_FILE, history)
+    heard = quiet.heard_since(heard_from)
+    if heard:
+        files.write_text_atomic(run_dir / files.LIBRARY_LOG_FILE, heard)

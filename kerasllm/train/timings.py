@@ -58,6 +58,18 @@ class Timings:
             self.seconds[name] = self.seconds.get(name, 0.0) - moved
             self.seconds[part] = self.seconds.get(part, 0.0) + moved
 
+    def profile(self, steps: int, median_step: float, compilation: dict[str, float]) -> dict[str, float]:
+        """The run's wall time by section (seconds, metrics.json's `timings`): the training loop split into its steps
+        (the median step × `steps`) and the train step's compilation, validation into its compilation (`compilation`:
+        "train step compilation", "validation compilation", estimated as their first call beyond a steady one); what
+        is left of the loop is "training loop, other"."""
+        self.split("training loop", {"train steps": steps * median_step,
+                                     **{name: value for name, value in compilation.items() if name.startswith("train")}})
+        self.split("validation", {name: value for name, value in compilation.items() if name.startswith("validation")})
+        if "training loop" in self.seconds:
+            self.seconds["training loop, other"] = self.seconds.pop("training loop")
+        return self.as_dict()
+
     def as_dict(self) -> dict[str, float]:
         return {name: round(seconds, 3) for name, seconds in self.seconds.items()}
 

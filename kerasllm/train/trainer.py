@@ -42,14 +42,14 @@ import keras
 from kerasllm import catalog, distribute
 from kerasllm.core import compat, files, quiet
 from kerasllm.core import config as config_lib
-from kerasllm.core.config import RunConfig, TrainConfig
+from kerasllm.core.config import RunConfig
 from kerasllm.core.errors import UserError
 from kerasllm.core.interrupts import graceful_stop
 from kerasllm.data.splits import check_unchanged
 from kerasllm.export import saving
-from kerasllm.train import diagnostics, memory, optimizers, reports
-from kerasllm.train.building import build_model, compile_model, seed_everything, write_run_files
-from kerasllm.train.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_checkpoint_weights, read_state, restore_checkpoint
+from kerasllm.train import memory, reports
+from kerasllm.train.building import Recompile, build_model, build_optimizer, compile_model, seed_everything
+from kerasllm.train.checkpoints import Checkpointing, TrainState, checkpoints, latest_checkpoint, load_best, read_state, restore_checkpoint
 from kerasllm.train.hooks import NO_HOOKS, BuildContext, Hooks
 from kerasllm.train.loops import LOOPS, StepClock, TimeBudget, TimedTensorBoard, spread_subset
 from kerasllm.train.progress import Reporter
@@ -107,6 +107,8 @@ class Built:
     training_loop: Any
     run_dir: Path
     created: bool = False
+    warmup: int = 0  # the warmup steps the schedule took (`kerasllm.train.building.warmup_steps`)
+    seeds: list = dataclasses.field(default_factory=list)  # a resumed run's dropout RNG states, as the checkpoint had them
 
 
 @dataclass
@@ -203,80 +205,60 @@ class Trainer:
 
     # 2. build ----------------------------------------------------------------------------------
     def build(self, prepared: Prepared) -> Built:
-        """The model (changed by the hooks, compiled), restored from the checkpoint or written into a new run folder."""
+        """The model (changed by the hooks, compiled, checked against memory), restored from the checkpoint or
+        evaluated untrained; the run folder's records as they stand before the loop (a new run's folder written now)."""
         config, state, strategy, data = self.config, prepared.state, prepared.strategy, prepared.data
         state.schedule_steps = state.schedule_steps or data.steps_per_epoch * config.train.epochs
         model = build_model(self.spec, config, data, strategy)
-        memory.check_batch(model, prepared.global_batch, memory.example_length(prepared.validation.element_spec), training=True,
-                           setting="--batch-size", replicas=prepared.replicas, on_cpu=distribute.device_kind(strategy) == "CPU")
-
-        def recompile(schedule_steps: int, train: TrainConfig) -> None:  # a hook's new phase: a fresh optimizer
-            compile_model(trained, self.spec, self.task, config, schedule_steps, train)
-
+        recompile = Recompile(self.spec, self.task, config)  # a hook's new phase: a fresh optimizer
         context = BuildContext(self.spec, self.task, config, data, strategy, recompile, self._announce_line)
         with strategy.scope():
             self.hooks.before_compile(model, context)
-            trained = self.hooks.trained_model(model, context)  # the model, or a distiller around it
-            compile_model(trained, self.spec, self.task, config, state.schedule_steps)
+            trained = recompile.model = self.hooks.trained_model(model, context)  # the model, or a distiller around it
+            warmup = compile_model(trained, self.spec, self.task, config, state.schedule_steps)
         self.hooks.after_compile(model, context, state)
-        built = Built(model, trained, context, LOOPS[prepared.loop_name](trained, self.task, self.spec, strategy, config), self.run_dir)
-        if prepared.checkpoint:
-            self._restore(prepared, built)
-        else:
-            self._start(prepared, built)
-        self._announce(prepared, built)
-        return built
-
-    def _restore(self, prepared: Prepared, built: Built) -> None:
-        """A resumed run: the checkpoint's weights (and optimizer), checked on the validation split."""
-        with prepared.strategy.scope():
-            restore_checkpoint(prepared.checkpoint, built.trained, with_optimizer=self.hooks.restores_optimizer(prepared.state),
-                               hooks=self.hooks)
-        if prepared.chief:  # every check has passed: the run's "reproduce me" file may change now
-            files.write_text_atomic(built.run_dir / files.CONFIG_FILE, self.config.to_yaml())
-        # the restored weights on the validation split: a check of the checkpoint, which also traces the validation
-        # step where a new run does, so both find their compiled programs under the same names (the cache)
-        seeds = [keras.ops.convert_to_numpy(seed) for seed in compat.seed_states(built.trained)]
-        compat.align_trace_names()  # after reading the seeds: that makes tensors, whose names count too
-        prepared.summary["at_resume"] = self._evaluate("evaluation at resume", prepared, built)
-        for seed, value in zip(compat.seed_states(built.trained), seeds):  # evaluating draws from the dropout RNGs:
-            seed.assign(value)  # the checkpoint's states again, or the resumed run would not be exact
-
-    def _start(self, prepared: Prepared, built: Built) -> None:
-        """A new run: the optimizer built, the run folder written, the untrained model evaluated."""
-        with prepared.strategy.scope():  # built now, as a resume's restore builds it (the same objects before the loop)
-            built.trained.optimizer.build(built.trained.trainable_variables)
+        memory.check_batch(model, prepared.global_batch, memory.example_length(prepared.validation.element_spec), training=True,
+                           setting="--batch-size", replicas=prepared.replicas, on_cpu=distribute.device_kind(strategy) == "CPU")
+        built = Built(model, trained, context, LOOPS[prepared.loop_name](trained, self.task, self.spec, strategy, config), self.run_dir,
+                      warmup=warmup)
+        if prepared.checkpoint:  # a resumed run: the checkpoint's weights (and optimizer) and dropout RNG states
+            built.seeds = restore_checkpoint(prepared.checkpoint, trained, self.hooks.restores_optimizer(state), self.hooks, strategy)
+        else:  # a new run: its optimizer built, as a restore builds it (the same objects before the loop)
+            build_optimizer(trained, strategy)
+        # the restored or untrained weights on the validation split (for a resumed run, a check of its checkpoint),
+        # which also traces the validation step where the other kind of run does, so both find their compiled
+        # programs under the same names (the cache); after the seeds were read: that makes tensors, whose names count
         compat.align_trace_names()
-        if prepared.chief:
-            built.run_dir = write_run_files(built.run_dir, self.config, prepared.data, self.options.overwrite)
-            built.created = True
-        prepared.summary = {"model": self.spec.name, "parameters": int(built.model.count_params()),
-                            "before_training": self._evaluate("evaluation before training", prepared, built),
-                            **self.hooks.summary(built.model)}
+        if prepared.checkpoint:
+            with self.timings.section("evaluation at resume"):
+                report = self.task.report(built.training_loop.evaluate(prepared.validation), data.record)
+        else:
+            with self.timings.section("evaluation before training"):
+                report = self.task.report(built.training_loop.evaluate(prepared.validation), data.record)
+        for seed, value in zip(compat.seed_states(trained), built.seeds):  # evaluating drew from the dropout RNGs: the
+            seed.assign(value)  # checkpoint's states again, or the resumed run would not be exact
+        if prepared.checkpoint:
+            prepared.summary["at_resume"] = report
+        else:
+            prepared.summary = {"model": self.spec.name, "parameters": int(model.count_params()), "before_training": report,
+                                **self.hooks.summary(model)}
+        default_warmup = config_lib.default_config(self.spec).train.warmup_steps
+        prepared.summary.update(epochs_planned=config.train.epochs, parameter_counts=parameter_counts(model), warmup_steps=warmup,
+                                notes=self.task.notes(data.record) + reports.warmup_notes(config.train, default_warmup, warmup,
+                                                                                          state.schedule_steps))
+        if self.options.on_built:
+            self.options.on_built(model)
+        self._announce_line(f"{distribute.describe(strategy, prepared.replicas)}; global batch {prepared.global_batch} = "
+                            f"{config.train.batch_size} per replica × {prepared.replicas}")  # once every check has passed
+        if prepared.chief:  # every check has passed: the run folder is written (a new one) or changes (a resumed one)
+            built.run_dir = reports.write_run_folder(built.run_dir, config, data, prepared.summary, new=not prepared.checkpoint,
+                                                     overwrite=self.options.overwrite)
+            built.created = not prepared.checkpoint
+        return built
 
     def _announce_line(self, line: str) -> None:
         if self.options.console is not None and self.options.progress == "rich":
             self.options.console.print(line, highlight=False)
-
-    def _announce(self, prepared: Prepared, built: Built) -> None:
-        """The summary's settings, on_built, the strategy line; metrics.json as it stands before the loop."""
-        config, schedule_steps = self.config, prepared.state.schedule_steps
-        warmup = optimizers.warmup_steps(config.train.warmup_steps, schedule_steps)
-        # a note only for a warmup the user chose: the model's own recipe is shortened on a short run without a word
-        chosen = config.train.warmup_steps != config_lib.default_config(self.spec).train.warmup_steps
-        shortened = ([f"train.warmup_steps={config.train.warmup_steps} is more than a quarter of the run's "
-                      f"{schedule_steps:,} steps, so warmup took {warmup} (a tenth) and the learning rate "
-                      "reached its peak"] if chosen and warmup != config.train.warmup_steps and config.train.schedule == "cosine" else [])
-        prepared.summary.update(epochs_planned=config.train.epochs, parameter_counts=parameter_counts(built.model),
-                                notes=self.task.notes(prepared.data.record) + shortened, warmup_steps=warmup)
-        if self.options.on_built:
-            self.options.on_built(built.model)
-        if self.options.console is not None and self.options.progress == "rich":  # announced once every check has passed
-            self.options.console.print(f"{distribute.describe(prepared.strategy, prepared.replicas)}; global batch "
-                                       f"{prepared.global_batch} = {config.train.batch_size} per replica × {prepared.replicas}",
-                                       highlight=False)
-        if prepared.chief:
-            files.write_json(built.run_dir / files.METRICS_FILE, prepared.summary)
 
     # 3. loop -----------------------------------------------------------------------------------
     def loop(self, prepared: Prepared, built: Built) -> Looped:
@@ -335,18 +317,19 @@ class Trainer:
     # 4. finalize -------------------------------------------------------------------------------
     def finalize(self, prepared: Prepared, built: Built, looped: Looped) -> dict:
         """The best epoch's weights, final metrics, model.keras and the run's records."""
-        state, data, summary = prepared.state, prepared.data, prepared.summary
-        best = built.run_dir / files.CHECKPOINTS_DIR / state.best_checkpoint
-        kept_epoch = state.epoch  # the one source of "the epoch model.keras keeps": the weights loaded here
-        if state.best_checkpoint and best.is_dir():
-            with self.timings.section("best weights"):
-                load_checkpoint_weights(best, built.trained, self.hooks)
-            kept_epoch = read_state(best).epoch
+        state, data, summary, spec = prepared.state, prepared.data, prepared.summary, self.spec
+        with self.timings.section("best weights"):
+            kept_epoch = load_best(built.run_dir, state, built.trained, self.hooks)  # the one source of the kept epoch
+        with self.timings.section("final evaluation"):
+            after = self.task.report(built.training_loop.evaluate(prepared.validation), data.record)
         steps_this_session = state.global_step - looped.first_step
+        # the loop's wall time split into its steps (median × steps) and the train and validation steps' compilation
+        # (their first call beyond a steady one): metrics.json's `timings`, written with the run's results
+        self.timings.profile(steps_this_session, looped.clock.median_step_seconds() or 0.0, looped.clock.compilation_estimates())
         throughput = (data.items_per_step * steps_this_session / max(looped.session_seconds, 1e-9) if steps_this_session
                       else summary.get(f"{data.unit}_per_second", 0.0))
         summary.update(
-            after_training=self._evaluate("final evaluation", prepared, built),
+            after_training=after,
             epochs_completed=state.epoch, stopped_early=state.stopped_early,
             stopped_by_time_budget=bool(looped.budget and looped.budget.expired), best_checkpoint=state.best_checkpoint,
             train_seconds=state.train_seconds, steps=state.global_step, schedule_steps=state.schedule_steps,
@@ -357,46 +340,18 @@ class Trainer:
             jit_compile=(bool(getattr(built.trained, "jit_compile", False)) if built.training_loop.name == "fit"
                          else self.config.runtime.jit_compile),
             loop=built.training_loop.name,
-            kept_epoch=kept_epoch, overfitting=diagnostics.overfitting(state.history, self.spec.overfitting_fixes, kept_epoch),
+            kept_epoch=kept_epoch, overfitting=reports.overfitting(state.history, spec.overfitting_fixes, kept_epoch),
             command=self.options.command or " ".join(sys.argv),
             **self.hooks.results(built.model),
         )
-        if prepared.chief:
-            self._write_results(prepared, built, looped)
-        return summary
-
-    def _evaluate(self, section: str, prepared: Prepared, built: Built) -> dict:
-        with self.timings.section(section):
-            return self.task.report(built.training_loop.evaluate(prepared.validation), prepared.data.record)
-
-    def _profile(self, steps: int, clock: StepClock) -> dict:
-        """This session's wall time by section (seconds): start-up, data, build, the training loop split into its steps
-        (the median step × steps), the train and validation steps' compilation (estimated: their first call beyond a
-        steady one), validation, checkpoints, TensorBoard and the rest of the loop; the evaluations, the model file."""
-        median = clock.median_step_seconds() or 0.0
-        compilation = clock.compilation_estimates()  # "train step compilation", "validation compilation"
-        self.timings.split("training loop", {"train steps": steps * median,
-                                             **{name: value for name, value in compilation.items() if name.startswith("train")}})
-        self.timings.split("validation", {name: value for name, value in compilation.items() if name.startswith("validation")})
-        if "training loop" in self.timings.seconds:
-            self.timings.seconds["training loop, other"] = self.timings.seconds.pop("training loop")
-        return self.timings.as_dict()
-
-    def _write_results(self, prepared: Prepared, built: Built, looped: Looped) -> None:
-        run_dir, summary, spec, data = built.run_dir, prepared.summary, self.spec, prepared.data
-        with self.timings.section("model file"):
-            saving.save_model(built.model, run_dir / files.MODEL_FILE)  # LoRA adapters are merged into the kernels as Keras saves
-            self.hooks.finalize(built.model, run_dir)
+        if not prepared.chief:
+            return summary
         with self.timings.section("card and curves"):
-            reports.plot_curves(prepared.state.history, run_dir / files.CURVES_FILE, title=f"{spec.name} on {data.record.get('source')}")
-            files.write_text_atomic(run_dir / files.CARD_FILE, reports.model_card(spec, self.task, self.config, data.record, summary,
-                                                                                 run_dir))
-        summary["timings"] = self._profile(prepared.state.global_step - looped.first_step, looped.clock)
-        files.write_json(run_dir / files.METRICS_FILE, summary)
-        files.write_json(run_dir / files.HISTORY_FILE, prepared.state.history)
-        heard = quiet.heard_since(self.heard_from)  # what the libraries said during this run, not before it
-        if heard:
-            files.write_text_atomic(run_dir / files.LIBRARY_LOG_FILE, heard)
+            reports.plot_curves(state.history, built.run_dir / files.CURVES_FILE, title=f"{spec.name} on {data.record.get('source')}")
+            card = reports.model_card(spec, self.task, self.config, data.record, summary, built.run_dir)
+        reports.write_results(built.run_dir, built.model, self.hooks.finalize, card, summary, state.history, self.timings,
+                              self.heard_from)
+        return summary
 
 
 def train(config: RunConfig, run_dir: Path, *, hooks: Hooks | None = None, artifacts: dict | None = None, **options) -> dict:

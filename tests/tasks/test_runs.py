@@ -1,4 +1,4 @@
-"""The run loader and what reads a run back: runs.py, saving.py, reports.py and diagnostics.py, on one tiny run."""
+"""The run loader and what reads a run back: runs.py, saving.py and reports.py, on one tiny run."""
 
 import json
 import shutil
@@ -10,7 +10,7 @@ from kerasllm.core import config as config_lib
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.export import saving
-from kerasllm.train import diagnostics, reports
+from kerasllm.train import reports
 
 
 def test_load_run_reads_config_spec_task_and_artifacts(trained_run):
@@ -76,7 +76,7 @@ def test_the_model_card_and_curves_come_from_the_run(trained_run, tmp_path):
 
 def test_overfitting_is_read_from_the_history():
     rising = {"loss": [2.0, 1.5, 1.2, 1.0, 0.8], "val_loss": [2.1, 1.7, 1.8, 1.9, 2.0]}
-    report = diagnostics.overfitting(rising, ("more dropout",))
+    report = reports.overfitting(rising, ("more dropout",))
     assert report["best_epoch"] == 2 and report["fixes"] == ["more dropout"] and "rose in 3 of the 3 epochs" in report["reason"]
-    assert diagnostics.overfitting({"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.6, 1.3]}) is None
-    assert diagnostics.overfitting({"loss": [1.0], "val_loss": [1.2]}) is None
+    assert reports.overfitting({"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.6, 1.3]}) is None
+    assert reports.overfitting({"loss": [1.0], "val_loss": [1.2]}) is None

@@ -11,7 +11,8 @@ from kerasllm import catalog
 from kerasllm.core import config as config_lib
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
-from kerasllm.train import checkpoints, loops, optimizers
+from kerasllm.train import building as optimizers
+from kerasllm.train import checkpoints, loops
 from kerasllm.train import trainer as training
 from tests.conftest import TINY
 
@@ -264,7 +265,7 @@ def test_overfitting_is_reported_with_fixes(tmp_path):
 
 
 def test_a_healthy_run_is_not_called_overfitting():
-    from kerasllm.train.diagnostics import overfitting
+    from kerasllm.train.reports import overfitting
 
     assert overfitting({"loss": [3.0, 2.5, 2.2], "val_loss": [3.1, 2.7, 2.4]}) is None
     assert overfitting({"loss": [3.0, 2.5, 2.2, 2.0], "val_loss": [2.9, 2.6, 2.8, 3.0]})["best_epoch"] == 2
@@ -438,3 +439,20 @@ def test_one_call_per_epoch_still_times_its_steps(corpus_file, tmp_path):
     config = make_config(corpus_file, "runtime.steps_per_execution=3", "train.checkpoint_every_steps=0")  # TINY: 3 steps an epoch
     summary = training.train(config, tmp_path / "run", progress="quiet")
     assert summary["median_step_seconds"] and summary["timings"]["train steps"] > 0
+
+
+def test_the_kept_epoch_of_a_checkpoint_written_before_best_epoch_was_kept(tmp_path):
+    """A checkpoint from an older kerasllm has no `best_epoch`: it is read from the best checkpoint's own state, so a
+    resumed old run's note still names the epoch model.keras keeps (`checkpoints.load_best`)."""
+    folder = tmp_path / files.CHECKPOINTS_DIR
+    for step, epoch, best in ((10, 1, "step-00000010"), (20, 2, "step-00000010"), (30, 3, "step-00000010")):
+        (folder / f"step-{step:08d}").mkdir(parents=True)
+        files.write_json(folder / f"step-{step:08d}" / files.CHECKPOINT_STATE,
+                         {"epoch": epoch, "global_step": step, "best_checkpoint": best})
+    assert checkpoints.read_state(folder / "step-00000030").best_epoch == 1
+    assert checkpoints.read_state(folder / "step-00000010").best_epoch == 1  # its own best
+    files.write_json(folder / "step-00000030" / files.CHECKPOINT_STATE, {"epoch": 3, "best_checkpoint": "step-00000010",
+                                                                         "best_epoch": 1})
+    assert checkpoints.read_state(folder / "step-00000030").best_epoch == 1  # kept since: read as written
+    state = checkpoints.TrainState(epoch=3, best_checkpoint="gone", best_epoch=2)
+    assert checkpoints.load_best(tmp_path, state, model=None) == 3  # the best was pruned away: the last epoch's weights
