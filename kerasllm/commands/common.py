@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -218,3 +219,19 @@ def lines_of(file: Path, what: str) -> list[str]:
     if not file.is_file():
         raise UserError(f"--file {file} {files.absent(file)}; pass a text file with one {what} per line")
     return [line for line in read_text_file(file).splitlines() if line.strip()]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, unit: str, shown: bool = True):
+    """A progress bar on stderr, gone when the work ends, for work that takes more than a few seconds outside training
+    (a seq2seq evaluation's decoding); yields `advance(done, total)`. Only in a terminal: piped or `--json` output stays
+    exactly what it was (`shown=False`: nothing)."""
+    if not shown or not errors.is_terminal:
+        yield lambda done, total: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(description), BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn(unit), TimeRemainingColumn(),
+                  console=errors, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)

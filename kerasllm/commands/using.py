@@ -26,6 +26,7 @@ from kerasllm.commands.common import (
     new_table,
     note,
     print_json,
+    progress_bar,
     table_of,
     write,
 )
@@ -63,7 +64,12 @@ def evaluate(
         raise UserError(f"--beam applies to seq2seq models; {run.spec.name} is {a(run.task.name)} model")
     length = min([run.data_record[key] for key in ("sequence_length", "target_length") if run.data_record.get(key)] or [1])
     memory.check_batch(model, batch_size, length, training=False, setting="--batch-size", on_cpu=distribute.device_kind() == "CPU")
-    results = run.task.evaluate(model, run, data=data, batch_size=batch_size, **({"beam": beam} if beam else {}))
+    options = {"beam": beam} if beam else {}
+    with progress_bar(f"decoding ({f'beam {beam}' if beam else 'greedy'})", "sentences",
+                      shown="on_progress" in run.task.evaluate_options) as advance:
+        if "on_progress" in run.task.evaluate_options:
+            options["on_progress"] = advance
+        results = run.task.evaluate(model, run, data=data, batch_size=batch_size, **options)
     if as_json:
         return print_json(results)
     where = results.pop("data")

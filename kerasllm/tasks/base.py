@@ -130,7 +130,7 @@ class Task:
     can_generate: bool = False
     can_predict: bool = False
     weighted_metrics: bool = False  # metrics use the data's sample weights (masked-LM positions)
-    evaluate_options: tuple = ()  # extra `evaluate` options the task takes (`beam`)
+    evaluate_options: tuple = ()  # extra `evaluate` options the task takes (`beam`, `on_progress(done, total)`)
     continues_prompt: bool = True  # `generate` continues the prompt (language models) rather than transforming it (seq2seq)
     quality: tuple = ("loss", "accuracy")
     config_sections: dict = {}

@@ -167,7 +167,7 @@ class Seq2Seq(Task):
     config_sections = {"seq2seq": Seq2SeqConfig}
     can_generate = True
     weighted_metrics = True  # padding positions weigh 0
-    evaluate_options = ("beam",)
+    evaluate_options = ("beam", "on_progress")
     continues_prompt = False
 
     def loss(self, spec, config=None):
@@ -248,13 +248,15 @@ class Seq2Seq(Task):
         return notes
 
     # --- using a trained model ----------------------------------------------------------------
-    def translate(self, model, run, texts: list[str], beam: int = 0, max_length: int = 0, batch_size: int = 64) -> list[str]:
+    def translate(self, model, run, texts: list[str], beam: int = 0, max_length: int = 0, batch_size: int = 64,
+                  on_progress=None) -> list[str]:
         source_tokenizer, target_tokenizer = self.tokenizers(run.artifacts)
         check_beam_fits(beam, target_tokenizer.vocab_size)
         source_length, target_length = self.lengths(run.config)
         rows, _ = pack_sources(source_tokenizer, texts, source_length)
         decoder = seq2seq_decoder(model, run.spec, target_length)
-        ids = decode(decoder, rows, target_tokenizer, max_length or target_length, beam=beam, batch_size=batch_size)
+        ids = decode(decoder, rows, target_tokenizer, max_length or target_length, beam=beam, batch_size=batch_size,
+                     on_progress=on_progress)
         return [target_tokenizer.decode(row) for row in ids]
 
     def held_out(self, run, data: str | None) -> tuple[Pairs, str]:
@@ -270,11 +272,12 @@ class Seq2Seq(Task):
         parts = list(splits.values())
         return Pairs([s for p in parts for s in p.sources], [r for p in parts for r in p.references]), data
 
-    def evaluate(self, model, run, data: str | None = None, batch_size: int = 64, beam: int = 0) -> dict:
-        """BLEU, chrF (sacreBLEU) and ROUGE (rouge-score) of decoded text on the validation split or `data`, with samples."""
+    def evaluate(self, model, run, data: str | None = None, batch_size: int = 64, beam: int = 0, on_progress=None) -> dict:
+        """BLEU, chrF (sacreBLEU) and ROUGE (rouge-score) of decoded text on the validation split or `data`, with samples;
+        `on_progress(done, total)` after each batch of sentences decoded (minutes with a wide beam)."""
         pairs, where = self.held_out(run, data)
         started = time.perf_counter()
-        hypotheses = self.translate(model, run, pairs.sources, beam=beam, batch_size=batch_size)
+        hypotheses = self.translate(model, run, pairs.sources, beam=beam, batch_size=batch_size, on_progress=on_progress)
         seconds = time.perf_counter() - started
         scores = text_scores(hypotheses, pairs.references, rouge=True)
         samples = [{"source": s, "reference": r[0], "hypothesis": h}

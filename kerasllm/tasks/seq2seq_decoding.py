@@ -73,9 +73,10 @@ def seq2seq_decoder(model, spec, target_length: int):
 
 
 def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int = 0, length_penalty: float = 1.0,
-           batch_size: int = 64) -> list[list[int]]:
+           batch_size: int = 64, on_progress=None) -> list[list[int]]:
     """Target ids for each source row: batched greedy decoding, or batched beam search (`batch_size` rows of beams:
-    batch_size // beam sources at a time)."""
+    batch_size // beam sources at a time). `on_progress(done, total)` is called after each batch of sources."""
+    on_progress = on_progress or (lambda done, total: None)
     bos, eos = tokenizer.special_id("bos"), tokenizer.eos_id
     banned = [i for i in tokenizer.never_generated() if i != eos]
     outputs: list[list[int]] = []
@@ -85,6 +86,7 @@ def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int =
             chunk = sources[start:start + step]
             outputs += [list(ids) for ids in beam_search_batch(decoder.bind(chunk), [np.asarray([bos])] * len(chunk), max_length,
                                                                beam, banned=banned, eos=eos, length_penalty=length_penalty)]
+            on_progress(len(outputs), len(sources))
         return outputs
     for start in range(0, len(sources), batch_size):
         chunk = sources[start:start + batch_size]
@@ -106,6 +108,7 @@ def decode(decoder, sources: np.ndarray, tokenizer, max_length: int, beam: int =
                 break
             logits, state = bound.step(state, tokens)
         outputs += ids
+        on_progress(len(outputs), len(sources))
     return outputs
 
 

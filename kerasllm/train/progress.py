@@ -16,6 +16,7 @@ import time
 import keras
 
 MODES = ("rich", "json", "quiet")
+WIDE = 120  # terminal columns from which the live bar shows every column
 
 
 def _format(value) -> str:
@@ -50,18 +51,26 @@ class Reporter(keras.callbacks.Callback):
         if self.mode != "rich" or self.progress is not None:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress
 
         self.console = self.console or Console()
         if not self.console.is_terminal:  # piped: whole lines at the end of each epoch (epoch_line), no live bar
             return
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} val_loss {task.fields[val_loss]}"),
-            TextColumn("{task.fields[speed]}"), TimeRemainingColumn(), TimeElapsedColumn(),
-            console=self.console,
-        )
+        self.progress = Progress(*self.columns(self.console.width), console=self.console)
         self.progress.start()
+
+    @staticmethod
+    def columns(width: int) -> list:
+        """The live bar's columns for a terminal `width` wide: below `WIDE` columns the speed and the elapsed time go,
+        the bar narrows and val_loss reads `val`, so the line stays whole at 80 (a cut column shows `0:00:…`)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        if width >= WIDE:
+            return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]} val_loss {task.fields[val_loss]}"), TextColumn("{task.fields[speed]}"),
+                    TimeRemainingColumn(), TimeElapsedColumn()]
+        return [TextColumn("{task.description}"), BarColumn(bar_width=max(width - 70, 6)), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]} val {task.fields[val_loss]}"), TimeRemainingColumn()]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.perf_counter()
@@ -69,7 +78,7 @@ class Reporter(keras.callbacks.Callback):
         if self.progress:
             self.description = f"epoch {epoch + 1}/{self.epochs}"
             self.bar = self.progress.add_task(
-                self.description + ("" if self.stepped else " (compiling the step)"), total=self.steps, completed=self.offset,
+                self.description + ("" if self.stepped else " (compiling)"), total=self.steps, completed=self.offset,
                 loss="-", val_loss="-", speed="",
             )
 

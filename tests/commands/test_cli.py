@@ -322,3 +322,23 @@ def test_runs_lists_the_runs_and_names_the_latest_of_a_model(runner, trained_run
 def test_generate_of_a_missing_folder_names_presets_and_download(runner, tmp_path):
     result = invoke(runner, "generate", tmp_path / "presets" / "gpt2", "--prompt", "x")
     assert_says(result.stderr, "does not exist", "keras-hub preset", "kerasllm download")
+
+
+def test_long_work_shows_a_bar_in_a_terminal_and_nothing_when_piped(monkeypatch):
+    """`evaluate --beam` decoding takes minutes: a transient bar on stderr in a terminal; piped (or --json), nothing."""
+    import io
+
+    from rich.console import Console
+
+    from kerasllm.commands import common
+
+    piped = io.StringIO()
+    monkeypatch.setattr(common, "errors", Console(file=piped, force_terminal=False))
+    with common.progress_bar("decoding", "sentences") as advance:
+        advance(5, 10)
+    assert piped.getvalue() == ""
+    terminal = io.StringIO()
+    monkeypatch.setattr(common, "errors", Console(file=terminal, force_terminal=True, width=80))
+    with common.progress_bar("decoding (beam 4)", "sentences") as advance:
+        advance(5, 10)
+    assert "decoding (beam 4)" in terminal.getvalue() and "5/10" in terminal.getvalue()

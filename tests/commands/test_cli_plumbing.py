@@ -212,3 +212,24 @@ def test_the_kept_lines_are_bounded():
     for number in range(10):
         heard.add(f"line {number}")
     assert [line for _, line in heard.lines] == ["line 7", "line 8", "line 9"] and heard.count == 10
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_the_live_training_bar_stays_whole_in_a_terminal_of_any_width(width):
+    """At 80 columns the bar once ended `0:00:… 0:00:…`: below 120 it drops the speed and the elapsed time instead."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from kerasllm.train.progress import Reporter
+
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    progress = Progress(*Reporter.columns(width), console=console)
+    progress.add_task("epoch 10/10 (compiling)", total=12345, completed=1234, loss="1.2345", val_loss="1.2345",
+                      speed="123,456 tokens/s")
+    console.print(progress.make_tasks_table(progress.tasks))
+    lines = [line for line in console.file.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and "…" not in lines[0] and len(lines[0]) <= width, lines
+    assert "1234/12345" in lines[0] and "1.2345" in lines[0]
+    assert ("tokens/s" in lines[0]) == (width >= 120)
