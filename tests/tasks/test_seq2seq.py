@@ -231,8 +231,8 @@ def test_beam_width_one_equals_greedy_and_beams_score_at_least_as_well(reverse_r
     assert decode(decoder, rows, tokenizer, 10, beam=1) == decode(decoder, rows, tokenizer, 10)
     assert len(decode(decoder, rows, tokenizer, 10, beam=3)) == 3
     for beam in (0, 2):  # `evaluate --beam` shows how far decoding got: after each batch of sources
-        seen = []
-        decode(decoder, rows, tokenizer, 10, beam=beam, batch_size=2, on_progress=lambda done, total: seen.append((done, total)))
+        seen: list = []
+        decode(decoder, rows, tokenizer, 10, beam=beam, batch_size=2, on_progress=lambda *done, seen=seen: seen.append(done))
         assert seen == ([(2, 3), (3, 3)] if beam == 0 else [(1, 3), (2, 3), (3, 3)])
 
 
