@@ -9,6 +9,8 @@ identical run, or a resumed one, loads its compiled programs. `kerasllm doctor` 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -109,3 +111,17 @@ def set_xla_defaults(backend: str) -> None:
 
             if not jax.config.jax_compilation_cache_dir:
                 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+CACHE_NAME = re.compile(r"^(tensorflow|jax)-.+-[0-9a-f]{12}$")  # compilation_cache_dir's folder names
+
+
+def clear_compilation_caches(env: dict | None = None) -> tuple[int, int]:
+    """Delete the compilation caches kerasllm made (every backend, version and CPU kind under `cache_home()/xla`, and
+    nothing else there); returns (folders, bytes) freed. The next run compiles its programs again."""
+    root = cache_home(env) / "xla"
+    folders = [path for path in root.iterdir() if path.is_dir() and CACHE_NAME.match(path.name)] if root.is_dir() else []
+    freed = sum(item.stat().st_size for folder in folders for item in folder.rglob("*") if item.is_file())
+    for folder in folders:
+        shutil.rmtree(folder)
+    return len(folders), freed

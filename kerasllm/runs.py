@@ -134,3 +134,19 @@ def latest(folder: Path, model: str) -> Path:
     if not found:
         raise UserError(f"no finished {model} run in {folder}; train one with `kerasllm train {model}`")
     return Path(found[0]["path"])
+
+
+def prunable(folder: Path, keep: int, model: str | None = None) -> list[dict]:
+    """The runs `kerasllm runs --prune --keep N` deletes (as `summaries` rows, newest first): of each model, every run
+    after its newest `keep` (finished or not), among the folders kerasllm made (the marker), but never the source of a
+    run that stays (a fine-tune's base, a compressed copy's original)."""
+    if keep < 0:
+        raise UserError(f"--keep must be 0 or more, not {keep}")
+    rows = [row for row in summaries(folder) if model is None or row["model"] == model]
+    kept: dict[str, int] = {}
+    stays, goes = [], []
+    for row in rows:  # newest first
+        kept[row["model"]] = kept.get(row["model"], 0) + 1
+        (stays if kept[row["model"]] <= keep else goes).append(row)
+    sources = {Path(row["source"]).resolve() for row in stays if row["source"]}
+    return [row for row in goes if Path(row["path"]).resolve() not in sources]

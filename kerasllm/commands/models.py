@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from kerasllm import catalog, hub, runs
-from kerasllm.commands.common import JsonFlag, console, handle_errors, load_tensorflow, new_table, print_json, show_table
+from kerasllm import catalog, compilation, hub, runs
+from kerasllm.commands.common import JsonFlag, console, handle_errors, load_tensorflow, new_table, note, print_json, show_table
 from kerasllm.core import config as config_lib
+from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import count
 from kerasllm.doctor import report
@@ -66,14 +67,22 @@ def list_runs(
     model: Annotated[Optional[str], typer.Option(help="Only this model's runs.")] = None,
     latest: Annotated[Optional[str], typer.Option(help="Print only the path of this model's newest finished run that trained "
                                                        "(not a compressed copy), for scripts.")] = None,
+    prune: Annotated[bool, typer.Option("--prune", help="Delete all but the newest --keep runs of each model (with --model: of "
+                                                          "that model), after showing them; only folders kerasllm made, never "
+                                                          "a kept run's source.")] = False,
+    keep: Annotated[int, typer.Option(help="With --prune: how many of each model's newest runs stay.")] = 3,
+    yes: Annotated[bool, typer.Option("--yes", help="With --prune: delete without asking (scripts); otherwise it only lists.")] = False,
     as_json: JsonFlag = False,
 ):
     """List the runs in a folder, newest first: name, model, task, kind, source, headline metric, size, date.
 
-    Examples: `kerasllm runs` · `kerasllm runs --model transformer-lm --json` · `RUN=$(kerasllm runs --latest lstm-textgen)`
+    Examples: `kerasllm runs` · `kerasllm runs --model transformer-lm --json` · `RUN=$(kerasllm runs --latest lstm-textgen)` ·
+    `kerasllm runs --prune --keep 2` (lists what would go) then `kerasllm runs --prune --keep 2 --yes`
     """
     if latest is not None:
         return print(runs.latest(folder, latest))
+    if prune:
+        return prune_runs(folder, keep, model, yes)
     rows = [row for row in runs.summaries(folder) if model is None or row["model"] == model]
     if as_json:
         return print_json(rows)
@@ -85,6 +94,25 @@ def list_runs(
     show_table(["run", "model", "task", "kind", "metric", "size", "made"], cells, title=f"runs in {folder}", whole=("run",))
     total = sum(row["size_bytes"] for row in rows)
     console.print(f"{count(len(rows), 'run')}, {human_size(total)} on disk", highlight=False)
+
+
+def prune_runs(folder: Path, keep: int, model: str | None, yes: bool) -> None:
+    """`runs --prune`: the runs that would go, then (with --yes) gone, with the space freed."""
+    import shutil
+
+    doomed = runs.prunable(folder, keep, model)
+    if not doomed:
+        return console.print(f"nothing to prune in {folder}: no model has more than {count(keep, 'run')}"
+                             f"{' (' + model + ')' if model else ''}", highlight=False)
+    size = human_size(sum(row["size_bytes"] for row in doomed))
+    show_table(["run", "model", "size", "made"], [[row["name"], row["model"], human_size(row["size_bytes"]), row["made"]]
+                                                  for row in doomed], title=f"runs past the newest {keep} of each model", whole=("run",))
+    if not yes:
+        return console.print(f"{count(len(doomed), 'run')} ({size}) would be deleted; add --yes to delete them", highlight=False)
+    for row in doomed:
+        if files.made_by_kerasllm(Path(row["path"])):  # checked again, just before
+            shutil.rmtree(row["path"])
+    console.print(f"deleted {count(len(doomed), 'run')}, {size} freed", highlight=False)
 
 
 @handle_errors
@@ -111,11 +139,18 @@ def download(
 
 
 @handle_errors
-def doctor(as_json: JsonFlag = False):
+def doctor(
+    as_json: JsonFlag = False,
+    clear_cache: Annotated[bool, typer.Option("--clear-cache", help="Delete kerasllm's compilation caches (every backend and "
+                                                                    "version; the next run compiles again), then check.")] = False,
+):
     """Check this installation: versions, Keras backend, devices, the strategy `auto` picks, and known traps with fixes.
 
-    Example: `kerasllm doctor --json`
+    Examples: `kerasllm doctor --json` · `kerasllm doctor --clear-cache`
     """
+    if clear_cache:
+        folders, freed = compilation.clear_compilation_caches()
+        note(f"deleted {count(folders, 'compilation cache')}, {human_size(freed)} freed")
     load_tensorflow()
     found = report()
     if as_json:

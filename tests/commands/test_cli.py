@@ -319,6 +319,56 @@ def test_runs_lists_the_runs_and_names_the_latest_of_a_model(runner, trained_run
     assert_user_error(invoke(runner, "runs", folder, "--latest", "transformer-lm"), "no finished transformer-lm run")
 
 
+def fake_run(folder: Path, name: str, model: str, made: float, source: str = "") -> Path:
+    """A run folder as `kerasllm runs` reads it (marker, config.yaml, metrics.json), made at `made` (seconds)."""
+    import os
+
+    path = folder / name
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(f"model: {model}\n")
+    (path / "metrics.json").write_text(json.dumps({"compressed_from": {"path": source}} if source else {}))
+    (path / "model.keras").write_bytes(b"x" * 1000)
+    (path / ".kerasllm-run").write_text("")
+    os.utime(path / ".kerasllm-run", (made, made))
+    return path
+
+
+def test_runs_prune_lists_first_keeps_the_newest_and_their_sources(runner, tmp_path):
+    """#33: runs/ grew to 1.3 GB in one tour with no documented way to clean it."""
+    folder = tmp_path / "runs"
+    base = fake_run(folder, "lstm-textgen-1", "lstm-textgen", 1e9)
+    old = fake_run(folder, "lstm-textgen-2", "lstm-textgen", 1e9 + 10)
+    fake_run(folder, "lstm-textgen-3", "lstm-textgen", 1e9 + 20, source=str(base))  # a copy of the oldest run
+    newest = fake_run(folder, "lstm-textgen-4", "lstm-textgen", 1e9 + 30)
+    other = fake_run(folder, "cnn-classifier-1", "cnn-classifier", 1e9 + 5)
+    mine = folder / "notes"  # not kerasllm's
+    mine.mkdir()
+    (mine / "config.yaml").write_text("model: lstm-textgen\n")
+    listed = invoke(runner, "runs", folder, "--prune", "--keep", "2")
+    assert listed.exit_code == 0 and "lstm-textgen-2" in listed.stdout and "add --yes" in listed.stdout
+    assert old.is_dir()  # listed, not deleted
+    done = invoke(runner, "runs", folder, "--prune", "--keep", "2", "--yes")
+    assert done.exit_code == 0 and "deleted 1 run" in done.stdout
+    assert not old.exists() and base.is_dir() and newest.is_dir() and other.is_dir() and mine.is_dir()  # base: a kept copy's source
+    assert "nothing to prune" in invoke(runner, "runs", folder, "--prune", "--keep", "2").stdout
+    assert invoke(runner, "runs", folder, "--prune", "--keep", "0", "--model", "cnn-classifier", "--yes").exit_code == 0
+    assert not other.exists() and newest.is_dir()
+    assert_user_error(invoke(runner, "runs", folder, "--prune", "--keep", "-1"), "--keep must be 0 or more")
+
+
+def test_doctor_clears_only_the_compilation_caches_kerasllm_made(tmp_path, monkeypatch):
+    from kerasllm import compilation
+
+    monkeypatch.setenv("KERASLLM_CACHE_DIR", str(tmp_path))
+    ours = tmp_path / "xla" / f"tensorflow-2.21.0-{compilation.cpu_fingerprint()}"
+    ours.mkdir(parents=True)
+    (ours / "program").write_bytes(b"x" * 2048)
+    theirs = tmp_path / "xla" / "my-notes"
+    theirs.mkdir()
+    assert compilation.clear_compilation_caches() == (1, 2048)
+    assert not ours.exists() and theirs.is_dir()
+
+
 def test_generate_of_a_missing_folder_names_presets_and_download(runner, tmp_path):
     result = invoke(runner, "generate", tmp_path / "presets" / "gpt2", "--prompt", "x")
     assert_says(result.stderr, "does not exist", "keras-hub preset", "kerasllm download")
