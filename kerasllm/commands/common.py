@@ -186,18 +186,20 @@ def load_run_and_model(source: Path, unsafe: bool):
 
 def show_table(headers: list[str], rows: list[list[str]], title: str = "", whole: tuple = ()) -> None:
     """A table when it fits the terminal's width; narrower, each row as a record (its first cell, then `header: cell`
-    lines), so that no number or path is split across lines. Piped, there is no width to fit: always the table."""
-    table = table_of(rows, *headers, title=title or None, whole=whole)
+    lines, wrapped at spaces; a word longer than the line, a path, overflows whole), so that no number or path is split
+    across lines. The title is a line of its own, whole. Piped, there is no
+    width to fit (unless COLUMNS says one): the table."""
+    table = table_of(rows, *headers, whole=whole)
     natural = Measurement.get(console, console.options.update(max_width=100_000), table).maximum
+    if title:  # its own line, never wrapped into the table's width: a path in it stays whole
+        console.print(f"[bold]{title}[/]", highlight=False, soft_wrap=True)
     if console.width is None or natural <= console.width:
         return console.print(table)
-    if title:
-        console.print(f"[bold]{title}[/]", highlight=False)
     for row in rows:
         console.print(f"[bold]{row[0]}[/]", highlight=False)
         for header, cell in zip(headers[1:], row[1:]):
             if cell:
-                console.print(f"  {header}: {cell}", highlight=False, soft_wrap=False, markup=False)
+                console.print(f"  {header}: {cell}", highlight=False, soft_wrap=False, markup=False, overflow="ignore")
 
 
 def table_of(rows, *headers: str, **options) -> Table:

@@ -27,7 +27,7 @@ from kerasllm.commands.common import (
     note,
     print_json,
     progress_bar,
-    table_of,
+    show_table,
     write,
 )
 from kerasllm.core import files, validation
@@ -74,7 +74,10 @@ def evaluate(
         return print_json(results)
     where = results.pop("data")
     for table in run.task.tables(results, f"{run.spec.name} on {where}"):
-        console.print(table_of(table.rows, *table.columns, title=table.title))
+        show_table(list(table.columns), [[str(cell) for cell in row] for row in table.rows], title=table.title)
+    for key, path in results.items():  # the files evaluate drew (a classifier's confusion matrix), each path whole
+        if key.endswith("_png") and path:
+            console.print(f"{key.removesuffix('_png').replace('_', ' ')} drawn in {path}", highlight=False, soft_wrap=True)
 
 
 @handle_errors

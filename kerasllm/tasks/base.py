@@ -187,8 +187,10 @@ class Task:
 
     # --- rendering ----------------------------------------------------------------------
     def tables(self, results: dict, title: str) -> list[Table]:
-        """How `evaluate` results render: scalars in one table by default."""
-        rows = [[key, format_value(value)] for key, value in results.items() if not isinstance(value, (list, dict))]
+        """How `evaluate` results render: scalars in one table by default (files it wrote, `*_png`, are lines of their
+        own below the tables: a path in a table cell gets split at 80 columns)."""
+        rows = [[key, format_value(value)] for key, value in results.items()
+                if not isinstance(value, (list, dict)) and not key.endswith("_png")]
         return [Table(title, ["metric", "value"], rows)]
 
     def notes(self, record: dict) -> list[str]:

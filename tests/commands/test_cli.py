@@ -392,3 +392,4 @@ def test_long_work_shows_a_bar_in_a_terminal_and_nothing_when_piped(monkeypatch)
     with common.progress_bar("decoding (beam 4)", "sentences") as advance:
         advance(5, 10)
     assert "decoding (beam 4)" in terminal.getvalue() and "5/10" in terminal.getvalue()
+

@@ -474,3 +474,24 @@ def test_balanced_class_weights_are_recorded_and_used(runner, tmp_path):
     counts = record["class_counts"]
     assert record["class_weights"] == pytest.approx([sum(counts.values()) / (2 * counts[c]) for c in ("0", "1")])
     assert "balanced class weights" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_evaluate_at_80_columns_keeps_a_long_path_whole(runner, lstm_run, tmp_path, monkeypatch):
+    """#33: `evaluate` split a file path across lines at 80 columns (a classifier's confusion-matrix PNG, in a cell):
+    the tables fit 80 columns, and each path is a line of its own, whole."""
+    import shutil
+
+    from rich.console import Console
+
+    from kerasllm.commands import common
+
+    run = tmp_path / ("a-folder-whose-name-alone-is-longer-than-a-terminal-is-wide-" * 2) / "classifier"
+    shutil.copytree(lstm_run, run)
+    monkeypatch.setattr(common, "console", Console(soft_wrap=True, width=80))
+    result = invoke(runner, "evaluate", run)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    drawn = f"confusion matrix drawn in {run / 'confusion_matrix.png'}"
+    assert drawn in lines and "accuracy" in result.stdout, result.stdout
+    assert [line for line in lines if len(line) > 80 and not line.startswith("lstm-classifier on ")] == [drawn]
