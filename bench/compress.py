@@ -34,10 +34,9 @@ ROOT = HERE.parent
 
 
 def interpreter(path: Path):
-    import tensorflow as tf
+    from kerasllm.export.formats import litert_interpreter
 
-    found = tf.lite.Interpreter(model_path=str(path))
-    runner = found.get_signature_runner()
+    runner = litert_interpreter(path).get_signature_runner()
     (name,) = list(runner.get_input_details())
     return lambda batch: next(iter(runner(**{name: batch}).values()))
 

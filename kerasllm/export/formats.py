@@ -177,14 +177,23 @@ def _input_signature(model, batch):
     return [tf.TensorSpec(batch.shape, batch.dtype, name=model.inputs[0].name)]
 
 
+def litert_interpreter(path: Path):
+    """A LiteRT interpreter of a .tflite file: `ai_edge_litert`'s (a dependency; what the export README's snippet
+    uses), else TensorFlow's `tf.lite.Interpreter`, deprecated in its favour (its warning silenced)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.Interpreter(model_path=str(path))
+    return Interpreter(model_path=str(path))
+
+
 def _tflite_runner(path: Path):
     """`run(batch) -> outputs` of a TFLite file, fed by input name through the interpreter's serving signature."""
-    import tensorflow as tf
-
-    with warnings.catch_warnings():  # tf.lite.Interpreter warns that LiteRT will replace it; it still works in TF 2.21
-        warnings.simplefilter("ignore", UserWarning)
-        interpreter = tf.lite.Interpreter(model_path=str(path))
-    runner = interpreter.get_signature_runner()
+    runner = litert_interpreter(path).get_signature_runner()
     names = list(runner.get_input_details())
 
     def run(batch):
@@ -433,11 +442,7 @@ def _usage(model, fmt: str, out: Path, batch, expected, companions, endpoints, t
     if fmt in ("keras", "h5"):
         usage.imports = export_guide.keras_imports(model)
     if fmt == "tflite":
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            names = list(tf.lite.Interpreter(model_path=str(out)).get_signature_runner().get_input_details())
+        names = list(litert_interpreter(out).get_signature_runner().get_input_details())
         usage.feeds = [(name, key or "inputs") for name, key in tflite_feeds(names, batch)]
     if fmt == "onnx":
         import onnxruntime

@@ -85,8 +85,8 @@ def _load(usage: Usage) -> tuple[list[str], list[str]]:
     if usage.fmt == "onnx":
         return (["import onnxruntime"],
                 [f'session = onnxruntime.InferenceSession("{name}")', f"outputs = np.asarray(session.run(None, {feeds})[0])"])
-    return (["import tensorflow as tf  # or: from ai_edge_litert.interpreter import Interpreter"],
-            [f'runner = tf.lite.Interpreter(model_path="{name}").get_signature_runner()', f"(outputs,) = runner(**{feeds}).values()"])
+    return (["from ai_edge_litert.interpreter import Interpreter  # LiteRT (pip install ai-edge-litert), TFLite's successor"],
+            [f'runner = Interpreter(model_path="{name}").get_signature_runner()', f"(outputs,) = runner(**{feeds}).values()"])
 
 
 def snippet(usage: Usage) -> str:
