@@ -37,7 +37,8 @@ from kerasllm.recipes import compress as compression
 @handle_errors
 def export(
     source: ModelOrRun,
-    fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel, tflite or onnx (pip install \"kerasllm[onnx]\").")] = "keras",
+    fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel, tflite, onnx (pip install \"kerasllm[onnx]\") or hf: a "
+                                                     "Hugging Face folder for transformers (pip install \"kerasllm[hf]\").")] = "keras",
     out: Annotated[Optional[Path], typer.Option(help="Output path (default: beside the source; run folders: RUN/export/).")] = None,
     quantize: Annotated[str, typer.Option(
         help="TFLite only: none, dynamic (int8 weights), float16 (float16 weights) or int8 (weights and activations, "
@@ -55,12 +56,15 @@ def export(
     Prints the copy against the source: max |diff|, top-1 agreement, file size and latency per batch.
 
     Examples: `kerasllm export runs/lstm-textgen-20261129-120000 --format tflite` · `kerasllm export my_model.h5` ·
-    `kerasllm export RUN --format tflite --quantize int8` · `kerasllm export RUN --format onnx`
+    `kerasllm export RUN --format tflite --quantize int8` · `kerasllm export RUN --format onnx` ·
+    `kerasllm export RUN --format hf` (a transformer-lm run, checked in transformers)
     """
     export_lib.check_format(fmt)  # before the (slow) model load
     export_lib.check_quantize(fmt, quantize)
     if tolerance is not None and not (tolerance >= 0):
         raise UserError("--tolerance must be 0 or more")
+    if fmt == "hf":
+        return export_hf(source, out, overwrite, unsafe)
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
     export_lib.check_out(out, fmt, path, overwrite)
@@ -94,6 +98,25 @@ def export(
         console.print(f"how to run it with {'onnxruntime' if fmt == 'onnx' else 'TensorFlow'} alone: {result.readme}", highlight=False)
     elif run is not None:
         console.print(f"note: {out.parent / 'README.md'} is not kerasllm's, so no usage snippet was written there", highlight=False)
+
+
+def export_hf(source: Path, out: Path | None, overwrite: bool, unsafe: bool) -> None:
+    """`export --format hf`: a run folder as a Hugging Face folder, checked in transformers (`kerasllm.export.hf`)."""
+    from kerasllm.export import hf
+
+    path = model_path(source)
+    if not files.is_run_dir(path.parent):
+        raise UserError(f"--format hf exports a run folder (its tokenizer goes with the model), and {source} is not in one; "
+                        "pass the run folder")
+    out = out or hf.default_out(path.parent)
+    hf.check_out(out, overwrite)
+    load_tensorflow()
+    run = runs.load_run(path.parent)
+    model = load_model(path, unsafe=unsafe, on_note=console.print)
+    result = hf.export(run, model, out, overwrite)
+    console.print(result.line(), highlight=False)
+    console.print(f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r}), AutoTokenizer.from_pretrained({str(out)!r})",
+                  highlight=False, soft_wrap=True)
 
 
 @handle_errors

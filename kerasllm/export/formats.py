@@ -85,9 +85,12 @@ def check_quantize(fmt: str, quantize: str) -> str:
     return quantize
 
 
+FOLDER_FORMATS = ("hf",)  # written by their own modules: kerasllm.export.hf
+
+
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS and fmt not in FOLDER_FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join([*FORMATS, *FOLDER_FORMATS])}")
     return fmt
 
 

@@ -1,0 +1,300 @@
+"""A run as a Hugging Face folder: `transformers` loads it with `AutoModelForCausalLM.from_pretrained(folder)` and
+`AutoTokenizer.from_pretrained(folder)`, and nothing of kerasllm.
+
+transformer-lm's blocks are GPT-2's (pre-LayerNorm, one fused query/key/value projection, exact GELU, the output tied
+to the token embedding), so a run with learned positions is written as `GPT2LMHeadModel` weights (GPT-2's `Conv1D`
+stores a kernel as (in, out), as Keras' Dense does) and a run with rotary positions as `GPTNeoXForCausalLM` with
+sequential residuals (`use_parallel_residual: false`) and rotary positions on every feature (`rotary_pct: 1.0`; NeoX
+rotates the two halves of each head, as `zoo.layers.RotaryPositions` does; its fused projection is ordered per head,
+so the query/key/value columns are regrouped). Weights go to `model.safetensors`, the settings to `config.json` and
+`generation_config.json` (eos and pad from the run's special tokens; the other specials suppressed, as kerasllm's
+sampler never picks them).
+
+The tokenizer becomes a `tokenizer.json` of the `tokenizers` library with every token at its kerasllm id: a `char`
+run's vocabulary split one code point at a time, a `word` run's by the same pattern kerasllm splits with (words,
+punctuation runs, white-space runs), both joined back without spaces.
+
+`export` writes the folder beside, then checks it in `transformers` itself before renaming it into place: the logits
+on pieces of the run's validation text (max |diff| within the tolerance, float32), the greedy continuation of each
+piece (the same tokens as `kerasllm generate --temperature 0`), and the tokenizer (the same ids, and the same text
+back). Needs `pip install "kerasllm[hf]"` (safetensors, tokenizers, transformers and torch).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kerasllm.core import files
+from kerasllm.core.errors import UserError
+from kerasllm.core.words import count
+from kerasllm.export.measure import human_size
+from kerasllm.tokenizers import REPLACEMENT, WORD_SPLIT
+
+# Lazy imports: Keras, TensorFlow, safetensors, tokenizers, transformers and torch are imported inside functions.
+
+PACKAGES = ("safetensors", "tokenizers", "transformers", "torch")
+INSTALL = 'pip install "kerasllm[hf]"'
+TOKENIZER_KINDS = ("char", "word")
+TOLERANCE = 1e-4
+SAMPLES = 4  # pieces of the validation text the folder is checked on
+PROMPT_TOKENS = 16
+NEW_TOKENS = 32
+MARKER = "kerasllm_export.json"  # inside the folder: which run it came from (an earlier export may be replaced)
+
+
+@dataclass
+class HFResult:
+    path: Path
+    architecture: str
+    size_bytes: int
+    max_abs_diff: float
+    samples: int
+    greedy_tokens: int
+
+    def line(self) -> str:
+        return (f"wrote {self.path} (Hugging Face {self.architecture}, {human_size(self.size_bytes)}); in transformers, on "
+                f"{count(self.samples, 'piece')} of the validation text: max |logit diff| {self.max_abs_diff:.3g} (tolerance "
+                f"{TOLERANCE:g}), the same {self.greedy_tokens} greedy tokens as `kerasllm generate --temperature 0`, "
+                "the same token ids and text from its tokenizer")
+
+
+def check_request(run, model) -> None:
+    """What `--format hf` takes, refused in one line before anything is written."""
+    missing = [name for name in PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--format hf needs {', '.join(missing)}, which are not installed; {INSTALL}")
+    if run is None:
+        raise UserError("--format hf exports a run folder (its tokenizer goes with the model); pass the run folder")
+    if run.spec.name != "transformer-lm":
+        raise UserError(f"--format hf takes transformer-lm runs for now, and this is a {run.spec.name} run; "
+                        "--format savedmodel, tflite or onnx take every model")
+    kind = getattr(run.artifacts.get("tokenizer"), "kind", "")
+    if kind not in TOKENIZER_KINDS:
+        raise UserError(f"--format hf writes {' and '.join(TOKENIZER_KINDS)} tokenizers for now, and this run's is {kind}; "
+                        "train with --set data.tokenizer=char or word")
+    from kerasllm.export.saving import quantized_layers
+
+    if quantized_layers(model):
+        raise UserError("this run is a quantized copy, whose int8/int4 kernels transformers cannot load as they are; "
+                        "export the run it was compressed from")
+    if not all(hasattr(model.get_layer(f"block_{i}"), "qkv") for i in range(run.config.model_args.num_layers)):
+        raise UserError("this run was saved with keras-hub's Transformer layers (kerasllm before 2026-11); train it again "
+                        "to export it to Hugging Face")
+
+
+def default_out(run_dir: Path) -> Path:
+    return Path(run_dir) / files.EXPORT_DIR / "hf"
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """A new folder, or (with --overwrite) an earlier Hugging Face export of kerasllm's."""
+    out = Path(out)
+    if files.is_run_dir(out.parent) or files.is_run_dir(out):
+        raise UserError(f"--out {out} would write into a run folder, whose files are the run's own; export into "
+                        f"{out.parent / files.EXPORT_DIR}/ (the default) or outside any run")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    if not (out / MARKER).is_file():
+        raise UserError(f"--overwrite replaces only an earlier Hugging Face export, and {out} is not one; choose another --out")
+    files.check_replaceable(out)
+
+
+# --- the model -------------------------------------------------------------------------------
+
+def _array(variable) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
+
+
+def gpt2_weights(model, hparams) -> dict[str, np.ndarray]:
+    """GPT2LMHeadModel's state dict (the output head is tied to `transformer.wte`)."""
+    weights = {"transformer.wte.weight": _array(model.get_layer("token_embedding").embeddings),
+               "transformer.wpe.weight": _array(model.get_layer("position_embedding").position_embeddings)}
+    for i in range(hparams.num_layers):
+        block, prefix = model.get_layer(f"block_{i}"), f"transformer.h.{i}"
+        for name, layer in (("ln_1", block.attention_norm), ("ln_2", block.mlp_norm)):
+            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.gamma), _array(layer.beta)
+        for name, layer in (("attn.c_attn", block.qkv), ("attn.c_proj", block.attention_output), ("mlp.c_fc", block.mlp_in),
+                            ("mlp.c_proj", block.mlp_out)):
+            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.kernel), _array(layer.bias)
+    final = model.get_layer("final_norm")
+    weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"] = _array(final.gamma), _array(final.beta)
+    return weights
+
+
+def neox_weights(model, hparams) -> dict[str, np.ndarray]:
+    """GPTNeoXForCausalLM's state dict: torch Linear weights are (out, in), and the fused projection's columns go from
+    (q | k | v) × heads to heads × (q | k | v)."""
+    heads, width = hparams.num_heads, hparams.hidden_dim
+    head = width // heads
+    embedding = _array(model.get_layer("token_embedding").embeddings)
+    weights = {"gpt_neox.embed_in.weight": embedding, "embed_out.weight": embedding.copy()}
+    for i in range(hparams.num_layers):
+        block, prefix = model.get_layer(f"block_{i}"), f"gpt_neox.layers.{i}"
+        for name, layer in (("input_layernorm", block.attention_norm), ("post_attention_layernorm", block.mlp_norm)):
+            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.gamma), _array(layer.beta)
+        kernel, bias = _array(block.qkv.kernel), _array(block.qkv.bias)  # (width, 3 × width), columns (3, heads, head)
+        kernel = kernel.reshape(width, 3, heads, head).transpose(0, 2, 1, 3).reshape(width, 3 * width)
+        bias = bias.reshape(3, heads, head).transpose(1, 0, 2).reshape(3 * width)
+        weights[f"{prefix}.attention.query_key_value.weight"], weights[f"{prefix}.attention.query_key_value.bias"] = kernel.T, bias
+        for name, layer in (("attention.dense", block.attention_output), ("mlp.dense_h_to_4h", block.mlp_in),
+                            ("mlp.dense_4h_to_h", block.mlp_out)):
+            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.kernel).T, _array(layer.bias)
+    final = model.get_layer("final_norm")
+    weights["gpt_neox.final_layer_norm.weight"], weights["gpt_neox.final_layer_norm.bias"] = _array(final.gamma), _array(final.beta)
+    return {name: np.ascontiguousarray(value) for name, value in weights.items()}
+
+
+def model_config(hparams, tokenizer) -> dict:
+    """config.json: GPT-2's for learned positions, GPT-NeoX's for rotary ones; dropout 0 (an exported model predicts)."""
+    specials = {"bos_token_id": tokenizer.special_id("bos"), "eos_token_id": tokenizer.eos_id,
+                "pad_token_id": tokenizer.special_id("pad"), "vocab_size": tokenizer.vocab_size, "torch_dtype": "float32"}
+    if hparams.position == "learned":
+        return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_positions": hparams.max_sequence_length,
+                "n_embd": hparams.hidden_dim, "n_layer": hparams.num_layers, "n_head": hparams.num_heads, "n_inner": hparams.mlp_dim,
+                "activation_function": "gelu", "layer_norm_epsilon": hparams.layer_norm_epsilon, "resid_pdrop": 0.0,
+                "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True, **specials}
+    return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "max_position_embeddings": hparams.max_sequence_length,
+            "hidden_size": hparams.hidden_dim, "num_hidden_layers": hparams.num_layers, "num_attention_heads": hparams.num_heads,
+            "intermediate_size": hparams.mlp_dim, "hidden_act": "gelu", "rotary_pct": 1.0, "rotary_emb_base": 10000,
+            "use_parallel_residual": False, "layer_norm_eps": hparams.layer_norm_epsilon, "attention_bias": True,
+            "attention_dropout": 0.0, "hidden_dropout": 0.0, "tie_word_embeddings": False, **specials}
+
+
+def generation_config(tokenizer, allow_eos: bool) -> dict:
+    """generation_config.json: the special tokens kerasllm's sampler never picks are suppressed (`generation.banned_ids`:
+    [EOS] too, unless rows may end there: chat runs)."""
+    from kerasllm.generation import banned_ids
+
+    return {"bos_token_id": tokenizer.special_id("bos"), "eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.special_id("pad"),
+            "suppress_tokens": [int(i) for i in banned_ids(tokenizer, allow_eos)]}
+
+
+# --- the tokenizer ---------------------------------------------------------------------------
+
+def tokenizer_json(tokenizer):
+    """A `tokenizers.Tokenizer` with every kerasllm token at its id: a word-level model over the run's vocabulary,
+    pre-split one code point at a time (char) or by kerasllm's word pattern (word), decoded by joining the tokens.
+    The unknown token is spelled U+FFFD, as kerasllm decodes it, and is not special (decoding keeps it)."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokens = [REPLACEMENT if i == tokenizer.unk_id else token for i, token in enumerate(tokenizer.vocabulary)]
+    built = HFTokenizer(models.WordLevel({token: i for i, token in enumerate(tokens)}, unk_token=REPLACEMENT))
+    pattern = r"[\s\S]" if tokenizer.kind == "char" else WORD_SPLIT
+    built.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    built.decoder = decoders.Fuse()
+    specials = sorted(i for i in tokenizer.special_tokens.values() if i != tokenizer.unk_id)
+    built.add_special_tokens([AddedToken(tokenizer.vocabulary[i], special=True, normalized=False) for i in specials])
+    built.encode_special_tokens = True  # "[EOS]" typed in text is text, as in kerasllm (transformers: split_special_tokens)
+    return built
+
+
+def tokenizer_config(tokenizer) -> dict:
+    names = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token", "cls": "cls_token", "sep": "sep_token",
+             "mask": "mask_token"}  # no unk_token: a special one would vanish from decoded text, where kerasllm shows U+FFFD
+    found = {names[name]: tokenizer.vocabulary[i] for name, i in tokenizer.special_tokens.items() if name in names}
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+            "split_special_tokens": True,  # no text a user types turns into a special token: kerasllm places them by id
+            "model_max_length": 1_000_000, **found}
+
+
+# --- writing and checking --------------------------------------------------------------------
+
+def write(folder: Path, run, model) -> str:
+    """The folder's files; returns the architecture written."""
+    from safetensors.numpy import save_file
+
+    hparams, tokenizer = run.config.model_args, run.artifacts["tokenizer"]
+    config = model_config(hparams, tokenizer)
+    weights = gpt2_weights(model, hparams) if hparams.position == "learned" else neox_weights(model, hparams)
+    folder.mkdir(parents=True)
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    for name, value in (("config.json", config), ("generation_config.json", generation_config(tokenizer, run.task.name == "chat")),
+                        ("tokenizer_config.json", tokenizer_config(tokenizer)),
+                        ("special_tokens_map.json", {k: v for k, v in tokenizer_config(tokenizer).items() if k.endswith("_token")}),
+                        (MARKER, {"run": str(run.path), "model": run.spec.name})):
+        (folder / name).write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
+    tokenizer_json(tokenizer).save(str(folder / "tokenizer.json"))
+    return config["architectures"][0]
+
+
+def samples(run, count_: int = SAMPLES) -> list[str]:
+    """Pieces of the run's validation text (from its start, spread over it), each a few hundred characters."""
+    from kerasllm.data.text import reload_validation
+
+    text = reload_validation(run.data_record)
+    step = max(len(text) // count_, 1)
+    return [text[i * step:i * step + 400] for i in range(count_) if text[i * step:i * step + 400].strip()]
+
+
+def check(folder: Path, run, model, texts: list[str]) -> tuple[float, int]:
+    """(max |logit diff|, greedy tokens compared) of the folder in transformers against the Keras model; one line
+    naming the first difference otherwise."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from kerasllm import generation
+
+    hf_logging.set_verbosity_error()  # its notes and its "Loading weights" bar: not for the export's user
+    hf_logging.disable_progress_bar()
+
+    tokenizer = run.artifacts["tokenizer"]
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    context, worst, compared = run.config.model_args.max_sequence_length, 0.0, 0
+    new_tokens = min(NEW_TOKENS, context // 2)  # a continuation within the context: no sliding window on either side
+    for text in texts:
+        ours = tokenizer.encode(text)
+        theirs = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
+        if list(map(int, ours)) != list(theirs):
+            raise UserError(f"the exported tokenizer encodes {text[:40]!r} differently from the run's; the export was not written")
+        if hf_tokenizer.decode(theirs, skip_special_tokens=True) != tokenizer.decode(ours):
+            raise UserError(f"the exported tokenizer decodes {text[:40]!r} differently from the run's; the export was not written")
+        window = np.asarray(ours[:context], np.int32)[None]
+        with torch.no_grad():
+            logits = hf_model(torch.from_numpy(window.astype(np.int64))).logits.numpy()
+        worst = max(worst, float(np.max(np.abs(logits - np.asarray(model.predict_on_batch(window), np.float32)))))
+        prompt = ours[:min(PROMPT_TOKENS, context - new_tokens)]
+        with torch.no_grad():
+            out = hf_model.generate(torch.from_numpy(np.asarray(prompt, np.int64)[None]), do_sample=False, max_new_tokens=new_tokens)
+        hf_text = hf_tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=True)
+        (kerasllm_text,) = generation.generate(model, tokenizer, [tokenizer.decode(prompt)], new_tokens,
+                                               window=run.config.data.sequence_length, spec=run.spec, temperature=0.0)
+        if hf_text != kerasllm_text:
+            raise UserError(f"in transformers the greedy continuation of {tokenizer.decode(prompt)!r} is {hf_text!r}, in "
+                            f"kerasllm {kerasllm_text!r}; the export was not written")
+        compared = max(compared, len(out[0]) - len(prompt))
+    if not worst <= TOLERANCE:
+        raise UserError(f"in transformers the logits differ from the run's by up to {worst:.3g} (tolerance {TOLERANCE:g}); "
+                        "the export was not written")
+    return worst, compared
+
+
+def export(run, model, out: Path, overwrite: bool = False) -> HFResult:
+    """Write `run` as a Hugging Face folder at `out`, checked in transformers before it replaces anything."""
+    check_request(run, model)
+    check_out(out, overwrite)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        architecture = write(staging, run, model)
+        texts = samples(run)
+        worst, compared = check(staging, run, model, texts)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    return HFResult(out, architecture, size, worst, len(texts), compared)
