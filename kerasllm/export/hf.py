@@ -8,7 +8,8 @@ sequential residuals (`use_parallel_residual: false`) and rotary positions on ev
 rotates the two halves of each head, as `zoo.layers.RotaryPositions` does; its fused projection is ordered per head,
 so the query/key/value columns are regrouped). Weights go to `model.safetensors`, the settings to `config.json` and
 `generation_config.json` (eos and pad from the run's special tokens; the other specials suppressed, as kerasllm's
-sampler never picks them).
+sampler never picks them). A chat run's template goes into `tokenizer_config.json` as a Jinja `chat_template` that
+renders its `[SYSTEM]`/`[USER]`/`[ASSISTANT] … [EOS]` rows, so `apply_chat_template` gives `kerasllm chat`'s ids.
 
 The tokenizer becomes a `tokenizer.json` of the `tokenizers` library with every token at its kerasllm id: a `char`
 run's vocabulary split one code point at a time, a `word` run's by the same pattern kerasllm splits with (words,
@@ -56,12 +57,15 @@ class HFResult:
     max_abs_diff: float
     samples: int
     greedy_tokens: int
+    chat: bool = False
 
     def line(self) -> str:
+        checked = (f"{count(self.samples, 'conversation')} of the run's data (the chat template gives `kerasllm chat`'s ids)"
+                   if self.chat else f"{count(self.samples, 'piece')} of the validation text")
         return (f"wrote {self.path} (Hugging Face {self.architecture}, {human_size(self.size_bytes)}); in transformers, on "
-                f"{count(self.samples, 'piece')} of the validation text: max |logit diff| {self.max_abs_diff:.3g} (tolerance "
-                f"{TOLERANCE:g}), the same {self.greedy_tokens} greedy tokens as `kerasllm generate --temperature 0`, "
-                "the same token ids and text from its tokenizer")
+                f"{checked}: max |logit diff| {self.max_abs_diff:.3g} (tolerance {TOLERANCE:g}), the same "
+                f"{self.greedy_tokens} greedy tokens as `kerasllm generate --temperature 0`, the same token ids and text "
+                "from its tokenizer")
 
 
 def check_request(run, model) -> None:
@@ -181,7 +185,7 @@ def generation_config(tokenizer, allow_eos: bool) -> dict:
 
 # --- the tokenizer ---------------------------------------------------------------------------
 
-def tokenizer_json(tokenizer):
+def tokenizer_json(tokenizer, chat: bool = False):
     """A `tokenizers.Tokenizer` with every kerasllm token at its id: a word-level model over the run's vocabulary,
     pre-split one code point at a time (char) or by kerasllm's word pattern (word), decoded by joining the tokens.
     The unknown token is spelled U+FFFD, as kerasllm decodes it, and is not special (decoding keeps it)."""
@@ -195,17 +199,29 @@ def tokenizer_json(tokenizer):
     built.decoder = decoders.Fuse()
     specials = sorted(i for i in tokenizer.special_tokens.values() if i != tokenizer.unk_id)
     built.add_special_tokens([AddedToken(tokenizer.vocabulary[i], special=True, normalized=False) for i in specials])
-    built.encode_special_tokens = True  # "[EOS]" typed in text is text, as in kerasllm (transformers: split_special_tokens)
+    built.encode_special_tokens = not chat  # "[EOS]" typed in text is text, as in kerasllm (transformers: split_special_tokens)
     return built
 
 
-def tokenizer_config(tokenizer) -> dict:
+def chat_template_jinja(template) -> str:
+    """The run's chat template (`kerasllm.data.chat_templates.ChatTemplate`) in Jinja, as `apply_chat_template` renders
+    it: each message as its role token, its text and the end token; `add_generation_prompt` adds the assistant's role
+    token, after which kerasllm generates a reply."""
+    roles = ", ".join(f"{role!r}: {token!r}" for role, token in template.role_tokens.items())
+    return ("{%- set roles = {" + roles + "} -%}"
+            "{%- for message in messages -%}{{ roles[message['role']] }}{{ message['content'] }}" + template.end_token +
+            "{%- endfor -%}{%- if add_generation_prompt -%}{{ roles['assistant'] }}{%- endif -%}")
+
+
+def tokenizer_config(tokenizer, template=None) -> dict:
     names = {"bos": "bos_token", "eos": "eos_token", "pad": "pad_token", "cls": "cls_token", "sep": "sep_token",
              "mask": "mask_token"}  # no unk_token: a special one would vanish from decoded text, where kerasllm shows U+FFFD
     found = {names[name]: tokenizer.vocabulary[i] for name, i in tokenizer.special_tokens.items() if name in names}
+    chat = {"chat_template": chat_template_jinja(template)} if template is not None else {}
+    # a plain model: no text a user types turns into a special token, as kerasllm places them by id; a chat model's
+    # template is text whose role tokens transformers must read as the special tokens they are
     return {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-            "split_special_tokens": True,  # no text a user types turns into a special token: kerasllm places them by id
-            "model_max_length": 1_000_000, **found}
+            "split_special_tokens": template is None, "model_max_length": 1_000_000, **found, **chat}
 
 
 # --- writing and checking --------------------------------------------------------------------
@@ -214,22 +230,27 @@ def write(folder: Path, run, model) -> str:
     """The folder's files; returns the architecture written."""
     from safetensors.numpy import save_file
 
-    hparams, tokenizer = run.config.model_args, run.artifacts["tokenizer"]
+    hparams, tokenizer, template = run.config.model_args, run.artifacts["tokenizer"], run.artifacts.get("chat_template")
     config = model_config(hparams, tokenizer)
     weights = gpt2_weights(model, hparams) if hparams.position == "learned" else neox_weights(model, hparams)
     folder.mkdir(parents=True)
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     for name, value in (("config.json", config), ("generation_config.json", generation_config(tokenizer, run.task.name == "chat")),
-                        ("tokenizer_config.json", tokenizer_config(tokenizer)),
+                        ("tokenizer_config.json", tokenizer_config(tokenizer, template)),
                         ("special_tokens_map.json", {k: v for k, v in tokenizer_config(tokenizer).items() if k.endswith("_token")}),
                         (MARKER, {"run": str(run.path), "model": run.spec.name})):
         (folder / name).write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
-    tokenizer_json(tokenizer).save(str(folder / "tokenizer.json"))
+    tokenizer_json(tokenizer, chat=template is not None).save(str(folder / "tokenizer.json"))
     return config["architectures"][0]
 
 
-def samples(run, count_: int = SAMPLES) -> list[str]:
-    """Pieces of the run's validation text (from its start, spread over it), each a few hundred characters."""
+def samples(run, count_: int = SAMPLES) -> list:
+    """What the folder is checked on: pieces of the run's validation text (from its start, spread over it), each a few
+    hundred characters; for a chat run, conversations of its data (lists of messages)."""
+    if run.task.name == "chat":
+        from kerasllm.data.chat import load_conversations
+
+        return load_conversations(run.data_record["source"]).conversations[:count_]
     from kerasllm.data.text import reload_validation
 
     text = reload_validation(run.data_record)
@@ -237,7 +258,7 @@ def samples(run, count_: int = SAMPLES) -> list[str]:
     return [text[i * step:i * step + 400] for i in range(count_) if text[i * step:i * step + 400].strip()]
 
 
-def check(folder: Path, run, model, texts: list[str]) -> tuple[float, int]:
+def check(folder: Path, run, model, texts: list) -> tuple[float, int]:
     """(max |logit diff|, greedy tokens compared) of the folder in transformers against the Keras model; one line
     naming the first difference otherwise."""
     import torch
@@ -254,7 +275,15 @@ def check(folder: Path, run, model, texts: list[str]) -> tuple[float, int]:
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     context, worst, compared = run.config.model_args.max_sequence_length, 0.0, 0
     new_tokens = min(NEW_TOKENS, context // 2)  # a continuation within the context: no sliding window on either side
-    for text in texts:
+    template = run.artifacts.get("chat_template")
+    for sample in texts:
+        if template is not None:  # a conversation: its template's ids, then its messages' text as the text checked
+            ours_prompt = list(map(int, template.prompt(tokenizer, sample)))
+            theirs_prompt = hf_tokenizer.apply_chat_template(sample, add_generation_prompt=True, tokenize=True, return_dict=False)
+            if list(theirs_prompt) != ours_prompt:
+                raise UserError("the exported chat template gives other ids than `kerasllm chat` for a conversation of the "
+                                "run's data; the export was not written")
+        text = " ".join(message["content"] for message in sample) if template is not None else sample
         ours = tokenizer.encode(text)
         theirs = hf_tokenizer(text, add_special_tokens=False)["input_ids"]
         if list(map(int, ours)) != list(theirs):
@@ -270,7 +299,8 @@ def check(folder: Path, run, model, texts: list[str]) -> tuple[float, int]:
             out = hf_model.generate(torch.from_numpy(np.asarray(prompt, np.int64)[None]), do_sample=False, max_new_tokens=new_tokens)
         hf_text = hf_tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=True)
         (kerasllm_text,) = generation.generate(model, tokenizer, [tokenizer.decode(prompt)], new_tokens,
-                                               window=run.config.data.sequence_length, spec=run.spec, temperature=0.0)
+                                               window=run.config.data.sequence_length, spec=run.spec, temperature=0.0,
+                                               allow_eos=template is not None)
         if hf_text != kerasllm_text:
             raise UserError(f"in transformers the greedy continuation of {tokenizer.decode(prompt)!r} is {hf_text!r}, in "
                             f"kerasllm {kerasllm_text!r}; the export was not written")
@@ -297,4 +327,4 @@ def export(run, model, out: Path, overwrite: bool = False) -> HFResult:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    return HFResult(out, architecture, size, worst, len(texts), compared)
+    return HFResult(out, architecture, size, worst, len(texts), compared, chat="chat_template" in run.artifacts)

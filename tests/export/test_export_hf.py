@@ -79,8 +79,8 @@ def test_transformers_alone_loads_the_folder_and_agrees_with_kerasllm(runner, co
                                                                       architecture):
     from kerasllm import generation, runs
     from kerasllm.export.saving import load_model
-    from tests.conftest import TINY_LM
     from tests.commands.test_cli import invoke
+    from tests.conftest import TINY_LM
 
     run_dir = tmp_path / "run"
     trained = invoke(runner, "train", "transformer-lm", "--data", corpus_file, "--out", run_dir, "--quiet", *TINY_LM,
@@ -109,3 +109,31 @@ def test_transformers_alone_loads_the_folder_and_agrees_with_kerasllm(runner, co
     again = invoke(runner, "export", run_dir, "--format", "hf")
     assert again.exit_code == 2 and "--overwrite" in again.stderr  # an export is never replaced unasked
     assert invoke(runner, "export", run_dir, "--format", "hf", "--overwrite").exit_code == 0
+
+
+CHAT = """
+import json, sys
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+messages = json.loads(sys.argv[2])
+print(json.dumps(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)))
+"""
+
+
+@pytest.mark.slow
+def test_a_chat_runs_template_gives_kerasllm_chats_ids_in_transformers(runner, chat_run, tmp_path):
+    from kerasllm import runs
+    from tests.commands.test_cli import invoke
+
+    out = tmp_path / "hf"
+    exported = invoke(runner, "export", chat_run, "--format", "hf", "--out", out)
+    assert exported.exit_code == 0, exported.output
+    assert "the chat template gives `kerasllm chat`'s ids" in exported.stdout
+    run = runs.load_run(chat_run)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Again?"}]
+    done = subprocess.run([sys.executable, "-c", CHAT, str(out), json.dumps(messages)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours = run.artifacts["chat_template"].prompt(run.artifacts["tokenizer"], messages)
+    assert json.loads(done.stdout) == list(map(int, ours))
