@@ -189,6 +189,8 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_norm.build(input_shape)
         self.mlp_in.build(input_shape)
         self.mlp_out.build((*input_shape[:-1], self.intermediate_dim))
+        if self.rotary_positions:  # no weights, but built: Keras' quantize refuses a model with an unbuilt layer
+            self.rotary.build((*input_shape[:-1], self.num_heads, self.head_dim))
         self.built = True
 
     def _attend(self, query, key, value, query_start):

@@ -83,3 +83,19 @@ def test_rotary_positions_compute_what_keras_hubs_rotary_embedding_did():
     rows = np.array([[9], [2]])
     np.testing.assert_allclose(np.asarray(ours(one, positions=rows)), np.asarray(theirs(one, positions=rows)), atol=1e-6)
     assert not np.allclose(np.asarray(ours(x, start_index=1)), np.asarray(ours(x)))
+
+
+def test_a_rotary_transformer_lm_quantizes_to_int8():
+    """`compress --method int8` of a rotary run failed: Keras' quantize refused the weightless, unbuilt `rotary` layer."""
+    import numpy as np
+
+    from kerasllm.data import DataInfo
+    from zoo.transformer_lm import TransformerLMConfig, build
+
+    model = build(TransformerLMConfig(num_layers=1, hidden_dim=16, num_heads=2, position="rotary"), DataInfo(vocab_size=40))
+    float_weights = model.get_weights()
+    model.quantize("int8")  # before any call, as compress quantizes a model it has just loaded
+    twin = build(TransformerLMConfig(num_layers=1, hidden_dim=16, num_heads=2, position="rotary"), DataInfo(vocab_size=40))
+    twin.set_weights(float_weights)
+    tokens = np.arange(8)[None] % 40
+    assert np.max(np.abs(np.asarray(model(tokens)) - np.asarray(twin(tokens)))) < 0.1
