@@ -15,6 +15,10 @@ The tokenizer becomes a `tokenizer.json` of the `tokenizers` library with every 
 run's vocabulary split one code point at a time, a `word` run's by the same pattern kerasllm splits with (words,
 punctuation runs, white-space runs), both joined back without spaces.
 
+A tuned keras-hub preset (a `hub-causal-lm` run) goes out through keras-hub's own `export_to_transformers` with the
+run's tokenizer, for the families keras-hub exports; its generation_config.json then ends a reply where `kerasllm chat`
+does.
+
 `export` writes the folder beside, then checks it in `transformers` itself before renaming it into place: the logits
 on pieces of the run's validation text (max |diff| within the tolerance, float32), the greedy continuation of each
 piece (the same tokens as `kerasllm generate --temperature 0`), and the tokenizer (the same ids, and the same text
@@ -57,11 +61,10 @@ class HFResult:
     max_abs_diff: float
     samples: int
     greedy_tokens: int
-    chat: bool = False
+    checked_on: str = "of the validation text"  # what the samples were
 
     def line(self) -> str:
-        checked = (f"{count(self.samples, 'conversation')} of the run's data (the chat template gives `kerasllm chat`'s ids)"
-                   if self.chat else f"{count(self.samples, 'piece')} of the validation text")
+        checked = f"{count(self.samples, 'piece' if 'validation' in self.checked_on else 'conversation')} {self.checked_on}"
         return (f"wrote {self.path} (Hugging Face {self.architecture}, {human_size(self.size_bytes)}); in transformers, on "
                 f"{checked}: max |logit diff| {self.max_abs_diff:.3g} (tolerance {TOLERANCE:g}), the same "
                 f"{self.greedy_tokens} greedy tokens as `kerasllm generate --temperature 0`, the same token ids and text "
@@ -75,9 +78,11 @@ def check_request(run, model) -> None:
         raise UserError(f"--format hf needs {', '.join(missing)}, which are not installed; {INSTALL}")
     if run is None:
         raise UserError("--format hf exports a run folder (its tokenizer goes with the model); pass the run folder")
-    if run.spec.name != "transformer-lm":
-        raise UserError(f"--format hf takes transformer-lm runs for now, and this is a {run.spec.name} run; "
+    if run.spec.name not in ("transformer-lm", "hub-causal-lm"):
+        raise UserError(f"--format hf takes transformer-lm and hub-causal-lm runs, and this is a {run.spec.name} run; "
                         "--format savedmodel, tflite or onnx take every model")
+    if run.spec.name == "hub-causal-lm":
+        return check_family(model)
     kind = getattr(run.artifacts.get("tokenizer"), "kind", "")
     if kind not in TOKENIZER_KINDS:
         raise UserError(f"--format hf writes {' and '.join(TOKENIZER_KINDS)} tokenizers for now, and this run's is {kind}; "
@@ -90,6 +95,19 @@ def check_request(run, model) -> None:
     if not all(hasattr(model.get_layer(f"block_{i}"), "qkv") for i in range(run.config.model_args.num_layers)):
         raise UserError("this run was saved with keras-hub's Transformer layers (kerasllm before 2026-11); train it again "
                         "to export it to Hugging Face")
+
+
+def check_family(model) -> None:
+    """A tuned keras-hub preset goes out through keras-hub's own exporter, which knows some families only."""
+    from keras_hub.src.utils.transformers.export.hf_exporter import MODEL_CONFIGS
+
+    from kerasllm.zoo.hub_causal_lm import causal_lm_of
+
+    family = type(causal_lm_of(model).backbone).__name__
+    if family not in MODEL_CONFIGS:
+        known = ", ".join(sorted(name.removesuffix("Backbone") for name in MODEL_CONFIGS))
+        raise UserError(f"keras-hub exports {known} presets to Hugging Face, and this run's is "
+                        f"{family.removesuffix('Backbone')}; --format savedmodel or tflite take it")
 
 
 def default_out(run_dir: Path) -> Path:
@@ -230,6 +248,8 @@ def write(folder: Path, run, model) -> str:
     """The folder's files; returns the architecture written."""
     from safetensors.numpy import save_file
 
+    if run.spec.name == "hub-causal-lm":
+        return write_hub(folder, run, model)
     hparams, tokenizer, template = run.config.model_args, run.artifacts["tokenizer"], run.artifacts.get("chat_template")
     config = model_config(hparams, tokenizer)
     weights = gpt2_weights(model, hparams) if hparams.position == "learned" else neox_weights(model, hparams)
@@ -242,6 +262,28 @@ def write(folder: Path, run, model) -> str:
         (folder / name).write_text(json.dumps(value, indent=2, ensure_ascii=False), encoding="utf-8")
     tokenizer_json(tokenizer, chat=template is not None).save(str(folder / "tokenizer.json"))
     return config["architectures"][0]
+
+
+def write_hub(folder: Path, run, model) -> str:
+    """A tuned keras-hub preset (LoRA merged into its kernels as the run saved it) through keras-hub's own exporter,
+    with the run's tokenizer; generation_config.json then ends a reply where `kerasllm chat` ends it and suppresses
+    the special tokens kerasllm's sampler never picks."""
+    from kerasllm.generation import banned_ids
+    from kerasllm.zoo.hub_causal_lm import causal_lm_of
+
+    causal_lm, tokenizer = causal_lm_of(model), run.artifacts["tokenizer"]
+    causal_lm.preprocessor = causal_lm.preprocessor_cls(tokenizer=tokenizer.tokenizer)
+    try:
+        causal_lm.export_to_transformers(str(folder))
+    finally:
+        causal_lm.preprocessor = None
+    path = folder / "generation_config.json"
+    generation = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    generation.update(eos_token_id=tokenizer.eos_id, suppress_tokens=[int(i) for i in banned_ids(tokenizer, allow_eos=True)])
+    path.write_text(json.dumps(generation, indent=2), encoding="utf-8")
+    (folder / MARKER).write_text(json.dumps({"run": str(run.path), "model": run.spec.name}), encoding="utf-8")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return (config.get("architectures") or [f"{config.get('model_type', '?')} causal LM"])[0]
 
 
 def samples(run, count_: int = SAMPLES) -> list:
@@ -273,11 +315,12 @@ def check(folder: Path, run, model, texts: list) -> tuple[float, int]:
     tokenizer = run.artifacts["tokenizer"]
     hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
-    context, worst, compared = run.config.model_args.max_sequence_length, 0.0, 0
+    context = getattr(run.config.model_args, "max_sequence_length", 0) or run.config.data.sequence_length
+    worst, compared = 0.0, 0
     new_tokens = min(NEW_TOKENS, context // 2)  # a continuation within the context: no sliding window on either side
     template = run.artifacts.get("chat_template")
     for sample in texts:
-        if template is not None:  # a conversation: its template's ids, then its messages' text as the text checked
+        if getattr(template, "kind", "") == "kerasllm":  # a conversation: its template's ids, then its messages' text
             ours_prompt = list(map(int, template.prompt(tokenizer, sample)))
             theirs_prompt = hf_tokenizer.apply_chat_template(sample, add_generation_prompt=True, tokenize=True, return_dict=False)
             if list(theirs_prompt) != ours_prompt:
@@ -297,10 +340,15 @@ def check(folder: Path, run, model, texts: list) -> tuple[float, int]:
         prompt = ours[:min(PROMPT_TOKENS, context - new_tokens)]
         with torch.no_grad():
             out = hf_model.generate(torch.from_numpy(np.asarray(prompt, np.int64)[None]), do_sample=False, max_new_tokens=new_tokens)
-        hf_text = hf_tokenizer.decode(out[0, len(prompt):].tolist(), skip_special_tokens=True)
-        (kerasllm_text,) = generation.generate(model, tokenizer, [tokenizer.decode(prompt)], new_tokens,
-                                               window=run.config.data.sequence_length, spec=run.spec, temperature=0.0,
-                                               allow_eos=template is not None)
+        continued = out[0, len(prompt):].tolist()
+        if template is not None and tokenizer.eos_id in continued:  # a reply ends at [EOS], which kerasllm does not print
+            continued = continued[:continued.index(tokenizer.eos_id)]
+        rows = generation.Rows(tokenizer, 1, [], None)  # the tokens compared, read as kerasllm reads its own
+        rows.set(0, continued)
+        hf_text = rows.texts[0]
+        (kerasllm_text,) = generation.generate_ids(model, tokenizer, [np.asarray(prompt, np.int32)], new_tokens,
+                                                   window=run.config.data.sequence_length, spec=run.spec, temperature=0.0,
+                                                   allow_eos=template is not None)
         if hf_text != kerasllm_text:
             raise UserError(f"in transformers the greedy continuation of {tokenizer.decode(prompt)!r} is {hf_text!r}, in "
                             f"kerasllm {kerasllm_text!r}; the export was not written")
@@ -327,4 +375,7 @@ def export(run, model, out: Path, overwrite: bool = False) -> HFResult:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
-    return HFResult(out, architecture, size, worst, len(texts), compared, chat="chat_template" in run.artifacts)
+    kind = getattr(run.artifacts.get("chat_template"), "kind", None)
+    checked_on = ("of the validation text" if kind is None else "of the run's data (the chat template gives `kerasllm chat`'s ids)"
+                  if kind == "kerasllm" else "of the run's data (their text; the preset's chat template is keras-hub's to export)")
+    return HFResult(out, architecture, size, worst, len(texts), compared, checked_on)

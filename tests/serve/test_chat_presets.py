@@ -161,3 +161,17 @@ def test_decoder_rows_step_alone_like_the_whole_model(presets):
         whole = np.asarray(lm({"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}))[0, -1]
         np.testing.assert_allclose(logits[row], whole, atol=1e-4)
     assert not logits[1].any()
+
+
+@pytest.mark.slow
+def test_a_tuned_preset_goes_to_hugging_face_through_keras_hub_and_agrees_in_transformers(tuned, tmp_path):
+    """#31: a hub-causal-lm run through keras-hub's own exporter, checked in transformers (logits, greedy, tokenizer)."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+    result = invoke(runner, "export", tuned, "--format", "hf", "--out", tmp_path / "hf")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.splitlines()[0]
+    assert "LlamaForCausalLM" in line and "max |logit diff|" in line and "greedy tokens" in line
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] and generation["eos_token_id"] is not None  # ends where kerasllm chat ends
