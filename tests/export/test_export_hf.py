@@ -49,7 +49,7 @@ def test_what_hf_cannot_take_is_one_line(monkeypatch, trained_run):
     run = runs.load_run(trained_run)  # lstm-textgen
     with pytest.raises(UserError) as error:
         hf.check_request(run, model=None)
-    assert_says(str(error.value), "transformer-lm runs", "lstm-textgen")
+    assert_says(str(error.value), "transformer-lm and hub-causal-lm runs", "lstm-textgen")
     monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: None if name == "torch" else object())
     with pytest.raises(UserError) as error:
         hf.check_request(run, model=None)
