@@ -13,7 +13,8 @@ renders its `[SYSTEM]`/`[USER]`/`[ASSISTANT] … [EOS]` rows, so `apply_chat_tem
 
 The tokenizer becomes a `tokenizer.json` of the `tokenizers` library with every token at its kerasllm id: a `char`
 run's vocabulary split one code point at a time, a `word` run's by the same pattern kerasllm splits with (words,
-punctuation runs, white-space runs), both joined back without spaces.
+punctuation runs, white-space runs), a `wordpiece` run's as WordPiece (longest match first, `##` continuations) over
+kerasllm's pieces; all joined back without spaces.
 
 A tuned keras-hub preset (a `hub-causal-lm` run) goes out through keras-hub's own `export_to_transformers` with the
 run's tokenizer, for the families keras-hub exports; its generation_config.json then ends a reply where `kerasllm chat`
@@ -39,13 +40,13 @@ from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import count
 from kerasllm.export.measure import human_size
-from kerasllm.tokenizers import REPLACEMENT, WORD_SPLIT
+from kerasllm.tokenizers import PIECE_SPLIT, REPLACEMENT, WORD_SPLIT
 
 # Lazy imports: Keras, TensorFlow, safetensors, tokenizers, transformers and torch are imported inside functions.
 
 PACKAGES = ("safetensors", "tokenizers", "transformers", "torch")
 INSTALL = 'pip install "kerasllm[hf]"'
-TOKENIZER_KINDS = ("char", "word")
+TOKENIZER_KINDS = ("char", "word", "wordpiece")
 TOLERANCE = 1e-4
 SAMPLES = 4  # pieces of the validation text the folder is checked on
 PROMPT_TOKENS = 16
@@ -211,10 +212,16 @@ def tokenizer_json(tokenizer, chat: bool = False):
     from tokenizers import Tokenizer as HFTokenizer
 
     tokens = [REPLACEMENT if i == tokenizer.unk_id else token for i, token in enumerate(tokenizer.vocabulary)]
-    built = HFTokenizer(models.WordLevel({token: i for i, token in enumerate(tokens)}, unk_token=REPLACEMENT))
-    pattern = r"[\s\S]" if tokenizer.kind == "char" else WORD_SPLIT
+    vocabulary = {token: i for i, token in enumerate(tokens)}
+    if tokenizer.kind == "wordpiece":  # longest match first within each piece, continuations marked ##, as tf-text's
+        built = HFTokenizer(models.WordPiece(vocabulary, unk_token=REPLACEMENT, continuing_subword_prefix="##",
+                                             max_input_chars_per_word=200))
+        built.decoder = decoders.Sequence([decoders.Replace("##", ""), decoders.Fuse()])
+    else:
+        built = HFTokenizer(models.WordLevel(vocabulary, unk_token=REPLACEMENT))
+        built.decoder = decoders.Fuse()
+    pattern = {"char": r"[\s\S]", "word": WORD_SPLIT, "wordpiece": PIECE_SPLIT}[tokenizer.kind]
     built.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    built.decoder = decoders.Fuse()
     specials = sorted(i for i in tokenizer.special_tokens.values() if i != tokenizer.unk_id)
     built.add_special_tokens([AddedToken(tokenizer.vocabulary[i], special=True, normalized=False) for i in specials])
     built.encode_special_tokens = not chat  # "[EOS]" typed in text is text, as in kerasllm (transformers: split_special_tokens)

@@ -19,9 +19,9 @@ from tests.conftest import assert_says
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 4
 
 
-@pytest.mark.parametrize("kind", ["char", "word"])
+@pytest.mark.parametrize("kind", ["char", "word", "wordpiece"])
 def test_the_tokenizer_json_gives_the_runs_ids_and_text(kind):
-    ours = Tokenizer.fit(TEXT, kind, vocab_size=30 if kind == "char" else 12)  # small: unknown tokens too
+    ours = Tokenizer.fit(TEXT, kind, vocab_size={"char": 30, "word": 12, "wordpiece": 60}[kind])  # small: unknown tokens too
     theirs = hf.tokenizer_json(ours)
     for text in (TEXT[:90], "Zebras? ¿Qué? [EOS] 12", ""):
         ids = list(map(int, ours.encode(text)))
