@@ -33,6 +33,8 @@ from kerasllm.serve.engine import Engine, QueueFull, Request
 # Only `kerasllm serve` imports this module (FastAPI with it); the command line imports it inside that command.
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+MAX_PROMPTS = 64  # prompts in one `echo` request (scoring)
+MAX_LOGPROBS = 20  # the most alternatives `logprobs` may ask for per position (vLLM's bound)
 MAX_STOP = 4  # OpenAI takes up to 4 stop strings
 
 
@@ -57,6 +59,7 @@ class Served:
     tokenizer: object
     template: object | None = None  # a chat run's ChatTemplate; None for a plain language model
     max_tokens: int = 256  # the most new tokens one request may ask for
+    model: object = None  # the Keras model itself: `echo` scores a prompt in one call of it (kerasllm.serve.scoring)
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -81,7 +84,7 @@ class SamplingBody(BaseModel):
 
     model: Optional[str] = None
     stream: StrictBool = False
-    max_tokens: Optional[Annotated[StrictInt, Field(ge=1)]] = None
+    max_tokens: Optional[Annotated[StrictInt, Field(ge=0)]] = None  # 0: only with `echo` (completions)
     max_completion_tokens: Optional[Annotated[StrictInt, Field(ge=1)]] = None
     temperature: Optional[Annotated[Number, Field(ge=0, le=2)]] = None
     top_p: Optional[Annotated[Number, Field(gt=0, le=1)]] = None
@@ -102,11 +105,21 @@ class SamplingBody(BaseModel):
                 "stop": tuple(stop)}
 
 
-class CompletionBody(SamplingBody):
-    prompt: Union[StrictStr, Annotated[List[StrictStr], Field(min_length=1, max_length=1)]] = ""  # one prompt per request
+TokenIds = Annotated[List[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+class CompletionBody(SamplingBody):
+    # a text or token ids; several of either only with `echo` (scoring: lm-evaluation-harness batches its requests)
+    prompt: Union[StrictStr, Annotated[List[StrictStr], Field(min_length=1, max_length=MAX_PROMPTS)], TokenIds,
+                  Annotated[List[TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]] = ""
+    echo: StrictBool = False
+    logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)]] = None
+
+    def prompts(self) -> list:
+        """Each prompt: a text, or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class ChatBody(SamplingBody):
@@ -127,8 +140,44 @@ def validation_error(error) -> ApiError:
     return ApiError(400, f"{'.'.join(where)}: {first.get('msg', 'invalid').lower()}{given}", param=param, code="invalid_value")
 
 
+def prompt_ids(prompt, served: Served) -> np.ndarray:
+    """A prompt's token ids: a text encoded as `kerasllm generate` encodes it, or ids checked against the vocabulary."""
+    if isinstance(prompt, str):
+        return generation.encode_prompt(served.tokenizer, prompt)
+    ids = np.asarray(prompt, np.int64)
+    if ids.max() >= served.tokenizer.vocab_size:
+        raise ApiError(400, f"prompt: token id {int(ids.max())} is outside the vocabulary of {served.tokenizer.vocab_size}",
+                       param="prompt", code="invalid_value")
+    return ids.astype(np.int32)
+
+
 def completion_prompt(body: CompletionBody, served: Served) -> np.ndarray:
-    return generation.encode_prompt(served.tokenizer, body.text())
+    prompts = body.prompts()
+    if len(prompts) > 1:
+        raise ApiError(400, "several prompts in one request are answered only with echo (scoring); send one prompt per "
+                       "request to generate", param="prompt", code="invalid_value")
+    return prompt_ids(prompts[0], served)
+
+
+async def echo_response(body: CompletionBody, served: Served, head: dict) -> dict:
+    """`echo`: each prompt's text and, with `logprobs`, its tokens' log-probabilities, then at most one greedy token
+    (`kerasllm.serve.scoring`); one choice per prompt."""
+    from kerasllm.serve import scoring
+
+    generate = COMPLETION_DEFAULT_TOKENS if body.max_tokens is None else body.max_tokens
+    if generate > 1 or body.stream:
+        raise ApiError(400, "with echo this server returns the prompt's log-probabilities and at most one token after it, "
+                       "in one body: pass max_tokens 0 or 1 and no stream", param="max_tokens", code="invalid_value")
+    choices, prompt_tokens, completion_tokens = [], 0, 0
+    for index, prompt in enumerate(body.prompts()):
+        ids = prompt_ids(prompt, served)
+        found = await asyncio.to_thread(scoring.echo, served.model, served.tokenizer, ids, served.engine.context,
+                                        body.logprobs or 0, generate)
+        choices.append({"index": index, "text": found["text"], "finish_reason": "length",
+                        "logprobs": found["logprobs"] if body.logprobs is not None else None})
+        prompt_tokens, completion_tokens = prompt_tokens + len(ids), completion_tokens + found["completion_tokens"]
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {**head, "object": "text_completion", "choices": choices, "usage": usage}
 
 
 def chat_prompt(body: ChatBody, served: Served) -> np.ndarray:
@@ -328,13 +377,18 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
 
     async def respond(body: SamplingBody, chat: bool):
         served = named_model(body, by_name)
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": served.name}
+        if not chat and body.echo:
+            return await echo_response(body, served, head)
+        if 0 in (body.max_tokens, body.max_completion_tokens):
+            raise ApiError(400, "max_tokens 0 generates nothing: it is for echo (scoring a prompt); pass 1 or more",
+                           param="max_tokens", code="invalid_value")
         if chat:
             options = dict(body.sampling(served, served.max_tokens), allow_eos=True)
             answer = Answer(served, chat_prompt(body, served), options)
         else:
             options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
             answer = Answer(served, completion_prompt(body, served), options)
-        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": served.name}
         if body.stream:
             return StreamingResponse(stream_events(answer, head, chat, stream_interval), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -372,4 +426,4 @@ def load_served(run, model, max_batch: int, max_queue: int, max_tokens: int) -> 
     if max_tokens < 1:
         raise UserError("--max-tokens must be at least 1")
     engine = Engine(decoder, run.artifacts["tokenizer"], max_batch, max_queue).start()
-    return Served(run.path.name, engine, run.artifacts["tokenizer"], run.artifacts.get("chat_template"), max_tokens)
+    return Served(run.path.name, engine, run.artifacts["tokenizer"], run.artifacts.get("chat_template"), max_tokens, model=model)

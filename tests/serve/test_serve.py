@@ -106,6 +106,38 @@ def test_completions_on_a_plain_run_and_chat_refused_there(client):
     assert raised.value.body["code"] == "model_not_chat"
 
 
+def test_echo_scores_the_prompt_as_lm_eval_asks(client, served, plain_run):
+    """#32: lm-evaluation-harness's `local-completions` sends token ids with `echo: true, logprobs: 1, max_tokens: 1` and
+    reads `token_logprobs[len(context):-1]`: the model's own natural-log probabilities of the prompt's tokens."""
+    from kerasllm import runs
+    from kerasllm.export.saving import load_model
+    from kerasllm.serve import scoring
+
+    run = runs.load_run(plain_run)
+    tokenizer, model = run.artifacts["tokenizer"], load_model(plain_run / "model.keras")
+    ids = [int(i) for i in tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 2)]  # 90 tokens: 3+ windows of 32
+    answer = client.completions.create(model="plain", prompt=[ids[:10], ids], echo=True, logprobs=3, max_tokens=1, temperature=0)
+    short, long = sorted(answer.choices, key=lambda choice: choice.index)
+    assert long.logprobs.token_logprobs[0] is None and len(long.logprobs.token_logprobs) == len(ids) + 1
+    assert answer.usage.prompt_tokens == 10 + len(ids) and answer.usage.completion_tokens == 2
+    assert long.text.startswith(tokenizer.decode(ids)) and long.logprobs.text_offset[:3] == [0, 1, 2]
+    # the same figures computed here: the windows of the context, each token from the model's own softmax
+    table = scoring.position_logprobs(model, np.asarray(ids), 32)
+    expected = [float(table[p - 1, ids[p]]) for p in range(1, len(ids))]
+    np.testing.assert_allclose(long.logprobs.token_logprobs[1:-1], expected, atol=1e-4)
+    np.testing.assert_allclose(short.logprobs.token_logprobs[1:-1], expected[:9], atol=1e-4)  # within one window: the same
+    assert all(len(top) >= 1 and max(top.values()) >= lp - 1e-6 for top, lp in
+               zip(long.logprobs.top_logprobs[1:], long.logprobs.token_logprobs[1:]))
+    whole = np.asarray(model.predict_on_batch(np.asarray([ids[:32]], np.int32)), np.float64)[0]
+    first_window = whole - np.log(np.exp(whole - whole.max(-1, keepdims=True)).sum(-1, keepdims=True)) - whole.max(-1, keepdims=True)
+    np.testing.assert_allclose(expected[:31], [first_window[p - 1, ids[p]] for p in range(1, 32)], atol=1e-4)
+    scored = client.completions.create(model="plain", prompt="The cat", echo=True, max_tokens=0, logprobs=0)
+    assert scored.choices[0].text == "The cat" and scored.usage.completion_tokens == 0
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model="plain", prompt="The cat", echo=True, max_tokens=5)
+    assert raised.value.body["param"] == "max_tokens"
+
+
 def test_an_error_through_the_client(client):
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="nothere", messages=[{"role": "user", "content": "hi"}])
@@ -124,7 +156,9 @@ def test_an_error_through_the_client(client):
     ("/v1/chat/completions", {"model": "chat", "messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "n": 3}, 400, "n"),
-    ("/v1/completions", {"model": "plain", "prompt": ["a", "b"]}, 400, "prompt"),  # one prompt per request
+    ("/v1/completions", {"model": "plain", "prompt": ["a", "b"]}, 400, "prompt"),  # one prompt per request (unless echo)
+    ("/v1/completions", {"model": "plain", "prompt": [1, 2, 99999], "echo": True, "max_tokens": 0}, 400, "prompt"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "echo": True, "max_tokens": 0, "logprobs": 50}, 400, "logprobs"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "stream": "yes"}, 400, "stream"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "top_p": float("nan")}, 400, "top_p"),
