@@ -85,6 +85,7 @@ def test_rotary_positions_compute_what_keras_hubs_rotary_embedding_did():
     assert not np.allclose(np.asarray(ours(x, start_index=1)), np.asarray(ours(x)))
 
 
+@pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method:UserWarning")  # Keras, for each weightless layer
 def test_a_rotary_transformer_lm_quantizes_to_int8():
     """`compress --method int8` of a rotary run failed: Keras' quantize refused the weightless, unbuilt `rotary` layer."""
     import numpy as np
