@@ -34,6 +34,7 @@ from kerasllm.serve.engine import Engine, QueueFull, Request
 
 COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 MAX_PROMPTS = 64  # prompts in one `echo` request (scoring)
+PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")  # /metrics' path labels
 MAX_LOGPROBS = 20  # the most alternatives `logprobs` may ask for per position (vLLM's bound)
 MAX_STOP = 4  # OpenAI takes up to 4 stop strings
 
@@ -222,7 +223,7 @@ OUTBOXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # event loo
 class Answer:
     """A submitted request and its events (text, then done) as they come from the engine's thread."""
 
-    def __init__(self, served: Served, prompt: np.ndarray, options: dict):
+    def __init__(self, served: Served, prompt: np.ndarray, options: dict, metrics=None):
         loop = asyncio.get_running_loop()
         outbox = OUTBOXES.get(loop) or OUTBOXES.setdefault(loop, Outbox(loop))
         self.events: asyncio.Queue = asyncio.Queue()
@@ -232,6 +233,7 @@ class Answer:
         self.request = Request(prompt, options.pop("max_tokens"), on_text=lambda text: put(("text", text)),
                                on_done=lambda reason, usage: put(("done", reason, usage)), sampling=generation.Sampling(**options))
         self.finished = False
+        self.watch = metrics.watch(served, self.request) if metrics is not None else None
         try:
             served.engine.submit(self.request)
         except QueueFull as error:
@@ -243,6 +245,10 @@ class Answer:
 
     def _receive(self, event: tuple) -> None:
         self.events.put_nowait(event)
+        if self.watch is not None and event[0] == "text":
+            self.watch.text()
+        elif self.watch is not None:
+            self.watch.done(event[2] if event[1] != "error" else {})
         if event[0] == "done":
             self.ended.set()
 
@@ -369,26 +375,38 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
     """The FastAPI app answering for `models`; streamed answers are written at most once per `stream_interval` seconds
     after their first chunk."""
     from fastapi import FastAPI
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import Response, StreamingResponse
+
+    from kerasllm.serve.metrics import CONTENT_TYPE, Metrics
 
     by_name = {served.name: served for served in models}
     app = FastAPI(title="kerasllm", docs_url=None, redoc_url=None, openapi_url=None)
     install_errors(app, api_key)
+    metrics = Metrics(models)
+
+    @app.middleware("http")
+    async def count(request, call_next):  # every answer by path and status (an unknown path counts as "other")
+        response = await call_next(request)
+        path = request.url.path
+        metrics.answered(path if path in PATHS else "other", response.status_code)
+        return response
 
     async def respond(body: SamplingBody, chat: bool):
         served = named_model(body, by_name)
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": served.name}
         if not chat and body.echo:
-            return await echo_response(body, served, head)
+            answered = await echo_response(body, served, head)
+            metrics.prompt_tokens.labels(served.name).inc(answered["usage"]["prompt_tokens"])
+            return answered
         if 0 in (body.max_tokens, body.max_completion_tokens):
             raise ApiError(400, "max_tokens 0 generates nothing: it is for echo (scoring a prompt); pass 1 or more",
                            param="max_tokens", code="invalid_value")
         if chat:
             options = dict(body.sampling(served, served.max_tokens), allow_eos=True)
-            answer = Answer(served, chat_prompt(body, served), options)
+            answer = Answer(served, chat_prompt(body, served), options, metrics)
         else:
             options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
-            answer = Answer(served, completion_prompt(body, served), options)
+            answer = Answer(served, completion_prompt(body, served), options, metrics)
         if body.stream:
             return StreamingResponse(stream_events(answer, head, chat, stream_interval), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -397,6 +415,10 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
     @app.get("/health")
     async def health():
         return {"status": "ok", "models": [{"id": s.name, "busy_slots": s.engine.busy, "slots": s.engine.max_batch} for s in models]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.text(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def list_models():

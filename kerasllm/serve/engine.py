@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,6 +49,7 @@ class Request:
     on_done: Callable[[str, dict], None]
     sampling: generation.Sampling = field(default_factory=lambda: generation.Sampling(allow_eos=True))
     cancelled: threading.Event = field(default_factory=threading.Event)
+    joined: float | None = None  # time.perf_counter() when it took a slot (`/metrics`' queue time)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -195,6 +197,7 @@ class Engine:
             self._join(self.slots.index(None), request)
 
     def _join(self, row: int, request: Request) -> None:
+        request.joined = time.perf_counter()
         slot = Slot(request, self.tokenizer, self)
         logits, row_caches = self.decoder.prefill(request.prompt)
         self.caches = self.decoder.put(self.caches, row, row_caches)

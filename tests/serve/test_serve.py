@@ -138,6 +138,36 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(client, served, plain_run):
     assert raised.value.body["param"] == "max_tokens"
 
 
+def scrape(url) -> dict:
+    """/metrics as {sample name with labels: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    reply = httpx.get(f"{url}/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {f"{sample.name}{sorted(sample.labels.items())}": sample.value
+            for family in text_string_to_metric_families(reply.text) for sample in family.samples}
+
+
+def test_metrics_count_a_request_its_tokens_and_its_latencies(client, url):
+    """#32: Prometheus' text format, scraped before and after one completion."""
+    name = lambda metric, **labels: f"{metric}{sorted(labels.items())}"
+    before = scrape(url)
+    answer = client.completions.create(model="plain", prompt="The ", temperature=0, max_tokens=6)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="plain", prompt="x", max_tokens=-1)
+    after = scrape(url)
+    grew = lambda key: after.get(key, 0.0) - before.get(key, 0.0)
+    assert grew(name("kerasllm_requests_total", path="/v1/completions", status="200")) == 1
+    assert grew(name("kerasllm_requests_total", path="/v1/completions", status="400")) == 1
+    assert grew(name("kerasllm_generation_tokens_total", model="plain")) == answer.usage.completion_tokens == 6
+    assert grew(name("kerasllm_prompt_tokens_total", model="plain")) == answer.usage.prompt_tokens
+    for histogram in ("time_to_first_token_seconds", "queue_time_seconds", "request_seconds"):
+        assert grew(name(f"kerasllm_{histogram}_count", model="plain")) == 1, histogram
+    assert grew(name("kerasllm_inter_token_latency_seconds_count", model="plain")) >= 1
+    assert after[name("kerasllm_slots", model="plain")] == 4 and after[name("kerasllm_busy_slots", model="plain")] == 0
+    assert name("kerasllm_queue_length", model="chat") in after
+
+
 def test_an_error_through_the_client(client):
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="nothere", messages=[{"role": "user", "content": "hi"}])
