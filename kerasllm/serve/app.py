@@ -78,6 +78,10 @@ def _finite(value):
 Number = Annotated[Union[StrictInt, StrictFloat], AfterValidator(_finite)]
 
 
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False  # a last chunk, before [DONE], with the usage and no choices (OpenAI's)
+
+
 class SamplingBody(BaseModel):
     """What /v1/completions and /v1/chat/completions share (`top_k` is an extension, as in vLLM and llama.cpp)."""
 
@@ -93,6 +97,7 @@ class SamplingBody(BaseModel):
     n: Optional[Annotated[StrictInt, Field(ge=1, le=1)]] = None  # one choice per request
     stop: Optional[Union[StrictStr, Annotated[List[StrictStr], Field(max_length=MAX_STOP)]]] = None
     seed: Optional[StrictInt] = None
+    stream_options: Optional[StreamOptions] = None
 
     def sampling(self, served: Served, default_tokens: int) -> dict:
         """The engine's options; `max_tokens` bounded by the server's `--max-tokens`."""
@@ -294,18 +299,22 @@ def _chunk(head: dict, chat: bool, text: str | None, reason: str | None, first: 
     return {**head, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
 
 
-async def stream_events(answer: Answer, head: dict, chat: bool, interval: float = 0.0):
+async def stream_events(answer: Answer, head: dict, chat: bool, interval: float = 0.0, usage: bool = False):
     """Server-sent events: a chunk per piece of text, one with the finish reason, then `data: [DONE]`. The first chunk
     goes out at once; after it, the chunks ready together are written together, at most one write per `interval`
     seconds (a write per token per stream held a core of 2 under 16 streaming clients; `kerasllm serve
     --stream-interval`)."""
     if chat:
         yield _sse(_chunk(head, chat, None, None, first=True))
+    counted = {}
     async for events in answer.batches():
         yield "".join(_event_sse(event, head, chat) for event in events)
+        counted = next((event[2] for event in events if event[0] == "done" and event[1] != "error"), counted)
         if interval and not answer.finished:  # the text of the next `interval` goes out in one write; the end at once
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(answer.ended.wait(), interval)
+    if usage:  # `stream_options.include_usage`: the usage in a chunk of its own, with no choices
+        yield _sse({**head, "object": "chat.completion.chunk" if chat else "text_completion", "choices": [], "usage": counted})
     yield "data: [DONE]\n\n"
 
 
@@ -408,7 +417,8 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
             options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
             answer = Answer(served, completion_prompt(body, served), options, metrics)
         if body.stream:
-            return StreamingResponse(stream_events(answer, head, chat, stream_interval), media_type="text/event-stream",
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream_events(answer, head, chat, stream_interval, usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         return await whole_response(answer, head, chat)
 

@@ -168,6 +168,20 @@ def test_metrics_count_a_request_its_tokens_and_its_latencies(client, url):
     assert name("kerasllm_queue_length", model="chat") in after
 
 
+def test_a_stream_ends_with_its_usage_when_asked(client):
+    """#32: `stream_options.include_usage`: one last chunk with no choices and the usage, before [DONE]."""
+    messages = [{"role": "user", "content": "Say hello to Ada."}]
+    chunks = list(client.chat.completions.create(model="chat", messages=messages, temperature=0, max_tokens=8, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    assert chunks[-1].usage.total_tokens == chunks[-1].usage.prompt_tokens + chunks[-1].usage.completion_tokens
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    plain = list(client.completions.create(model="plain", prompt="The ", temperature=0, max_tokens=5, stream=True,
+                                           stream_options={"include_usage": True}))
+    assert plain[-1].choices == [] and plain[-1].usage.completion_tokens == 5
+    assert list(client.completions.create(model="plain", prompt="The ", max_tokens=2, stream=True))[-1].choices  # not asked
+
+
 def test_an_error_through_the_client(client):
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="nothere", messages=[{"role": "user", "content": "hi"}])
