@@ -76,6 +76,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Requests decoded together, per model (continuous batching).")] = 8,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait for a free slot; more get 429.")] = 64,
     max_tokens: Annotated[int, typer.Option(help="The most new tokens one request may ask for.")] = 256,
+    max_n: Annotated[int, typer.Option(help="The most choices (`n`) one request may ask for; each takes a slot.")] = 4,
     stream_interval: Annotated[float, typer.Option(help="Streamed answers: after the first token, the text of this many "
                                                         "milliseconds goes out in one write (0: a write per token).")] = 20,
     unsafe: UnsafeFlag = False,
@@ -94,7 +95,7 @@ def serve(
         raise UserError(f"two runs share the folder name {max(names, key=names.count)}, which names a model in the API; rename one")
     from kerasllm.serve import app  # FastAPI
 
-    served = [app.load_served(run, model, max_batch, max_queue, max_tokens) for run, model in loaded]
+    served = [app.load_served(run, model, max_batch, max_queue, max_tokens, max_n) for run, model in loaded]
     if not api_key and host not in launch.LOCAL_HOSTS:
         note(f"{host} answers other machines and no --api-key is set, so anyone who reaches it can use it")
     console.print(f"serving {', '.join(names)} at {launch.address(host, port)} ({count(max_batch, 'slot')} per model"

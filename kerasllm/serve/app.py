@@ -26,7 +26,7 @@ import numpy as np
 from kerasllm import generation
 from kerasllm.core.errors import UserError
 from kerasllm.data.chat import check_messages
-from kerasllm.serve.bodies import COMPLETION_DEFAULT_TOKENS, ApiError, ChatBody, CompletionBody, SamplingBody, validation_error
+from kerasllm.serve.bodies import COMPLETION_DEFAULT_TOKENS, MAX_N, ApiError, ChatBody, CompletionBody, SamplingBody, validation_error
 from kerasllm.serve.engine import Engine, QueueFull, Request
 
 # Only `kerasllm serve` imports this module (FastAPI with it); the command line imports it inside that command.
@@ -43,6 +43,7 @@ class Served:
     tokenizer: object
     template: object | None = None  # a chat run's ChatTemplate; None for a plain language model
     max_tokens: int = 256  # the most new tokens one request may ask for
+    max_n: int = 4  # the most choices (`n`) one request may ask for: each takes a slot
     model: object = None  # the Keras model itself: `echo` scores a prompt in one call of it (kerasllm.serve.scoring)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -227,16 +228,49 @@ def _event_sse(event: tuple, head: dict, chat: bool) -> str:
     return _sse(_chunk(head, chat, None, "stop" if event[1] == "cancelled" else event[1]))
 
 
-async def whole_response(answer: Answer, head: dict, chat: bool) -> dict:
-    """The answer in one body (`chat.completion` or `text_completion`), with token usage."""
-    text, reason, usage = await answer.whole()
-    if reason == "error":
-        raise ApiError(500, f"the model failed on this request ({usage['error']})", kind="server_error")
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
-        return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
-    return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
+async def whole_response(answers: list, head: dict, chat: bool) -> dict:
+    """The answers (`n` choices) in one body (`chat.completion` or `text_completion`), with token usage: the prompt
+    counted once, the choices' tokens added up."""
+    found = await asyncio.gather(*(answer.whole() for answer in answers))
+    choices, completion = [], 0
+    for index, (text, reason, usage) in enumerate(found):
+        if reason == "error":
+            raise ApiError(500, f"the model failed on this request ({usage['error']})", kind="server_error")
+        completion += usage.get("completion_tokens", 0)
+        choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
+                       if chat else {"index": index, "text": text, "logprobs": None, "finish_reason": reason})
+    prompt = found[0][2].get("prompt_tokens", 0)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices, "usage": usage}
+
+
+def choices_asked(body: SamplingBody, served: Served) -> int:
+    """How many choices a generating request asks for (`n`), once what it cannot have is refused."""
+    if 0 in (body.max_tokens, body.max_completion_tokens):
+        raise ApiError(400, "max_tokens 0 generates nothing: it is for echo (scoring a prompt); pass 1 or more",
+                       param="max_tokens", code="invalid_value")
+    count = body.n or 1
+    if count > served.max_n:
+        raise ApiError(400, f"n {count} is more choices than this server gives ({served.max_n}; see serve --max-n)",
+                       param="n", code="invalid_value")
+    if count > 1 and body.stream:
+        raise ApiError(400, "a stream carries one choice here; drop stream, or ask for n 1", param="n", code="invalid_value")
+    return count
+
+
+def submit_choices(served: Served, prompt: np.ndarray, options: dict, count: int, metrics) -> list:
+    """`count` answers to one prompt, each its own request (slot); with a seed, choice i samples with seed + i, so the
+    same request gives the same choices. If one cannot be queued, those already queued are cancelled."""
+    answers = []
+    try:
+        for index in range(count):
+            seeded = dict(options, seed=options["seed"] + index) if options.get("seed") is not None else options
+            answers.append(Answer(served, prompt, seeded, metrics))
+    except ApiError:
+        for answer in answers:
+            answer.request.cancel()
+        raise
+    return answers
 
 
 def named_model(body: SamplingBody, by_name: dict) -> Served:
@@ -308,20 +342,19 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
             answered = await echo_response(body, served, head)
             metrics.prompt_tokens.labels(served.name).inc(answered["usage"]["prompt_tokens"])
             return answered
-        if 0 in (body.max_tokens, body.max_completion_tokens):
-            raise ApiError(400, "max_tokens 0 generates nothing: it is for echo (scoring a prompt); pass 1 or more",
-                           param="max_tokens", code="invalid_value")
+        count = choices_asked(body, served)
         if chat:
             options = dict(body.sampling(served, served.max_tokens), allow_eos=True)
-            answer = Answer(served, chat_prompt(body, served), options, metrics)
+            prompt = chat_prompt(body, served)
         else:
             options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
-            answer = Answer(served, completion_prompt(body, served), options, metrics)
+            prompt = completion_prompt(body, served)
+        answers = submit_choices(served, prompt, options, count, metrics)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream_events(answer, head, chat, stream_interval, usage), media_type="text/event-stream",
+            return StreamingResponse(stream_events(answers[0], head, chat, stream_interval, usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        return await whole_response(answer, head, chat)
+        return await whole_response(answers, head, chat)
 
     @app.get("/health")
     async def health():
@@ -347,7 +380,7 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
     return app
 
 
-def load_served(run, model, max_batch: int, max_queue: int, max_tokens: int) -> Served:
+def load_served(run, model, max_batch: int, max_queue: int, max_tokens: int, max_n: int = 4) -> Served:
     """A run and its model behind an engine (started: its step compiled)."""
     if run.task.name not in ("text-generation", "chat"):
         raise UserError(f"{run.path} is {run.spec.name} for {run.task.name}; `kerasllm serve` serves language models "
@@ -358,5 +391,8 @@ def load_served(run, model, max_batch: int, max_queue: int, max_tokens: int) -> 
                         f"transformer-lm runs and runs tuned from keras-hub presets (use `kerasllm generate {run.path}` for this one)")
     if max_tokens < 1:
         raise UserError("--max-tokens must be at least 1")
+    if not 1 <= max_n <= MAX_N:
+        raise UserError(f"--max-n must be between 1 and {MAX_N}")
     engine = Engine(decoder, run.artifacts["tokenizer"], max_batch, max_queue).start()
-    return Served(run.path.name, engine, run.artifacts["tokenizer"], run.artifacts.get("chat_template"), max_tokens, model=model)
+    return Served(run.path.name, engine, run.artifacts["tokenizer"], run.artifacts.get("chat_template"), max_tokens,
+                  max_n=max_n, model=model)

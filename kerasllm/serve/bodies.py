@@ -16,6 +16,7 @@ COMPLETION_DEFAULT_TOKENS = 16  # OpenAI's default max_tokens for /v1/completion
 MAX_PROMPTS = 64  # prompts in one `echo` request (scoring)
 MAX_LOGPROBS = 20  # the most alternatives `logprobs` may ask for per position (vLLM's bound)
 MAX_STOP = 4  # OpenAI takes up to 4 stop strings
+MAX_N = 128  # OpenAI's bound on `n`; a server's own is `kerasllm serve --max-n`
 
 
 class ApiError(Exception):
@@ -57,7 +58,7 @@ class SamplingBody(BaseModel):
     temperature: Optional[Annotated[Number, Field(ge=0, le=2)]] = None
     top_p: Optional[Annotated[Number, Field(gt=0, le=1)]] = None
     top_k: Optional[Annotated[StrictInt, Field(ge=0, le=1 << 30)]] = None
-    n: Optional[Annotated[StrictInt, Field(ge=1, le=1)]] = None  # one choice per request
+    n: Optional[Annotated[StrictInt, Field(ge=1, le=MAX_N)]] = None  # choices: each its own slot (at most serve --max-n)
     stop: Optional[Union[StrictStr, Annotated[List[StrictStr], Field(max_length=MAX_STOP)]]] = None
     seed: Optional[StrictInt] = None
     stream_options: Optional[StreamOptions] = None

@@ -182,6 +182,23 @@ def test_a_stream_ends_with_its_usage_when_asked(client):
     assert list(client.completions.create(model="plain", prompt="The ", max_tokens=2, stream=True))[-1].choices  # not asked
 
 
+def test_n_choices_each_take_a_slot_and_seeded_ones_come_back_the_same(client):
+    """#32: `n` choices (up to serve --max-n), each sampled in its own slot; with a seed, choice i uses seed + i."""
+    ask = lambda: client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Say hello to Ada."}],
+                                                 n=3, seed=7, temperature=1.0, max_tokens=12)
+    first, again = ask(), ask()
+    assert [choice.index for choice in first.choices] == [0, 1, 2]
+    assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]  # reproducible
+    assert len({c.message.content for c in first.choices}) > 1  # three draws, not one answer three times
+    lone = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Say hello to Ada."}],
+                                          seed=8, temperature=1.0, max_tokens=12)
+    assert lone.choices[0].message.content == first.choices[1].message.content  # choice 1 is seed 7 + 1
+    assert 3 <= first.usage.completion_tokens <= 3 * 12  # the three choices' tokens added up
+    assert first.usage.prompt_tokens == lone.usage.prompt_tokens  # the prompt counted once
+    plain = client.completions.create(model="plain", prompt="The ", n=2, temperature=0, max_tokens=5)
+    assert plain.choices[0].text == plain.choices[1].text and plain.usage.completion_tokens == 10
+
+
 def test_an_error_through_the_client(client):
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="nothere", messages=[{"role": "user", "content": "hi"}])
@@ -199,7 +216,9 @@ def test_an_error_through_the_client(client):
     ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature"),
     ("/v1/chat/completions", {"model": "chat", "messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
-    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 3}, 400, "n"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 5}, 400, "n"),  # over --max-n (4 here)
+    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 2, "stream": True}, 400, "n"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 0}, 400, "n"),
     ("/v1/completions", {"model": "plain", "prompt": ["a", "b"]}, 400, "prompt"),  # one prompt per request (unless echo)
     ("/v1/completions", {"model": "plain", "prompt": [1, 2, 99999], "echo": True, "max_tokens": 0}, 400, "prompt"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "echo": True, "max_tokens": 0, "logprobs": 50}, 400, "logprobs"),
