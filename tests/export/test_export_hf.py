@@ -73,8 +73,10 @@ print(json.dumps({"kerasllm": [m for m in sys.modules if m.startswith("kerasllm"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("position, kind, architecture", [("learned", "char", "GPT2LMHeadModel"),
-                                                          ("rotary", "word", "GPTNeoXForCausalLM")])
+@pytest.mark.parametrize("position, kind, architecture", [
+    ("learned", "char", "GPT2LMHeadModel"),
+    pytest.param("rotary", "word", "GPTNeoXForCausalLM", marks=pytest.mark.heavy),  # the second family: heavy tier (CI time)
+])
 def test_transformers_alone_loads_the_folder_and_agrees_with_kerasllm(runner, corpus_file, tmp_path, position, kind,
                                                                       architecture):
     from kerasllm import generation, runs
