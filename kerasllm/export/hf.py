@@ -39,7 +39,7 @@ import numpy as np
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import count
-from kerasllm.export.measure import human_size
+from kerasllm.export.measure import human_size, size_of
 from kerasllm.tokenizers import PIECE_SPLIT, REPLACEMENT, WORD_SPLIT
 
 # Lazy imports: Keras, TensorFlow, safetensors, tokenizers, transformers and torch are imported inside functions.
@@ -381,7 +381,7 @@ def export(run, model, out: Path, overwrite: bool = False) -> HFResult:
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    size = size_of(out)
     kind = getattr(run.artifacts.get("chat_template"), "kind", None)
     checked_on = ("of the validation text" if kind is None else "of the run's data (the chat template gives `kerasllm chat`'s ids)"
                   if kind == "kerasllm" else "of the run's data (their text; the preset's chat template is keras-hub's to export)")

@@ -34,12 +34,6 @@ def windows(length: int, context: int) -> list[tuple[int, int, int]]:
     return found
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = np.asarray(logits, np.float64)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def position_logprobs(model, ids: np.ndarray, context: int) -> np.ndarray:
     """(len(ids) + 1 - 1, vocab): row p - 1 holds log P(· | ids[:p]) for p = 1 … len(ids)."""
     ids = np.asarray(ids, np.int32)
@@ -52,7 +46,7 @@ def position_logprobs(model, ids: np.ndarray, context: int) -> np.ndarray:
     for row, (start, end, first) in enumerate(spans):
         # position p is predicted by the logits at index p - 1 - start of this window
         rows.append(logits[row, first - 1 - start:end - start])
-    return log_softmax(np.concatenate(rows))
+    return generation.log_softmax(np.concatenate(rows).astype(np.float64))
 
 
 def token_texts(tokenizer, ids) -> list[str]:
@@ -87,14 +81,14 @@ def echo(model, tokenizer, ids: np.ndarray, context: int, top_n: int, generate: 
         tops.append(top(tokenizer, table[len(ids) - 1], top_n))
     logprobs = {"tokens": token_texts(tokenizer, all_ids), "token_logprobs": [None, *scored], "top_logprobs": [None, *tops],
                 "text_offset": offsets(tokenizer, all_ids)}
-    if not len(ids):
-        logprobs = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     return {"text": tokenizer.decode(all_ids), "logprobs": logprobs, "completion_tokens": len(all_ids) - len(ids)}
 
 
 def top(tokenizer, row: np.ndarray, count: int) -> dict:
     """The `count` likeliest tokens of one position, {text: log-probability} (at least one: what OpenAI returns)."""
-    best = np.argsort(-row)[:max(count, 1)]
+    count = min(max(count, 1), len(row))
+    best = np.argpartition(-row, count - 1)[:count]  # the count likeliest without sorting the vocabulary
+    best = best[np.argsort(-row[best])]
     found: dict = {}
     for token, text in zip(best, token_texts(tokenizer, best)):
         found.setdefault(text, float(row[token]))
