@@ -148,5 +148,5 @@ def prunable(folder: Path, keep: int, model: str | None = None) -> list[dict]:
     for row in rows:  # newest first
         kept[row["model"]] = kept.get(row["model"], 0) + 1
         (stays if kept[row["model"]] <= keep else goes).append(row)
-    sources = {Path(row["source"]).resolve() for row in stays if row["source"]}
-    return [row for row in goes if Path(row["path"]).resolve() not in sources]
+    sources = [Path(row["source"]).resolve() for row in stays if row["source"]]  # a run folder, or a model file in one
+    return [row for row in goes if not any(Path(row["path"]).resolve() in (source, *source.parents) for source in sources)]

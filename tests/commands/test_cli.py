@@ -354,6 +354,10 @@ def test_runs_prune_lists_first_keeps_the_newest_and_their_sources(runner, tmp_p
     assert invoke(runner, "runs", folder, "--prune", "--keep", "0", "--model", "cnn-classifier", "--yes").exit_code == 0
     assert not other.exists() and newest.is_dir()
     assert_user_error(invoke(runner, "runs", folder, "--prune", "--keep", "-1"), "--keep must be 0 or more")
+    tuned = tmp_path / "tuned"  # a fine-tune records its base's model file, not its folder
+    base = fake_run(tuned, "lstm-textgen-1", "lstm-textgen", 1e9)
+    fake_run(tuned, "lstm-textgen-2", "lstm-textgen", 1e9 + 10, source=str(base / "model.keras"))
+    assert invoke(runner, "runs", tuned, "--prune", "--keep", "1", "--yes").exit_code == 0 and base.is_dir()
 
 
 def test_doctor_clears_only_the_compilation_caches_kerasllm_made(tmp_path, monkeypatch):
