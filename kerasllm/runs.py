@@ -13,7 +13,7 @@ from pathlib import Path
 from kerasllm import catalog, distribute
 from kerasllm.core import config as config_lib
 from kerasllm.core.errors import UserError
-from kerasllm.core.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, METRICS_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json
+from kerasllm.core.files import CONFIG_FILE, DATA_FILE, MARKER_FILE, MODEL_FILE, is_run_dir, plan_run_dir, read_json, read_metrics
 from kerasllm.core.spec import ModelSpec
 from kerasllm.tasks import Task
 
@@ -67,7 +67,7 @@ TRAINED_COMPRESSION = ("prune", "distill")  # `kerasllm compress` methods that t
 
 def check_resume_options(resume: Path, out: Path | None, overwrite: bool, config_file: Path | None) -> Path:
     """`--resume RUN` with the other options: returns the config file to resolve (the run's own unless one is given)."""
-    summary = read_json(Path(resume) / METRICS_FILE) if (Path(resume) / METRICS_FILE).is_file() else {}
+    summary = read_metrics(resume)
     source = summary.get("compressed_from") if summary.get("compression", {}).get("method") not in TRAINED_COMPRESSION else None
     if not is_run_dir(resume) and not (source and summary.get("incomplete")):
         raise UserError(f"--resume {resume} is not a run folder (no config.yaml); pass a folder made by `kerasllm train`")
@@ -103,7 +103,7 @@ def summaries(folder: Path) -> list[dict]:
         if not is_run_dir(path) or not (path / MARKER_FILE).is_file():  # only folders kerasllm made
             continue
         saved = config_lib.read_config_file(path / CONFIG_FILE)
-        metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else {}
+        metrics = read_metrics(path)
         base = saved.get("finetune", {}).get("base") or ""
         source = (metrics.get("compressed_from") or metrics.get("parent") or {}).get("path") or base
         kind = "compressed" if metrics.get("compressed_from") else "fine-tuned" if base else "trained"

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.core.files import absent
 from kerasllm.core.validation import validate
@@ -150,6 +151,9 @@ class FinetuneConfig:
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "runtime": RuntimeConfig, "finetune": FinetuneConfig}
 
 
+SOURCE_FIELDS = ("base", "teacher")  # finetune.*: the run (or preset) a run starts from, the teacher it learns from
+
+
 @dataclass
 class RunConfig:
     """A run's whole config. `sections` holds the sections the model's tasks declare (`Task.config_sections`, e.g.
@@ -182,8 +186,12 @@ class RunConfig:
             **{name: dataclasses.asdict(section) for name, section in self.sections.items()},
         }
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+    def to_yaml(self, run_dir: Path | None = None) -> str:
+        """The config as YAML; written into `run_dir`, the runs it came from (`SOURCE_FIELDS`) as `files.portable`."""
+        saved = self.to_dict()
+        if run_dir is not None:
+            saved["finetune"].update({name: files.portable(saved["finetune"][name], run_dir) for name in SOURCE_FIELDS})
+        return yaml.safe_dump(saved, sort_keys=False, allow_unicode=True)
 
 
 def fields_help(cls) -> list[tuple[str, str, Any, str]]:
@@ -290,6 +298,10 @@ def read_config_file(path: Path) -> dict:
         raise UserError(f"cannot parse config file {path}: {str(error).splitlines()[0]}; fix its syntax") from error
     if not isinstance(loaded, dict):
         raise UserError(f"config file {path} must hold a mapping (model, model_args, data, train, runtime)")
+    finetune = loaded.get("finetune")
+    if isinstance(finetune, dict):  # a run's sources, recorded beside it (`RunConfig.to_yaml`), are found from its folder
+        finetune.update({name: files.located(finetune[name], path.parent) for name in SOURCE_FIELDS
+                         if isinstance(finetune.get(name), str)})
     return loaded
 
 

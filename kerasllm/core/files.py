@@ -17,6 +17,10 @@ The run folder: every file name in it, created once, replaced only when it is sa
         curves.png        learning curves
         README.md         model card
 
+A run made from another (a fine-tune's base, a distillation's teacher, a compressed copy's source) records it in
+config.yaml and metrics.json by a path relative to its own folder when the two are in the same runs folder
+(`../<model>-<time>/model.keras`), so the pair survives moving or renaming that folder (`portable`, `located`).
+
 A run folder is written only once the data has loaded and the model has been built
 (`claim_run_dir`), so a failure before that leaves nothing behind; `--overwrite`
 replaces only a folder that kerasllm made, and never the current folder, a parent
@@ -166,3 +170,44 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+SOURCE_RECORDS = ("compressed_from", "parent")  # metrics.json's records of the run this one came from ({"path", ...})
+
+
+def portable(path: str, run_dir: Path) -> str:
+    """How a run folder records another run it came from: `../NAME/…` when `path` lies in the same runs folder as
+    `run_dir` (moving or renaming that folder keeps the pair), anything else (a preset handle, a path elsewhere) as it
+    is."""
+    if not path or not os.path.isabs(path):
+        return path
+    runs_folder = Path(run_dir).resolve().parent
+    try:
+        inside = Path(path).resolve().relative_to(runs_folder)
+    except ValueError:
+        return path
+    return path if inside.parts[:1] == (Path(run_dir).name,) else os.path.join("..", str(inside))
+
+
+def located(recorded: str, run_dir: Path) -> str:
+    """The absolute path of a source that `portable` recorded in `run_dir`."""
+    if recorded and recorded.startswith(".." + os.sep):
+        return os.path.normpath(os.path.join(os.path.abspath(run_dir), recorded))
+    return recorded
+
+
+def write_metrics(run_dir: Path, summary: dict) -> None:
+    """A run's metrics.json, its source records (`SOURCE_RECORDS`) made `portable`."""
+    recorded = {key: dict(summary[key], path=portable(summary[key].get("path", ""), run_dir))
+                for key in SOURCE_RECORDS if isinstance(summary.get(key), dict)}
+    write_json(Path(run_dir) / METRICS_FILE, {**summary, **recorded})
+
+
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json ({} before it is written), its source records `located` (absolute)."""
+    path = Path(run_dir) / METRICS_FILE
+    summary = read_json(path) if path.is_file() else {}
+    for key in SOURCE_RECORDS:
+        if isinstance(summary.get(key), dict) and summary[key].get("path"):
+            summary[key] = dict(summary[key], path=located(summary[key]["path"], run_dir))
+    return summary

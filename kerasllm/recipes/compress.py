@@ -117,8 +117,7 @@ def warnings_for(summary: dict, max_drop: float | None = None) -> list[str]:
 def record_warnings(target: Path, lines: list[str]) -> None:
     """The warnings go into the copy's metrics.json (`warnings`) as well as on the terminal."""
     if lines:
-        path = Path(target) / files.METRICS_FILE
-        files.write_json(path, dict(files.read_json(path), warnings=lines))
+        files.write_metrics(target, dict(files.read_metrics(target), warnings=lines))
 
 
 def check_method(method: str) -> str:
@@ -252,24 +251,24 @@ def trained_report(source: Path, target: Path, unsafe: bool = False) -> dict:
     before = measure_source(saving.load_model(run.path, unsafe=unsafe), run, trained.path)
     model = saving.load_model(trained.path, unsafe=unsafe)
     after = measure_source(model, trained, trained.path)
-    summary = files.read_json(trained.path / files.METRICS_FILE)
+    summary = files.read_metrics(trained.path)
     sha256 = files.file_sha256(run.model_path)
     finetune = trained.config.finetune
     if finetune.teacher:
         compression = {"method": "distill", "teacher": run.spec.name, "student": trained.spec.name,
                        "temperature": finetune.distill_temperature, "alpha": finetune.distill_alpha}
-        how = (f"Distilled from the teacher `{run.path.resolve()}` ({run.spec.name}, model sha256 `{sha256[:16]}…`): this "
+        how = (f"Distilled from the teacher `{files.portable(str(run.path.resolve()), trained.path)}` ({run.spec.name}, model sha256 `{sha256[:16]}…`): this "
                f"{trained.spec.name} trained from scratch on {finetune.distill_alpha:g} × its task loss + "
                f"{1 - finetune.distill_alpha:g} × the KL divergence to the teacher's outputs at temperature "
                f"{finetune.distill_temperature:g}.")
     else:
         compression = {"method": "prune", "target_sparsity": finetune.sparsity, "sparsity": summary.get("sparsity", {}).get("total")}
-        how = (f"Pruned from `{run.path.resolve()}` (model sha256 `{sha256[:16]}…`) to {compression['sparsity']:.1%} of its "
+        how = (f"Pruned from `{files.portable(str(run.path.resolve()), trained.path)}` (model sha256 `{sha256[:16]}…`) to {compression['sparsity']:.1%} of its "
                f"kernels' weights at zero (target {finetune.sparsity:g}), by magnitude while fine-tuning.")
     compression["source_file_bytes"] = run.model_path.stat().st_size
     summary.update(compressed_from={"path": str(run.path.resolve()), "sha256": sha256}, compression=compression,
                    before=before.to_dict(), after=after.to_dict())
-    files.write_json(trained.path / files.METRICS_FILE, summary)
+    files.write_metrics(trained.path, summary)
     card_text = (trained.path / files.CARD_FILE).read_text(encoding="utf-8")
     files.write_text_atomic(trained.path / files.CARD_FILE, card_text + f"""
 ## Compression
@@ -318,8 +317,8 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
     target = files.claim_run_dir(target, overwrite, run.spec.name)
     source_record = {"path": str(run.path.resolve()), "sha256": files.file_sha256(run.model_path)}
     # first: a copy stopped before it is complete says what it is, and how to write it again (`train --resume` reads it)
-    files.write_json(target / files.METRICS_FILE, {"model": run.spec.name, "compressed_from": source_record,
-                                                   "compression": {"method": method}, "incomplete": True})
+    files.write_metrics(target, {"model": run.spec.name, "compressed_from": source_record, "compression": {"method": method},
+                                 "incomplete": True})
     copy_run_files(run.path, target)
     saving.save_model(quantized_model, target / files.MODEL_FILE)
     copy = runs.load_run(target)
@@ -333,7 +332,7 @@ def compress(source: Path, method: str, out: Path | None = None, *, overwrite: b
                                "source_file_bytes": run.model_path.stat().st_size},
                "before": before.to_dict(), "after": after.to_dict(),
                "after_training": after.quality}
-    files.write_json(target / files.METRICS_FILE, summary)
+    files.write_metrics(target, summary)
     files.write_text_atomic(target / files.CARD_FILE, card(run, target, summary))
     return target, summary
 
@@ -385,7 +384,7 @@ def card(run, target: Path, summary: dict) -> str:
             if compression["kept_in_float"] else "")
     return f"""# {run.spec.name}, {compression['method']} — a compressed copy
 
-Compressed from `{source['path']}` (model sha256 `{source['sha256'][:16]}…`) with Keras `model.quantize("{compression['method']}")`:
+Compressed from `{files.portable(source['path'], target)}` (model sha256 `{source['sha256'][:16]}…`) with Keras `model.quantize("{compression['method']}")`:
 {compression['quantized_layers']} layers quantized. Measured side by side in one process (`kerasllm compress`), the
 quality metrics on the source run's validation split. Sizes are of the model alone, both saved the same way (the
 source's own `model.keras`, {compression['source_file_bytes']:,} bytes, also holds its optimizer's state).

@@ -32,7 +32,7 @@ from kerasllm import catalog, hub, runs
 from kerasllm.core import compat
 from kerasllm.core import config as config_lib
 from kerasllm.core.errors import UserError
-from kerasllm.core.files import file_sha256, is_run_dir
+from kerasllm.core.files import file_sha256, is_run_dir, portable
 from kerasllm.core.words import a
 from kerasllm.export.saving import load_model, model_path, quantization_modes
 from kerasllm.recipes import runner
@@ -421,5 +421,5 @@ class FinetuneHook(Hook):
     def finalize(self, model, run_dir: Path) -> None:
         if uses_lora(model):
             finetune = self.config.finetune
-            save_adapter(model, Path(run_dir) / ADAPTER_FILE, {"base": finetune.base, "base_sha256": finetune.base_sha256,
+            save_adapter(model, Path(run_dir) / ADAPTER_FILE, {"base": portable(finetune.base, run_dir), "base_sha256": finetune.base_sha256,
                                                                "rank": finetune.lora_rank, "model": self.config.model})

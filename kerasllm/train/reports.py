@@ -117,7 +117,7 @@ def model_card(spec, task, config, data_record: dict, summary: dict, run_dir: Pa
 
     newline = "\n"
     parent = summary.get("parent")
-    lineage = f"{newline}Started from `{parent['path']}` (sha256 `{str(parent.get('sha256', ''))[:16]}…`).{newline}" if parent else ""
+    lineage = f"{newline}Started from `{files.portable(parent['path'], run_dir)}` (sha256 `{str(parent.get('sha256', ''))[:16]}…`).{newline}" if parent else ""
     return f"""# {spec.name} — {spec.description}
 
 Task: {spec.task}. Parameters: {summary.get('parameters', 0):,}. Backend: {summary.get('backend')}, \
@@ -173,8 +173,8 @@ def write_run_folder(run_dir: Path, config, data, summary: dict, *, new: bool, o
         files.write_json(run_dir / files.DATA_FILE, data.record)
         for artifact in data.artifacts:
             artifact.save(run_dir)
-    files.write_text_atomic(run_dir / files.CONFIG_FILE, config.to_yaml())
-    files.write_json(run_dir / files.METRICS_FILE, summary)
+    files.write_text_atomic(run_dir / files.CONFIG_FILE, config.to_yaml(run_dir))
+    files.write_metrics(run_dir, summary)
     return run_dir
 
 
@@ -188,7 +188,7 @@ def write_results(run_dir: Path, model, finish, card: str, summary: dict, histor
         finish(model, run_dir)
     summary["timings"] = timings.as_dict()
     files.write_text_atomic(run_dir / files.CARD_FILE, card)
-    files.write_json(run_dir / files.METRICS_FILE, summary)
+    files.write_metrics(run_dir, summary)
     files.write_json(run_dir / files.HISTORY_FILE, history)
     heard = quiet.heard_since(heard_from)
     if heard:

@@ -179,3 +179,15 @@ def test_finetune_resolves_through_the_one_pipeline():
     inherited = {"model_args": {"units": 24}, "data": {"sequence_length": 20, "tokenizer": "word"}}
     config = config_lib.resolve(SPEC, None, ["data.sequence_length=30", "train.epochs=1"], inherited=inherited)
     assert (config.model_args.units, config.data.sequence_length, config.data.tokenizer, config.train.epochs) == (24, 30, "word", 1)
+
+
+def test_a_runs_config_records_its_teacher_from_its_folder_and_reads_it_back_absolute(tmp_path):
+    """#33: config.yaml names a source in the same runs folder as `../NAME/…`; read back, it is absolute again."""
+    run_dir, teacher = tmp_path / "runs" / "student", tmp_path / "runs" / "teacher" / "model.keras"
+    run_dir.mkdir(parents=True)
+    config = config_lib.default_config(SPEC)
+    config.finetune.teacher = str(teacher)
+    (run_dir / "config.yaml").write_text(config.to_yaml(run_dir))
+    assert "teacher: ../teacher/model.keras" in (run_dir / "config.yaml").read_text()
+    assert config_lib.read_config_file(run_dir / "config.yaml")["finetune"]["teacher"] == str(teacher)
+    assert f"teacher: {teacher}" in config.to_yaml()  # not written into a run folder: as it is

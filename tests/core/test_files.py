@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import pytest
 
@@ -67,3 +68,24 @@ def test_file_sha256_is_the_digest_of_the_bytes(tmp_path):
 def test_default_run_dir_is_model_and_utc_time():
     path = files.default_run_dir("transformer-lm")
     assert path.parent.name == "runs" and path.name.startswith("transformer-lm-") and len(path.name) == len("transformer-lm-") + 15
+
+
+def test_a_source_in_the_same_runs_folder_is_recorded_from_the_run_and_found_after_a_move(tmp_path):
+    """#33: a fine-tune's base, a student's teacher, a copy's source survive moving the runs folder."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    base, tuned = runs / "base", runs / "tuned"
+    for folder in (base, tuned):
+        folder.mkdir(parents=True)
+    assert files.portable(str(base / "model.keras"), tuned) == os.path.join("..", "base", "model.keras")
+    assert files.portable(str(base), tuned) == os.path.join("..", "base")
+    elsewhere = str(tmp_path / "presets" / "gpt2")
+    assert files.portable(elsewhere, tuned) == elsewhere and files.portable("hf://x/y", tuned) == "hf://x/y"
+    files.write_metrics(tuned, {"parent": {"path": str(base / "model.keras"), "sha256": "abc"}, "loss": 1.0})
+    assert files.read_json(tuned / files.METRICS_FILE)["parent"]["path"] == os.path.join("..", "base", "model.keras")
+    shutil.move(runs, tmp_path / "moved")
+    moved = tmp_path / "moved"
+    assert files.read_metrics(moved / "tuned") == {"parent": {"path": str(moved / "base" / "model.keras"), "sha256": "abc"},
+                                                   "loss": 1.0}
+    assert files.located(elsewhere, moved / "tuned") == elsewhere and files.read_metrics(tmp_path) == {}

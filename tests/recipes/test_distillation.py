@@ -18,8 +18,11 @@ SMALLER = ["--set", "model_args.hidden_dim=8", "--set", "model_args.num_heads=1"
 
 @pytest.fixture(scope="module")
 def distilled_lm(runner, lm_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("distilled") / "student"
-    result = invoke(runner, "compress", lm_run, "--method", "distill", *SMALLER, "--epochs", "2", "--temperature", "3",
+    """(the student, what compress printed); the teacher is `teacher` beside it, a copy of `lm_run`, in one runs folder."""
+    runs = tmp_path_factory.mktemp("runs")
+    shutil.copytree(lm_run, runs / "teacher")
+    out = runs / "student"
+    result = invoke(runner, "compress", runs / "teacher", "--method", "distill", *SMALLER, "--epochs", "2", "--temperature", "3",
                     "--alpha", "0.25", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     return out, json.loads(result.stdout)
@@ -29,8 +32,10 @@ def distilled_lm(runner, lm_run, tmp_path_factory):
 def test_a_distilled_student_is_a_run_of_its_own_measured_against_its_teacher(distilled_lm, lm_run):
     out, printed = distilled_lm
     metrics = json.loads((out / "metrics.json").read_text())
+    # the teacher in the same runs folder is recorded from the student's folder (#33: moving runs/ keeps the pair)
     assert printed["after"] == metrics["after"] and metrics["compressed_from"] == {
-        "path": str(lm_run.resolve()), "sha256": files.file_sha256(lm_run / "model.keras")}
+        "path": "../teacher", "sha256": files.file_sha256(lm_run / "model.keras")}
+    assert files.read_metrics(out)["compressed_from"]["path"] == str((out.parent / "teacher").resolve())
     assert metrics["compression"] == {"method": "distill", "teacher": "transformer-lm", "student": "transformer-lm",
                                       "temperature": 3.0, "alpha": 0.25, "source_file_bytes": (lm_run / "model.keras").stat().st_size}
     before, after = metrics["before"], metrics["after"]
@@ -41,9 +46,9 @@ def test_a_distilled_student_is_a_run_of_its_own_measured_against_its_teacher(di
     assert len(history["distillation_loss"]) == 2 and min(history["distillation_loss"] + history["val_distillation_loss"]) > 0
     assert metrics["after_training"]["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-4)
     config = (out / "config.yaml").read_text()
-    assert f"teacher: {(lm_run / 'model.keras').resolve()}" in config and "distill_alpha: 0.25" in config
+    assert "teacher: ../teacher/model.keras" in config and "distill_alpha: 0.25" in config
     assert (out / "tokenizer.json").read_text() == (lm_run / "tokenizer.json").read_text()  # the teacher's tokenizer
-    assert "Distilled from the teacher" in (out / "README.md").read_text()
+    assert "Distilled from the teacher `../teacher`" in (out / "README.md").read_text()
 
 
 @pytest.mark.slow
@@ -59,16 +64,23 @@ def test_model_keras_is_the_student_alone_and_every_command_takes_it(runner, dis
 
 @pytest.mark.slow
 def test_a_distillation_run_resumes_exactly(runner, distilled_lm, tmp_path):
-    """Stopped after epoch 1 of 2 and resumed: the checkpoint holds the student, the teacher and the optimizer."""
+    """Stopped after epoch 1 of 2 and resumed: the checkpoint holds the student, the teacher and the optimizer. The
+    runs folder was moved meanwhile (#33): the student finds its teacher where it now is, and so do `runs` and
+    `runs --prune`."""
     straight, _ = distilled_lm
-    resumed = tmp_path / "resumed"
-    shutil.copytree(straight, resumed)
+    moved = tmp_path / "elsewhere" / "my-runs"
+    shutil.copytree(straight.parent, moved)  # a copy: the fixture's folder stays for the other tests
+    resumed = moved / "student"
     shutil.rmtree(sorted((resumed / "checkpoints").iterdir())[-1])
     (resumed / "model.keras").unlink()
     result = invoke(runner, "train", "--resume", resumed, "--quiet")
     assert result.exit_code == 0, result.output
     one, two = saving.load_model(straight).get_weights(), saving.load_model(resumed).get_weights()
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, two, strict=True)) <= 1e-6
+    listed = json.loads(invoke(runner, "runs", moved, "--json").stdout)
+    assert {row["name"]: row["source"] for row in listed}["student"] == str((moved / "teacher").resolve())
+    assert invoke(runner, "runs", moved, "--prune", "--keep", "1", "--yes").exit_code == 0  # the student is newest
+    assert (moved / "teacher" / "model.keras").is_file()  # kept: the kept student's source
 
 
 @pytest.mark.slow
@@ -80,7 +92,7 @@ def test_a_changed_teacher_stops_a_resume(runner, distilled_lm, lm_run, tmp_path
     (student / "model.keras").unlink()
     teacher.write_bytes((lm_run / "model.keras").read_bytes() + b"\0")  # the teacher's file, changed since the run started
     config = (student / "config.yaml").read_text()
-    (student / "config.yaml").write_text(config.replace(str((lm_run / "model.keras").resolve()), str(teacher)))
+    (student / "config.yaml").write_text(config.replace("../teacher/model.keras", str(teacher)))
     assert_user_error(invoke(runner, "train", "--resume", student), "changed since this run started")
 
 
