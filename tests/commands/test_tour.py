@@ -134,3 +134,35 @@ def test_the_hugging_face_snippet_runs_as_written(tmp_path, corpus_file):
                           env={**INHERITED, "PATH": f"{Path(sys.executable).parent}:{INHERITED.get('PATH', '')}"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.strip()) > len("ROMEO:"), done.stdout  # the prompt and 40 tokens after it
+
+
+@pytest.mark.slow
+def test_the_openai_client_snippet_runs_as_written(tmp_path):
+    """docs/chat-and-serve.md's Python snippet, copied as it is, against `kerasllm serve $CHAT_RUN --port 8000`."""
+    import socket
+    import time
+
+    need("openai")
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000 is taken here; the snippet names it")
+    chat = tmp_path / "chat"
+    kerasllm(tmp_path, "train", "transformer-lm", "--task", "chat", "--out", chat, "--epochs", "1", *TINY_LM,
+             *settings("train.steps_per_epoch=3"))
+    server = subprocess.Popen([sys.executable, "-m", "kerasllm", "serve", chat, "--port", "8000", "--max-batch", "16"],
+                              cwd=tmp_path, env=INHERITED, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving chat at http://localhost:8000/v1" in server.stdout.readline()
+        page = (Path(__file__).resolve().parents[2] / "docs" / "chat-and-serve.md").read_text(encoding="utf-8")
+        (snippet,) = re.findall(r"```python\n(.*?)```", page, re.S)
+        deadline = time.time() + 60
+        while True:  # the app is up once it prints its address; give uvicorn a moment to bind
+            done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                                  env=INHERITED)
+            if done.returncode == 0 or time.time() > deadline or "Connection" not in done.stderr:
+                break
+            time.sleep(1)
+        assert done.returncode == 0 and done.stdout.endswith("\n"), done.stderr[-2000:]
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
