@@ -7,7 +7,10 @@ clears it), `/save FILE` (append the conversation to FILE as one JSONL line of O
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -79,8 +82,8 @@ class ChatSession:
         parts: list[str] = []
 
         def stream(piece: str) -> None:
+            on_text(piece)  # first: a piece that stops the reply (Ctrl-C) was not shown, so it is not kept
             parts.append(piece)
-            on_text(piece)
 
         def note_once(line: str) -> None:  # the context note, once: the conversation only grows after it
             kind = line.split(";")[0]
@@ -118,19 +121,43 @@ def talk(session: ChatSession, write: Callable, say: Callable, note: Callable, r
 
 
 def reply(session: ChatSession, line: str, write: Callable, note: Callable) -> None:
-    """One turn: "bot> " with the reply's first text (a note goes before it, not inside it), " [stopped]" on Ctrl-C."""
-    started = []
+    """One turn: "bot> " with the reply's first text (a note goes before it, not inside it), " [stopped]" on Ctrl-C.
 
-    def reply_text(piece: str) -> None:
+    While the reply is written, Ctrl-C only marks it stopped, and the reply stops at its next piece of text: a
+    KeyboardInterrupt raised wherever the signal happened to land (inside TensorFlow's or Keras' Python code, which
+    may catch it) was once lost, and the reply ran on (#33)."""
+    started, stopped = [], threading.Event()
+
+    def show(piece: str) -> None:
         if not started:
             write("bot> ")
             started.append(piece)
         write(piece)
 
+    def reply_text(piece: str) -> None:
+        if stopped.is_set():
+            raise KeyboardInterrupt
+        show(piece)
+
     try:
-        session.ask(line, reply_text, note)
+        with stop_on_sigint(stopped):
+            session.ask(line, reply_text, note)
     except KeyboardInterrupt:
-        reply_text(" [stopped]")
+        show(" [stopped]")
     if not started:
         write("bot> ")
     write("\n")
+
+
+@contextlib.contextmanager
+def stop_on_sigint(stopped: threading.Event):
+    """Inside the block (main thread only), SIGINT sets `stopped` instead of raising; the previous handler comes back
+    after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -237,3 +237,31 @@ def test_the_context_note_comes_once_and_before_the_reply():
     session.command("/reset")
     reply(session, "hi", lambda text: None, lambda line: shown.append(("note", line)))
     assert sum(kind == "note" for kind, _ in shown) == 2  # a new conversation hears it again
+
+
+def test_ctrl_c_stops_a_reply_even_when_library_code_swallows_the_interrupt():
+    """#33: chat's Ctrl-C was lost once under load (the reply ran on): a KeyboardInterrupt raised inside library code
+    can be caught there. Now Ctrl-C marks the reply stopped and it stops at its next piece of text."""
+    import os
+    import signal
+
+    from kerasllm.serve.session import reply
+
+    def answer(messages, on_text, on_note):
+        for index in range(20):
+            if index == 3:
+                try:  # a library's broad except around the call the signal landed in
+                    os.kill(os.getpid(), signal.SIGINT)
+                    for _ in range(1000):
+                        pass
+                except BaseException:
+                    pass
+            on_text(f"{index} ")
+        return "all"
+
+    shown = []
+    session = ChatSession(answer)
+    reply(session, "count", shown.append, lambda line: None)
+    assert "".join(shown) == "bot> 0 1 2  [stopped]\n"
+    assert session.messages[-1] == {"role": "assistant", "content": "0 1 2 "}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the reply
