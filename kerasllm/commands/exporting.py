@@ -37,8 +37,9 @@ from kerasllm.recipes import compress as compression
 @handle_errors
 def export(
     source: ModelOrRun,
-    fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel, tflite, onnx (pip install \"kerasllm[onnx]\") or hf: a "
-                                                     "Hugging Face folder for transformers (pip install \"kerasllm[hf]\").")] = "keras",
+    fmt: Annotated[str, typer.Option("--format", help="keras, h5, savedmodel, tflite, onnx (pip install \"kerasllm[onnx]\"), hf: a "
+                                                     "Hugging Face folder for transformers (pip install \"kerasllm[hf]\") or gguf: "
+                                                     "a file for llama.cpp (pip install \"kerasllm[gguf]\").")] = "keras",
     out: Annotated[Optional[Path], typer.Option(help="Output path (default: beside the source; run folders: RUN/export/).")] = None,
     quantize: Annotated[str, typer.Option(
         help="TFLite only: none, dynamic (int8 weights), float16 (float16 weights) or int8 (weights and activations, "
@@ -58,13 +59,14 @@ def export(
     Examples: `kerasllm export runs/lstm-textgen-20261129-120000 --format tflite` · `kerasllm export my_model.h5` ·
     `kerasllm export RUN --format tflite --quantize int8` · `kerasllm export RUN --format onnx` ·
     `kerasllm export RUN --format hf` (a transformer-lm run, checked in transformers)
+    `kerasllm export RUN --format gguf` (a transformer-lm run, checked in llama.cpp)
     """
     export_lib.check_format(fmt)  # before the (slow) model load
     export_lib.check_quantize(fmt, quantize)
     if tolerance is not None and not (tolerance >= 0):
         raise UserError("--tolerance must be 0 or more")
-    if fmt == "hf":
-        return export_hf(source, out, overwrite, unsafe)
+    if fmt in export_lib.CONSUMER_FORMATS:
+        return export_for_consumer(fmt, source, out, overwrite, unsafe)
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
     export_lib.check_out(out, fmt, path, overwrite)
@@ -100,23 +102,30 @@ def export(
         console.print(f"note: {out.parent / 'README.md'} is not kerasllm's, so no usage snippet was written there", highlight=False)
 
 
-def export_hf(source: Path, out: Path | None, overwrite: bool, unsafe: bool) -> None:
-    """`export --format hf`: a run folder as a Hugging Face folder, checked in transformers (`kerasllm.export.hf`)."""
-    from kerasllm.export import hf
+def export_for_consumer(fmt: str, source: Path, out: Path | None, overwrite: bool, unsafe: bool) -> None:
+    """`export --format hf|gguf`: a run folder as a Hugging Face folder checked in transformers (`kerasllm.export.hf`),
+    or as a GGUF file checked in llama.cpp (`kerasllm.export.gguf`)."""
+    import importlib
 
+    writer = importlib.import_module(f"kerasllm.export.{fmt}")
     path = model_path(source)
     if not files.is_run_dir(path.parent):
-        raise UserError(f"--format hf exports a run folder (its tokenizer goes with the model), and {source} is not in one; "
+        raise UserError(f"--format {fmt} exports a run folder (its tokenizer goes with the model), and {source} is not in one; "
                         "pass the run folder")
-    out = out or hf.default_out(path.parent)
-    hf.check_out(out, overwrite)
+    out = out or writer.default_out(path.parent)
+    writer.check_out(out, overwrite)
     load_tensorflow()
     run = runs.load_run(path.parent)
     model = load_model(path, unsafe=unsafe, on_note=console.print)
-    result = hf.export(run, model, out, overwrite)
+    result = writer.export(run, model, out, overwrite)
     console.print(result.line(), highlight=False)
-    console.print(f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r}), AutoTokenizer.from_pretrained({str(out)!r})",
-                  highlight=False, soft_wrap=True)
+    if fmt == "hf":
+        console.print(f"load it with: AutoModelForCausalLM.from_pretrained({str(out)!r}), AutoTokenizer.from_pretrained({str(out)!r})",
+                      highlight=False, soft_wrap=True)
+    else:
+        console.print(f"load it with: llama_cpp.Llama(model_path={str(out)!r}) (llama-cpp-python) or llama-cli -m {out}; "
+                      "prompt and reply together stay within the run's context there (no sliding window)", highlight=False,
+                      soft_wrap=True)
 
 
 @handle_errors

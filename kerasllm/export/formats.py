@@ -85,12 +85,12 @@ def check_quantize(fmt: str, quantize: str) -> str:
     return quantize
 
 
-FOLDER_FORMATS = ("hf",)  # written by their own modules: kerasllm.export.hf
+CONSUMER_FORMATS = ("hf", "gguf")  # for another runtime, written by their own modules: kerasllm.export.hf, .gguf
 
 
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS and fmt not in FOLDER_FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join([*FORMATS, *FOLDER_FORMATS])}")
+    if fmt not in FORMATS and fmt not in CONSUMER_FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join([*FORMATS, *CONSUMER_FORMATS])}")
     return fmt
 
 

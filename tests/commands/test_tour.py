@@ -121,15 +121,17 @@ def test_offline_a_preset_by_name_is_one_line_in_seconds(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_hugging_face_snippet_runs_as_written(tmp_path, corpus_file):
-    """docs/compress-and-deploy.md's transformers snippet, copied as it is, after the commands it follows."""
-    need("transformers")
+@pytest.mark.parametrize("fmt, package, marker", [("hf", "transformers", "AutoModelForCausalLM"), ("gguf", "llama_cpp", "Llama(")])
+def test_the_hugging_face_and_gguf_snippets_run_as_written(tmp_path, corpus_file, fmt, package, marker):
+    """docs/compress-and-deploy.md's transformers and llama-cpp-python snippets, copied as they are, after the
+    commands they follow."""
+    need(package)
     kerasllm(tmp_path, "train", "transformer-lm", "--data", corpus_file, *TINY_LM, *settings("data.sequence_length=48",
                                                                                             "model_args.max_sequence_length=96"))
     run = kerasllm(tmp_path, "runs", "--latest", "transformer-lm").strip()
-    kerasllm(tmp_path, "export", run, "--format", "hf")
+    kerasllm(tmp_path, "export", run, "--format", fmt)
     page = (Path(__file__).resolve().parents[2] / "docs" / "compress-and-deploy.md").read_text(encoding="utf-8")
-    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "AutoModelForCausalLM" in block]
+    (snippet,) = [block for block in re.findall(r"```python\n(.*?)```", page, re.S) if marker in block]
     done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env={**INHERITED, "PATH": f"{Path(sys.executable).parent}:{INHERITED.get('PATH', '')}"})
     assert done.returncode == 0, done.stderr[-2000:]

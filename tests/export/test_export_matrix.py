@@ -1,5 +1,7 @@
-"""Every zoo model × every export format (TFLite also with dynamic-range and int8 quantization, and ONNX): a round trip
-with parity (a quantized file judged by top-1 agreement), or a one-line refusal that says why."""
+"""Every zoo model × every export format (TFLite also with dynamic-range and int8 quantization, ONNX, and the formats
+for other runtimes: a Hugging Face folder checked in transformers, a GGUF file read back and, with llama-cpp-python,
+checked in llama.cpp): a round trip with parity (a quantized file judged by top-1 agreement), or a one-line refusal
+that says why and what works instead."""
 
 import json
 
@@ -11,7 +13,8 @@ from tests.zoo_cases import cli_args, matrix_names, write_cases
 # (format, --quantize): every format, and the TFLite converter's dynamic-range and full-integer quantization (float16
 # is the converter's weight cast, exercised in tests/export/test_export_quantize.py)
 FORMATS = (("keras", "none"), ("h5", "none"), ("savedmodel", "none"), ("tflite", "none"), ("tflite", "dynamic"), ("tflite", "int8"),
-           ("onnx", "none"))
+           ("onnx", "none"), ("hf", "none"), ("gguf", "none"))
+CONSUMER_PARITY = {"hf": "max |logit diff|", "gguf": "read back"}  # what their line says when they are written
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +45,24 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
         key = fmt if quantize == "none" else f"{fmt} {quantize}"
         out = tmp_path / f"{name}-{quantize}.{fmt}"
         result = runner.invoke(cli.app, ["export", str(zoo[name]), "--format", fmt, "--quantize", quantize, "--out", str(out)])
-        if result.exit_code == 0:
+        if result.exit_code == 0 and fmt in CONSUMER_PARITY:
+            assert CONSUMER_PARITY[fmt] in result.output and out.exists(), (key, result.output)
+            outcomes[key] = "ok"
+        elif result.exit_code == 0:
             assert "max |diff|" in result.output and "top-1 agreement" in result.output and out.exists(), (key, result.output)
             outcomes[key] = "ok"
         else:
             assert result.exit_code == 2, (key, result.output, repr(result.exception))
             lines = result.stderr.strip().splitlines()
             assert len(lines) == 1 and "Traceback" not in result.output, (key, result.stderr)
-            assert any(words in lines[0] for words in (" cannot hold ", " cannot calibrate ", " cannot convert ")), (key, lines[0])
+            why = (" takes ", " writes ") if fmt in CONSUMER_PARITY else (" cannot hold ", " cannot calibrate ", " cannot convert ")
+            assert any(words in lines[0] for words in why), (key, lines[0])
             assert not out.exists()
             outcomes[key] = "refused: " + lines[0].removeprefix("error: ")
     print(json.dumps({name: outcomes}))
     assert outcomes["keras"] == outcomes["savedmodel"] == "ok"
+    if name == "transformer-lm":  # char tokens, learned positions: both runtimes take it
+        assert outcomes["hf"] == outcomes["gguf"] == "ok"
     assert outcomes["tflite dynamic"] == "ok" or outcomes["tflite"] != "ok"  # what converts in float converts with int8 weights
 
 
