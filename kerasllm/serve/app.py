@@ -137,8 +137,9 @@ class Answer:
         self.ended = asyncio.Event()  # set when "done" arrives (a stream that waits between writes stops waiting)
         put = lambda item: outbox.post(self._receive, item)
         options = dict(options)
-        self.request = Request(prompt, options.pop("max_tokens"), on_text=lambda text: put(("text", text)),
-                               on_done=lambda reason, usage: put(("done", reason, usage)), sampling=generation.Sampling(**options))
+        self.request = Request(prompt, options.pop("max_tokens"), on_text=lambda text, entries: put(("text", text, entries)),
+                               on_done=lambda reason, usage: put(("done", reason, usage)), logprobs=options.pop("logprobs", None),
+                               sampling=generation.Sampling(**options))
         self.finished = False
         self.watch = metrics.watch(served, self.request) if metrics is not None else None
         try:
@@ -173,15 +174,17 @@ class Answer:
             if not self.finished:  # the client went away (or the handler was cancelled): free the slot
                 self.request.cancel()
 
-    async def whole(self) -> tuple[str, str, dict]:
-        parts, reason, usage = [], "stop", {}
+    async def whole(self) -> tuple[str, str, dict, list]:
+        """(the text, the finish reason, the usage, the log-probability entries of its tokens)."""
+        parts, reason, usage, entries = [], "stop", {}, []
         async for events in self.batches():
             for event in events:
                 if event[0] == "text":
                     parts.append(event[1])
+                    entries.extend(event[2])
                 else:
                     reason, usage = event[1], event[2]
-        return "".join(parts), reason, usage
+        return "".join(parts), reason, usage, entries
 
 
 # Server-sent events are framed here rather than by FastAPI's EventSourceResponse (one write per event): the text ready
@@ -193,24 +196,44 @@ def _sse(value) -> str:
     return f"data: {json.dumps(value, ensure_ascii=False)}\n\n"
 
 
-def _chunk(head: dict, chat: bool, text: str | None, reason: str | None, first: bool = False) -> dict:
+def _chunk(head: dict, chat: bool, text: str | None, reason: str | None, first: bool = False, logprobs: dict | None = None) -> dict:
     """One streamed chunk in OpenAI's format (`chat.completion.chunk` or `text_completion`)."""
     if chat:
         delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-        return {**head, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
-    return {**head, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+        return {**head, "object": "chat.completion.chunk", "choices": [{**choice, "logprobs": logprobs} if logprobs else choice]}
+    return {**head, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": reason}]}
 
 
-async def stream_events(answer: Answer, head: dict, chat: bool, interval: float = 0.0, usage: bool = False):
+class Logprobs:
+    """A request's `logprobs` in OpenAI's shape for its endpoint, piece by piece (a completion's `text_offset` runs on
+    across a stream's chunks); `asked` is False when the request did not ask for them."""
+
+    def __init__(self, tokenizer, chat: bool, asked: bool):
+        self.tokenizer, self.chat, self.asked, self.offset = tokenizer, chat, asked, 0
+
+    def __call__(self, entries: list) -> dict | None:
+        from kerasllm.serve import scoring
+
+        if not self.asked:
+            return None
+        if self.chat:
+            return scoring.chat_logprobs(self.tokenizer, entries)
+        found, self.offset = scoring.completion_logprobs(self.tokenizer, entries, self.offset)
+        return found
+
+
+async def stream_events(answer: Answer, head: dict, chat: bool, interval: float = 0.0, usage: bool = False,
+                        logprobs: Logprobs | None = None):
     """Server-sent events: a chunk per piece of text, one with the finish reason, then `data: [DONE]`. The first chunk
     goes out at once; after it, the chunks ready together are written together, at most one write per `interval`
     seconds (a write per token per stream held a core of 2 under 16 streaming clients; `kerasllm serve
     --stream-interval`)."""
     if chat:
         yield _sse(_chunk(head, chat, None, None, first=True))
-    counted = {}
+    counted, logprobs = {}, logprobs or Logprobs(None, chat, asked=False)
     async for events in answer.batches():
-        yield "".join(_event_sse(event, head, chat) for event in events)
+        yield "".join(_event_sse(event, head, chat, logprobs) for event in events)
         counted = next((event[2] for event in events if event[0] == "done" and event[1] != "error"), counted)
         if interval and not answer.finished:  # the text of the next `interval` goes out in one write; the end at once
             with contextlib.suppress(asyncio.TimeoutError):
@@ -220,25 +243,26 @@ async def stream_events(answer: Answer, head: dict, chat: bool, interval: float 
     yield "data: [DONE]\n\n"
 
 
-def _event_sse(event: tuple, head: dict, chat: bool) -> str:
+def _event_sse(event: tuple, head: dict, chat: bool, logprobs: Logprobs) -> str:
     if event[0] == "text":
-        return _sse(_chunk(head, chat, event[1], None))
+        return _sse(_chunk(head, chat, event[1], None, logprobs=logprobs(event[2])))
     if event[1] == "error":  # the model failed mid-answer: OpenAI's error body as an event
         return _sse(ApiError(500, f"the model failed on this request ({event[2]['error']})", kind="server_error").body())
     return _sse(_chunk(head, chat, None, "stop" if event[1] == "cancelled" else event[1]))
 
 
-async def whole_response(answers: list, head: dict, chat: bool) -> dict:
+async def whole_response(answers: list, head: dict, chat: bool, tokenizer=None, asked: bool = False) -> dict:
     """The answers (`n` choices) in one body (`chat.completion` or `text_completion`), with token usage: the prompt
-    counted once, the choices' tokens added up."""
+    counted once, the choices' tokens added up; with `asked`, each choice's `logprobs`."""
     found = await asyncio.gather(*(answer.whole() for answer in answers))
     choices, completion = [], 0
-    for index, (text, reason, usage) in enumerate(found):
+    for index, (text, reason, usage, entries) in enumerate(found):
         if reason == "error":
             raise ApiError(500, f"the model failed on this request ({usage['error']})", kind="server_error")
         completion += usage.get("completion_tokens", 0)
-        choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": None}
-                       if chat else {"index": index, "text": text, "logprobs": None, "finish_reason": reason})
+        logprobs = Logprobs(tokenizer, chat, asked)(entries)
+        choices.append({"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason, "logprobs": logprobs}
+                       if chat else {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason})
     prompt = found[0][2].get("prompt_tokens", 0)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices, "usage": usage}
@@ -344,17 +368,20 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
             return answered
         count = choices_asked(body, served)
         if chat:
-            options = dict(body.sampling(served, served.max_tokens), allow_eos=True)
+            top = body.alternatives()
+            options = dict(body.sampling(served, served.max_tokens), allow_eos=True, logprobs=top)
             prompt = chat_prompt(body, served)
         else:
-            options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None)
+            top = None if body.logprobs is None else max(body.logprobs, 1)  # OpenAI gives the likeliest at least
+            options = dict(body.sampling(served, COMPLETION_DEFAULT_TOKENS), allow_eos=served.template is not None, logprobs=top)
             prompt = completion_prompt(body, served)
         answers = submit_choices(served, prompt, options, count, metrics)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream_events(answers[0], head, chat, stream_interval, usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await whole_response(answers, head, chat)
+            return StreamingResponse(stream_events(answers[0], head, chat, stream_interval, usage,
+                                                   Logprobs(served.tokenizer, chat, top is not None)),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await whole_response(answers, head, chat, served.tokenizer, top is not None)
 
     @app.get("/health")
     async def health():

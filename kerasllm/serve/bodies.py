@@ -94,6 +94,14 @@ class CompletionBody(SamplingBody):
 
 class ChatBody(SamplingBody):
     messages: Annotated[List[dict], Field(min_length=1)]  # each checked as kerasllm's chat data is (`check_messages`)
+    logprobs: StrictBool = False  # each generated token's log-probability
+    top_logprobs: Optional[Annotated[StrictInt, Field(ge=0, le=MAX_LOGPROBS)]] = None  # and the N likeliest beside it
+
+    def alternatives(self) -> int | None:
+        """None when `logprobs` is off, else how many alternatives each token lists (`top_logprobs`)."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def validation_error(error) -> ApiError:

@@ -38,9 +38,10 @@ class QueueFull(Exception):
 class Request:
     """One generation: a prompt of token ids and how to sample its continuation.
 
-    `on_text(text)` receives new text as it is decoded, `on_done(finish_reason, usage)` once at the end ("stop" or
-    "length"; "cancelled"; "error", with usage {"error": what failed}); both are called on the engine's thread.
-    `cancel()` ends it at the next step.
+    `on_text(text, logprobs)` receives new text as it is decoded, with the log-probabilities of the tokens behind it
+    when `logprobs` is not None (else []: `Slot.logprob_entry`), `on_done(finish_reason, usage)` once at the end
+    ("stop" or "length"; "cancelled"; "error", with usage {"error": what failed}); both are called on the engine's
+    thread. `cancel()` ends it at the next step.
     """
 
     prompt: np.ndarray
@@ -50,6 +51,7 @@ class Request:
     sampling: generation.Sampling = field(default_factory=lambda: generation.Sampling(allow_eos=True))
     cancelled: threading.Event = field(default_factory=threading.Event)
     joined: float | None = None  # time.perf_counter() when it took a slot (`/metrics`' queue time)
+    logprobs: int | None = None  # None: none; N: each sampled token's log-probability and the N likeliest beside it
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -60,7 +62,8 @@ class Slot:
 
     def __init__(self, request: Request, tokenizer, engine: "Engine"):
         self.request, self.engine = request, engine
-        self.rows = generation.Rows(tokenizer, 1, [s for s in request.sampling.stop if s], lambda _, text: request.on_text(text))
+        self.rows = generation.Rows(tokenizer, 1, [s for s in request.sampling.stop if s], lambda _, text: self.send(text))
+        self.entries: list[tuple] = []  # the log-probabilities of tokens whose text has not gone out yet
         self.rng = np.random.default_rng(request.sampling.seed)
         self.banned = generation.banned_ids(tokenizer, request.sampling.allow_eos)
         self.history = list(map(int, request.prompt))
@@ -78,12 +81,27 @@ class Slot:
         self.rows.push(0, token)
         if self.rows.done[0]:
             return "stop"
+        if request.logprobs is not None:
+            self.entries.append(self.logprob_entry(logits, token, request.logprobs))
         if self.generated >= request.max_tokens:
             return "length"
         self.rows.emit(0, False)
         self.history.append(token)
         self.next_token = token
         return None
+
+    @staticmethod
+    def logprob_entry(logits: np.ndarray, token: int, top: int) -> tuple:
+        """(token, its log-probability, [(token, log-probability) of the `top` likeliest, likeliest first]): the
+        model's own distribution (natural log, before temperature, top-k/top-p and banned tokens), as vLLM reports it."""
+        table = generation.log_softmax(np.asarray(logits, np.float64))
+        best = np.argpartition(-table, top - 1)[:top] if top else np.zeros(0, int)
+        best = best[np.argsort(-table[best])]
+        return token, float(table[token]), [(int(i), float(table[i])) for i in best]
+
+    def send(self, text: str) -> None:
+        entries, self.entries = self.entries, []
+        self.request.on_text(text, entries)
 
     def finish(self, reason: str) -> None:
         self.rows.emit(0, True)

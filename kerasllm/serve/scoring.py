@@ -93,3 +93,36 @@ def top(tokenizer, row: np.ndarray, count: int) -> dict:
     for token, text in zip(best, token_texts(tokenizer, best)):
         found.setdefault(text, float(row[token]))
     return found
+
+
+# --- the log-probabilities of generated tokens (`logprobs` on /v1/chat/completions and /v1/completions) -------------
+# Each entry is the engine's (token, log-probability, [(token, log-probability) of the likeliest]): the model's own
+# distribution before temperature, top-k/top-p and banned tokens (`kerasllm.serve.engine.Slot.logprob_entry`).
+
+def chat_logprobs(tokenizer, entries: list) -> dict:
+    """OpenAI's chat `logprobs`: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, …], "refusal": None}."""
+    def described(token: int, logprob: float, text: str) -> dict:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    content = []
+    for token, logprob, best in entries:
+        texts = token_texts(tokenizer, [token, *(i for i, _ in best)])
+        content.append({**described(token, logprob, texts[0]),
+                        "top_logprobs": [described(i, lp, text) for (i, lp), text in zip(best, texts[1:])]})
+    return {"content": content, "refusal": None}
+
+
+def completion_logprobs(tokenizer, entries: list, offset: int = 0) -> tuple[dict, int]:
+    """OpenAI's legacy completions `logprobs` ({"tokens", "token_logprobs", "top_logprobs", "text_offset"}) for the
+    generated tokens, their offsets counted from `offset` characters into the completion; and the offset after them."""
+    tokens = token_texts(tokenizer, [token for token, _, _ in entries])
+    found = {"tokens": tokens, "token_logprobs": [logprob for _, logprob, _ in entries], "top_logprobs": [], "text_offset": []}
+    for (_, _, best), text in zip(entries, tokens):
+        texts = token_texts(tokenizer, [i for i, _ in best])
+        top_n: dict = {}
+        for (_, logprob), name in zip(best, texts):
+            top_n.setdefault(name, logprob)
+        found["top_logprobs"].append(top_n)
+        found["text_offset"].append(offset)
+        offset += len(text)
+    return found, offset

@@ -138,6 +138,49 @@ def test_echo_scores_the_prompt_as_lm_eval_asks(client, served, plain_run):
     assert raised.value.body["param"] == "max_tokens"
 
 
+def test_logprobs_of_generated_tokens_are_the_models_own_streamed_or_not(client, served, plain_run, chat_run):
+    """#32: `logprobs`/`top_logprobs` on chat and completions, as OpenAI shapes them: each generated token's natural-log
+    probability under the model (checked against a forward pass over the prompt and the tokens before it), the likeliest
+    alternatives first, the same whether streamed or not."""
+    from kerasllm import generation, runs
+    from kerasllm.export.saving import load_model
+
+    run = runs.load_run(plain_run)
+    tokenizer, model = run.artifacts["tokenizer"], load_model(plain_run / "model.keras")
+    answer = client.completions.create(model="plain", prompt="The cat", max_tokens=8, temperature=0, logprobs=2)
+    found = answer.choices[0].logprobs
+    assert "".join(found.tokens) == answer.choices[0].text and len(found.tokens) == answer.usage.completion_tokens == 8
+    assert found.text_offset == [sum(len(t) for t in found.tokens[:i]) for i in range(8)]
+    assert all(len(top) <= 2 and list(top.values()) == sorted(top.values(), reverse=True) for top in found.top_logprobs)
+    ids = [int(i) for i in generation.encode_prompt(tokenizer, "The cat")] + [int(i) for i in tokenizer.encode(answer.choices[0].text)]
+    logits = np.asarray(model.predict_on_batch(np.asarray([ids], np.int32)), np.float64)[0]
+    table = generation.log_softmax(logits)
+    start = len(ids) - 8
+    np.testing.assert_allclose(found.token_logprobs, [table[start - 1 + i, ids[start + i]] for i in range(8)], atol=1e-4)
+    streamed = list(client.completions.create(model="plain", prompt="The cat", max_tokens=8, temperature=0, logprobs=2, stream=True))
+    pieces = [chunk.choices[0].logprobs for chunk in streamed if chunk.choices and chunk.choices[0].logprobs]
+    assert sum((piece.tokens for piece in pieces), []) == found.tokens
+    assert sum((piece.text_offset for piece in pieces), []) == found.text_offset  # offsets run on across chunks
+    np.testing.assert_allclose(sum((piece.token_logprobs for piece in pieces), []), found.token_logprobs, atol=1e-6)
+
+    messages = [{"role": "user", "content": "Say hello to Ada."}]
+    chat = client.chat.completions.create(model="chat", messages=messages, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
+    content = chat.choices[0].logprobs.content
+    assert "".join(entry.token for entry in content) == chat.choices[0].message.content
+    assert all(len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob >= entry.logprob and entry.logprob <= 0 and
+               bytes(entry.bytes).decode() == entry.token for entry in content)
+    chunks = list(client.chat.completions.create(model="chat", messages=messages, max_tokens=6, temperature=0, logprobs=True,
+                                                 top_logprobs=3, stream=True))
+    entries = [entry for chunk in chunks if chunk.choices and chunk.choices[0].logprobs for entry in chunk.choices[0].logprobs.content]
+    assert [(e.token, round(e.logprob, 6)) for e in entries] == [(e.token, round(e.logprob, 6)) for e in content]
+    plain = client.chat.completions.create(model="chat", messages=messages, max_tokens=3, temperature=0)
+    assert plain.choices[0].logprobs is None  # not asked, not given
+    for fields, param in (({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": True, "top_logprobs": 21}, "top_logprobs")):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.chat.completions.create(model="chat", messages=messages, max_tokens=3, **fields)
+        assert raised.value.body["param"] == param
+
+
 def scrape(url) -> dict:
     """/metrics as {sample name with labels: value}."""
     from prometheus_client.parser import text_string_to_metric_families
