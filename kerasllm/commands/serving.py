@@ -79,6 +79,11 @@ def serve(
     max_n: Annotated[int, typer.Option(help="The most choices (`n`) one request may ask for; each takes a slot.")] = 4,
     stream_interval: Annotated[float, typer.Option(help="Streamed answers: after the first token, the text of this many "
                                                         "milliseconds goes out in one write (0: a write per token).")] = 20,
+    max_body: Annotated[float, typer.Option(help="The largest request body taken, in MB; a larger one gets 413.")] = 4,
+    read_timeout: Annotated[float, typer.Option(help="Seconds a client may send nothing before its request body is whole; "
+                                                     "then 408.")] = 30,
+    drain_seconds: Annotated[float, typer.Option(help="On Ctrl-C or SIGTERM: seconds the open requests get to finish before "
+                                                      "they are ended.")] = 30,
     unsafe: UnsafeFlag = False,
 ):
     """Serve runs over OpenAI's HTTP API: /v1/models, /v1/completions, /v1/chat/completions (streaming too), /health.
@@ -87,7 +92,7 @@ def serve(
 
     Example: `kerasllm serve runs/transformer-lm-20261201-120000 --port 8000 --max-batch 16`
     """
-    launch.check_options(port, stream_interval)
+    launch.check_options(port, stream_interval, max_body, read_timeout, drain_seconds)
     listener = launch.listen(host, port)
     loaded = [load_run_and_model(source, unsafe) for source in sources]
     names = [run.path.name for run, _ in loaded]
@@ -100,5 +105,7 @@ def serve(
         note(f"{host} answers other machines and no --api-key is set, so anyone who reaches it can use it")
     console.print(f"serving {', '.join(names)} at {launch.address(host, port)} ({count(max_batch, 'slot')} per model"
                   f"{', API key required' if api_key else ''}); Ctrl-C stops", highlight=False)
-    launch.serve(listener, served, api_key, stream_interval, debug=debugging())
-    console.print("server stopped", highlight=False)
+    how = launch.serve(listener, served, api_key, stream_interval, debug=debugging(), max_body_mb=max_body,
+                       read_timeout=read_timeout, drain_seconds=drain_seconds)
+    console.print(f"server stopped{f' ({how}: no new requests; the open ones had up to {drain_seconds:g} s to finish)' if how else ''}",
+                  highlight=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import threading
 import time
@@ -26,8 +25,9 @@ import numpy as np
 from kerasllm import generation
 from kerasllm.core.errors import UserError
 from kerasllm.data.chat import check_messages
-from kerasllm.serve.bodies import COMPLETION_DEFAULT_TOKENS, MAX_N, ApiError, ChatBody, CompletionBody, SamplingBody, validation_error
+from kerasllm.serve.bodies import COMPLETION_DEFAULT_TOKENS, MAX_N, ApiError, ChatBody, CompletionBody, SamplingBody
 from kerasllm.serve.engine import Engine, QueueFull, Request
+from kerasllm.serve.guards import MAX_BODY, READ_TIMEOUT, BodyLimits, install_errors
 
 # Only `kerasllm serve` imports this module (FastAPI with it); the command line imports it inside that command.
 
@@ -306,42 +306,10 @@ def named_model(body: SamplingBody, by_name: dict) -> Served:
     return by_name[name]
 
 
-def install_errors(app, api_key: str | None) -> None:
-    """OpenAI's error body for every error, and the API key check on /v1/."""
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
-
-    answer = lambda error: JSONResponse(error.body(), status_code=error.status)
-    app.add_exception_handler(ApiError, lambda _, error: answer(error))
-    app.add_exception_handler(HTTPException, lambda _, error: answer(ApiError(error.status_code, str(error.detail))))
-    app.add_exception_handler(RequestValidationError, lambda _, error: answer(validation_error(error)))
-
-    if api_key:
-        app.add_middleware(KeyCheck, api_key=api_key, refuse=answer)
-
-
-class KeyCheck:
-    """The API key check on /v1/ as plain ASGI middleware: Starlette's `@app.middleware("http")` wraps every streamed
-    chunk in one more queue hop (under 16 streaming clients it held a fifth of the server's time; bench/RESULTS.md,
-    "Serving", lever 3)."""
-
-    def __init__(self, app, api_key: str, refuse):
-        self.app, self.expected, self.refuse = app, f"Bearer {api_key}".encode(), refuse
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                what = "No API key provided" if not given else "Incorrect API key provided"
-                response = self.refuse(ApiError(401, f"{what}; send Authorization: Bearer KEY", code="invalid_api_key"))
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
-
-
-def create_app(models: list[Served], api_key: str | None = None, stream_interval: float = 0.0):
+def create_app(models: list[Served], api_key: str | None = None, stream_interval: float = 0.0, max_body: int = MAX_BODY,
+               read_timeout: float = READ_TIMEOUT):
     """The FastAPI app answering for `models`; streamed answers are written at most once per `stream_interval` seconds
-    after their first chunk."""
+    after their first chunk; request bodies are bounded (`BodyLimits`)."""
     from fastapi import FastAPI
     from fastapi.responses import Response, StreamingResponse
 
@@ -358,6 +326,10 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
         path = request.url.path
         metrics.answered(path if path in PATHS else "other", response.status_code)
         return response
+
+    # last, so outermost: a body too large or too slow is answered before any other middleware runs, and a client that
+    # leaves before its body is whole reaches none of them
+    app.add_middleware(BodyLimits, max_body=max_body, read_timeout=read_timeout, refuse=app.state.refuse)
 
     async def respond(body: SamplingBody, chat: bool):
         served = named_model(body, by_name)

@@ -170,6 +170,18 @@ class Engine:
                 raise QueueFull(f"all {self.max_batch} slots are busy and {self.max_queue} requests are waiting")
             self.waiting.put(request)
 
+    def cancel_all(self) -> None:
+        """End every open request, running or waiting, at the next step (a drain that ran out of time): each is told
+        "cancelled", so its answer ends as usual instead of being cut."""
+        for slot in list(self.slots):
+            if slot is not None:
+                slot.request.cancel()
+        with self.waiting.mutex:
+            waiting = list(self.waiting.queue)
+        for request in waiting:
+            if isinstance(request, Request):
+                request.cancel()
+
     def stop(self) -> None:
         self._stopped.set()
         self.waiting.put(STOP_EVENT)

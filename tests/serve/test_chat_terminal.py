@@ -3,6 +3,7 @@ start processes)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -98,3 +99,37 @@ def test_serve_command_answers_curl_and_stops_cleanly(chat_run):
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert "Traceback" not in err and "absl" not in err and "I0000" not in err and "WARNING" not in err, err
+
+
+def test_sigterm_drains_open_requests_then_ends_them_and_exits_0_with_one_line(lm_run):
+    """#32: SIGTERM let the open streams finish but exited by the signal (status 143) without a word. Now: no new
+    requests, the open ones get --drain-seconds, then end as usual (a finish reason and [DONE]), one line, status 0."""
+    httpx = need("httpx")
+    port = free_port()
+    server = subprocess.Popen([*KERASLLM, "serve", str(lm_run), "--port", str(port), "--max-tokens", "100000",
+                               "--drain-seconds", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    chunks = []
+    try:
+        assert "serving plain" in server.stdout.readline()
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            time.sleep(0.2)
+        body = {"prompt": "The", "max_tokens": 100000, "stream": True}
+        with httpx.stream("POST", f"{base}/v1/completions", json=body, timeout=60) as stream:
+            for line in stream.iter_lines():
+                chunks.append(line)
+                if len(chunks) == 10:  # streaming: now the signal
+                    server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    events = [line.removeprefix("data: ") for line in chunks if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"  # ended, not cut
+    assert server.returncode == 0, err
+    assert out.strip().splitlines() == ["server stopped (SIGTERM: no new requests; the open ones had up to 1 s to finish)"]
+    assert "Traceback" not in err and "ERROR" not in err, err

@@ -181,6 +181,58 @@ def test_logprobs_of_generated_tokens_are_the_models_own_streamed_or_not(client,
         assert raised.value.body["param"] == param
 
 
+@pytest.fixture(scope="module")
+def bounded_url(served):
+    """The same models behind an app with a 2,000-byte body limit and a half-second read timeout."""
+    from kerasllm.serve.app import create_app
+
+    with running(create_app(served, max_body=2000, read_timeout=0.5)) as base:
+        yield base
+
+
+def raw_exchange(url: str, head: bytes, body: bytes = b"", then_close: bool = False) -> bytes:
+    """Send a request's head and part of its body over a socket as a client that sends no more; what comes back."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head + body)
+        if then_close:
+            return b""
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+        return reply
+
+
+def test_a_body_too_large_or_too_slow_is_refused_and_a_client_that_leaves_is_let_go(bounded_url):
+    """#32: a 20 MB body was read and tokenized before its 400; 30 clients sending half a body stayed connected for
+    ever, then filled the log with tracebacks when they left."""
+    import logging
+
+    heard = []
+    handler = logging.Handler()
+    handler.emit = lambda record: heard.append(record.getMessage() + (record.exc_text or ""))
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        head = lambda length: (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               f"Content-Length: {length}\r\n\r\n").encode()
+        started = time.monotonic()
+        declared = raw_exchange(bounded_url, head(20 << 20))  # 20 MB declared, none of it sent: answered at once
+        assert declared.startswith(b"HTTP/1.1 413") and b"request_too_large" in declared and time.monotonic() - started < 5
+        sent = httpx.post(f"{bounded_url}/v1/completions", content=(b"x" * 700 for _ in range(5)))  # chunked, no length
+        assert sent.status_code == 413 and sent.json()["error"]["code"] == "request_too_large"
+        started = time.monotonic()
+        stalled = raw_exchange(bounded_url, head(100), b'{"prompt": "The')  # then nothing more
+        assert stalled.startswith(b"HTTP/1.1 408") and b"serve --read-timeout" in stalled and time.monotonic() - started < 5
+        for _ in range(5):
+            raw_exchange(bounded_url, head(100), b'{"prompt": "The', then_close=True)
+        fine = httpx.post(f"{bounded_url}/v1/completions", json={"model": "plain", "prompt": "The", "max_tokens": 2})
+        assert fine.status_code == 200 and fine.json()["usage"]["completion_tokens"] == 2
+        time.sleep(0.5)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not [line for line in heard if "Traceback" in line or "Exception" in line], heard
+
+
 def scrape(url) -> dict:
     """/metrics as {sample name with labels: value}."""
     from prometheus_client.parser import text_string_to_metric_families
