@@ -134,6 +134,48 @@ class LSTMStepDecoder:
                                      (tf.constant(0), logits_of(last), state, tf.TensorArray(tf.int32, size=steps)))
         return tf.transpose(out.stack())
 
+    def tf_endpoints(self) -> dict:
+        """On-device generation as two TensorFlow functions (a LiteRT file's signatures, `kerasllm.export.litert`), with
+        their input signatures: `prefill(tokens (1, length)) -> {logits (1, vocab) after the last token, cache}` and
+        `decode(token (1,), cache) -> {logits, cache}`; the cache holds each layer's (h, c), (layers, 2, 1, units). The
+        same cell arithmetic as `_advance`, on the model's own variables."""
+        import keras
+        import tensorflow as tf
+
+        layers = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
+        embeddings, output = layers[0].embeddings, layers[-1]
+        cells = [(layer.cell.kernel, layer.cell.recurrent_kernel, layer.cell.bias) for layer in layers[1:-1]]
+        units = cells[0][0].shape[1] // 4
+        shape = (len(cells), 2, 1, units)
+
+        def advance(cache, token):
+            x, states = tf.gather(embeddings, token), []
+            for (kernel, recurrent, bias), state in zip(cells, tf.unstack(cache)):
+                h, c = tf.unstack(state)
+                i, f, g, o = tf.split(tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias, 4, axis=-1)
+                c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+                h = tf.sigmoid(o) * tf.tanh(c)
+                states.append(tf.stack([h, c]))
+                x = h
+            logits = tf.matmul(x, output.kernel) + (output.bias if output.use_bias else 0.0)
+            return logits, tf.stack(states)
+
+        def prefill(tokens):
+            def read(t, cache, logits):
+                logits, cache = advance(cache, tokens[:, t])
+                return t + 1, cache, logits
+
+            logits = tf.zeros([1, output.units])
+            _, cache, logits = tf.while_loop(lambda t, *_: t < tf.shape(tokens)[1], read, (tf.constant(0), tf.zeros(shape), logits))
+            return {"logits": logits, "cache": cache}
+
+        def decode(token, cache):
+            logits, cache = advance(cache, token)
+            return {"logits": logits, "cache": cache}
+
+        return {"prefill": (prefill, [tf.TensorSpec([1, None], tf.int32, name="tokens")]),
+                "decode": (decode, [tf.TensorSpec([1], tf.int32, name="token"), tf.TensorSpec(shape, tf.float32, name="cache")])}
+
     def _advance(self, state, tokens, active):
         """One time step for the rows in `active`; returns the top layer's output."""
         x = self.embedding[tokens]  # (batch, embedding_dim)

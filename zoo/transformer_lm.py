@@ -173,6 +173,32 @@ class TransformerCacheDecoder:
         x = self.final_norm(ops.take(x, last, axis=1))  # (batch, hidden): only the position that is sampled from
         return self.embedding(x, reverse=True), updated
 
+    def tf_endpoints(self) -> dict:
+        """On-device generation as two TensorFlow functions (a LiteRT file's signatures, `kerasllm.export.litert`), with
+        their input signatures: `prefill(tokens (1, length)) -> {logits (1, vocab) after the last token, cache}` and
+        `decode(token (1,), position (), cache) -> {logits, cache}`; the cache holds every block's keys and values,
+        (blocks, 1, 2, context, heads, head_dim). The prompt and what is decoded stay within the context."""
+        import tensorflow as tf
+
+        context, blocks = self.context, len(self.blocks)
+        shape = (blocks, 1, 2, context, self.num_heads, self.head_dim)
+        dtype = tf.as_dtype(self.model.compute_dtype)
+
+        def prefill(tokens):
+            length = tf.shape(tokens)[1]
+            padded = tf.pad(tokens, [[0, 0], [0, context - length]])  # causal: what follows the prompt changes nothing before it
+            caches = [tf.zeros(shape[1:], dtype) for _ in range(blocks)]
+            logits, caches = self.call_with_cache(padded, caches, tf.constant(0), length - 1)
+            return {"logits": tf.cast(logits, tf.float32), "cache": tf.stack(caches)}
+
+        def decode(token, position, cache):
+            logits, caches = self.call_with_cache(token[:, None], tf.unstack(cache), position, tf.constant(0))
+            return {"logits": tf.cast(logits, tf.float32), "cache": tf.stack(caches)}
+
+        return {"prefill": (prefill, [tf.TensorSpec([1, None], tf.int32, name="tokens")]),
+                "decode": (decode, [tf.TensorSpec([1], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="position"),
+                                    tf.TensorSpec(shape, dtype, name="cache")])}
+
     def _function(self, key):
         if key not in self._compiled:
             if self.backend == "tensorflow":

@@ -28,7 +28,7 @@ from kerasllm.core import config as config_lib
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.export import formats as export_lib
-from kerasllm.export import measure
+from kerasllm.export import litert, measure
 from kerasllm.export.companions import companion_paths
 from kerasllm.export.saving import load_model, model_path
 from kerasllm.recipes import compress as compression
@@ -70,6 +70,8 @@ def export(
     path = model_path(source)
     out = out or export_lib.default_out(source, fmt)
     export_lib.check_out(out, fmt, path, overwrite)
+    if fmt == "tflite":
+        litert.check_out(out, overwrite)
     if calibration_data is not None and quantize != "int8":
         raise UserError("--calibration-data calibrates --quantize int8; add --quantize int8 or drop it")
     if quantize == "int8" and not files.is_run_dir(path.parent):
@@ -96,10 +98,22 @@ def export(
     if result.foreign_ops:
         console.print(f"note: its signatures run TensorFlow Text ops ({', '.join(result.foreign_ops)}): `import tensorflow_text` "
                       "before `tf.saved_model.load`", highlight=False)
+    if fmt == "tflite" and run is not None and run.spec.name in litert.GENERATES and quantize in ("none", "dynamic"):
+        export_generation(run, model, out, quantize, companions, readme=result.readme is not None)
     if result.readme is not None:
         console.print(f"how to run it with {'onnxruntime' if fmt == 'onnx' else 'TensorFlow'} alone: {result.readme}", highlight=False)
     elif run is not None:
         console.print(f"note: {out.parent / 'README.md'} is not kerasllm's, so no usage snippet was written there", highlight=False)
+
+
+def export_generation(run, model, out: Path, quantize: str, companions: list, readme: bool) -> None:
+    """A language model's LiteRT generation file beside its `.tflite` export (`kerasllm.export.litert`), and its
+    section in the export README (the snippet decodes text with the tokenizer file for char and word runs)."""
+    generated = litert.export(run, model, out, quantize)
+    console.print(generated.line(), highlight=False)
+    tokenizer = next((target.name for source, target in companions if source.name == files.TOKENIZER_FILE), None)
+    if readme:
+        litert.write_readme(out, generated, tokenizer if run.artifacts["tokenizer"].kind in ("char", "word") else None)
 
 
 def export_for_consumer(fmt: str, source: Path, out: Path | None, overwrite: bool, unsafe: bool) -> None:

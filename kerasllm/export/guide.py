@@ -126,13 +126,20 @@ def section(usage: Usage, size: str) -> str:
 
 def write_readme(folder: Path, usage: Usage, size: str) -> Path | None:
     """Add or replace `usage`'s section in `folder/README.md`; None (nothing written) when a README.md there is not ours."""
+    return write_section(folder, usage.out.name, section(usage, size))
+
+
+def write_section(folder: Path, name: str, text: str) -> Path | None:
+    """Add or replace the section of the file `name` (`text`, between its markers) in `folder/README.md`, dropping the
+    sections of files that are gone; None (nothing written) when a README.md there is not ours."""
     path = Path(folder) / README
     old = path.read_text(encoding="utf-8") if path.is_file() else MARK + "\n"
     if not old.startswith(MARK):
         return None
     kept = [match.group(0) for match in SECTION.finditer(old)
-            if match.group("name") != usage.out.name and (Path(folder) / match.group("name")).exists()]
+            if match.group("name") != name and (Path(folder) / match.group("name")).exists()]
     text = (f"{MARK}\n# Exported models\n\nEach file below was checked against its source by `kerasllm export`. "
-            "The snippets use TensorFlow / Keras (an ONNX file: onnxruntime) only.\n\n" + "\n".join([*kept, section(usage, size)]))
+            "The snippets use TensorFlow / Keras (an ONNX file: onnxruntime; LiteRT files: ai-edge-litert) only.\n\n"
+            + "\n".join([*kept, text]))
     files.write_text_atomic(path, text)
     return path

@@ -49,7 +49,9 @@ def test_the_text_generation_tour(tmp_path, corpus_file):
     for fmt in ("tflite", "savedmodel"):  # tflite: XNNPACK's "Created TensorFlow Lite delegate" line
         kerasllm(tmp_path, "export", run, "--format", fmt)
     code = snippets(run / "export")  # the export folder's README: each format runs outside kerasllm
-    assert sorted(code) == ["model.savedmodel", "model.tflite"]
+    assert sorted(code) == ["model.generate.tflite", "model.savedmodel", "model.tflite"]
+    generated = run_snippet(run / "export", code.pop("model.generate.tflite"))  # LiteRT's prefill/decode loop
+    assert generated.strip().endswith("the same as kerasllm generate --temperature 0: True"), generated
     for name, snippet in code.items():
         output = run_snippet(run / "export", snippet)
         assert agreement(output) == 1.0 and "next token after each example: [" in output, (name, output)  # decoded with the tokenizer file
