@@ -14,7 +14,8 @@ renders its `[SYSTEM]`/`[USER]`/`[ASSISTANT] … [EOS]` rows, so `apply_chat_tem
 The tokenizer becomes a `tokenizer.json` of the `tokenizers` library with every token at its kerasllm id: a `char`
 run's vocabulary split one code point at a time, a `word` run's by the same pattern kerasllm splits with (words,
 punctuation runs, white-space runs), a `wordpiece` run's as WordPiece (longest match first, `##` continuations) over
-kerasllm's pieces; all joined back without spaces.
+kerasllm's pieces; all joined back without spaces; a `sentencepiece` run's unigram model as `tokenizers`' Unigram with
+its pieces, scores and byte fallback (the dummy prefix and "▁" as SentencePiece writes them).
 
 A tuned keras-hub preset (a `hub-causal-lm` run) goes out through keras-hub's own `export_to_transformers` with the
 run's tokenizer, for the families keras-hub exports; its generation_config.json then ends a reply where `kerasllm chat`
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,7 @@ from kerasllm.tokenizers import PIECE_SPLIT, REPLACEMENT, WORD_SPLIT
 
 PACKAGES = ("safetensors", "tokenizers", "transformers", "torch")
 INSTALL = 'pip install "kerasllm[hf]"'
-TOKENIZER_KINDS = ("char", "word", "wordpiece")
+TOKENIZER_KINDS = ("char", "word", "wordpiece", "sentencepiece")
 TOLERANCE = 1e-4
 SAMPLES = 4  # pieces of the validation text the folder is checked on
 PROMPT_TOKENS = 16
@@ -86,7 +88,7 @@ def check_request(run, model) -> None:
         return check_family(model)
     kind = getattr(run.artifacts.get("tokenizer"), "kind", "")
     if kind not in TOKENIZER_KINDS:
-        raise UserError(f"--format hf writes {' and '.join(TOKENIZER_KINDS)} tokenizers for now, and this run's is {kind}; "
+        raise UserError(f"--format hf writes {', '.join(TOKENIZER_KINDS)} tokenizers, and this run's is {kind}; "
                         "train with --set data.tokenizer=char or word")
     from kerasllm.export.saving import quantized_layers
 
@@ -211,6 +213,8 @@ def tokenizer_json(tokenizer, chat: bool = False):
     from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
+    if tokenizer.kind == "sentencepiece":
+        return sentencepiece_json(tokenizer, chat)
     tokens = [REPLACEMENT if i == tokenizer.unk_id else token for i, token in enumerate(tokenizer.vocabulary)]
     vocabulary = {token: i for i, token in enumerate(tokens)}
     if tokenizer.kind == "wordpiece":  # longest match first within each piece, continuations marked ##, as tf-text's
@@ -225,6 +229,37 @@ def tokenizer_json(tokenizer, chat: bool = False):
     specials = sorted(i for i in tokenizer.special_tokens.values() if i != tokenizer.unk_id)
     built.add_special_tokens([AddedToken(tokenizer.vocabulary[i], special=True, normalized=False) for i in specials])
     built.encode_special_tokens = not chat  # "[EOS]" typed in text is text, as in kerasllm (transformers: split_special_tokens)
+    return built
+
+
+def sentencepiece_json(tokenizer, chat: bool = False):
+    """A SentencePiece run's unigram model as a `tokenizers.Tokenizer` with its pieces, scores and ids: the space
+    spelled "▁" and one "▁" in front of the text (SentencePiece's dummy prefix), no pre-split (the whole text goes
+    through the unigram's best split, as in SentencePiece, where a piece never holds a space after its start), byte
+    fallback for what no piece covers; decoded by joining the pieces, reading byte pieces as bytes and dropping the
+    dummy prefix's space."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(tokenizer.proto)
+    built = HFTokenizer(models.Unigram([(piece.piece, piece.score) for piece in proto.pieces], proto.trainer_spec.unk_id,
+                                       proto.trainer_spec.byte_fallback))
+    # SentencePiece never reads text as a control piece ("[EOS]" typed is characters); the unigram would: a split after
+    # each one's first character keeps it from being read whole
+    never = [piece.piece for piece in proto.pieces if piece.type in (proto.SentencePiece.CONTROL, proto.SentencePiece.UNKNOWN)
+             and len(piece.piece) > 1]
+    if never:
+        pattern = "|".join(f"{re.escape(piece[0])}(?={re.escape(piece[1:])})" for piece in never)
+        built.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    prefix = proto.normalizer_spec.add_dummy_prefix
+    built.normalizer = normalizers.Sequence([*([normalizers.Prepend("\u2581")] if prefix else []), normalizers.Replace(" ", "\u2581")])
+    built.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                       *([decoders.Strip(" ", 1, 0)] if prefix else [])])
+    specials = sorted(i for i in tokenizer.special_tokens.values() if i != tokenizer.unk_id)
+    built.add_special_tokens([AddedToken(tokenizer.vocabulary[i], special=True, normalized=False) for i in specials])
+    built.encode_special_tokens = not chat
     return built
 
 

@@ -19,15 +19,17 @@ from tests.conftest import assert_says
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 4
 
 
-@pytest.mark.parametrize("kind", ["char", "word", "wordpiece"])
+@pytest.mark.parametrize("kind", ["char", "word", "wordpiece", "sentencepiece"])
 def test_the_tokenizer_json_gives_the_runs_ids_and_text(kind):
-    ours = Tokenizer.fit(TEXT, kind, vocab_size={"char": 30, "word": 12, "wordpiece": 60}[kind])  # small: unknown tokens too
+    # small vocabularies: unknown tokens too (sentencepiece: its 256 byte pieces, then what it learns)
+    ours = Tokenizer.fit(TEXT * 8, kind, vocab_size={"char": 30, "word": 12, "wordpiece": 60, "sentencepiece": 300}[kind])
     theirs = hf.tokenizer_json(ours)
-    for text in (TEXT[:90], "Zebras? ¿Qué? [EOS] 12", ""):
+    for text in (TEXT[:90], "Zebras? ¿Qué? [EOS] 12", "", "\nstarts on a new line", "  two  spaces\n\n", " lead", "日本"):
         ids = list(map(int, ours.encode(text)))
         assert theirs.encode(text, add_special_tokens=False).ids == ids, text
-        assert theirs.decode(ids, skip_special_tokens=True) == ours.decode(ids)  # [UNK] reads U+FFFD in both
-    assert ours.unk_id in ours.encode("Zebras")
+        assert theirs.decode(ids, skip_special_tokens=True) == ours.decode(ids), text  # [UNK] reads U+FFFD in both
+    # a character the vocabulary lacks: [UNK], or its bytes where the tokenizer falls back to them
+    assert ours.unk_id in ours.encode("Zebras") or kind == "sentencepiece"
     eos = ours.eos_id
     assert theirs.decode([*ours.encode("be"), eos], skip_special_tokens=True) == "be"  # specials vanish, as in kerasllm
 
