@@ -196,13 +196,15 @@ def _sse(value) -> str:
     return f"data: {json.dumps(value, ensure_ascii=False)}\n\n"
 
 
-def _chunk(head: dict, chat: bool, text: str | None, reason: str | None, first: bool = False, logprobs: dict | None = None) -> dict:
-    """One streamed chunk in OpenAI's format (`chat.completion.chunk` or `text_completion`)."""
+def _chunk(head: dict, chat: bool, text: str | None, reason: str | None, first: bool = False, logprobs: dict | None = None,
+           index: int = 0) -> dict:
+    """One streamed chunk of choice `index` in OpenAI's format (`chat.completion.chunk` or `text_completion`)."""
     if chat:
         delta = {"role": "assistant", "content": ""} if first else ({"content": text} if text is not None else {})
-        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+        choice = {"index": index, "delta": delta, "finish_reason": reason}
         return {**head, "object": "chat.completion.chunk", "choices": [{**choice, "logprobs": logprobs} if logprobs else choice]}
-    return {**head, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": reason}]}
+    return {**head, "object": "text_completion",
+            "choices": [{"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": reason}]}
 
 
 class Logprobs:
@@ -223,32 +225,61 @@ class Logprobs:
         return found
 
 
-async def stream_events(answer: Answer, head: dict, chat: bool, interval: float = 0.0, usage: bool = False,
-                        logprobs: Logprobs | None = None):
-    """Server-sent events: a chunk per piece of text, one with the finish reason, then `data: [DONE]`. The first chunk
-    goes out at once; after it, the chunks ready together are written together, at most one write per `interval`
-    seconds (a write per token per stream held a core of 2 under 16 streaming clients; `kerasllm serve
-    --stream-interval`)."""
+async def stream_events(answers: list, head: dict, chat: bool, interval: float = 0.0, usage: bool = False,
+                        logprobs=None):
+    """Server-sent events of `answers` (`n` choices, each chunk naming its choice's index): a chunk per piece of text,
+    one with each finish reason, then `data: [DONE]`. The first chunk goes out at once; after it, the chunks ready
+    together are written together, at most one write per `interval` seconds (a write per token per stream held a core
+    of 2 under 16 streaming clients; `kerasllm serve --stream-interval`). `logprobs()` makes each choice's `Logprobs`."""
+    describe = [logprobs() if logprobs else Logprobs(None, chat, asked=False) for _ in answers]
     if chat:
-        yield _sse(_chunk(head, chat, None, None, first=True))
-    counted, logprobs = {}, logprobs or Logprobs(None, chat, asked=False)
-    async for events in answer.batches():
-        yield "".join(_event_sse(event, head, chat, logprobs) for event in events)
-        counted = next((event[2] for event in events if event[0] == "done" and event[1] != "error"), counted)
-        if interval and not answer.finished:  # the text of the next `interval` goes out in one write; the end at once
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(answer.ended.wait(), interval)
+        yield "".join(_sse(_chunk(head, chat, None, None, first=True, index=index)) for index in range(len(answers)))
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index: int, answer: Answer) -> None:  # one choice's events into the merged queue, then None
+        try:
+            async for events in answer.batches():
+                merged.put_nowait((index, events))
+        finally:
+            merged.put_nowait((index, None))
+
+    pumps = [asyncio.ensure_future(pump(index, answer)) for index, answer in enumerate(answers)]
+    counted, running = {}, len(answers)
+    try:
+        while running:
+            found = [await merged.get()]
+            while not merged.empty():
+                found.append(merged.get_nowait())
+            parts = []
+            for index, events in found:
+                if events is None:
+                    running -= 1
+                    continue
+                parts.append("".join(_event_sse(event, head, chat, describe[index], index) for event in events))
+                counted[index] = next((e[2] for e in events if e[0] == "done" and e[1] != "error"), counted.get(index, {}))
+            if parts:
+                yield "".join(parts)
+            waiting = [answer.ended.wait() for answer in answers if not answer.finished]
+            if interval and waiting:  # the text of the next `interval` goes out in one write; the end at once
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*waiting), interval)
+    finally:  # the client went away: each choice's `batches` frees its slot
+        for task in pumps:
+            task.cancel()
     if usage:  # `stream_options.include_usage`: the usage in a chunk of its own, with no choices
-        yield _sse({**head, "object": "chat.completion.chunk" if chat else "text_completion", "choices": [], "usage": counted})
+        prompt = next((found.get("prompt_tokens", 0) for found in counted.values()), 0)
+        completion = sum(found.get("completion_tokens", 0) for found in counted.values())
+        yield _sse({**head, "object": "chat.completion.chunk" if chat else "text_completion", "choices": [],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}})
     yield "data: [DONE]\n\n"
 
 
-def _event_sse(event: tuple, head: dict, chat: bool, logprobs: Logprobs) -> str:
+def _event_sse(event: tuple, head: dict, chat: bool, logprobs: Logprobs, index: int = 0) -> str:
     if event[0] == "text":
-        return _sse(_chunk(head, chat, event[1], None, logprobs=logprobs(event[2])))
+        return _sse(_chunk(head, chat, event[1], None, logprobs=logprobs(event[2]), index=index))
     if event[1] == "error":  # the model failed mid-answer: OpenAI's error body as an event
         return _sse(ApiError(500, f"the model failed on this request ({event[2]['error']})", kind="server_error").body())
-    return _sse(_chunk(head, chat, None, "stop" if event[1] == "cancelled" else event[1]))
+    return _sse(_chunk(head, chat, None, "stop" if event[1] == "cancelled" else event[1], index=index))
 
 
 async def whole_response(answers: list, head: dict, chat: bool, tokenizer=None, asked: bool = False) -> dict:
@@ -277,8 +308,6 @@ def choices_asked(body: SamplingBody, served: Served) -> int:
     if count > served.max_n:
         raise ApiError(400, f"n {count} is more choices than this server gives ({served.max_n}; see serve --max-n)",
                        param="n", code="invalid_value")
-    if count > 1 and body.stream:
-        raise ApiError(400, "a stream carries one choice here; drop stream, or ask for n 1", param="n", code="invalid_value")
     return count
 
 
@@ -350,8 +379,8 @@ def create_app(models: list[Served], api_key: str | None = None, stream_interval
         answers = submit_choices(served, prompt, options, count, metrics)
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream_events(answers[0], head, chat, stream_interval, usage,
-                                                   Logprobs(served.tokenizer, chat, top is not None)),
+            return StreamingResponse(stream_events(answers, head, chat, stream_interval, usage,
+                                                   lambda: Logprobs(served.tokenizer, chat, top is not None)),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return await whole_response(answers, head, chat, served.tokenizer, top is not None)
 

@@ -292,6 +292,15 @@ def test_n_choices_each_take_a_slot_and_seeded_ones_come_back_the_same(client):
     assert first.usage.prompt_tokens == lone.usage.prompt_tokens  # the prompt counted once
     plain = client.completions.create(model="plain", prompt="The ", n=2, temperature=0, max_tokens=5)
     assert plain.choices[0].text == plain.choices[1].text and plain.usage.completion_tokens == 10
+    # streamed: each chunk names its choice; a choice's pieces are the choice a whole answer gives
+    chunks = list(client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "Say hello to Ada."}],
+                                                 n=3, seed=7, temperature=1.0, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True}))
+    texts = {index: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == index)
+             for index in range(3)}
+    assert [texts[index] for index in range(3)] == [c.message.content for c in first.choices]
+    ends = [c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert sorted(ends) == [0, 1, 2] and chunks[-1].usage.completion_tokens == first.usage.completion_tokens
 
 
 def test_an_error_through_the_client(client):
@@ -312,7 +321,7 @@ def test_an_error_through_the_client(client):
     ("/v1/chat/completions", {"model": "chat", "messages": []}, 400, "messages"),
     ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages"),
     ("/v1/completions", {"model": "plain", "prompt": "x", "n": 5}, 400, "n"),  # over --max-n (4 here)
-    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 2, "stream": True}, 400, "n"),
+    ("/v1/completions", {"model": "plain", "prompt": "x", "n": 5, "stream": True}, 400, "n"),  # over serve --max-n
     ("/v1/completions", {"model": "plain", "prompt": "x", "n": 0}, 400, "n"),
     ("/v1/completions", {"model": "plain", "prompt": ["a", "b"]}, 400, "prompt"),  # one prompt per request (unless echo)
     ("/v1/completions", {"model": "plain", "prompt": [1, 2, 99999], "echo": True, "max_tokens": 0}, 400, "prompt"),
