@@ -51,6 +51,10 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
         elif result.exit_code == 0:
             assert "max |diff|" in result.output and "top-1 agreement" in result.output and out.exists(), (key, result.output)
             outcomes[key] = "ok"
+            if fmt == "tflite" and quantize in ("none", "dynamic"):  # a language model's LiteRT prefill/decode loop
+                generated = out.with_name(out.stem + ".generate.tflite").exists()
+                assert generated == ("on-device generation" in result.output), (key, result.output)
+                outcomes[f"{key} generate"] = "ok" if generated else "not a language model with a cached decoder"
         else:
             assert result.exit_code == 2, (key, result.output, repr(result.exception))
             lines = result.stderr.strip().splitlines()
@@ -63,6 +67,8 @@ def test_every_format_round_trips_or_is_refused_in_one_line(runner, zoo, tmp_pat
     assert outcomes["keras"] == outcomes["savedmodel"] == "ok"
     if name == "transformer-lm":  # char tokens, learned positions: both runtimes take it
         assert outcomes["hf"] == outcomes["gguf"] == "ok"
+    if name in ("transformer-lm", "lstm-textgen"):
+        assert outcomes["tflite generate"] == outcomes["tflite dynamic generate"] == "ok"
     assert outcomes["tflite dynamic"] == "ok" or outcomes["tflite"] != "ok"  # what converts in float converts with int8 weights
 
 
