@@ -35,7 +35,7 @@ import numpy as np
 from kerasllm.core import files
 from kerasllm.core.errors import UserError
 from kerasllm.core.words import count
-from kerasllm.export.hf import NEW_TOKENS, PROMPT_TOKENS, SAMPLES, chat_template_jinja, samples
+from kerasllm.export.hf import NEW_TOKENS, PROMPT_TOKENS, SAMPLES, block_weights, chat_template_jinja, check_replacing, check_weights, samples
 from kerasllm.export.measure import human_size
 
 # Lazy imports: Keras, gguf and llama_cpp are imported inside functions.
@@ -89,14 +89,7 @@ def check_request(run, model) -> None:
     if SPACE in tokenizer.vocabulary:
         raise UserError(f"this run's vocabulary holds {SPACE!r}, which llama.cpp's tokenizer reads as a space; --format hf "
                         "takes it")
-    from kerasllm.export.saving import quantized_layers
-
-    if quantized_layers(model):
-        raise UserError("this run is a quantized copy, whose int8/int4 kernels are Keras' own; export the run it was "
-                        "compressed from")
-    if not all(hasattr(model.get_layer(f"block_{i}"), "qkv") for i in range(run.config.model_args.num_layers)):
-        raise UserError("this run was saved with keras-hub's Transformer layers (kerasllm before 2026-11); train it again "
-                        "to export it to GGUF")
+    check_weights(run, model, "this writer", "GGUF")
 
 
 def default_out(run_dir: Path) -> Path:
@@ -119,15 +112,7 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise UserError(f"--format gguf needs the gguf package, which is not installed; {INSTALL}")
     if out.suffix != ".gguf":
         raise UserError(f"--format gguf needs an output path ending in .gguf, got {out}")
-    if files.is_run_dir(out.parent):
-        raise UserError(f"--out {out} would write into a run folder, whose files are the run's own; export into "
-                        f"{out.parent / files.EXPORT_DIR}/ (the default) or outside any run")
-    if not out.exists():
-        return
-    if not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    if not out.is_file() or not written_by_kerasllm(out):
-        raise UserError(f"--overwrite replaces only an earlier GGUF export of kerasllm's, and {out} is not one; choose another --out")
+    check_replacing(out, overwrite, lambda found: found.is_file() and written_by_kerasllm(found), "GGUF")
 
 
 # --- the file --------------------------------------------------------------------------------
@@ -158,13 +143,8 @@ def tensors(model, hparams) -> dict[str, np.ndarray]:
         weights["position_embd.weight"] = _array(model.get_layer("position_embedding").position_embeddings)
     else:  # gptneox needs its output matrix written out; gpt2 ties it to the token embedding when it is absent
         weights["output.weight"] = embedding.copy()
-    for i in range(hparams.num_layers):
-        block, prefix = model.get_layer(f"block_{i}"), f"blk.{i}"
-        for name, layer in (("attn_norm", block.attention_norm), ("ffn_norm", block.mlp_norm)):
-            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.gamma), _array(layer.beta)
-        for name, layer in (("attn_qkv", block.qkv), ("attn_output", block.attention_output), ("ffn_up", block.mlp_in),
-                            ("ffn_down", block.mlp_out)):
-            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.kernel).T, _array(layer.bias)
+    weights.update(block_weights(model, hparams, "blk.{i}", ("attn_norm", "ffn_norm", "attn_qkv", "attn_output", "ffn_up",
+                                                             "ffn_down"), transpose=True))
     final = model.get_layer("final_norm")
     weights["output_norm.weight"], weights["output_norm.bias"] = _array(final.gamma), _array(final.beta)
     return {name: np.ascontiguousarray(value) for name, value in weights.items()}

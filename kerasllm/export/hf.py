@@ -90,14 +90,20 @@ def check_request(run, model) -> None:
     if kind not in TOKENIZER_KINDS:
         raise UserError(f"--format hf writes {', '.join(TOKENIZER_KINDS)} tokenizers, and this run's is {kind}; "
                         "train with --set data.tokenizer=char or word")
+    check_weights(run, model, "transformers", "Hugging Face")
+
+
+def check_weights(run, model, consumer: str, target: str) -> None:
+    """A transformer-lm run's weights, as the Hugging Face and GGUF writers read them: float kernels of kerasllm's own
+    blocks (`zoo.layers.DecoderBlock`, with its fused `qkv`)."""
     from kerasllm.export.saving import quantized_layers
 
     if quantized_layers(model):
-        raise UserError("this run is a quantized copy, whose int8/int4 kernels transformers cannot load as they are; "
+        raise UserError(f"this run is a quantized copy, whose int8/int4 kernels {consumer} cannot load as they are; "
                         "export the run it was compressed from")
     if not all(hasattr(model.get_layer(f"block_{i}"), "qkv") for i in range(run.config.model_args.num_layers)):
         raise UserError("this run was saved with keras-hub's Transformer layers (kerasllm before 2026-11); train it again "
-                        "to export it to Hugging Face")
+                        f"to export it to {target}")
 
 
 def check_family(model) -> None:
@@ -119,7 +125,13 @@ def default_out(run_dir: Path) -> Path:
 
 def check_out(out: Path, overwrite: bool) -> None:
     """A new folder, or (with --overwrite) an earlier Hugging Face export of kerasllm's."""
-    out = Path(out)
+    check_replacing(Path(out), overwrite, lambda found: (found / MARKER).is_file(), "Hugging Face")
+    if Path(out).exists():
+        files.check_replaceable(out)
+
+
+def check_replacing(out: Path, overwrite: bool, ours, what: str) -> None:
+    """`out` outside any run folder: new, or (with --overwrite) an earlier export of kerasllm's (`ours(out)`)."""
     if files.is_run_dir(out.parent) or files.is_run_dir(out):
         raise UserError(f"--out {out} would write into a run folder, whose files are the run's own; export into "
                         f"{out.parent / files.EXPORT_DIR}/ (the default) or outside any run")
@@ -127,9 +139,9 @@ def check_out(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    if not (out / MARKER).is_file():
-        raise UserError(f"--overwrite replaces only an earlier Hugging Face export, and {out} is not one; choose another --out")
-    files.check_replaceable(out)
+    if not ours(out):
+        raise UserError(f"--overwrite replaces only an earlier {what} export of kerasllm's, and {out} is not one; choose "
+                        "another --out")
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -140,17 +152,27 @@ def _array(variable) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(variable), np.float32)
 
 
+def block_weights(model, hparams, prefix: str, names: tuple, transpose: bool) -> dict[str, np.ndarray]:
+    """Every block's two LayerNorms and four dense layers (fused qkv, attention output, MLP in, MLP out) under another
+    runtime's names: `prefix` (with {i}) and `names` in that order; kernels as (out, in) with `transpose`."""
+    weights = {}
+    for i in range(hparams.num_layers):
+        block, at = model.get_layer(f"block_{i}"), prefix.format(i=i)
+        norms, dense = names[:2], names[2:]
+        for name, layer in zip(norms, (block.attention_norm, block.mlp_norm)):
+            weights[f"{at}.{name}.weight"], weights[f"{at}.{name}.bias"] = _array(layer.gamma), _array(layer.beta)
+        for name, layer in zip(dense, (block.qkv, block.attention_output, block.mlp_in, block.mlp_out)):
+            kernel = _array(layer.kernel)
+            weights[f"{at}.{name}.weight"], weights[f"{at}.{name}.bias"] = kernel.T if transpose else kernel, _array(layer.bias)
+    return weights
+
+
 def gpt2_weights(model, hparams) -> dict[str, np.ndarray]:
     """GPT2LMHeadModel's state dict (the output head is tied to `transformer.wte`)."""
     weights = {"transformer.wte.weight": _array(model.get_layer("token_embedding").embeddings),
-               "transformer.wpe.weight": _array(model.get_layer("position_embedding").position_embeddings)}
-    for i in range(hparams.num_layers):
-        block, prefix = model.get_layer(f"block_{i}"), f"transformer.h.{i}"
-        for name, layer in (("ln_1", block.attention_norm), ("ln_2", block.mlp_norm)):
-            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.gamma), _array(layer.beta)
-        for name, layer in (("attn.c_attn", block.qkv), ("attn.c_proj", block.attention_output), ("mlp.c_fc", block.mlp_in),
-                            ("mlp.c_proj", block.mlp_out)):
-            weights[f"{prefix}.{name}.weight"], weights[f"{prefix}.{name}.bias"] = _array(layer.kernel), _array(layer.bias)
+               "transformer.wpe.weight": _array(model.get_layer("position_embedding").position_embeddings),
+               **block_weights(model, hparams, "transformer.h.{i}", ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                     "mlp.c_proj"), transpose=False)}
     final = model.get_layer("final_norm")
     weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"] = _array(final.gamma), _array(final.beta)
     return weights
