@@ -1,6 +1,7 @@
-"""lm-evaluation-harness against `kerasllm serve`: its `local-completions` model scores a task on local data through
-`/v1/completions` (echo, logprobs), with the run's Hugging Face tokenizer (`kerasllm export RUN --format hf`), and its
-figure equals the log-likelihood kerasllm computes itself over the same rolling windows."""
+"""lm-evaluation-harness against `kerasllm serve`: its `local-completions` model scores tasks on local data through
+`/v1/completions` (echo, logprobs), with the run's Hugging Face tokenizer (`kerasllm export RUN --format hf`): a
+`loglikelihood_rolling` task, whose figure equals the log-likelihood kerasllm computes itself over the same rolling
+windows, and an SST-2-style two-choice task, whose every choice's log-likelihood (and so its accuracy) is kerasllm's."""
 
 from __future__ import annotations
 
@@ -31,6 +32,24 @@ metric_list:
   - metric: byte_perplexity
   - metric: bits_per_byte
 """
+REVIEWS = [("a gripping , funny film", 1), ("dull and lifeless", 0), ("the best of the year", 1),
+           ("a waste of two hours", 0), ("warm , wise and moving", 1), ("it never comes alive", 0)]
+# each continuation as lm-eval sends it, its delimiter then the choice; every review, ":" and choice fit the tiny run's
+# context of 32 (lm-eval cuts a longer context from the left, the server would read it in windows)
+CHOICES = [" bad", " good"]
+TWO_CHOICE = """task: kerasllm_sst2
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{sentence}}}}:"
+doc_to_target: label
+doc_to_choice: ["bad", "good"]  # after lm-eval's target_delimiter, " "
+metric_list:
+  - metric: acc
+"""
 
 
 def test_lm_eval_scores_a_served_run_as_kerasllm_does(lm_run, runner, tmp_path, monkeypatch):
@@ -53,6 +72,9 @@ def test_lm_eval_scores_a_served_run_as_kerasllm_does(lm_run, runner, tmp_path, 
     data.write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS), encoding="utf-8")
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "kerasllm_rolling.yaml").write_text(TASK.format(data=data), encoding="utf-8")
+    reviews = tmp_path / "sst2.jsonl"
+    reviews.write_text("".join(json.dumps({"sentence": text, "label": label}) + "\n" for text, label in REVIEWS), encoding="utf-8")
+    (tmp_path / "tasks" / "kerasllm_sst2.yaml").write_text(TWO_CHOICE.format(data=reviews), encoding="utf-8")
 
     run = runs.load_run(lm_run)
     context = run.config.model_args.max_sequence_length
@@ -60,11 +82,12 @@ def test_lm_eval_scores_a_served_run_as_kerasllm_does(lm_run, runner, tmp_path, 
     try:
         with running(create_app([served])) as url:
             results = simple_evaluate(
-                model="local-completions", tasks=["kerasllm_rolling"], task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+                model="local-completions", tasks=["kerasllm_rolling", "kerasllm_sst2"],
+                task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
                 model_args={"base_url": f"{url}/v1/completions", "model": served.name, "tokenizer": str(tmp_path / "hf"),
                             "tokenizer_backend": "huggingface", "tokenized_requests": True, "max_length": context,
                             "num_concurrent": 1, "max_retries": 1},
-                log_samples=False)
+                log_samples=True)
     finally:
         served.engine.stop()
     theirs = results["results"]["kerasllm_rolling"]["bits_per_byte,none"]
@@ -84,3 +107,25 @@ def test_lm_eval_scores_a_served_run_as_kerasllm_does(lm_run, runner, tmp_path, 
         size += len(text.encode("utf-8"))
     ours = -total / size / math.log(2)
     assert f"{theirs:.3g}" == f"{ours:.3g}", (theirs, ours)
+
+    # the two-choice task: each choice's log-likelihood after its prompt, as kerasllm computes it, and the accuracy
+    right = 0
+    for sample in sorted(results["samples"]["kerasllm_sst2"], key=lambda sample: sample["doc_id"]):
+        text, label = REVIEWS[sample["doc_id"]]
+        scores = choice_scores(model, tokenizer, context, f"{text}:")
+        theirs_scores = [float(response[0][0]) for response in sample["resps"]]
+        np.testing.assert_allclose(theirs_scores, scores, atol=1e-3)
+        right += int(np.argmax(scores) == label)
+    assert results["results"]["kerasllm_sst2"]["acc,none"] == pytest.approx(right / len(REVIEWS))
+
+
+def choice_scores(model, tokenizer, context: int, prompt_text: str) -> list[float]:
+    """kerasllm's log-likelihood of each of `CHOICES` after `prompt_text`, from the model's own softmax."""
+    from kerasllm.serve.scoring import position_logprobs
+
+    prompt, scores = [int(i) for i in tokenizer.encode(prompt_text)], []
+    for choice in CHOICES:
+        window = np.asarray(prompt + [int(i) for i in tokenizer.encode(choice)], np.int32)
+        table = position_logprobs(model, window, context)
+        scores.append(sum(float(table[p - 1, window[p]]) for p in range(len(prompt), len(window))))
+    return scores
