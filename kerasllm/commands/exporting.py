@@ -201,12 +201,14 @@ def compress(
         target, summary = distill.run(source, student, set_values or [], settings, **trains)
     else:
         target, summary = compression.compress(source, method, out, overwrite=overwrite, unsafe=unsafe, on_note=note)
-    warned = compression.warnings_for(summary, max_drop)
+    warned, slower = compression.warnings_for(summary, max_drop), compression.speed_note(summary)
     compression.record_warnings(target, warned)
     if as_json:
-        return print_json({"run": str(target), **summary, "warnings": warned})
+        return print_json({"run": str(target), **summary, "warnings": warned, "speed_note": slower})
     for line in warned:
         warn(line)
     console.print(table_of(compression.table_rows(summary), "", "before", "after", "after / before",
                            title=f"{summary['model']}: {method}, {source} → {target}"))
+    if slower:
+        note(slower)
     console.print(f"wrote {target}", highlight=False)

@@ -114,6 +114,28 @@ def warnings_for(summary: dict, max_drop: float | None = None) -> list[str]:
     return found
 
 
+def speed_note(summary: dict, margin: float = 0.05) -> str | None:
+    """One line when the copy runs slower than its source here (by more than `margin`, the machine's noise), with the
+    measured figures, and what is faster: a user who compresses to speed up inference must not get a slower model
+    unawares (#34: Keras' int8/int4 copies dequantize their kernels at each call on these CPUs)."""
+    before, after = summary["before"], summary["after"]
+    slower = []
+    if before.get("latency_ms_per_batch") and after.get("latency_ms_per_batch", 0) > before["latency_ms_per_batch"] * (1 + margin):
+        slower.append(f"{after['latency_ms_per_batch'] / before['latency_ms_per_batch']:.2f}× the time per batch "
+                      f"({before['latency_ms_per_batch']:,.1f} → {after['latency_ms_per_batch']:,.1f} ms)")
+    if before.get("tokens_per_second") and after.get("tokens_per_second") and \
+            after["tokens_per_second"] < before["tokens_per_second"] * (1 - margin):
+        slower.append(f"{after['tokens_per_second'] / before['tokens_per_second']:.2f}× the cached tokens/s "
+                      f"({before['tokens_per_second']:,.0f} → {after['tokens_per_second']:,.0f})")
+    if not slower:
+        return None
+    method = summary.get("compression", {}).get("method", "")
+    why = (" (Keras computes with its int4 kernels dequantized, and its int8 kernels gain nothing on this CPU)"
+           if method in ("int8", "int4", "gptq", "awq") else "")
+    return (f"on this machine the copy is slower than its source: {' and '.join(slower)}{why}; it is smaller, not faster "
+            "here: for speed, `kerasllm export RUN --format tflite --quantize dynamic` (LiteRT, int8 weights)")
+
+
 def record_warnings(target: Path, lines: list[str]) -> None:
     """The warnings go into the copy's metrics.json (`warnings`) as well as on the terminal."""
     if lines:

@@ -8,6 +8,7 @@ import pytest
 from kerasllm.core import files
 from kerasllm.export import saving
 from tests.commands.test_cli import assert_user_error, invoke
+from tests.conftest import assert_says
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +300,17 @@ def test_a_copy_that_is_larger_or_much_worse_is_named_in_one_line_each():
 
 def test_max_drop_is_a_share(runner, trained_run):
     assert_user_error(invoke(runner, "compress", trained_run, "--max-drop", "5"), "--max-drop must be a share")
+
+
+def test_a_copy_that_runs_slower_than_its_source_says_so_with_the_figures():
+    """#34: Keras' int8 copies ran 2.14× slower per batch and at 0.66× the cached tokens/s of their float source here,
+    and `compress` said nothing of it."""
+    from kerasllm.recipes.compress import speed_note
+
+    slower = {"before": {"latency_ms_per_batch": 105.1, "tokens_per_second": 1030.4},
+              "after": {"latency_ms_per_batch": 225.0, "tokens_per_second": 678.8}, "compression": {"method": "int8"}}
+    line = speed_note(slower)
+    assert_says(line, "slower than its source", "2.14× the time per batch (105.1 → 225.0 ms)",
+                "0.66× the cached tokens/s (1,030 → 679)", "--format tflite --quantize dynamic")
+    faster = {"before": {"latency_ms_per_batch": 100.0}, "after": {"latency_ms_per_batch": 103.0}, "compression": {"method": "prune"}}
+    assert speed_note(faster) is None  # within the machine's noise
