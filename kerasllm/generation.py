@@ -146,10 +146,19 @@ def sample_next(logits: np.ndarray, temperature: float, rng: np.random.Generator
         logits[:, list(banned)] = -np.inf
     if temperature <= 0:
         return np.argmax(logits, axis=-1)
+    weights = distribution(logits, temperature, top_k=top_k, top_p=top_p)
+    return np.array([rng.choice(len(row), p=row) for row in weights])
+
+
+def distribution(logits: np.ndarray, temperature: float, *, top_k: int = 0, top_p: float = 1.0, banned: list[int] = ()) -> np.ndarray:
+    """The probabilities (batch, vocab) `sample_next` draws from at `temperature` > 0: the logits scaled, `banned` ids
+    and what top-k / top-p leave out at 0."""
+    logits = np.array(logits, dtype=np.float64)
+    if banned:
+        logits[:, list(banned)] = -np.inf
     logits = filter_logits(logits / temperature, top_k, top_p)
     weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    weights /= weights.sum(axis=-1, keepdims=True)
-    return np.array([rng.choice(len(row), p=row) for row in weights])
+    return weights / weights.sum(axis=-1, keepdims=True)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -199,14 +199,27 @@ class TransformerCacheDecoder:
                 "decode": (decode, [tf.TensorSpec([1], tf.int32, name="token"), tf.TensorSpec([], tf.int32, name="position"),
                                     tf.TensorSpec(shape, dtype, name="cache")])}
 
+    def call_all_with_cache(self, token_ids, caches, index):
+        """Logits (batch, length, vocab) at every position of `token_ids` placed at `index`, and the updated caches: a
+        target model checking several draft tokens in one pass (`kerasllm.speculative`)."""
+        x = self.embedding(token_ids)
+        if self.positions is not None:
+            x = x + self.positions(x, start_index=index)
+        updated = []
+        for block, cache in zip(self.blocks, caches):
+            x, cache = block(x, self_attention_cache=cache, self_attention_cache_update_index=index)
+            updated.append(cache)
+        return self.embedding(self.final_norm(x), reverse=True), updated
+
     def _function(self, key):
         if key not in self._compiled:
+            method = self.call_all_with_cache if key[0] == "all" else self.call_with_cache
             if self.backend == "tensorflow":
                 import tensorflow as tf
 
-                self._compiled[key] = tf.function(self.call_with_cache, jit_compile=self.xla)
+                self._compiled[key] = tf.function(method, jit_compile=self.xla)
             else:
-                self._compiled[key] = self.call_with_cache
+                self._compiled[key] = method
         return self._compiled[key]
 
     def _empty_caches(self, batch: int):

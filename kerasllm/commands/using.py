@@ -95,6 +95,10 @@ def generate(
     beam: Annotated[int, typer.Option(help="Beam search with this many beams (temperature, top-k and top-p then do not apply); 0 samples "
                                            "(seq2seq: greedy).")] = 0,
     seed: SampleSeedOption = None,
+    draft: Annotated[Optional[Path], typer.Option(help="Speculative decoding: a smaller transformer-lm run with the same "
+                                                        "tokenizer proposes tokens that the run checks in one pass (the text "
+                                                        "is the run's: the same greedy tokens, the same distribution).")] = None,
+    draft_tokens: Annotated[int, typer.Option(help="With --draft: tokens the draft proposes per pass of the run.")] = 4,
     unsafe: UnsafeFlag = False,
 ):
     """Generate text with a trained text model: continue prompts (language models) or translate / summarize them (seq2seq).
@@ -125,7 +129,33 @@ def generate(
         raise UserError(f"{run.spec.name} is {a(run.task.name)} model; generate needs a text-generation or seq2seq model")
     if run.task.name != "seq2seq":  # a seq2seq run reads 0 as "the target rows' length"
         check_new_tokens(max_length, SEQ2SEQ_ZERO)
+    if draft is not None:
+        return generate_speculatively(run, model, draft, prompts, draft_tokens, unsafe, options)
     run.task.write_generations(model, run, prompts, write=write, on_note=note, **options)
+
+
+def generate_speculatively(run, model, draft: Path, prompts: list[str], draft_tokens: int, unsafe: bool, options: dict) -> None:
+    """`generate --draft`: a plain transformer-lm run's continuations with a draft run proposing (`kerasllm.speculative`);
+    how many proposals the run kept, as a note after the text."""
+    from kerasllm import speculative
+
+    if run.task.name != "text-generation" or options["beam"]:
+        raise UserError("--draft takes a plain language model's sampling or greedy decoding (not chat runs, seq2seq or --beam "
+                        "yet); drop --draft")
+    if draft_tokens < 1:
+        raise UserError("--draft-tokens must be at least 1")
+    draft_run, draft_model = load_run_and_model(draft, unsafe)
+    sampling = {key: options[key] for key in ("temperature", "top_k", "top_p", "seed", "stop")}
+    found = []
+
+    def continuations(texts, on_text=None):
+        outputs, counts = speculative.continuations(model, run, draft_model, draft_run, texts, max_length=options["max_length"],
+                                                    k=draft_tokens, on_text=on_text, **sampling)
+        found.append(counts)
+        return outputs
+
+    generation.write_generations(continuations, prompts, write, continues_prompt=True)
+    note(found[-1].line())
 
 
 @handle_errors
