@@ -70,10 +70,13 @@ def serve(listener: socket.socket, served: list, api_key: str | None, stream_int
         for one in served:
             one.engine.cancel_all()
 
+    deadline = threading.Timer(drain_seconds, end_open_requests)
+    deadline.daemon = True  # a drain that ended early leaves nothing to wait for at exit
+
     class Draining(uvicorn.Server):
         def handle_exit(self, sig, frame):  # the first signal: the open requests get `drain_seconds`, then are ended
             if not self.should_exit:
-                threading.Timer(drain_seconds, end_open_requests).start()
+                deadline.start()
             super().handle_exit(sig, frame)
 
     # uvicorn's own deadline, a few seconds after the engines ended what was open, cancels only what is left then
@@ -87,6 +90,7 @@ def serve(listener: socket.socket, served: list, api_key: str | None, stream_int
     except Stopped:
         how = "SIGTERM"
     finally:
+        deadline.cancel()
         signal.signal(signal.SIGTERM, previous)
         for one in served:
             one.engine.stop()

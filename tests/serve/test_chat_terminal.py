@@ -124,7 +124,9 @@ def test_sigterm_drains_open_requests_then_ends_them_and_exits_0_with_one_line(l
                 chunks.append(line)
                 if len(chunks) == 10:  # streaming: now the signal
                     server.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
         out, err = server.communicate(timeout=60)
+        assert time.monotonic() - stopped < 15  # nothing left waiting at exit (a drain timer once held it 30 s)
     finally:
         if server.poll() is None:
             server.kill()
