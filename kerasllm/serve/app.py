@@ -259,8 +259,8 @@ async def stream_events(answers: list, head: dict, chat: bool, interval: float =
                 counted[index] = next((e[2] for e in events if e[0] == "done" and e[1] != "error"), counted.get(index, {}))
             if parts:
                 yield "".join(parts)
-            waiting = [answer.ended.wait() for answer in answers if not answer.finished]
-            if interval and waiting:  # the text of the next `interval` goes out in one write; the end at once
+            if interval and not all(answer.finished for answer in answers):  # the next `interval`'s text in one write
+                waiting = [answer.ended.wait() for answer in answers if not answer.finished]  # the end goes at once
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.gather(*waiting), interval)
     finally:  # the client went away: each choice's `batches` frees its slot
