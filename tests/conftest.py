@@ -35,6 +35,12 @@ def need(module: str):
     return pytest.importorskip(module)
 
 
+def optional(module: str):
+    """A consumer the test extras leave out (llama-cpp-python: pip builds it from source, minutes): skipped wherever it
+    is not installed, CI included; `kerasllm[gguf]` installs it."""
+    return pytest.importorskip(module)
+
+
 # A model small enough to train a few steps in seconds.
 TINY = [
     "model_args.units=16", "model_args.embedding_dim=8", "data.sequence_length=16",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.commands.test_cli import LEGACY_SCRIPT
-from tests.conftest import TINY, TINY_LM, need
+from tests.conftest import TINY, TINY_LM, need, optional
 from tests.export.test_export_guide import agreement, run_snippet, snippets
 from tests.tasks.test_seq2seq import TINY as TINY_SEQ2SEQ
 from tests.tasks.test_seq2seq import reverse_pairs
@@ -127,7 +127,7 @@ def test_offline_a_preset_by_name_is_one_line_in_seconds(tmp_path):
 def test_the_hugging_face_and_gguf_snippets_run_as_written(tmp_path, corpus_file, fmt, package, marker):
     """docs/compress-and-deploy.md's transformers and llama-cpp-python snippets, copied as they are, after the
     commands they follow."""
-    need(package)
+    optional(package) if package == "llama_cpp" else need(package)
     kerasllm(tmp_path, "train", "transformer-lm", "--data", corpus_file, *TINY_LM, *settings("data.sequence_length=48",
                                                                                             "model_args.max_sequence_length=96"))
     run = kerasllm(tmp_path, "runs", "--latest", "transformer-lm").strip()

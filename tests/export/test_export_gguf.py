@@ -17,7 +17,7 @@ import pytest
 from kerasllm.core.errors import UserError
 from kerasllm.export import gguf as gguf_export
 from kerasllm.tokenizers import Tokenizer
-from tests.conftest import assert_says, need
+from tests.conftest import assert_says, optional
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler in the mind to suffer\n" * 4
 
@@ -145,7 +145,7 @@ print(json.dumps({"kerasllm": [m for m in sys.modules if m.startswith("kerasllm"
 @pytest.mark.slow
 @pytest.mark.parametrize("position, architecture", [("learned", "gpt2"), ("rotary", "gptneox")])
 def test_llama_cpp_alone_loads_the_file_and_agrees_with_kerasllm(runner, corpus_file, tmp_path, position, architecture):
-    need("llama_cpp")
+    optional("llama_cpp")
     from kerasllm import generation, runs
     from kerasllm.export.saving import load_model
     from tests.commands.test_cli import invoke
@@ -191,7 +191,7 @@ print(json.dumps(llm.tokenize(prompt.encode(), add_bos=False, special=True)))
 
 @pytest.mark.slow
 def test_a_chat_runs_template_gives_kerasllm_chats_ids_in_llama_cpp(runner, chat_run, tmp_path):
-    need("llama_cpp")
+    optional("llama_cpp")
     from kerasllm import runs
     from tests.commands.test_cli import invoke
 
