@@ -159,10 +159,8 @@ class TransformerCacheDecoder:
         except (ValueError, AttributeError):
             return None  # not a transformer-lm layout: the windowed fallback applies
 
-    def call_with_cache(self, token_ids, caches, index, last):
-        """Logits (batch, vocab) at position `last` of `token_ids` placed at `index`, and the updated caches."""
-        from keras import ops
-
+    def _blocks_with_cache(self, token_ids, caches, index):
+        """The last block's output (batch, length, hidden) for `token_ids` placed at `index`, and the updated caches."""
         x = self.embedding(token_ids)
         if self.positions is not None:
             x = x + self.positions(x, start_index=index)
@@ -170,6 +168,13 @@ class TransformerCacheDecoder:
         for block, cache in zip(self.blocks, caches):
             x, cache = block(x, self_attention_cache=cache, self_attention_cache_update_index=index)
             updated.append(cache)
+        return x, updated
+
+    def call_with_cache(self, token_ids, caches, index, last):
+        """Logits (batch, vocab) at position `last` of `token_ids` placed at `index`, and the updated caches."""
+        from keras import ops
+
+        x, updated = self._blocks_with_cache(token_ids, caches, index)
         x = self.final_norm(ops.take(x, last, axis=1))  # (batch, hidden): only the position that is sampled from
         return self.embedding(x, reverse=True), updated
 
@@ -202,13 +207,7 @@ class TransformerCacheDecoder:
     def call_all_with_cache(self, token_ids, caches, index):
         """Logits (batch, length, vocab) at every position of `token_ids` placed at `index`, and the updated caches: a
         target model checking several draft tokens in one pass (`kerasllm.speculative`)."""
-        x = self.embedding(token_ids)
-        if self.positions is not None:
-            x = x + self.positions(x, start_index=index)
-        updated = []
-        for block, cache in zip(self.blocks, caches):
-            x, cache = block(x, self_attention_cache=cache, self_attention_cache_update_index=index)
-            updated.append(cache)
+        x, updated = self._blocks_with_cache(token_ids, caches, index)
         return self.embedding(self.final_norm(x), reverse=True), updated
 
     def _function(self, key):
