@@ -21,7 +21,7 @@ own. Batch 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,7 +38,6 @@ class Counts:
     proposed: int = 0
     accepted: int = 0
     passes: int = 0
-    rounds: list = field(default_factory=list)  # proposals kept per round
 
     def line(self) -> str:
         rate = self.accepted / self.proposed if self.proposed else 0.0
@@ -116,7 +115,6 @@ def generate(target, draft, tokenizer, prompt: list[int], max_length: int, optio
         checked = aimed.feed([pending, *proposals])  # the target's logits after pending and after each proposal
         kept, chosen = judge(checked, proposals, drafted, options, banned, rng)
         counts.proposed, counts.accepted, counts.passes = counts.proposed + room, counts.accepted + kept, counts.passes + 1
-        counts.rounds.append(kept)
         # each cache keeps pending and the kept proposals, the rest to be written over; the draft reads what it lacks
         aimed.position -= room - kept
         fed, needed = [pending, *proposals[:-1]] if room else [], [pending, *proposals[:kept]]
@@ -190,5 +188,4 @@ def continuations(model, run, draft_model, draft_run, prompts: list[str], *, max
         rows.emit(row, True)
         total.proposed, total.accepted, total.passes = (total.proposed + counts.proposed, total.accepted + counts.accepted,
                                                         total.passes + counts.passes)
-        total.rounds += counts.rounds
     return rows.texts, total

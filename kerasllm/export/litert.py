@@ -182,9 +182,7 @@ def export(run, model, out: Path, quantize: str = "none") -> Generation:
             tokens, speed = q_tokens, q_speed
         else:
             floating.replace(staging)
-        example = {"prompt": PROMPT, "prompt_ids": prompt, "steps": steps, "never": never,
-                   "kerasllm_greedy_ids": [int(i) for i in tokenizer.encode(expected)] if tokenizer.kind in ("char", "word") else None,
-                   "kerasllm_text": expected}
+        example = {"prompt": PROMPT, "prompt_ids": prompt, "steps": steps, "never": never, "kerasllm_text": expected}
         files.write_text_atomic(example_path(out), json.dumps(example, ensure_ascii=False) + "\n")
         staging.replace(path)
     finally:
