@@ -161,6 +161,15 @@ def distribution(logits: np.ndarray, temperature: float, *, top_k: int = 0, top_
     return weights / weights.sum(axis=-1, keepdims=True)
 
 
+def likeliest(row: np.ndarray, count: int) -> np.ndarray:
+    """The ids of the `count` highest values of one row of scores, highest first, without sorting the whole row."""
+    count = min(count, len(row))
+    if count <= 0:
+        return np.zeros(0, int)
+    best = np.argpartition(-row, count - 1)[:count]
+    return best[np.argsort(-row[best])]
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - np.max(logits, axis=-1, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))

@@ -95,9 +95,7 @@ class Slot:
         """(token, its log-probability, [(token, log-probability) of the `top` likeliest, likeliest first]): the
         model's own distribution (natural log, before temperature, top-k/top-p and banned tokens), as vLLM reports it."""
         table = generation.log_softmax(np.asarray(logits, np.float64))
-        best = np.argpartition(-table, top - 1)[:top] if top else np.zeros(0, int)
-        best = best[np.argsort(-table[best])]
-        return token, float(table[token]), [(int(i), float(table[i])) for i in best]
+        return token, float(table[token]), [(int(i), float(table[i])) for i in generation.likeliest(table, top)]
 
     def send(self, text: str) -> None:
         entries, self.entries = self.entries, []

@@ -86,12 +86,15 @@ def echo(model, tokenizer, ids: np.ndarray, context: int, top_n: int, generate: 
 
 def top(tokenizer, row: np.ndarray, count: int) -> dict:
     """The `count` likeliest tokens of one position, {text: log-probability} (at least one: what OpenAI returns)."""
-    count = min(max(count, 1), len(row))
-    best = np.argpartition(-row, count - 1)[:count]  # the count likeliest without sorting the vocabulary
-    best = best[np.argsort(-row[best])]
+    return by_text(tokenizer, [(int(token), float(row[token])) for token in generation.likeliest(row, max(count, 1))])
+
+
+def by_text(tokenizer, pairs: list) -> dict:
+    """(token, log-probability) pairs, likeliest first, as OpenAI's legacy {text: log-probability} (two tokens that
+    read the same: the likelier)."""
     found: dict = {}
-    for token, text in zip(best, token_texts(tokenizer, best)):
-        found.setdefault(text, float(row[token]))
+    for (_, logprob), text in zip(pairs, token_texts(tokenizer, [token for token, _ in pairs])):
+        found.setdefault(text, logprob)
     return found
 
 
@@ -101,14 +104,14 @@ def top(tokenizer, row: np.ndarray, count: int) -> dict:
 
 def chat_logprobs(tokenizer, entries: list) -> dict:
     """OpenAI's chat `logprobs`: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}, …], "refusal": None}."""
-    def described(token: int, logprob: float, text: str) -> dict:
+    def described(logprob: float, text: str) -> dict:
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     content = []
     for token, logprob, best in entries:
         texts = token_texts(tokenizer, [token, *(i for i, _ in best)])
-        content.append({**described(token, logprob, texts[0]),
-                        "top_logprobs": [described(i, lp, text) for (i, lp), text in zip(best, texts[1:])]})
+        content.append({**described(logprob, texts[0]),
+                        "top_logprobs": [described(lp, text) for (_, lp), text in zip(best, texts[1:])]})
     return {"content": content, "refusal": None}
 
 
@@ -118,11 +121,7 @@ def completion_logprobs(tokenizer, entries: list, offset: int = 0) -> tuple[dict
     tokens = token_texts(tokenizer, [token for token, _, _ in entries])
     found = {"tokens": tokens, "token_logprobs": [logprob for _, logprob, _ in entries], "top_logprobs": [], "text_offset": []}
     for (_, _, best), text in zip(entries, tokens):
-        texts = token_texts(tokenizer, [i for i, _ in best])
-        top_n: dict = {}
-        for (_, logprob), name in zip(best, texts):
-            top_n.setdefault(name, logprob)
-        found["top_logprobs"].append(top_n)
+        found["top_logprobs"].append(by_text(tokenizer, best))
         found["text_offset"].append(offset)
         offset += len(text)
     return found, offset
